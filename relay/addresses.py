@@ -1,0 +1,66 @@
+"""Socket addresses and their text forms: ``1.2.3.4:7000``, ``[2001:db8::1]:7000``.
+
+UDP sources arrive as ``(host, port)`` or ``(host, port, flow, scope)`` tuples;
+a dual-stack socket reports IPv4 peers as ``::ffff:a.b.c.d``. These helpers turn
+them into the ip:port text of the API and parse HOST:PORT flags.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Any
+
+
+def format_host_port(host: str, port: int) -> str:
+    """``host:port``, with IPv6 hosts in brackets and IPv4-mapped addresses unmapped."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return f"{host}:{port}"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return f"{ip.ipv4_mapped}:{port}"
+    if ip.version == 6:
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
+def format_address(address: Any) -> str | None:
+    """The text form of a UDP source tuple; None for None."""
+    if address is None:
+        return None
+    return format_host_port(address[0], address[1])
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` or ``[V6HOST]:PORT``; raises ValueError naming the problem."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{text!r}: put an IPv6 host in brackets, as [::1]:8080")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{text!r}: port must be a number from 0 to 65535")
+    return host, int(port_text)
+
+
+def parse_ip(text: str) -> str:
+    """A normalised IP address; raises ValueError for anything else."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address") from None
+
+
+def ipv6_available() -> bool:
+    """Whether this host can open an IPv6 UDP socket."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True

@@ -1,0 +1,143 @@
+"""The relay's HTTP API: allocation (the reference's JSON), the endpoint table, health, metrics.
+
+``POST /v0/relay/endpoint`` takes ``{"DiscoKeys": [A, B]}`` and answers a
+ServerEndpoint. Bad requests get 400 with a one-line reason; no free VNI, a
+closed server or an unreachable store get 503.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from relay.addresses import format_address
+from relay.core import Endpoint
+from relay.keys import DiscoPublicKey, InvalidKey
+from relay.store import StoreUnavailable, VNIExhausted
+
+if TYPE_CHECKING:
+    from relay.server import RelayServer
+
+MAX_REQUEST_BYTES = 4096
+
+
+class InvalidRequest(ValueError):
+    """A request the API refuses with 400; its message is the one-line reason."""
+
+
+class ServerClosed(Exception):
+    """The relay is shutting down and takes no new allocations."""
+
+
+def parse_allocation_request(body: bytes) -> tuple[DiscoPublicKey, DiscoPublicKey]:
+    """The two keys of an allocation request; raises InvalidRequest with the reason."""
+    try:
+        request = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"malformed JSON: {exc}") from None
+    if not isinstance(request, dict) or "DiscoKeys" not in request:
+        raise InvalidRequest(
+            'expected a JSON object {"DiscoKeys": ["discokey:...", "discokey:..."]}'
+        )
+    keys = request["DiscoKeys"]
+    if not isinstance(keys, list):
+        raise InvalidRequest("DiscoKeys must be a list of two disco keys")
+    if len(keys) != 2:
+        raise InvalidRequest(f"DiscoKeys must hold exactly 2 keys, got {len(keys)}")
+    parsed = []
+    for index, text in enumerate(keys):
+        try:
+            parsed.append(DiscoPublicKey.parse(text))
+        except InvalidKey as exc:
+            raise InvalidRequest(f"DiscoKeys[{index}]: {exc}") from None
+    if parsed[0] == parsed[1]:
+        raise InvalidRequest("DiscoKeys must name two different keys")
+    return parsed[0], parsed[1]
+
+
+def _timestamp(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return (
+        datetime.fromtimestamp(seconds, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def endpoint_json(endpoint: Endpoint, expires_at: float) -> dict[str, Any]:
+    allocation = endpoint.allocation
+    return {
+        "VNI": allocation.vni,
+        "LamportID": allocation.lamport_id,
+        "AllocatedAt": _timestamp(allocation.allocated_at),
+        "Bound": endpoint.bound,
+        "BoundAt": _timestamp(endpoint.bound_at),
+        "ExpiresAt": _timestamp(expires_at),
+        "Clients": [
+            {
+                "DiscoKey": str(allocation.disco_keys[i]),
+                "Handshake": endpoint.state[i].label,
+                "Addr": format_address(endpoint.addr[i]),
+                "LastSeen": _timestamp(endpoint.last_seen[i]),
+                "Packets": endpoint.packets[i],
+                "Bytes": endpoint.bytes[i],
+            }
+            for i in (0, 1)
+        ],
+    }
+
+
+def _text_error(status: type[web.HTTPException], reason: str) -> web.HTTPException:
+    return status(text=reason.replace("\n", " ") + "\n", content_type="text/plain")
+
+
+def make_app(server: RelayServer) -> web.Application:
+    routes = web.RouteTableDef()
+
+    @routes.post("/v0/relay/endpoint")
+    async def allocate(request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            keys = parse_allocation_request(body)
+            endpoint = await server.allocate(*keys)
+        except InvalidRequest as exc:
+            raise _text_error(web.HTTPBadRequest, str(exc)) from None
+        except VNIExhausted as exc:
+            raise _text_error(web.HTTPServiceUnavailable, f"no VNI free: {exc}") from None
+        except ServerClosed:
+            raise _text_error(web.HTTPServiceUnavailable, "relay is shutting down") from None
+        except StoreUnavailable as exc:
+            raise _text_error(web.HTTPServiceUnavailable, f"store unavailable: {exc}") from None
+        return web.json_response(endpoint.to_json())
+
+    @routes.get("/v0/relay/endpoints")
+    async def endpoints(request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "ServerDisco": str(server.core.server_key),
+                "Endpoints": [
+                    endpoint_json(e, server.expires_at(e)) for e in server.core.endpoints()
+                ],
+            }
+        )
+
+    @routes.get("/healthz")
+    async def healthz(request: web.Request) -> web.Response:
+        if server.closed:
+            return web.Response(status=503, text="shutting down\n")
+        return web.Response(text="ok\n")
+
+    @routes.get("/metrics")
+    async def metrics(request: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest(server.metrics))
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+    app.add_routes(routes)
+    return app

@@ -1,0 +1,161 @@
+"""``relayfleet``: the one command of relay-fleet, with a subcommand per part.
+
+relayfleet relay    run a standalone relay with its HTTP allocation API
+relayfleet demo     run a relay and two clients on loopback, print a summary
+relayfleet keygen   print a new disco key pair, or write a relay key file
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+
+import uvloop
+
+from relay import __version__
+from relay.config import RelayConfig, add_relay_arguments
+from relay.demo import DemoFailed, print_report, run_demo
+from relay.keys import DiscoPrivateKey
+from relay.secrets import KeyFileError, RelaySecrets, load_or_create
+from relay.server import RelayServer
+from relay.store import MemoryStore
+
+log = logging.getLogger("relayfleet")
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+async def _serve_relay(config: RelayConfig, secrets: RelaySecrets) -> None:
+    server = RelayServer(config, MemoryStore(max_vni=config.max_endpoints), secrets)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    ready = {
+        "ready": True,
+        "udp_port": server.udp_port,
+        "api": server.api_address,
+        "server_disco": str(server.core.server_key),
+    }
+    print(json.dumps(ready), flush=True)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await server.close()
+
+
+def _relay(args: argparse.Namespace) -> int:
+    config = RelayConfig.from_args(args)
+    _configure_logging(config.log_level)
+    if config.key_file:
+        secrets, created = load_or_create(config.key_file)
+        if created:
+            log.info("created key file %s", config.key_file)
+    else:
+        log.warning("no --key-file: this relay's disco key lasts only as long as the process")
+        secrets = RelaySecrets.generate()
+    try:
+        uvloop.run(_serve_relay(config, secrets))
+    except OSError as exc:
+        print(f"relayfleet relay: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    _configure_logging("error")
+    try:
+        report = uvloop.run(run_demo(packets=args.packets, size=args.size, ipv6=args.ipv6))
+    except DemoFailed as exc:
+        print(f"relayfleet demo: failed: {exc}", file=sys.stderr)
+        return 1
+    print_report(report, sys.stdout)
+    return 0 if report.ok else 1
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    if args.key_file:
+        if os.path.exists(args.key_file):
+            print(f"relayfleet keygen: {args.key_file} exists; not overwriting", file=sys.stderr)
+            return 1
+        secrets, _ = load_or_create(args.key_file)
+        public = secrets.private_key.public
+        print(json.dumps({"public": str(public)}) if args.output == "json" else public)
+        return 0
+    private = DiscoPrivateKey.generate()
+    if args.output == "json":
+        print(json.dumps({"private": private.text(), "public": str(private.public)}))
+    else:
+        print(private.text())
+        print(private.public)
+    return 0
+
+
+def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="relayfleet",
+        description="relay-fleet: UDP relay servers for peers that cannot reach each other.",
+    )
+    parser.add_argument("--version", action="version", version=f"relayfleet {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    relay = commands.add_parser(
+        "relay",
+        help="run a standalone relay with its HTTP allocation API",
+        description="Run one relay: UDP relaying on --port, and an HTTP API on --api-listen "
+        "(POST /v0/relay/endpoint, GET /v0/relay/endpoints, /healthz, /metrics). "
+        "When ready it prints one JSON line to stdout with the bound ports; logs go to stderr.",
+    )
+    add_relay_arguments(relay, environ)
+    relay.set_defaults(func=_relay)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run a relay and two clients on loopback and print a summary",
+        description="Start a relay on loopback, allocate an endpoint for two fresh clients, "
+        "run both bind handshakes, relay traffic both ways and print what happened.",
+    )
+    demo.add_argument("--packets", type=int, default=1000, help="packets each way [1000]")
+    demo.add_argument("--size", type=int, default=200, help="payload bytes per packet [200]")
+    demo.add_argument("--ipv6", action="store_true", help="use ::1 instead of 127.0.0.1")
+    demo.set_defaults(func=_demo)
+
+    keygen = commands.add_parser(
+        "keygen",
+        help="print a new disco key pair",
+        description="Print a new disco private key (privkey:...) and its public key "
+        "(discokey:...). With --key-file, write a relay key file instead (disco private key "
+        "and challenge secret, mode 0600) and print only the public key.",
+    )
+    keygen.add_argument("--key-file", metavar="PATH", help="write a relay key file here")
+    keygen.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    keygen.set_defaults(func=_keygen)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    parser = build_parser(os.environ if environ is None else environ)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyFileError as exc:
+        print(f"relayfleet {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""The client side of PROTOCOL.md, sans-I/O: what a peer sends to bind and relay.
+
+The demo and the test suite use it; it builds datagrams and reads replies, and
+leaves sockets to its caller. It is checked against the reference's own Go
+client in the conformance tests, so it cannot hide a misreading of the protocol.
+"""
+
+from __future__ import annotations
+
+from relay import disco, geneve
+from relay.keys import DiscoPrivateKey, DiscoPublicKey
+
+
+class RelayClient:
+    """One client of one relay endpoint."""
+
+    def __init__(self, private_key: DiscoPrivateKey, server_key: DiscoPublicKey, vni: int) -> None:
+        self.private_key = private_key
+        self.public_key = private_key.public
+        self.server_key = server_key
+        self.vni = vni
+        self._shared = private_key.shared(server_key)
+
+    def control(self, message: disco.Message) -> bytes:
+        """A sealed control datagram carrying ``message`` to the server."""
+        frame = disco.seal(self.public_key.raw, self._shared, message)
+        return geneve.control_header(self.vni) + frame
+
+    def bind(self) -> bytes:
+        return self.control(disco.BindUDPRelayEndpoint())
+
+    def read_control(self, datagram: bytes) -> disco.Message:
+        """Open a control datagram from the server; raises ValueError if it is not one."""
+        header = geneve.decode(datagram)
+        if not header.control or header.protocol != geneve.PROTOCOL_DISCO:
+            raise ValueError("not a disco control packet")
+        if header.vni != self.vni:
+            raise ValueError(f"control packet for VNI {header.vni}, expected {self.vni}")
+        frame = datagram[geneve.HEADER_LEN :]
+        if disco.frame_sender(frame) != self.server_key.raw:
+            raise ValueError("control packet not sent by the server's disco key")
+        return disco.parse(disco.open_frame(frame, self._shared))
+
+    def answer(self, challenge_datagram: bytes) -> bytes:
+        """The answer datagram for the server's challenge datagram."""
+        message = self.read_control(challenge_datagram)
+        if not isinstance(message, disco.BindUDPRelayEndpointChallenge):
+            raise ValueError(f"expected a challenge, got {message!r}")
+        return self.control(disco.BindUDPRelayEndpointAnswer(message.challenge))
+
+    def data(self, payload: bytes) -> bytes:
+        return geneve.data_header(self.vni) + payload
+
+    def read_data(self, datagram: bytes) -> bytes:
+        """The payload of a relayed data datagram; raises ValueError if it is not one."""
+        header = geneve.decode(datagram)
+        if header.control or header.vni != self.vni:
+            raise ValueError("not a data packet of this endpoint")
+        return datagram[geneve.HEADER_LEN :]

@@ -1,0 +1,220 @@
+"""The relay's configuration: one typed object, filled from flags and environment.
+
+Every flag ``--some-flag`` can also be set by ``RELAYFLEET_SOME_FLAG``; a flag
+given on the command line wins. Nothing else in the package reads the
+environment: :func:`add_relay_arguments` takes it as an argument.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from relay.addresses import parse_host_port, parse_ip
+from relay.core import DEFAULT_BIND_LIFETIME, DEFAULT_STEADY_STATE_LIFETIME
+from relay.durations import format_duration, parse_duration
+from relay.geneve import MAX_VNI
+
+ENV_PREFIX = "RELAYFLEET_"
+DEFAULT_PORT = 7000
+DEFAULT_API_LISTEN = "127.0.0.1:8080"
+DEFAULT_LISTEN = "::"
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """Everything ``relayfleet relay`` needs to run."""
+
+    listen: str = DEFAULT_LISTEN
+    port: int = DEFAULT_PORT
+    api_listen: tuple[str, int] = parse_host_port(DEFAULT_API_LISTEN)
+    addrs: tuple[str, ...] = ()
+    bind_lifetime: float = DEFAULT_BIND_LIFETIME
+    steady_state_lifetime: float = DEFAULT_STEADY_STATE_LIFETIME
+    store: str = "memory"
+    max_endpoints: int = MAX_VNI
+    key_file: str | None = None
+    name: str = "relay"
+    log_level: str = "info"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RelayConfig:
+        return cls(
+            listen=args.listen,
+            port=args.port,
+            api_listen=args.api_listen,
+            addrs=tuple(args.addr),
+            bind_lifetime=args.bind_lifetime,
+            steady_state_lifetime=args.steady_state_lifetime,
+            store=args.store,
+            max_endpoints=args.max_endpoints,
+            key_file=args.key_file,
+            name=args.name,
+            log_level=args.log_level,
+        )
+
+
+def env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.lstrip("-").upper().replace("-", "_")
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return int(text)
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    try:
+        return parse_host_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _ip(text: str) -> str:
+    try:
+        return parse_ip(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _lifetime(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a lifetime must be positive")
+    return seconds
+
+
+def _max_endpoints(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_VNI:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a number from 1 to {MAX_VNI}")
+    return int(text)
+
+
+def _store(text: str) -> str:
+    if text != "memory":
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: only the 'memory' store is available in this version"
+        )
+    return text
+
+
+class _EnvDefaults:
+    """Adds arguments whose default comes from the environment, converted like the flag."""
+
+    def __init__(self, parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+        self._parser = parser
+        self._environ = environ
+
+    def add(
+        self,
+        flag: str,
+        *,
+        default: object,
+        type: Callable[[str], object] = str,
+        help: str,
+        shown: str | None = None,
+        **kwargs: object,
+    ) -> None:
+        """Add ``flag``; ``shown`` is the default as the help prints it."""
+        name = env_name(flag)
+        raw = self._environ.get(name, "")
+        if raw:
+            try:
+                if kwargs.get("action") == "append":
+                    default = [type(part.strip()) for part in raw.split(",") if part.strip()]
+                else:
+                    default = type(raw)
+            except (argparse.ArgumentTypeError, ValueError) as exc:
+                self._parser.error(f"{name}: {exc}")
+        text = f"{help} [env {name}" + (f"; default {shown}]" if shown else "]")
+        self._parser.add_argument(flag, default=default, type=type, help=text, **kwargs)
+
+
+def add_relay_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    """The flags of ``relayfleet relay``, with defaults from ``environ``."""
+    env = _EnvDefaults(parser, environ)
+    env.add(
+        "--port",
+        default=DEFAULT_PORT,
+        type=_port,
+        metavar="N",
+        help="UDP port for relayed traffic; 0 picks any free port",
+        shown=str(DEFAULT_PORT),
+    )
+    env.add(
+        "--listen",
+        default=DEFAULT_LISTEN,
+        type=_ip,
+        metavar="IP",
+        help="UDP address to bind; '::' takes IPv6 and IPv4 on one socket",
+        shown=DEFAULT_LISTEN,
+    )
+    env.add(
+        "--api-listen",
+        default=parse_host_port(DEFAULT_API_LISTEN),
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="where the HTTP allocation API listens (keep it private)",
+        shown=DEFAULT_API_LISTEN,
+    )
+    env.add(
+        "--addr",
+        default=[],
+        type=_ip,
+        action="append",
+        metavar="IP",
+        help="an address clients reach this relay at, advertised in AddrPorts with the UDP "
+        "port; repeat for several (env: comma-separated). Without any, loopback is advertised",
+    )
+    env.add(
+        "--bind-lifetime",
+        default=DEFAULT_BIND_LIFETIME,
+        type=_lifetime,
+        metavar="DUR",
+        help="how long an allocation waits for both clients to bind (Go duration: 30s, 1m)",
+        shown=format_duration(DEFAULT_BIND_LIFETIME),
+    )
+    env.add(
+        "--steady-state-lifetime",
+        default=DEFAULT_STEADY_STATE_LIFETIME,
+        type=_lifetime,
+        metavar="DUR",
+        help="how long a bound endpoint lives after either client falls silent",
+        shown=format_duration(DEFAULT_STEADY_STATE_LIFETIME),
+    )
+    env.add(
+        "--store",
+        default="memory",
+        type=_store,
+        metavar="STORE",
+        help="where allocations are kept: 'memory' (this process only)",
+        shown="memory",
+    )
+    env.add(
+        "--max-endpoints",
+        default=MAX_VNI,
+        type=_max_endpoints,
+        metavar="N",
+        help="at most this many endpoints at once (VNIs 1..N)",
+        shown=str(MAX_VNI),
+    )
+    env.add(
+        "--key-file",
+        default=None,
+        metavar="PATH",
+        help="file holding the relay's disco private key and challenge secret, created "
+        "(mode 0600) when missing; without it the relay makes a new key every start",
+    )
+    env.add("--name", default="relay", metavar="NAME", help="this relay's name", shown="relay")
+    env.add(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="how much to log (to stderr)",
+        shown="info",
+    )

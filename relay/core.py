@@ -1,0 +1,339 @@
+"""The sans-I/O relay core: PROTOCOL.md's endpoint table, bind handshake, relaying and expiry.
+
+:class:`RelayCore` takes ``(datagram, source, now)`` and answers with at most
+one ``(datagram, destination)`` to send. It opens no socket, reads no clock
+and awaits nothing, so every rule is tested instantly with a fake clock and the
+transports around it stay thin. Addresses are whatever hashable values the
+transport uses (``(host, port)`` tuples for UDP); the core only compares them.
+
+Challenges are not stored: each is a keyed BLAKE2s MAC over the endpoint's
+identity (VNI, LamportID, client key) under a relay secret, indistinguishable
+from random to a client, stable across restarts, and free of per-endpoint memory.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import heapq
+import hmac
+from collections.abc import Hashable, Iterator
+
+from relay import disco, geneve
+from relay.keys import DiscoPrivateKey
+from relay.store.interface import Allocation
+
+Address = Hashable
+Send = tuple[bytes, Address]
+
+DEFAULT_BIND_LIFETIME = 30.0
+DEFAULT_STEADY_STATE_LIFETIME = 300.0
+CHALLENGE_SECRET_LEN = 32
+_CHALLENGE_PERSON = b"rf-chal0"
+_DISCO_HI, _DISCO_LO = geneve.PROTOCOL_DISCO >> 8, geneve.PROTOCOL_DISCO & 0xFF
+_FRAME = geneve.HEADER_LEN
+_MAGIC = slice(_FRAME, _FRAME + disco.SENDER_OFFSET)
+_SENDER = slice(_FRAME + disco.SENDER_OFFSET, _FRAME + disco.NONCE_OFFSET)
+
+
+class Handshake(enum.IntEnum):
+    """A client's bind handshake state (PROTOCOL.md: Init -> ChallengeSent -> AnswerReceived)."""
+
+    INIT = 0
+    CHALLENGE_SENT = 1
+    BOUND = 2
+
+    @property
+    def label(self) -> str:
+        return ("Init", "ChallengeSent", "Bound")[self]
+
+
+class Drop(enum.StrEnum):
+    """Why a datagram was dropped; each reason has its own counter."""
+
+    SHORT_PACKET = "short_packet"
+    UNKNOWN_VNI = "unknown_vni"
+    DATA_BEFORE_BOUND = "data_before_bound"
+    DATA_FROM_UNKNOWN_SOURCE = "data_from_unknown_source"
+    CONTROL_AFTER_BOUND = "control_after_bound"
+    CONTROL_NOT_DISCO = "control_not_disco"
+    SHORT_FRAME = "short_frame"
+    BAD_MAGIC = "bad_magic"
+    FOREIGN_KEY = "foreign_key"
+    CLIENT_ALREADY_BOUND = "client_already_bound"
+    UNDECRYPTABLE = "undecryptable"
+    MALFORMED_MESSAGE = "malformed_message"
+    UNEXPECTED_MESSAGE = "unexpected_message"
+    WRONG_SOURCE = "wrong_source"
+    WRONG_ANSWER = "wrong_answer"
+
+
+class Endpoint:
+    """The live state of one allocation: both clients' handshakes, addresses and counters.
+
+    Index 0 and 1 of every pair follow ``allocation.disco_keys`` (raw-byte order).
+    """
+
+    __slots__ = (
+        "addr",
+        "allocation",
+        "bound",
+        "bound_at",
+        "bytes",
+        "keys",
+        "last_seen",
+        "packets",
+        "shared",
+        "state",
+    )
+
+    def __init__(self, allocation: Allocation) -> None:
+        self.allocation = allocation
+        self.keys = (allocation.disco_keys[0].raw, allocation.disco_keys[1].raw)
+        self.state = [Handshake.INIT, Handshake.INIT]
+        self.addr: list[Address | None] = [None, None]
+        self.last_seen: list[float | None] = [None, None]
+        self.packets = [0, 0]
+        self.bytes = [0, 0]
+        self.shared: list[bytes | None] = [None, None]
+        self.bound = False
+        self.bound_at: float | None = None
+
+
+class RelayCore:
+    """One relay's endpoints and the protocol rules that act on them."""
+
+    def __init__(
+        self,
+        private_key: DiscoPrivateKey,
+        challenge_secret: bytes,
+        bind_lifetime: float = DEFAULT_BIND_LIFETIME,
+        steady_state_lifetime: float = DEFAULT_STEADY_STATE_LIFETIME,
+    ) -> None:
+        if len(challenge_secret) != CHALLENGE_SECRET_LEN:
+            raise ValueError(f"the challenge secret is {CHALLENGE_SECRET_LEN} bytes")
+        if bind_lifetime <= 0 or steady_state_lifetime <= 0:
+            raise ValueError("lifetimes must be positive")
+        self._private_key = private_key
+        self._challenge_secret = challenge_secret
+        self.server_key = private_key.public
+        self._server_key_raw = self.server_key.raw
+        self.bind_lifetime = bind_lifetime
+        self.steady_state_lifetime = steady_state_lifetime
+        self._by_vni: dict[int, Endpoint] = {}
+        self._deadlines: list[tuple[float, int, int]] = []
+        self._newly_bound: list[Allocation] = []
+        self.bound_count = 0
+        self.forwarded_packets = 0
+        self.forwarded_bytes = 0
+        self.handshakes_completed = 0
+        self.expired = {"bind": 0, "steady_state": 0}
+        self.drops: dict[Drop, int] = dict.fromkeys(Drop, 0)
+
+    # -- the endpoint table ------------------------------------------------
+
+    def install(self, allocation: Allocation) -> Endpoint:
+        """Serve an allocation. Idempotent; replaces an older allocation of the same VNI."""
+        if self.server_key in allocation.disco_keys:
+            raise ValueError("a client disco key equals the server's disco key")
+        current = self._by_vni.get(allocation.vni)
+        if current is not None:
+            if current.allocation.lamport_id == allocation.lamport_id:
+                return current
+            self._discard(current)
+        endpoint = Endpoint(allocation)
+        self._by_vni[allocation.vni] = endpoint
+        heapq.heappush(
+            self._deadlines,
+            (allocation.allocated_at + self.bind_lifetime, allocation.vni, allocation.lamport_id),
+        )
+        return endpoint
+
+    def remove(self, vni: int, lamport_id: int) -> bool:
+        """Stop serving an allocation; False if it is not (or no longer) served."""
+        endpoint = self._by_vni.get(vni)
+        if endpoint is None or endpoint.allocation.lamport_id != lamport_id:
+            return False
+        self._discard(endpoint)
+        return True
+
+    def _discard(self, endpoint: Endpoint) -> None:
+        del self._by_vni[endpoint.allocation.vni]
+        if endpoint.bound:
+            self.bound_count -= 1
+
+    def endpoint(self, vni: int) -> Endpoint | None:
+        return self._by_vni.get(vni)
+
+    def endpoints(self) -> Iterator[Endpoint]:
+        return iter(list(self._by_vni.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_vni)
+
+    def take_bound(self) -> list[Allocation]:
+        """Allocations bound by both clients since the last call, for the store to record."""
+        bound, self._newly_bound = self._newly_bound, []
+        return bound
+
+    # -- expiry ------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """When ``expire`` may next have work; None when nothing is allocated."""
+        return self._deadlines[0][0] if self._deadlines else None
+
+    def expire(self, now: float, budget: int = 10_000) -> list[Allocation]:
+        """Remove and return endpoints whose lifetime has passed.
+
+        Works through at most ``budget`` deadlines, so one call never stalls
+        the caller; a caller that gets ``budget`` or more back calls again.
+        Each endpoint has one deadline: its bind deadline until it is bound,
+        then the steady-state deadline of its quieter client, re-armed when
+        reached if traffic moved it on.
+        """
+        expired: list[Allocation] = []
+        heap = self._deadlines
+        while budget > 0 and heap and heap[0][0] < now:
+            budget -= 1
+            _, vni, lamport_id = heapq.heappop(heap)
+            endpoint = self._by_vni.get(vni)
+            if endpoint is None or endpoint.allocation.lamport_id != lamport_id:
+                continue
+            if endpoint.bound:
+                quiet_since = min(endpoint.last_seen[0], endpoint.last_seen[1])
+                deadline = quiet_since + self.steady_state_lifetime
+                if deadline >= now:
+                    heapq.heappush(heap, (deadline, vni, lamport_id))
+                    continue
+            self._discard(endpoint)
+            self.expired["steady_state" if endpoint.bound else "bind"] += 1
+            expired.append(endpoint.allocation)
+        return expired
+
+    # -- packets -----------------------------------------------------------
+
+    def handle(self, datagram: bytes, source: Address, now: float) -> Send | None:
+        """Act on one received datagram; return what to send, if anything."""
+        if len(datagram) < geneve.HEADER_LEN:
+            self.drops[Drop.SHORT_PACKET] += 1
+            return None
+        endpoint = self._by_vni.get((datagram[4] << 16) | (datagram[5] << 8) | datagram[6])
+        if endpoint is None:
+            self.drops[Drop.UNKNOWN_VNI] += 1
+            return None
+        if datagram[1] & geneve.CONTROL_BIT:
+            return self._handle_control(endpoint, datagram, source, now)
+        if not endpoint.bound:
+            self.drops[Drop.DATA_BEFORE_BOUND] += 1
+            return None
+        addr = endpoint.addr
+        if source == addr[0]:
+            sender, destination = 0, addr[1]
+        elif source == addr[1]:
+            sender, destination = 1, addr[0]
+        else:
+            self.drops[Drop.DATA_FROM_UNKNOWN_SOURCE] += 1
+            return None
+        endpoint.last_seen[sender] = now
+        endpoint.packets[sender] += 1
+        endpoint.bytes[sender] += len(datagram)
+        self.forwarded_packets += 1
+        self.forwarded_bytes += len(datagram)
+        return datagram, destination
+
+    def _handle_control(
+        self, endpoint: Endpoint, datagram: bytes, source: Address, now: float
+    ) -> Send | None:
+        drop = self._check_control(endpoint, datagram)
+        if drop is not None:
+            self.drops[drop] += 1
+            return None
+        sender_key = datagram[_SENDER]
+        if sender_key == endpoint.keys[0]:
+            index = 0
+        elif sender_key == endpoint.keys[1]:
+            index = 1
+        else:
+            self.drops[Drop.FOREIGN_KEY] += 1
+            return None
+        if endpoint.state[index] is Handshake.BOUND:
+            self.drops[Drop.CLIENT_ALREADY_BOUND] += 1
+            return None
+        try:
+            payload = disco.open_frame(datagram[_FRAME:], self._shared_key(endpoint, index))
+        except disco.DiscoError:
+            self.drops[Drop.UNDECRYPTABLE] += 1
+            return None
+        try:
+            message = disco.parse(payload)
+        except disco.DiscoError:
+            self.drops[Drop.MALFORMED_MESSAGE] += 1
+            return None
+        if isinstance(message, disco.BindUDPRelayEndpoint):
+            return self._on_bind(endpoint, index, source)
+        if isinstance(message, disco.BindUDPRelayEndpointAnswer):
+            self._on_answer(endpoint, index, source, message.answer, now)
+            return None
+        self.drops[Drop.UNEXPECTED_MESSAGE] += 1
+        return None
+
+    def _check_control(self, endpoint: Endpoint, datagram: bytes) -> Drop | None:
+        if endpoint.bound:
+            return Drop.CONTROL_AFTER_BOUND
+        if datagram[2] != _DISCO_HI or datagram[3] != _DISCO_LO:
+            return Drop.CONTROL_NOT_DISCO
+        if len(datagram) < _FRAME + disco.MIN_FRAME_LEN:
+            return Drop.SHORT_FRAME
+        if datagram[_MAGIC] != disco.MAGIC:
+            return Drop.BAD_MAGIC
+        return None
+
+    def _on_bind(self, endpoint: Endpoint, index: int, source: Address) -> Send | None:
+        if endpoint.state[index] is Handshake.INIT:
+            endpoint.addr[index] = source
+        elif source != endpoint.addr[index]:
+            self.drops[Drop.WRONG_SOURCE] += 1
+            return None
+        endpoint.state[index] = Handshake.CHALLENGE_SENT
+        challenge = disco.BindUDPRelayEndpointChallenge(self.challenge(endpoint.allocation, index))
+        frame = disco.seal(self._server_key_raw, self._shared_key(endpoint, index), challenge)
+        return geneve.control_header(endpoint.allocation.vni) + frame, source
+
+    def _on_answer(
+        self, endpoint: Endpoint, index: int, source: Address, answer: bytes, now: float
+    ) -> None:
+        if endpoint.state[index] is not Handshake.CHALLENGE_SENT:
+            self.drops[Drop.UNEXPECTED_MESSAGE] += 1
+            return
+        if source != endpoint.addr[index]:
+            self.drops[Drop.WRONG_SOURCE] += 1
+            return
+        if not hmac.compare_digest(answer, self.challenge(endpoint.allocation, index)):
+            self.drops[Drop.WRONG_ANSWER] += 1
+            return
+        endpoint.state[index] = Handshake.BOUND
+        endpoint.last_seen[index] = now
+        self.handshakes_completed += 1
+        if endpoint.state[1 - index] is Handshake.BOUND:
+            endpoint.bound = True
+            endpoint.bound_at = now
+            self.bound_count += 1
+            self._newly_bound.append(endpoint.allocation)
+
+    def _shared_key(self, endpoint: Endpoint, index: int) -> bytes:
+        shared = endpoint.shared[index]
+        if shared is None:
+            shared = self._private_key.shared(endpoint.allocation.disco_keys[index])
+            endpoint.shared[index] = shared
+        return shared
+
+    def challenge(self, allocation: Allocation, index: int) -> bytes:
+        """The challenge for one client of an allocation (a MAC, never stored)."""
+        identity = (
+            allocation.vni.to_bytes(4, "big")
+            + allocation.lamport_id.to_bytes(8, "big")
+            + allocation.disco_keys[index].raw
+        )
+        return hashlib.blake2s(
+            identity, key=self._challenge_secret, person=_CHALLENGE_PERSON, digest_size=32
+        ).digest()

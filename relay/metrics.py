@@ -1,0 +1,84 @@
+"""Prometheus metrics of a relay, read from the core's plain counters at scrape time.
+
+Nothing on the packet path touches a metrics library: the core keeps integers
+and this collector turns them into metric families when Prometheus asks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+from relay import __version__
+
+if TYPE_CHECKING:
+    from relay.server import RelayServer
+
+PREFIX = "relayfleet_relay"
+
+
+class RelayCollector(Collector):
+    def __init__(self, server: RelayServer) -> None:
+        self._server = server
+
+    def collect(self) -> Iterator:
+        server = self._server
+        core = server.core
+        info = InfoMetricFamily(f"{PREFIX}", "This relay's identity")
+        info.add_metric(
+            [],
+            {
+                "name": server.config.name,
+                "server_disco": str(core.server_key),
+                "version": __version__,
+            },
+        )
+        yield info
+        yield CounterMetricFamily(
+            f"{PREFIX}_forwarded_packets", "Data packets relayed", value=core.forwarded_packets
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_forwarded_bytes", "Bytes of data packets relayed", value=core.forwarded_bytes
+        )
+        drops = CounterMetricFamily(
+            f"{PREFIX}_dropped_packets", "Datagrams dropped, by reason", labels=["reason"]
+        )
+        for reason, count in core.drops.items():
+            drops.add_metric([reason.value], count)
+        yield drops
+        endpoints = GaugeMetricFamily(
+            f"{PREFIX}_endpoints", "Endpoints served, by state", labels=["state"]
+        )
+        endpoints.add_metric(["allocated"], len(core) - core.bound_count)
+        endpoints.add_metric(["bound"], core.bound_count)
+        yield endpoints
+        yield CounterMetricFamily(
+            f"{PREFIX}_handshakes_completed",
+            "Client bind handshakes completed",
+            value=core.handshakes_completed,
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_allocations", "New allocations made", value=server.allocations_created
+        )
+        expired = CounterMetricFamily(
+            f"{PREFIX}_expired_endpoints", "Endpoints expired, by lifetime", labels=["lifetime"]
+        )
+        for lifetime, count in core.expired.items():
+            expired.add_metric([lifetime], count)
+        yield expired
+        yield CounterMetricFamily(
+            f"{PREFIX}_send_errors",
+            "Datagrams the socket refused to send",
+            value=server.send_errors,
+        )
+
+
+def relay_registry(server: RelayServer) -> CollectorRegistry:
+    """A registry of its own per relay, so several relays can share one process (tests)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RelayCollector(server))
+    return registry

@@ -1,0 +1,188 @@
+"""The standalone relay: the core, its UDP socket, its store, its expiry loop and its API.
+
+:class:`RelayServer` is what ``relayfleet relay`` and ``relayfleet demo`` run,
+and what the socket-level tests start. It decides nothing the core or the
+store does not: it moves datagrams, times and allocations between them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+
+from relay.addresses import format_host_port, ipv6_available
+from relay.api import InvalidRequest, ServerClosed, make_app
+from relay.config import RelayConfig
+from relay.core import Endpoint, RelayCore
+from relay.keys import DiscoPublicKey
+from relay.metrics import relay_registry
+from relay.secrets import RelaySecrets
+from relay.server_endpoint import ServerEndpoint
+from relay.store import Store
+from relay.transport import RelayProtocol, open_udp_socket
+
+log = logging.getLogger(__name__)
+
+MAX_EXPIRY_TICK = 1.0
+
+
+def advertised_ips(config: RelayConfig) -> tuple[str, ...]:
+    """The IPs put in AddrPorts: ``--addr`` values, else the bound IP, else loopback."""
+    if config.addrs:
+        return config.addrs
+    if config.listen not in ("::", "0.0.0.0"):
+        return (config.listen,)
+    if config.listen == "::" and ipv6_available():
+        return ("127.0.0.1", "::1")
+    return ("127.0.0.1",)
+
+
+class RelayServer:
+    def __init__(
+        self,
+        config: RelayConfig,
+        store: Store,
+        secrets: RelaySecrets,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.core = RelayCore(
+            secrets.private_key,
+            secrets.challenge_secret,
+            config.bind_lifetime,
+            config.steady_state_lifetime,
+        )
+        self._clock = clock
+        self.metrics = relay_registry(self)
+        self.allocations_created = 0
+        self.closed = False
+        self.udp_port = 0
+        self.api_address = ""
+        self.addr_ports: tuple[str, ...] = ()
+        self._transport: asyncio.DatagramTransport | None = None
+        self._protocol: RelayProtocol | None = None
+        self._api: web.AppRunner | None = None
+        self._maintenance: asyncio.Task[None] | None = None
+
+    @property
+    def send_errors(self) -> int:
+        return self._protocol.send_errors if self._protocol else 0
+
+    async def start(self) -> None:
+        """Bind the UDP socket and the API, and start expiring endpoints."""
+        loop = asyncio.get_running_loop()
+        sock = open_udp_socket(self.config.listen, self.config.port)
+        self._transport, self._protocol = await loop.create_datagram_endpoint(
+            lambda: RelayProtocol(self.core, self._clock), sock=sock
+        )
+        self.udp_port = sock.getsockname()[1]
+        self.addr_ports = tuple(
+            format_host_port(ip, self.udp_port) for ip in advertised_ips(self.config)
+        )
+        if not self.config.addrs:
+            log.warning("no --addr given: advertising %s only", ", ".join(self.addr_ports))
+        try:
+            await self._start_api()
+        except BaseException:
+            self._transport.close()
+            raise
+        self._maintenance = asyncio.create_task(self._maintain(), name="relay-maintenance")
+        log.info(
+            "relay %s serving UDP port %d as %s; API on http://%s",
+            self.config.name,
+            self.udp_port,
+            self.core.server_key,
+            self.api_address,
+        )
+
+    async def _start_api(self) -> None:
+        host, port = self.config.api_listen
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+        except BaseException:
+            sock.close()
+            raise
+        self.api_address = format_host_port(host, sock.getsockname()[1])
+        self._api = web.AppRunner(make_app(self), access_log=None)
+        await self._api.setup()
+        await web.SockSite(self._api, sock).start()
+
+    async def allocate(self, a: DiscoPublicKey, b: DiscoPublicKey) -> ServerEndpoint:
+        """Allocate (or re-use) the endpoint for a pair, and serve it."""
+        if self.closed:
+            raise ServerClosed
+        if a == b:
+            raise InvalidRequest("DiscoKeys must name two different keys")
+        if self.core.server_key in (a, b):
+            raise InvalidRequest("a client disco key equals the server's disco key")
+        await self._record_bound()
+        result = await self.store.allocate(self.config.name, (a, b), self._clock())
+        if result.replaced is not None:
+            self.core.remove(result.replaced.vni, result.replaced.lamport_id)
+        allocation = result.allocation
+        self.core.install(allocation)
+        if result.created:
+            self.allocations_created += 1
+        return ServerEndpoint(
+            server_disco=self.core.server_key,
+            lamport_id=allocation.lamport_id,
+            addr_ports=self.addr_ports,
+            vni=allocation.vni,
+            bind_lifetime=self.core.bind_lifetime,
+            steady_state_lifetime=self.core.steady_state_lifetime,
+        )
+
+    def expires_at(self, endpoint: Endpoint) -> float:
+        if endpoint.bound:
+            return min(endpoint.last_seen) + self.core.steady_state_lifetime
+        return endpoint.allocation.allocated_at + self.core.bind_lifetime
+
+    async def _record_bound(self) -> None:
+        for allocation in self.core.take_bound():
+            await self.store.mark_bound(allocation.relay, allocation.vni, allocation.lamport_id)
+
+    async def expire_now(self) -> int:
+        """One expiry pass; returns how many endpoints expired."""
+        await self._record_bound()
+        expired = self.core.expire(self._clock())
+        for allocation in expired:
+            await self.store.free(allocation.relay, allocation.vni, allocation.lamport_id)
+        return len(expired)
+
+    def _tick(self) -> float:
+        core = self.core
+        return min(MAX_EXPIRY_TICK, core.bind_lifetime / 10, core.steady_state_lifetime / 10)
+
+    async def _maintain(self) -> None:
+        while True:
+            try:
+                await self.expire_now()
+            except Exception:
+                log.exception("expiry pass failed; retrying")
+            delay = self._tick()
+            deadline = self.core.next_deadline()
+            if deadline is not None:
+                delay = max(0.0, min(delay, deadline - self._clock() + 0.001))
+            await asyncio.sleep(delay)
+
+    async def close(self) -> None:
+        """Stop taking allocations, stop the API and the socket."""
+        self.closed = True
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
+        if self._api is not None:
+            await self._api.cleanup()
+        if self._transport is not None:
+            self._transport.close()

@@ -1,0 +1,77 @@
+"""The store interface: what every store (memory, Redis) offers the relay and the operator.
+
+A store owns allocations: which VNI of which relay serves which pair of disco
+keys, under which LamportID, since when, and whether both clients have bound.
+It applies PROTOCOL.md's allocation rules atomically, so that the callers never
+know which implementation they talk to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from relay.keys import DiscoPublicKey
+
+
+class StoreError(Exception):
+    """Base class of store errors."""
+
+
+class VNIExhausted(StoreError):
+    """The relay has no free VNI."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached; the caller may retry later."""
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """One endpoint of one relay: the allocation half of PROTOCOL.md's ServerEndpoint."""
+
+    relay: str
+    vni: int
+    lamport_id: int
+    disco_keys: tuple[DiscoPublicKey, DiscoPublicKey]
+    allocated_at: float
+    bound: bool = False
+
+    def as_bound(self) -> Allocation:
+        return replace(self, bound=True)
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationResult:
+    """What ``allocate`` did: the allocation to use, and a bound one it discarded, if any."""
+
+    allocation: Allocation
+    created: bool
+    replaced: Allocation | None = None
+
+
+class Store(Protocol):
+    async def allocate(
+        self, relay: str, disco_keys: tuple[DiscoPublicKey, DiscoPublicKey], now: float
+    ) -> AllocationResult:
+        """Allocate for an unordered pair, as PROTOCOL.md "Allocation" says.
+
+        The same pair not yet bound gets its allocation back unchanged; the same
+        pair already bound is freed and allocated afresh with a new LamportID.
+        Raises VNIExhausted when the relay has no free VNI.
+        """
+        ...
+
+    async def mark_bound(self, relay: str, vni: int, lamport_id: int) -> bool:
+        """Record that both clients bound; False if that allocation is gone."""
+        ...
+
+    async def free(self, relay: str, vni: int, lamport_id: int) -> bool:
+        """Free an allocation and its VNI; False if it was already gone or replaced."""
+        ...
+
+    async def allocations(self, relay: str) -> list[Allocation]:
+        """Every live allocation of a relay."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,100 @@
+"""The in-memory store: one process's allocations, for the standalone relay and the tests.
+
+Memory grows with what is allocated, never with the 2^24 VNI space: a relay
+keeps a dict of VNIs in use and a cursor; a new VNI is the first free one at
+or after the cursor, so freed VNIs come back last, as in the reference's pool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from relay.geneve import MAX_VNI
+from relay.keys import DiscoPublicKey, sorted_pair
+from relay.store.interface import Allocation, AllocationResult, VNIExhausted
+
+
+@dataclass
+class _RelayAllocations:
+    max_vni: int
+    lamport_id: int = 0
+    cursor: int = 1
+    by_vni: dict[int, Allocation] = field(default_factory=dict)
+    by_pair: dict[tuple[DiscoPublicKey, DiscoPublicKey], int] = field(default_factory=dict)
+
+    def take_vni(self) -> int:
+        if len(self.by_vni) >= self.max_vni:
+            raise VNIExhausted(f"all {self.max_vni} VNIs are in use")
+        vni = self.cursor
+        while vni in self.by_vni:
+            vni = vni % self.max_vni + 1
+        self.cursor = vni % self.max_vni + 1
+        return vni
+
+    def drop(self, allocation: Allocation) -> None:
+        del self.by_vni[allocation.vni]
+        del self.by_pair[allocation.disco_keys]
+
+
+class MemoryStore:
+    """The store interface over plain dicts. ``max_vni`` caps VNIs at 1..max_vni per relay."""
+
+    def __init__(self, max_vni: int = MAX_VNI) -> None:
+        if not 1 <= max_vni <= MAX_VNI:
+            raise ValueError(f"max_vni must be between 1 and {MAX_VNI}")
+        self._max_vni = max_vni
+        self._relays: dict[str, _RelayAllocations] = {}
+
+    def _relay(self, relay: str) -> _RelayAllocations:
+        state = self._relays.get(relay)
+        if state is None:
+            state = self._relays[relay] = _RelayAllocations(self._max_vni)
+        return state
+
+    async def allocate(
+        self, relay: str, disco_keys: tuple[DiscoPublicKey, DiscoPublicKey], now: float
+    ) -> AllocationResult:
+        state = self._relay(relay)
+        pair = sorted_pair(*disco_keys)
+        replaced = None
+        vni = state.by_pair.get(pair)
+        if vni is not None:
+            existing = state.by_vni[vni]
+            if not existing.bound:
+                return AllocationResult(existing, created=False)
+            state.drop(existing)
+            replaced = existing
+        new_vni = state.take_vni()
+        state.lamport_id += 1
+        allocation = Allocation(relay, new_vni, state.lamport_id, pair, now)
+        state.by_vni[new_vni] = allocation
+        state.by_pair[pair] = new_vni
+        return AllocationResult(allocation, created=True, replaced=replaced)
+
+    def _current(self, relay: str, vni: int, lamport_id: int) -> Allocation | None:
+        state = self._relays.get(relay)
+        allocation = state.by_vni.get(vni) if state else None
+        if allocation is None or allocation.lamport_id != lamport_id:
+            return None
+        return allocation
+
+    async def mark_bound(self, relay: str, vni: int, lamport_id: int) -> bool:
+        allocation = self._current(relay, vni, lamport_id)
+        if allocation is None:
+            return False
+        self._relays[relay].by_vni[vni] = allocation.as_bound()
+        return True
+
+    async def free(self, relay: str, vni: int, lamport_id: int) -> bool:
+        allocation = self._current(relay, vni, lamport_id)
+        if allocation is None:
+            return False
+        self._relays[relay].drop(allocation)
+        return True
+
+    async def allocations(self, relay: str) -> list[Allocation]:
+        state = self._relays.get(relay)
+        return list(state.by_vni.values()) if state else []
+
+    async def close(self) -> None:
+        self._relays.clear()

@@ -1,0 +1,1 @@
+"""The kopf operator that places RelayEndpoint resources on relays (not built yet)."""

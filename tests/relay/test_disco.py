@@ -1,0 +1,98 @@
+"""Disco frames and the three bind messages, byte for byte (PROTOCOL.md "Control packets")."""
+
+import pytest
+from nacl.public import Box, PrivateKey, PublicKey
+
+from relay import disco
+from relay.keys import DiscoPrivateKey
+
+NONCE = bytes(range(24))
+CHALLENGE = bytes(range(100, 132))
+
+
+@pytest.fixture
+def keys():
+    return DiscoPrivateKey.generate(), DiscoPrivateKey.generate()
+
+
+def test_magic_is_ts_and_speech_balloon():
+    assert bytes.fromhex("5453f09f92ac") == disco.MAGIC
+    assert "TS\U0001f4ac".encode() == disco.MAGIC
+
+
+@pytest.mark.parametrize(
+    ("message", "payload"),
+    [
+        (disco.BindUDPRelayEndpoint(), bytes.fromhex("0400") + bytes(32)),
+        (disco.BindUDPRelayEndpointChallenge(CHALLENGE), bytes.fromhex("0500") + CHALLENGE),
+        (disco.BindUDPRelayEndpointAnswer(CHALLENGE), bytes.fromhex("0600") + CHALLENGE),
+    ],
+)
+def test_message_payloads(message, payload):
+    assert disco.marshal(message) == payload
+    assert disco.parse(payload) == message
+
+
+def test_readers_ignore_trailing_bytes_and_accept_any_bind_padding():
+    assert disco.parse(bytes.fromhex("0600") + CHALLENGE + b"extra") == (
+        disco.BindUDPRelayEndpointAnswer(CHALLENGE)
+    )
+    assert disco.parse(bytes.fromhex("0400")) == disco.BindUDPRelayEndpoint()
+    assert disco.parse(bytes.fromhex("0401") + bytes(100)) == disco.BindUDPRelayEndpoint()
+
+
+@pytest.mark.parametrize("payload", [b"", b"\x05", bytes.fromhex("0500") + bytes(31)])
+def test_short_messages_are_errors(payload):
+    with pytest.raises(disco.DiscoError):
+        disco.parse(payload)
+
+
+def test_other_types_parse_as_other():
+    assert disco.parse(bytes.fromhex("0100") + bytes(40)) == disco.OtherMessage(1)
+
+
+def test_frame_layout_and_offsets(keys):
+    sender, receiver = keys
+    frame = disco.seal(
+        sender.public.raw, sender.shared(receiver.public), disco.BindUDPRelayEndpoint(), NONCE
+    )
+    assert frame[0:6] == disco.MAGIC
+    assert frame[6:38] == sender.public.raw
+    assert frame[38:62] == NONCE
+    assert len(frame) == 6 + 32 + 24 + (2 + 32) + 16
+    assert disco.frame_sender(frame) == sender.public.raw
+
+
+def test_box_opens_with_nacl_public_box(keys):
+    """An independent path (PyNaCl's Box, not the precomputed-key bindings) opens our box."""
+    sender, receiver = keys
+    frame = disco.seal(
+        sender.public.raw,
+        sender.shared(receiver.public),
+        disco.BindUDPRelayEndpointChallenge(CHALLENGE),
+        NONCE,
+    )
+    box = Box(PrivateKey(receiver.raw), PublicKey(sender.public.raw))
+    assert box.decrypt(frame[62:], NONCE) == bytes.fromhex("0500") + CHALLENGE
+
+
+def test_open_frame_round_trip_and_tamper(keys):
+    sender, receiver = keys
+    frame = disco.seal(
+        sender.public.raw, sender.shared(receiver.public), disco.BindUDPRelayEndpoint()
+    )
+    assert disco.parse(disco.open_frame(frame, receiver.shared(sender.public))) == (
+        disco.BindUDPRelayEndpoint()
+    )
+    tampered = frame[:-1] + bytes([frame[-1] ^ 1])
+    with pytest.raises(disco.DiscoError):
+        disco.open_frame(tampered, receiver.shared(sender.public))
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [b"", disco.MAGIC, disco.MAGIC + bytes(32 + 24 + 15), b"XX\xf0\x9f\x92\xac" + bytes(72)],
+)
+def test_short_or_unmagical_frames_are_errors(frame):
+    with pytest.raises(disco.DiscoError):
+        disco.frame_sender(frame)
