@@ -80,6 +80,7 @@ class Endpoint:
         "bound",
         "bound_at",
         "bytes",
+        "deadline",
         "keys",
         "last_seen",
         "packets",
@@ -98,6 +99,7 @@ class Endpoint:
         self.shared: list[bytes | None] = [None, None]
         self.bound = False
         self.bound_at: float | None = None
+        self.deadline = allocation.allocated_at
 
 
 class RelayCore:
@@ -143,11 +145,14 @@ class RelayCore:
             self._discard(current)
         endpoint = Endpoint(allocation)
         self._by_vni[allocation.vni] = endpoint
-        heapq.heappush(
-            self._deadlines,
-            (allocation.allocated_at + self.bind_lifetime, allocation.vni, allocation.lamport_id),
-        )
+        self._arm(endpoint, allocation.allocated_at + self.bind_lifetime)
         return endpoint
+
+    def _arm(self, endpoint: Endpoint, deadline: float) -> None:
+        """Make ``deadline`` the endpoint's one live deadline; older heap entries go stale."""
+        endpoint.deadline = deadline
+        allocation = endpoint.allocation
+        heapq.heappush(self._deadlines, (deadline, allocation.vni, allocation.lamport_id))
 
     def remove(self, vni: int, lamport_id: int) -> bool:
         """Stop serving an allocation; False if it is not (or no longer) served."""
@@ -187,23 +192,28 @@ class RelayCore:
 
         Works through at most ``budget`` deadlines, so one call never stalls
         the caller; a caller that gets ``budget`` or more back calls again.
-        Each endpoint has one deadline: its bind deadline until it is bound,
-        then the steady-state deadline of its quieter client, re-armed when
-        reached if traffic moved it on.
+        Each endpoint has one live deadline: its bind deadline until it is
+        bound, then the steady-state deadline of its quieter client, re-armed
+        when reached if traffic moved it on. Entries of removed endpoints and
+        superseded deadlines are skipped as they surface.
         """
         expired: list[Allocation] = []
         heap = self._deadlines
         while budget > 0 and heap and heap[0][0] < now:
             budget -= 1
-            _, vni, lamport_id = heapq.heappop(heap)
+            deadline, vni, lamport_id = heapq.heappop(heap)
             endpoint = self._by_vni.get(vni)
-            if endpoint is None or endpoint.allocation.lamport_id != lamport_id:
+            if (
+                endpoint is None
+                or endpoint.allocation.lamport_id != lamport_id
+                or endpoint.deadline != deadline
+            ):
                 continue
             if endpoint.bound:
                 quiet_since = min(endpoint.last_seen[0], endpoint.last_seen[1])
-                deadline = quiet_since + self.steady_state_lifetime
-                if deadline >= now:
-                    heapq.heappush(heap, (deadline, vni, lamport_id))
+                steady_deadline = quiet_since + self.steady_state_lifetime
+                if steady_deadline >= now:
+                    self._arm(endpoint, steady_deadline)
                     continue
             self._discard(endpoint)
             self.expired["steady_state" if endpoint.bound else "bind"] += 1
@@ -318,6 +328,7 @@ class RelayCore:
             endpoint.bound = True
             endpoint.bound_at = now
             self.bound_count += 1
+            self._arm(endpoint, now + self.steady_state_lifetime)
             self._newly_bound.append(endpoint.allocation)
 
     def _shared_key(self, endpoint: Endpoint, index: int) -> bytes:

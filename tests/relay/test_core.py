@@ -317,6 +317,16 @@ def test_bound_endpoint_expires_when_either_client_is_silent(h):
     assert h.core.expired == {"bind": 0, "steady_state": 1}
 
 
+def test_steady_state_shorter_than_bind_lifetime_expires_on_time():
+    h = CoreHarness(bind_lifetime=60, steady_state_lifetime=5)
+    pair = h.allocate()
+    h.now += 1
+    h.bind_pair(pair)
+    assert h.core.expire(h.now + 5) == []
+    assert h.core.expire(h.now + 5.001) == [pair.allocation]
+    assert h.core.expire(h.now + 61) == []
+
+
 def test_traffic_both_ways_keeps_a_bound_endpoint_alive(h):
     pair = h.allocate()
     h.bind_pair(pair)

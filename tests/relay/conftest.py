@@ -1,0 +1,30 @@
+import pytest
+
+from tests.relay import udp_harness
+
+
+@pytest.fixture(params=["127.0.0.1", "::1"], ids=["ipv4", "ipv6"])
+def host(request):
+    return request.param
+
+
+@pytest.fixture
+async def relay(host):
+    """A relay on loopback with short lifetimes, in this test's event loop."""
+    h = await udp_harness.harness(host, bind_lifetime=30.0, steady_state_lifetime=300.0)
+    yield h
+    await udp_harness.close(h)
+
+
+@pytest.fixture
+async def relay_factory():
+    started = []
+
+    async def start(host="127.0.0.1", **config):
+        h = await udp_harness.harness(host, **config)
+        started.append(h)
+        return h
+
+    yield start
+    for h in started:
+        await udp_harness.close(h)

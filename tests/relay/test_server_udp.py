@@ -1,0 +1,204 @@
+"""Every rule of PROTOCOL.md again, over real UDP sockets on loopback, IPv4 and IPv6.
+
+Drops are observed two ways: the relay's per-reason counter moves, and a
+sentinel sent right after shows that nothing else was forwarded or answered.
+"""
+
+import pytest
+
+from relay import disco, geneve
+from relay.client import RelayClient
+from relay.core import Drop, Handshake
+from relay.keys import DiscoPrivateKey
+from tests.relay.udp_harness import wait_until
+
+
+async def test_allocate_handshake_and_relay_both_ways(relay):
+    pair = await relay.bound_pair()
+    a, b = pair.peers
+    a.send(pair.clients[0].data(b"ping from a"), relay.relay)
+    assert pair.clients[1].read_data(await b.receive()) == b"ping from a"
+    b.send(pair.clients[1].data(b"pong from b" * 100), relay.relay)
+    assert pair.clients[0].read_data(await a.receive()) == b"pong from b" * 100
+    endpoint = relay.server.core.endpoint(pair.endpoint.vni)
+    assert [e.label for e in endpoint.state] == ["Bound", "Bound"]
+    assert relay.total_drops() == 0
+
+
+async def test_relayed_datagram_is_unchanged_header_included(relay):
+    pair = await relay.bound_pair()
+    packet = pair.clients[0].data(bytes(range(256)))
+    pair.peers[0].send(packet, relay.relay)
+    assert await pair.peers[1].receive() == packet
+
+
+async def test_challenge_is_sealed_to_the_client_by_the_server_key(relay):
+    pair = await relay.pair()
+    pair.peers[0].send(pair.clients[0].bind(), relay.relay)
+    reply = await pair.peers[0].receive()
+    assert geneve.decode(reply) == geneve.GeneveHeader(
+        geneve.PROTOCOL_DISCO, pair.endpoint.vni, control=True
+    )
+    assert reply[14:46] == pair.endpoint.server_disco.raw
+    assert isinstance(pair.clients[0].read_control(reply), disco.BindUDPRelayEndpointChallenge)
+
+
+async def test_short_packet_is_dropped(relay):
+    peer = await relay.peer()
+    peer.send(b"\x00" * 7, relay.relay)
+    await relay.dropped(Drop.SHORT_PACKET)
+    assert peer.pending() == []
+
+
+async def test_unknown_vni_is_dropped(relay):
+    pair = await relay.pair()
+    pair.clients[0].vni = pair.endpoint.vni + 1
+    pair.peers[0].send(pair.clients[0].bind(), relay.relay)
+    await relay.dropped(Drop.UNKNOWN_VNI)
+    assert pair.peers[0].pending() == []
+
+
+async def test_bad_magic_is_dropped(relay):
+    pair = await relay.pair()
+    bind = bytearray(pair.clients[0].bind())
+    bind[8:14] = b"XXXXXX"
+    pair.peers[0].send(bytes(bind), relay.relay)
+    await relay.dropped(Drop.BAD_MAGIC)
+    assert pair.peers[0].pending() == []
+
+
+async def test_foreign_key_is_dropped(relay):
+    pair = await relay.pair()
+    intruder = RelayClient(
+        DiscoPrivateKey.generate(), pair.endpoint.server_disco, pair.endpoint.vni
+    )
+    pair.peers[0].send(intruder.bind(), relay.relay)
+    await relay.dropped(Drop.FOREIGN_KEY)
+    assert pair.peers[0].pending() == []
+
+
+async def test_undecryptable_is_dropped(relay):
+    pair = await relay.pair()
+    bind = bytearray(pair.clients[0].bind())
+    bind[-5] ^= 0x40
+    pair.peers[0].send(bytes(bind), relay.relay)
+    await relay.dropped(Drop.UNDECRYPTABLE)
+    assert pair.peers[0].pending() == []
+
+
+async def test_wrong_answer_is_dropped_and_does_not_bind(relay):
+    pair = await relay.pair()
+    pair.peers[0].send(pair.clients[0].bind(), relay.relay)
+    await pair.peers[0].receive()
+    wrong = pair.clients[0].control(disco.BindUDPRelayEndpointAnswer(b"\x01" * 32))
+    pair.peers[0].send(wrong, relay.relay)
+    await relay.dropped(Drop.WRONG_ANSWER)
+    endpoint = relay.server.core.endpoint(pair.endpoint.vni)
+    assert endpoint.state[0] is Handshake.CHALLENGE_SENT or endpoint.state[1] is (
+        Handshake.CHALLENGE_SENT
+    )
+    assert Handshake.BOUND not in endpoint.state
+
+
+async def test_bind_from_a_second_source_is_dropped(relay):
+    pair = await relay.pair()
+    pair.peers[0].send(pair.clients[0].bind(), relay.relay)
+    await pair.peers[0].receive()
+    second = await relay.peer()
+    second.send(pair.clients[0].bind(), relay.relay)
+    await relay.dropped(Drop.WRONG_SOURCE)
+    assert second.pending() == []
+    # the first source still completes the handshake
+    pair.peers[0].send(pair.clients[0].bind(), relay.relay)
+    pair.peers[0].send(pair.clients[0].answer(await pair.peers[0].receive()), relay.relay)
+    endpoint = relay.server.core.endpoint(pair.endpoint.vni)
+    await wait_until(lambda: Handshake.BOUND in endpoint.state, what="first source bound")
+
+
+async def test_data_before_bound_is_not_forwarded(relay):
+    pair = await relay.pair()
+    await pair.handshake(0)
+    pair.peers[1].send(pair.clients[1].bind(), relay.relay)
+    await pair.peers[1].receive()
+    pair.peers[0].send(pair.clients[0].data(b"too early"), relay.relay)
+    await relay.dropped(Drop.DATA_BEFORE_BOUND)
+    assert pair.peers[1].pending() == []
+
+
+async def test_data_from_a_third_address_is_not_forwarded(relay):
+    pair = await relay.bound_pair()
+    third = await relay.peer()
+    third.send(pair.clients[0].data(b"from a stranger"), relay.relay)
+    await relay.dropped(Drop.DATA_FROM_UNKNOWN_SOURCE)
+    pair.peers[0].send(pair.clients[0].data(b"sentinel"), relay.relay)
+    assert pair.clients[1].read_data(await pair.peers[1].receive()) == b"sentinel"
+    assert third.pending() == []
+
+
+async def test_control_after_bound_is_ignored(relay):
+    pair = await relay.bound_pair()
+    pair.peers[0].send(pair.clients[0].bind(), relay.relay)
+    await relay.dropped(Drop.CONTROL_AFTER_BOUND)
+    pair.peers[1].send(pair.clients[1].data(b"sentinel"), relay.relay)
+    assert pair.clients[0].read_data(await pair.peers[0].receive()) == b"sentinel"
+
+
+async def test_same_pair_before_bind_gets_the_same_allocation(relay):
+    pair = await relay.pair()
+    keys = [str(k.public) for k in reversed(pair.keys)]
+    again = await relay.post_allocation(keys)
+    assert again == pair.endpoint
+
+
+async def test_same_pair_after_bind_gets_a_new_allocation_and_the_old_stops(relay):
+    pair = await relay.bound_pair()
+    again = await relay.post_allocation([str(k.public) for k in pair.keys])
+    assert again.lamport_id > pair.endpoint.lamport_id
+    assert again.vni != pair.endpoint.vni
+    assert again.server_disco == pair.endpoint.server_disco
+    pair.peers[0].send(pair.clients[0].data(b"old endpoint"), relay.relay)
+    await relay.dropped(Drop.UNKNOWN_VNI)
+    assert pair.peers[1].pending() == []
+
+
+async def test_lamport_ids_strictly_increase(relay):
+    ids = [(await relay.pair()).endpoint.lamport_id for _ in range(5)]
+    assert ids == sorted(ids) and len(set(ids)) == 5
+
+
+async def test_dual_stack_socket_serves_ipv4_clients(relay_factory):
+    h = await relay_factory("::", addrs=("127.0.0.1",))
+    h.host = "127.0.0.1"
+    pair = await h.bound_pair()
+    pair.peers[0].send(pair.clients[0].data(b"v4 over dual stack"), h.relay)
+    assert pair.clients[1].read_data(await pair.peers[1].receive()) == b"v4 over dual stack"
+
+
+# -- lifetimes, with short ones -------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1"])
+async def test_bind_lifetime_expires_and_frees_the_vni(relay_factory, host):
+    h = await relay_factory(host, bind_lifetime=0.2, steady_state_lifetime=60.0)
+    pair = await h.pair()
+    await pair.handshake(0)
+    vni = pair.endpoint.vni
+    await wait_until(lambda: h.server.core.endpoint(vni) is None, what="bind expiry")
+    assert h.server.core.expired["bind"] == 1
+    assert await h.server.store.allocations(h.server.config.name) == []
+    pair.peers[1].send(pair.clients[1].bind(), h.relay)
+    await h.dropped(Drop.UNKNOWN_VNI)
+    again = await h.post_allocation([str(k.public) for k in pair.keys])
+    assert again.lamport_id > pair.endpoint.lamport_id
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1"])
+async def test_steady_state_lifetime_expires_a_silent_endpoint(relay_factory, host):
+    h = await relay_factory(host, bind_lifetime=60.0, steady_state_lifetime=0.3)
+    pair = await h.bound_pair()
+    vni = pair.endpoint.vni
+    await wait_until(lambda: h.server.core.endpoint(vni) is None, what="steady-state expiry")
+    assert h.server.core.expired == {"bind": 0, "steady_state": 1}
+    assert await h.server.store.allocations(h.server.config.name) == []
+    pair.peers[0].send(pair.clients[0].data(b"after expiry"), h.relay)
+    await h.dropped(Drop.UNKNOWN_VNI)
