@@ -4,6 +4,8 @@ Drops are observed two ways: the relay's per-reason counter moves, and a
 sentinel sent right after shows that nothing else was forwarded or answered.
 """
 
+import random
+
 import pytest
 
 from relay import disco, geneve
@@ -202,3 +204,45 @@ async def test_steady_state_lifetime_expires_a_silent_endpoint(relay_factory, ho
     assert await h.server.store.allocations(h.server.config.name) == []
     pair.peers[0].send(pair.clients[0].data(b"after expiry"), h.relay)
     await h.dropped(Drop.UNKNOWN_VNI)
+
+
+async def test_a_storm_of_random_and_mutated_packets_changes_nothing(relay):
+    """2 000 bad datagrams from several sockets: the bound pair still relays, state intact.
+
+    Mutations spare the header bits a reader ignores (version, reserved), which
+    would leave a valid bind. No empty datagrams: uvloop's transport never
+    delivers one, so none is counted.
+    """
+    rng = random.Random(1234)
+    pair = await relay.bound_pair()
+    fresh = await relay.pair()
+    templates = [
+        pair.clients[0].bind(),
+        pair.clients[0].data(b"x" * 40),
+        fresh.clients[0].bind(),
+        fresh.clients[1].control(disco.BindUDPRelayEndpointAnswer(bytes(32))),
+    ]
+    attackers = [await relay.peer() for _ in range(4)]
+    before = {
+        e.allocation.vni: (list(e.state), list(e.addr), list(e.packets))
+        for e in relay.server.core.endpoints()
+    }
+    drops_before = relay.total_drops()
+    for _ in range(2000):
+        datagram = bytearray(rng.choice(templates))
+        at = rng.randrange(1, 7) if rng.random() < 0.3 else rng.randrange(8, len(datagram))
+        datagram[at] ^= 0x80 if at == 1 else rng.randrange(1, 256)
+        if rng.random() < 0.3:
+            datagram = datagram[: rng.randrange(1, len(datagram))]
+        if rng.random() < 0.1:
+            datagram = bytearray(rng.randbytes(rng.randrange(1, 64)))
+        rng.choice(attackers).send(bytes(datagram), relay.relay)
+    await wait_until(lambda: relay.total_drops() - drops_before == 2000, what="all 2000 counted")
+    after = {
+        e.allocation.vni: (list(e.state), list(e.addr), list(e.packets))
+        for e in relay.server.core.endpoints()
+    }
+    assert after == before
+    pair.peers[0].send(pair.clients[0].data(b"still here"), relay.relay)
+    assert pair.clients[1].read_data(await pair.peers[1].receive()) == b"still here"
+    assert all(a.pending() == [] for a in attackers)
