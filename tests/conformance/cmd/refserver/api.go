@@ -101,3 +101,8 @@ func badRequest(w http.ResponseWriter, reason string) {
 	log.Printf("bad request: %s", reason)
 	http.Error(w, oneLine(reason), http.StatusBadRequest)
 }
+
+// oneLine flattens an error message so that a 400 body stays one line.
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}

@@ -4,7 +4,10 @@
 //
 // It exists so that the conformance tests can run one test suite against
 // both servers: whatever passes against relay-fleet must also pass against
-// the implementation PROTOCOL.md was written from, and vice versa.
+// the reference implementation, and vice versa. One known difference:
+// PROTOCOL.md was written from an earlier revision of this code, and at
+// v1.84.0 re-allocating a pair that is already bound returns the existing
+// endpoint instead of a new one (refclient --realloc-after-bind=same).
 //
 // On startup it prints one JSON "ready" line to stdout; all logs go to
 // stderr. SIGINT/SIGTERM shut it down cleanly.
@@ -23,7 +26,6 @@ import (
 	"os"
 	"os/signal"
 	"reflect"
-	"strings"
 	"syscall"
 	"time"
 
@@ -82,7 +84,13 @@ type readyLine struct {
 func main() {
 	log.SetOutput(os.Stderr)
 	log.SetPrefix("refserver: ")
+	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
 	cfg := parseFlags()
+
+	// Catch the signals first, so that one arriving during startup (say,
+	// right after the ready line) still ends in a clean shutdown.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 
 	srv, udpPort, err := udprelay.NewServer(cfg.port, cfg.addrs)
 	if err != nil {
@@ -92,6 +100,7 @@ func main() {
 
 	ln, err := net.Listen("tcp", cfg.apiListen)
 	if err != nil {
+		srv.Close()
 		log.Fatalf("api listen: %v", err)
 	}
 	httpSrv := &http.Server{Handler: newAPI(srv), ReadHeaderTimeout: 10 * time.Second}
@@ -101,18 +110,17 @@ func main() {
 		ready.ServerDisco = k.String()
 	}
 	if err := json.NewEncoder(os.Stdout).Encode(ready); err != nil {
+		srv.Close()
 		log.Fatalf("writing ready line: %v", err)
 	}
 	log.Printf("relay on udp port %d, advertising %v; api on http://%s", udpPort, cfg.addrs, ln.Addr())
 
-	serveUntilSignal(httpSrv, ln)
+	serve(ctx, httpSrv, ln)
 	log.Printf("stopped")
 }
 
-// serveUntilSignal serves the API until SIGINT or SIGTERM, then shuts it down.
-func serveUntilSignal(httpSrv *http.Server, ln net.Listener) {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+// serve serves the API until ctx is done (a signal), then shuts it down.
+func serve(ctx context.Context, httpSrv *http.Server, ln net.Listener) {
 	errc := make(chan error, 1)
 	go func() { errc <- httpSrv.Serve(ln) }()
 	select {
@@ -149,9 +157,4 @@ func serverDisco(srv *udprelay.Server) (k key.DiscoPublic, ok bool) {
 		return k, false
 	}
 	return k, true
-}
-
-// oneLine flattens an error message so that a 400 body stays one line.
-func oneLine(s string) string {
-	return strings.Join(strings.Fields(s), " ")
 }

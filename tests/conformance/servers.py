@@ -1,0 +1,98 @@
+"""The two servers under test, as processes: ``relayfleet relay`` and the reference's refserver.
+
+Both print one JSON ready line (``udp_port``, ``api``, ``server_disco``) and
+serve the same allocation API, so every conformance test runs against both.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = ROOT / ".dev" / "bin"
+REFSERVER = BIN / "refserver"
+REFCLIENT = BIN / "refclient"
+RELAYFLEET = Path(sys.executable).parent / "relayfleet"
+READY_TIMEOUT = 20
+
+COMMANDS = {
+    "ours": [
+        str(RELAYFLEET),
+        "relay",
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--api-listen",
+        "127.0.0.1:0",
+        "--addr",
+        "127.0.0.1",
+        "--log-level",
+        "warning",
+    ],
+    "reference": [
+        str(REFSERVER),
+        "--port",
+        "0",
+        "--api-listen",
+        "127.0.0.1:0",
+        "--addr",
+        "127.0.0.1",
+    ],
+}
+
+
+def ensure_go_helpers() -> None:
+    """Build refserver and refclient when missing or stale (a no-op when up to date)."""
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "build-go-helpers")], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"scripts/build-go-helpers failed:\n{result.stdout}{result.stderr}")
+
+
+@dataclass
+class ServerProcess:
+    kind: str
+    process: subprocess.Popen
+    udp_port: int
+    api: str
+    server_disco: str
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.api}"
+
+    @property
+    def udp(self) -> tuple[str, int]:
+        return "127.0.0.1", self.udp_port
+
+    @classmethod
+    def start(cls, kind: str) -> ServerProcess:
+        process = subprocess.Popen(
+            COMMANDS[kind],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        line = process.stdout.readline()
+        if not line:
+            process.wait(READY_TIMEOUT)
+            raise RuntimeError(f"{kind} server did not start: {process.stderr.read()}")
+        ready = json.loads(line)
+        return cls(kind, process, ready["udp_port"], ready["api"], ready["server_disco"])
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(READY_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process.stdout.close()
+        self.process.stderr.close()
