@@ -37,6 +37,8 @@ class RelayConfig:
     key_file: str | None = None
     name: str = "relay"
     log_level: str = "info"
+    heartbeat_interval: float = 5.0
+    resync_interval: float = 60.0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RelayConfig:

@@ -134,8 +134,12 @@ class RelayCore:
 
     # -- the endpoint table ------------------------------------------------
 
-    def install(self, allocation: Allocation) -> Endpoint:
-        """Serve an allocation. Idempotent; replaces an older allocation of the same VNI."""
+    def install(self, allocation: Allocation, now: float | None = None) -> Endpoint:
+        """Serve an allocation. Idempotent; replaces an older allocation of the same VNI.
+
+        An allocation the store already records as bound (this relay restarted)
+        has lost its handshakes: its clients get a fresh bind window from ``now``.
+        """
         if self.server_key in allocation.disco_keys:
             raise ValueError("a client disco key equals the server's disco key")
         current = self._by_vni.get(allocation.vni)
@@ -145,7 +149,10 @@ class RelayCore:
             self._discard(current)
         endpoint = Endpoint(allocation)
         self._by_vni[allocation.vni] = endpoint
-        self._arm(endpoint, allocation.allocated_at + self.bind_lifetime)
+        bind_from = allocation.allocated_at
+        if allocation.bound and now is not None:
+            bind_from = max(bind_from, now)
+        self._arm(endpoint, bind_from + self.bind_lifetime)
         return endpoint
 
     def _arm(self, endpoint: Endpoint, deadline: float) -> None:

@@ -8,7 +8,6 @@ store does not: it moves datagrams, times and allocations between them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import time
@@ -16,7 +15,9 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from relay import __version__
 from relay.addresses import format_host_port, ipv6_available
+from relay.agent import RelayAgent
 from relay.api import InvalidRequest, ServerClosed, make_app
 from relay.config import RelayConfig
 from relay.core import Endpoint, RelayCore
@@ -24,12 +25,10 @@ from relay.keys import DiscoPublicKey
 from relay.metrics import relay_registry
 from relay.secrets import RelaySecrets
 from relay.server_endpoint import ServerEndpoint
-from relay.store import Store
+from relay.store import RelayRecord, Store
 from relay.transport import RelayProtocol, open_udp_socket
 
 log = logging.getLogger(__name__)
-
-MAX_EXPIRY_TICK = 1.0
 
 
 def advertised_ips(config: RelayConfig) -> tuple[str, ...]:
@@ -69,7 +68,7 @@ class RelayServer:
         self._transport: asyncio.DatagramTransport | None = None
         self._protocol: RelayProtocol | None = None
         self._api: web.AppRunner | None = None
-        self._maintenance: asyncio.Task[None] | None = None
+        self.agent: RelayAgent | None = None
 
     @property
     def send_errors(self) -> int:
@@ -93,7 +92,15 @@ class RelayServer:
         except BaseException:
             self._transport.close()
             raise
-        self._maintenance = asyncio.create_task(self._maintain(), name="relay-maintenance")
+        self.agent = RelayAgent(
+            self.core,
+            self.store,
+            self.registry_record,
+            self._clock,
+            heartbeat_interval=self.config.heartbeat_interval,
+            resync_interval=self.config.resync_interval,
+        )
+        self.agent.start()
         log.info(
             "relay %s serving UDP port %d as %s; API on http://%s",
             self.config.name,
@@ -119,18 +126,21 @@ class RelayServer:
 
     async def allocate(self, a: DiscoPublicKey, b: DiscoPublicKey) -> ServerEndpoint:
         """Allocate (or re-use) the endpoint for a pair, and serve it."""
-        if self.closed:
+        if self.closed or self.agent is None:
             raise ServerClosed
         if a == b:
             raise InvalidRequest("DiscoKeys must name two different keys")
         if self.core.server_key in (a, b):
             raise InvalidRequest("a client disco key equals the server's disco key")
-        await self._record_bound()
-        result = await self.store.allocate(self.config.name, (a, b), self._clock())
+        while True:
+            await self.agent.flush()
+            result = await self.store.allocate(self.config.name, (a, b), self._clock())
+            if not self.agent.expired_unfreed(result.allocation):
+                break
         if result.replaced is not None:
             self.core.remove(result.replaced.vni, result.replaced.lamport_id)
         allocation = result.allocation
-        self.core.install(allocation)
+        self.agent.install(allocation)
         if result.created:
             self.allocations_created += 1
         return ServerEndpoint(
@@ -145,43 +155,24 @@ class RelayServer:
     def expires_at(self, endpoint: Endpoint) -> float:
         if endpoint.bound:
             return min(endpoint.last_seen) + self.core.steady_state_lifetime
-        return endpoint.allocation.allocated_at + self.core.bind_lifetime
+        return endpoint.deadline
 
-    async def _record_bound(self) -> None:
-        for allocation in self.core.take_bound():
-            await self.store.mark_bound(allocation.relay, allocation.vni, allocation.lamport_id)
-
-    async def expire_now(self) -> int:
-        """One expiry pass; returns how many endpoints expired."""
-        await self._record_bound()
-        expired = self.core.expire(self._clock())
-        for allocation in expired:
-            await self.store.free(allocation.relay, allocation.vni, allocation.lamport_id)
-        return len(expired)
-
-    def _tick(self) -> float:
-        core = self.core
-        return min(MAX_EXPIRY_TICK, core.bind_lifetime / 10, core.steady_state_lifetime / 10)
-
-    async def _maintain(self) -> None:
-        while True:
-            try:
-                await self.expire_now()
-            except Exception:
-                log.exception("expiry pass failed; retrying")
-            delay = self._tick()
-            deadline = self.core.next_deadline()
-            if deadline is not None:
-                delay = max(0.0, min(delay, deadline - self._clock() + 0.001))
-            await asyncio.sleep(delay)
+    def registry_record(self) -> RelayRecord:
+        return RelayRecord(
+            name=self.config.name,
+            server_disco=self.core.server_key,
+            addr_ports=self.addr_ports,
+            load=len(self.core),
+            capacity=self.config.max_endpoints,
+            version=__version__,
+            heartbeat_at=self._clock(),
+        )
 
     async def close(self) -> None:
         """Stop taking allocations, stop the API and the socket."""
         self.closed = True
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintenance
+        if self.agent is not None:
+            await self.agent.close()
         if self._api is not None:
             await self._api.cleanup()
         if self._transport is not None:

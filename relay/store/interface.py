@@ -8,8 +8,9 @@ know which implementation they talk to.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from relay.keys import DiscoPublicKey
 
@@ -50,6 +51,31 @@ class AllocationResult:
     replaced: Allocation | None = None
 
 
+class Change(NamedTuple):
+    """One change to a relay's allocations, as announced to its subscribers."""
+
+    kind: str  # "alloc", "bound" or "free"
+    vni: int
+    lamport_id: int
+
+
+SUBSCRIBED = Change("subscribed", 0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class RelayRecord:
+    """A relay as the registry knows it; ``alive`` while its heartbeat has not expired."""
+
+    name: str
+    server_disco: DiscoPublicKey
+    addr_ports: tuple[str, ...]
+    load: int
+    capacity: int
+    version: str
+    heartbeat_at: float
+    alive: bool = True
+
+
 class Store(Protocol):
     async def allocate(
         self, relay: str, disco_keys: tuple[DiscoPublicKey, DiscoPublicKey], now: float
@@ -72,6 +98,28 @@ class Store(Protocol):
 
     async def allocations(self, relay: str) -> list[Allocation]:
         """Every live allocation of a relay."""
+        ...
+
+    async def allocation(self, relay: str, vni: int) -> Allocation | None:
+        """The allocation of one VNI of a relay, if any."""
+        ...
+
+    def changes(self, relay: str) -> AsyncIterator[Change]:
+        """Changes to a relay's allocations as they happen, best effort.
+
+        The first item is ``SUBSCRIBED``, once changes are being listened
+        for: a subscriber resyncs from ``allocations`` then, and now and then
+        after, since a dropped connection can lose changes. Iteration raises
+        StoreUnavailable when the store cannot be reached.
+        """
+        ...
+
+    async def register(self, record: RelayRecord, ttl: float) -> None:
+        """Announce a relay, alive for ``ttl`` seconds unless registered again."""
+        ...
+
+    async def relays(self) -> list[RelayRecord]:
+        """Every registered relay, with ``alive`` telling whose heartbeat is current."""
         ...
 
     async def close(self) -> None: ...

@@ -7,11 +7,21 @@ or after the cursor, so freed VNIs come back last, as in the reference's pool.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
 
 from relay.geneve import MAX_VNI
 from relay.keys import DiscoPublicKey, sorted_pair
-from relay.store.interface import Allocation, AllocationResult, VNIExhausted
+from relay.store.interface import (
+    SUBSCRIBED,
+    Allocation,
+    AllocationResult,
+    Change,
+    RelayRecord,
+    VNIExhausted,
+)
 
 
 @dataclass
@@ -39,11 +49,18 @@ class _RelayAllocations:
 class MemoryStore:
     """The store interface over plain dicts. ``max_vni`` caps VNIs at 1..max_vni per relay."""
 
-    def __init__(self, max_vni: int = MAX_VNI) -> None:
+    def __init__(self, max_vni: int = MAX_VNI, clock: Callable[[], float] = time.time) -> None:
         if not 1 <= max_vni <= MAX_VNI:
             raise ValueError(f"max_vni must be between 1 and {MAX_VNI}")
         self._max_vni = max_vni
+        self._clock = clock
         self._relays: dict[str, _RelayAllocations] = {}
+        self._registry: dict[str, tuple[RelayRecord, float]] = {}
+        self._subscribers: dict[str, set[asyncio.Queue[Change]]] = {}
+
+    def _publish(self, relay: str, kind: str, allocation: Allocation) -> None:
+        for queue in self._subscribers.get(relay, ()):
+            queue.put_nowait(Change(kind, allocation.vni, allocation.lamport_id))
 
     def _relay(self, relay: str) -> _RelayAllocations:
         state = self._relays.get(relay)
@@ -69,6 +86,9 @@ class MemoryStore:
         allocation = Allocation(relay, new_vni, state.lamport_id, pair, now)
         state.by_vni[new_vni] = allocation
         state.by_pair[pair] = new_vni
+        if replaced is not None:
+            self._publish(relay, "free", replaced)
+        self._publish(relay, "alloc", allocation)
         return AllocationResult(allocation, created=True, replaced=replaced)
 
     def _current(self, relay: str, vni: int, lamport_id: int) -> Allocation | None:
@@ -83,6 +103,7 @@ class MemoryStore:
         if allocation is None:
             return False
         self._relays[relay].by_vni[vni] = allocation.as_bound()
+        self._publish(relay, "bound", allocation)
         return True
 
     async def free(self, relay: str, vni: int, lamport_id: int) -> bool:
@@ -90,11 +111,37 @@ class MemoryStore:
         if allocation is None:
             return False
         self._relays[relay].drop(allocation)
+        self._publish(relay, "free", allocation)
         return True
 
     async def allocations(self, relay: str) -> list[Allocation]:
         state = self._relays.get(relay)
         return list(state.by_vni.values()) if state else []
+
+    async def allocation(self, relay: str, vni: int) -> Allocation | None:
+        state = self._relays.get(relay)
+        return state.by_vni.get(vni) if state else None
+
+    async def changes(self, relay: str) -> AsyncIterator[Change]:
+        queue: asyncio.Queue[Change] = asyncio.Queue()
+        subscribers = self._subscribers.setdefault(relay, set())
+        subscribers.add(queue)
+        try:
+            yield SUBSCRIBED
+            while True:
+                yield await queue.get()
+        finally:
+            subscribers.discard(queue)
+
+    async def register(self, record: RelayRecord, ttl: float) -> None:
+        self._registry[record.name] = (record, self._clock() + ttl)
+
+    async def relays(self) -> list[RelayRecord]:
+        now = self._clock()
+        return [
+            replace(record, alive=now < expires_at)
+            for record, expires_at in self._registry.values()
+        ]
 
     async def close(self) -> None:
         self._relays.clear()

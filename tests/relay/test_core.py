@@ -384,3 +384,14 @@ def test_remove_only_the_named_allocation(h):
     assert not h.core.remove(3, 7)
     assert h.core.expire(h.now + 100) == []
     assert pair.allocation.vni == 3
+
+
+def test_an_allocation_bound_before_a_restart_gets_a_fresh_bind_window(h):
+    pair = h.allocate()
+    long_ago = pair.allocation.allocated_at
+    h.now = long_ago + 1000
+    restarted = CoreHarness()
+    restarted.core = type(h.core)(h.secrets.private_key, h.secrets.challenge_secret, 30, 300)
+    restarted.core.install(pair.allocation.as_bound(), now=h.now)
+    assert restarted.core.expire(h.now + 30) == []
+    assert restarted.core.expire(h.now + 30.001) == [pair.allocation.as_bound()]

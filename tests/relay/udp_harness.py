@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,13 +21,20 @@ from relay.server_endpoint import ServerEndpoint
 from relay.store import MemoryStore
 
 
-async def wait_until(condition: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+async def wait_until(condition: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:
+    """Poll ``condition`` (a function, sync or async) until it holds; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not await _holds(condition):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or condition}")
         await asyncio.sleep(0.002)
+
+
+async def _holds(condition: Callable[[], object]) -> bool:
+    result = condition()
+    if inspect.isawaitable(result):
+        result = await result
+    return bool(result)
 
 
 @dataclass

@@ -1,0 +1,63 @@
+"""The agent keeps the core and the store in step: announcements, resyncs, registry, write-back."""
+
+from relay.core import Drop
+from relay.keys import DiscoPrivateKey, sorted_pair
+from relay.store import Allocation
+from tests.relay.udp_harness import wait_until
+
+
+def new_pair():
+    return sorted_pair(DiscoPrivateKey.generate().public, DiscoPrivateKey.generate().public)
+
+
+async def test_an_allocation_made_elsewhere_is_installed_from_its_announcement(relay):
+    server = relay.server
+    result = await server.store.allocate(server.config.name, new_pair(), 0.0)
+    vni = result.allocation.vni
+    await wait_until(lambda: server.core.endpoint(vni) is not None, what="installed")
+    assert server.core.endpoint(vni).allocation == result.allocation
+
+
+async def test_an_allocation_freed_elsewhere_stops_being_served(relay):
+    pair = await relay.bound_pair()
+    vni, lamport_id = pair.endpoint.vni, pair.endpoint.lamport_id
+    assert await relay.server.store.free(relay.server.config.name, vni, lamport_id)
+    await wait_until(lambda: relay.server.core.endpoint(vni) is None, what="removed")
+    pair.peers[0].send(pair.clients[0].data(b"after free"), relay.relay)
+    await relay.dropped(Drop.UNKNOWN_VNI)
+
+
+async def test_binding_is_written_back_so_the_next_allocation_is_new(relay):
+    pair = await relay.bound_pair()
+    store, name = relay.server.store, relay.server.config.name
+
+    async def bound_in_store():
+        return (await store.allocation(name, pair.endpoint.vni)).bound
+
+    await wait_until(bound_in_store, what="bound in the store")
+
+
+async def test_resync_serves_exactly_the_stores_allocations(relay):
+    server = relay.server
+    name = server.config.name
+    stray = Allocation(name, 4242, 99, new_pair(), 0.0)
+    server.core.install(stray)
+    kept = (await server.store.allocate(name, new_pair(), 0.0)).allocation
+    await server.agent.resync()
+    assert server.core.endpoint(4242) is None
+    assert server.core.endpoint(kept.vni).allocation == kept
+
+
+async def test_the_relay_registers_itself_with_a_heartbeat(relay):
+    server = relay.server
+    await relay.pair()
+
+    async def registered():
+        return {r.name: r for r in await server.store.relays()}.get(server.config.name)
+
+    await wait_until(registered, what="registered")
+    record = await registered()
+    assert record.alive
+    assert record.server_disco == server.core.server_key
+    assert record.addr_ports == server.addr_ports
+    assert record.capacity == server.config.max_endpoints
