@@ -24,7 +24,7 @@ from relay.demo import DemoFailed, print_report, run_demo
 from relay.keys import DiscoPrivateKey
 from relay.secrets import KeyFileError, RelaySecrets, load_or_create
 from relay.server import RelayServer
-from relay.store import MemoryStore
+from relay.store import open_store, redact_url
 
 log = logging.getLogger("relayfleet")
 
@@ -38,8 +38,14 @@ def _configure_logging(level: str) -> None:
 
 
 async def _serve_relay(config: RelayConfig, secrets: RelaySecrets) -> None:
-    server = RelayServer(config, MemoryStore(max_vni=config.max_endpoints), secrets)
-    await server.start()
+    store = open_store(config.store, max_vni=config.max_endpoints, prefix=config.store_prefix)
+    log.info("store: %s", redact_url(config.store))
+    server = RelayServer(config, store, secrets)
+    try:
+        await server.start()
+    except BaseException:
+        await store.close()
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -56,6 +62,7 @@ async def _serve_relay(config: RelayConfig, secrets: RelaySecrets) -> None:
     finally:
         log.info("shutting down")
         await server.close()
+        await store.close()
 
 
 def _relay(args: argparse.Namespace) -> int:

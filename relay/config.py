@@ -15,11 +15,14 @@ from relay.addresses import parse_host_port, parse_ip
 from relay.core import DEFAULT_BIND_LIFETIME, DEFAULT_STEADY_STATE_LIFETIME
 from relay.durations import format_duration, parse_duration
 from relay.geneve import MAX_VNI
+from relay.store import DEFAULT_PREFIX, REDIS_SCHEMES, redact_url
 
 ENV_PREFIX = "RELAYFLEET_"
 DEFAULT_PORT = 7000
 DEFAULT_API_LISTEN = "127.0.0.1:8080"
 DEFAULT_LISTEN = "::"
+DEFAULT_HEARTBEAT_INTERVAL = 5.0
+DEFAULT_RESYNC_INTERVAL = 60.0
 
 
 @dataclass(frozen=True)
@@ -37,8 +40,9 @@ class RelayConfig:
     key_file: str | None = None
     name: str = "relay"
     log_level: str = "info"
-    heartbeat_interval: float = 5.0
-    resync_interval: float = 60.0
+    store_prefix: str = DEFAULT_PREFIX
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    resync_interval: float = DEFAULT_RESYNC_INTERVAL
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RelayConfig:
@@ -54,6 +58,9 @@ class RelayConfig:
             key_file=args.key_file,
             name=args.name,
             log_level=args.log_level,
+            store_prefix=args.store_prefix,
+            heartbeat_interval=args.heartbeat_interval,
+            resync_interval=args.resync_interval,
         )
 
 
@@ -81,13 +88,13 @@ def _ip(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _lifetime(text: str) -> float:
+def _duration(text: str) -> float:
     try:
         seconds = parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: a lifetime must be positive")
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a positive duration")
     return seconds
 
 
@@ -98,9 +105,17 @@ def _max_endpoints(text: str) -> int:
 
 
 def _store(text: str) -> str:
-    if text != "memory":
+    if text != "memory" and not text.startswith(REDIS_SCHEMES):
         raise argparse.ArgumentTypeError(
-            f"{text!r}: only the 'memory' store is available in this version"
+            f"{redact_url(text)!r}: use 'memory' or a redis://, rediss:// or unix:// URL"
+        )
+    return text
+
+
+def _name(text: str) -> str:
+    if not text or any(c in text for c in "{}") or any(c.isspace() for c in text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a relay name is non-empty, without braces or spaces"
         )
     return text
 
@@ -176,7 +191,7 @@ def add_relay_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
     env.add(
         "--bind-lifetime",
         default=DEFAULT_BIND_LIFETIME,
-        type=_lifetime,
+        type=_duration,
         metavar="DUR",
         help="how long an allocation waits for both clients to bind (Go duration: 30s, 1m)",
         shown=format_duration(DEFAULT_BIND_LIFETIME),
@@ -184,7 +199,7 @@ def add_relay_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
     env.add(
         "--steady-state-lifetime",
         default=DEFAULT_STEADY_STATE_LIFETIME,
-        type=_lifetime,
+        type=_duration,
         metavar="DUR",
         help="how long a bound endpoint lives after either client falls silent",
         shown=format_duration(DEFAULT_STEADY_STATE_LIFETIME),
@@ -194,8 +209,34 @@ def add_relay_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
         default="memory",
         type=_store,
         metavar="STORE",
-        help="where allocations are kept: 'memory' (this process only)",
+        help="where allocations are kept: 'memory' (this process only) or a Redis URL "
+        "(redis://[:PASSWORD@]HOST[:PORT][/DB], rediss:// for TLS, unix://PATH), shared "
+        "by the fleet and kept across restarts",
         shown="memory",
+    )
+    env.add(
+        "--store-prefix",
+        default=DEFAULT_PREFIX,
+        metavar="PREFIX",
+        help="prefix of every Redis key, so several fleets can share one Redis",
+        shown=DEFAULT_PREFIX,
+    )
+    env.add(
+        "--heartbeat-interval",
+        default=DEFAULT_HEARTBEAT_INTERVAL,
+        type=_duration,
+        metavar="DUR",
+        help="how often the relay renews its registration; it counts as dead after 3 missed",
+        shown=format_duration(DEFAULT_HEARTBEAT_INTERVAL),
+    )
+    env.add(
+        "--resync-interval",
+        default=DEFAULT_RESYNC_INTERVAL,
+        type=_duration,
+        metavar="DUR",
+        help="how often the relay re-reads all its allocations from the store, besides "
+        "following announcements",
+        shown=format_duration(DEFAULT_RESYNC_INTERVAL),
     )
     env.add(
         "--max-endpoints",
@@ -212,7 +253,14 @@ def add_relay_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
         help="file holding the relay's disco private key and challenge secret, created "
         "(mode 0600) when missing; without it the relay makes a new key every start",
     )
-    env.add("--name", default="relay", metavar="NAME", help="this relay's name", shown="relay")
+    env.add(
+        "--name",
+        default="relay",
+        type=_name,
+        metavar="NAME",
+        help="this relay's name in the fleet: its allocations and registration go by it",
+        shown="relay",
+    )
     env.add(
         "--log-level",
         default="info",

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import signal
 import socket
 import stat
 import subprocess
-import sys
-from pathlib import Path
 
-import aiohttp
 import pytest
 
 from relay.keys import DiscoPrivateKey
-
-RELAYFLEET = str(Path(sys.executable).parent / "relayfleet")
-READY_TIMEOUT = 20
+from tests.relay.relay_process import RELAYFLEET, RelayProcess
 
 
 def run(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -30,52 +23,6 @@ def run(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.
         env={**os.environ, **(env or {})},
         stdin=subprocess.DEVNULL,
     )
-
-
-class RelayProcess:
-    def __init__(self, process: asyncio.subprocess.Process, ready: dict) -> None:
-        self.process = process
-        self.ready = ready
-
-    @classmethod
-    async def start(cls, *args: str, env: dict | None = None) -> RelayProcess:
-        process = await asyncio.create_subprocess_exec(
-            RELAYFLEET,
-            "relay",
-            "--listen",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--api-listen",
-            "127.0.0.1:0",
-            *args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, **(env or {})},
-        )
-        line = await asyncio.wait_for(process.stdout.readline(), READY_TIMEOUT)
-        if not line:
-            await process.wait()
-            raise AssertionError((await process.stderr.read()).decode())
-        return cls(process, json.loads(line))
-
-    async def allocate(self, keys: list[str]) -> tuple[int, dict | str]:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(
-                f"http://{self.ready['api']}/v0/relay/endpoint", json={"DiscoKeys": keys}
-            ) as response,
-        ):
-            if response.status == 200:
-                return 200, await response.json()
-            return response.status, await response.text()
-
-    async def stop(self) -> tuple[int, str]:
-        if self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-        _, stderr = await asyncio.wait_for(self.process.communicate(), READY_TIMEOUT)
-        return self.process.returncode, stderr.decode()
 
 
 def new_keys() -> list[str]:
@@ -155,11 +102,12 @@ def test_corrupt_key_file_is_a_clear_error(tmp_path):
     ("args", "env", "message"),
     [
         (["--bind-lifetime", "5x"], {}, "invalid duration"),
-        (["--bind-lifetime", "0s"], {}, "must be positive"),
+        (["--bind-lifetime", "0s"], {}, "must be a positive duration"),
         (["--port", "70000"], {}, "not a port number"),
         (["--api-listen", "::1:80"], {}, "brackets"),
         (["--addr", "relay.example"], {}, "not an IP address"),
-        (["--store", "redis://localhost"], {}, "only the 'memory' store"),
+        (["--store", "postgres://u:secret@db"], {}, "use 'memory' or a redis://"),
+        (["--name", "relay{a}"], {}, "without braces"),
         ([], {"RELAYFLEET_PORT": "abc"}, "RELAYFLEET_PORT"),
     ],
 )

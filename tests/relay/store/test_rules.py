@@ -1,0 +1,197 @@
+"""PROTOCOL.md's allocation rules, VNI choice and LamportIDs, against every store."""
+
+import asyncio
+import time
+from dataclasses import replace
+
+import pytest
+
+from relay.geneve import MAX_VNI
+from relay.keys import DiscoPrivateKey
+from relay.store import SUBSCRIBED, Change, MemoryStore, RelayRecord, VNIExhausted
+from relay.store.redis import RedisStore
+
+
+def pair():
+    return DiscoPrivateKey.generate().public, DiscoPrivateKey.generate().public
+
+
+async def test_same_pair_not_yet_bound_gets_the_same_allocation_in_either_order(make_store):
+    store = make_store()
+    a, b = pair()
+    first = await store.allocate("r", (a, b), now=100.0)
+    again = await store.allocate("r", (b, a), now=150.0)
+    assert first.created and not again.created
+    assert again.allocation == first.allocation
+    assert again.allocation.allocated_at == 100.0
+
+
+async def test_same_pair_after_bind_is_discarded_and_allocated_afresh(make_store):
+    store = make_store()
+    keys = pair()
+    first = (await store.allocate("r", keys, 1.0)).allocation
+    assert await store.mark_bound("r", first.vni, first.lamport_id)
+    second = await store.allocate("r", keys, 2.0)
+    assert second.created
+    assert second.replaced == first.as_bound()
+    assert second.allocation.lamport_id > first.lamport_id
+    assert second.allocation.vni != first.vni
+    assert [a.vni for a in await store.allocations("r")] == [second.allocation.vni]
+
+
+async def test_lamport_ids_rise_per_relay_and_vnis_are_unique(make_store):
+    store = make_store()
+    allocations = [(await store.allocate("r", pair(), 0.0)).allocation for _ in range(50)]
+    assert [a.lamport_id for a in allocations] == list(range(1, 51))
+    assert len({a.vni for a in allocations}) == 50
+    other = (await store.allocate("other", pair(), 0.0)).allocation
+    assert other.lamport_id == 1
+
+
+async def test_no_vni_free_is_an_error_and_freeing_one_makes_room(make_store):
+    store = make_store(max_vni=3)
+    allocations = [(await store.allocate("r", pair(), 0.0)).allocation for _ in range(3)]
+    assert sorted(a.vni for a in allocations) == [1, 2, 3]
+    with pytest.raises(VNIExhausted):
+        await store.allocate("r", pair(), 0.0)
+    assert await store.free("r", 2, allocations[1].lamport_id)
+    again = await store.allocate("r", pair(), 0.0)
+    assert again.allocation.vni == 2
+    assert again.allocation.lamport_id == 4
+
+
+async def test_freed_vnis_come_back_last(make_store):
+    store = make_store(max_vni=10)
+    first = (await store.allocate("r", pair(), 0.0)).allocation
+    await store.free("r", first.vni, first.lamport_id)
+    second = (await store.allocate("r", pair(), 0.0)).allocation
+    assert second.vni == 2
+
+
+async def test_the_vni_search_wraps_from_the_cursor_to_the_first_free_one(make_store):
+    store = make_store(max_vni=4)
+    allocations = [(await store.allocate("r", pair(), 0.0)).allocation for _ in range(4)]
+    for allocation in allocations[2], allocations[0]:
+        assert await store.free("r", allocation.vni, allocation.lamport_id)
+    assert [(await store.allocate("r", pair(), 0.0)).allocation.vni for _ in range(2)] == [1, 3]
+
+
+async def test_free_and_mark_bound_name_one_allocation_exactly(make_store):
+    store = make_store()
+    allocation = (await store.allocate("r", pair(), 0.0)).allocation
+    assert not await store.free("r", allocation.vni, allocation.lamport_id + 1)
+    assert not await store.mark_bound("r", allocation.vni, allocation.lamport_id + 1)
+    assert not await store.free("nobody", allocation.vni, allocation.lamport_id)
+    assert await store.free("r", allocation.vni, allocation.lamport_id)
+    assert not await store.free("r", allocation.vni, allocation.lamport_id)
+    assert await store.allocations("r") == []
+
+
+async def test_unknown_or_impossible_vnis_and_lamport_ids_are_simply_not_found(make_store):
+    store = make_store()
+    allocation = (await store.allocate("r", pair(), 0.0)).allocation
+    for vni, lamport_id in [(0, 1), (MAX_VNI + 1, 1), (-1, 1), (allocation.vni, -1), (9, 1)]:
+        assert not await store.free("r", vni, lamport_id)
+        assert not await store.mark_bound("r", vni, lamport_id)
+    assert await store.allocations("r") == [allocation]
+
+
+async def test_mark_bound_keeps_the_allocation_and_is_idempotent(make_store):
+    store = make_store()
+    allocation = (await store.allocate("r", pair(), 7.25)).allocation
+    assert await store.mark_bound("r", allocation.vni, allocation.lamport_id)
+    assert await store.mark_bound("r", allocation.vni, allocation.lamport_id)
+    assert await store.allocations("r") == [allocation.as_bound()]
+    assert await store.free("r", allocation.vni, allocation.lamport_id)
+    assert not await store.mark_bound("r", allocation.vni, allocation.lamport_id)
+
+
+async def test_allocations_list_every_live_one_oldest_first(make_store):
+    store = make_store()
+    made = [(await store.allocate("r", pair(), float(i))).allocation for i in range(5)]
+    await store.free("r", made[1].vni, made[1].lamport_id)
+    await store.mark_bound("r", made[3].vni, made[3].lamport_id)
+    expected = [made[0], made[2], made[3].as_bound(), made[4]]
+    assert await store.allocations("r") == expected
+    assert await store.allocations("nobody") == []
+
+
+def test_max_vni_out_of_range_is_refused():
+    with pytest.raises(ValueError):
+        MemoryStore(max_vni=MAX_VNI + 1)
+    with pytest.raises(ValueError):
+        MemoryStore(max_vni=0)
+    for bad in 0, MAX_VNI + 1:
+        with pytest.raises(ValueError):
+            RedisStore.from_url("redis://127.0.0.1:1", max_vni=bad)
+
+
+async def test_one_allocation_is_found_by_its_vni(make_store):
+    store = make_store()
+    allocation = (await store.allocate("r", pair(), 3.0)).allocation
+    assert await store.allocation("r", allocation.vni) == allocation
+    await store.mark_bound("r", allocation.vni, allocation.lamport_id)
+    assert await store.allocation("r", allocation.vni) == allocation.as_bound()
+    assert await store.allocation("r", allocation.vni + 1) is None
+    assert await store.allocation("r", 0) is None
+    assert await store.allocation("nobody", allocation.vni) is None
+    await store.free("r", allocation.vni, allocation.lamport_id)
+    assert await store.allocation("r", allocation.vni) is None
+
+
+async def test_changes_start_with_subscribed_and_follow_every_change_in_order(make_store):
+    store = make_store()
+    changes = store.changes("r")
+    others = store.changes("other")
+    try:
+        assert await asyncio.wait_for(anext(changes), 5) == SUBSCRIBED
+        assert await asyncio.wait_for(anext(others), 5) == SUBSCRIBED
+        first = (await store.allocate("r", pair(), 0.0)).allocation
+        await store.allocate("r", first.disco_keys, 0.0)
+        assert await store.mark_bound("r", first.vni, first.lamport_id)
+        second = (await store.allocate("r", first.disco_keys, 0.0)).allocation
+        assert not await store.free("r", second.vni, second.lamport_id + 1)
+        assert await store.free("r", second.vni, second.lamport_id)
+        await store.allocate("other", pair(), 0.0)
+        expected = [
+            Change("alloc", first.vni, first.lamport_id),
+            Change("bound", first.vni, first.lamport_id),
+            Change("free", first.vni, first.lamport_id),
+            Change("alloc", second.vni, second.lamport_id),
+            Change("free", second.vni, second.lamport_id),
+        ]
+        assert [await asyncio.wait_for(anext(changes), 5) for _ in expected] == expected
+        assert await asyncio.wait_for(anext(others), 5) == Change("alloc", 1, 1)
+    finally:
+        await changes.aclose()
+        await others.aclose()
+
+
+def record(name, load=0, heartbeat_at=0.0):
+    return RelayRecord(
+        name=name,
+        server_disco=DiscoPrivateKey.generate().public,
+        addr_ports=("192.0.2.1:3478", "[2001:db8::1]:3478"),
+        load=load,
+        capacity=1000,
+        version="0.1.0",
+        heartbeat_at=heartbeat_at,
+    )
+
+
+async def test_relays_register_and_stay_alive_while_their_heartbeat_lasts(make_store):
+    store = make_store()
+    a, b = record("relay-a", load=3, heartbeat_at=12.5), record("relay-b")
+    await store.register(b, ttl=60.0)
+    await store.register(a, ttl=0.05)
+    assert sorted(await store.relays(), key=lambda r: r.name) == [a, b]
+
+    deadline = time.monotonic() + 5.0
+    while {r.name: r.alive for r in await store.relays()}["relay-a"]:
+        assert time.monotonic() < deadline, "relay-a's heartbeat never expired"
+        await asyncio.sleep(0.01)
+    assert {r.name: r.alive for r in await store.relays()} == {"relay-a": False, "relay-b": True}
+
+    again = replace(a, load=4, heartbeat_at=13.5)
+    await store.register(again, ttl=60.0)
+    assert sorted(await store.relays(), key=lambda r: r.name) == [again, b]
