@@ -1,10 +1,11 @@
 """A scripted conversation with a relay over real UDP, observed the same way for any server.
 
-Every step sends one datagram from one socket; then a sentinel socket binds to
-a sentinel endpoint and waits for its challenge. The server handles datagrams
-in order on one socket, so once the sentinel's reply is in, every reply the
-step caused has already reached its socket: what each socket holds then is
-the step's observable outcome, with no sleep and no timeout guesswork.
+Every step sends one datagram from one socket; then one socket of a bound
+sentinel endpoint sends data and waits for it at the other. The server
+handles datagrams in order on one socket, so once the sentinel's data is
+through, every reply the step caused has already reached its socket: what
+each socket holds then is the step's observable outcome, with no sleep and no
+timeout guesswork.
 Outcomes are normalised (endpoint labels instead of VNIs, challenge numbers
 instead of bytes) so that two servers with different keys compare equal.
 """
@@ -109,26 +110,29 @@ class Conversation:
         raise KeyError(name)
 
     def open_sentinel(self) -> None:
+        """A bound endpoint of two sentinel sockets, whose data marks "all handled"."""
         self.allocate("sentinel", ("S", "T"))
-        self.owners["sentinel"] = self.client("S")
-        self._sync()
+        self._sentinels = (Socket("S"), Socket("T"))
+        for name, sock in zip(("S", "T"), self._sentinels, strict=True):
+            client = self.client(name)
+            sock.send(client.bind(), self.relay)
+            sock.send(client.answer(sock.receive()), self.relay)
+        self.sync()
 
-    def _sync(self) -> None:
-        sentinel = self.socket("sentinel")
-        sentinel.send(self.client("S").bind(), self.relay)
-        reply = sentinel.receive()
-        assert isinstance(self.client("S").read_control(reply), disco.BindUDPRelayEndpointChallenge)
+    def sync(self) -> None:
+        """Return once the server has handled every datagram sent before this call."""
+        s, t = self._sentinels
+        s.send(self.client("S").data(b"sync"), self.relay)
+        assert self.client("T").read_data(t.receive()) == b"sync"
 
     def step(self, name: str, sender: str, datagram: bytes, owner: str | None = None) -> None:
         """Send ``datagram`` from socket ``sender``, then record what every socket got."""
         if owner is not None:
             self.owners[sender] = self.client(owner)
         self.socket(sender).send(datagram, self.relay)
-        self._sync()
+        self.sync()
         seen = []
         for socket_name, sock in sorted(self.sockets.items()):
-            if socket_name == "sentinel":
-                continue
             for received in sock.drain():
                 seen.append((socket_name, self._describe(socket_name, received)))
         self.trace.append((name, tuple(seen)))
@@ -160,5 +164,5 @@ class Conversation:
         return [c for (s, c) in self.challenges if s == socket_name][-1]
 
     def close(self) -> None:
-        for sock in self.sockets.values():
+        for sock in [*self.sockets.values(), *getattr(self, "_sentinels", ())]:
             sock.close()
