@@ -1,0 +1,113 @@
+"""RelayEndpoint status, built from an allocation and the relay serving it. Pure functions.
+
+Conditions follow the Kubernetes API conventions: one entry per type, status
+"True"/"False"/"Unknown", a CamelCase reason, a human message, and a
+lastTransitionTime that moves only when the status does.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from relay.durations import format_duration
+from relay.store import Allocation, RelayRecord
+
+ALLOCATED = "Allocated"
+BOUND = "Bound"
+
+
+def timestamp(seconds: float) -> str:
+    """RFC 3339 in UTC with second precision, as Kubernetes writes times."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(
+    conditions: list[dict[str, Any]] | None,
+    type_: str,
+    status: str,
+    reason: str,
+    message: str,
+    *,
+    generation: int,
+    now: float,
+) -> list[dict[str, Any]]:
+    """``conditions`` with the one of ``type_`` set; the others are kept as they are."""
+    previous = next((c for c in conditions or () if c.get("type") == type_), None)
+    changed = previous is None or previous.get("status") != status
+    condition = {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": timestamp(now) if changed else previous["lastTransitionTime"],
+    }
+    kept = [c for c in conditions or () if c.get("type") != type_]
+    return sorted([*kept, condition], key=lambda c: c["type"])
+
+
+def allocated_status(
+    allocation: Allocation,
+    relay: RelayRecord,
+    *,
+    bind_lifetime: float,
+    steady_state_lifetime: float,
+    generation: int,
+    now: float,
+    conditions: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The status of a freshly allocated endpoint, waiting for its peers to bind."""
+    conditions = set_condition(
+        conditions,
+        ALLOCATED,
+        "True",
+        "Allocated",
+        f"VNI {allocation.vni} on relay {relay.name} (LamportID {allocation.lamport_id})",
+        generation=generation,
+        now=now,
+    )
+    conditions = set_condition(
+        conditions,
+        BOUND,
+        "False",
+        "WaitingForPeers",
+        "waiting for both peers to bind",
+        generation=generation,
+        now=now,
+    )
+    return {
+        "phase": "Allocated",
+        "relay": relay.name,
+        "serverDisco": str(relay.server_disco),
+        "addrPorts": list(relay.addr_ports),
+        "vni": allocation.vni,
+        "lamportID": allocation.lamport_id,
+        "bindLifetime": format_duration(bind_lifetime),
+        "steadyStateLifetime": format_duration(steady_state_lifetime),
+        "allocatedAt": timestamp(allocation.allocated_at),
+        "clients": [
+            {"discoKey": str(key), "handshake": "Init", "packets": 0, "bytes": 0}
+            for key in allocation.disco_keys
+        ],
+        "observedGeneration": generation,
+        "conditions": conditions,
+    }
+
+
+def pending_status(
+    reason: str,
+    message: str,
+    *,
+    generation: int,
+    now: float,
+    conditions: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The status of an endpoint still waiting for an allocation (e.g. NoRelayAvailable)."""
+    return {
+        "phase": "Pending",
+        "observedGeneration": generation,
+        "conditions": set_condition(
+            conditions, ALLOCATED, "False", reason, message, generation=generation, now=now
+        ),
+    }
