@@ -80,14 +80,14 @@ def endpoint_json(endpoint: Endpoint, expires_at: float) -> dict[str, Any]:
         "ExpiresAt": _timestamp(expires_at),
         "Clients": [
             {
-                "DiscoKey": str(allocation.disco_keys[i]),
-                "Handshake": endpoint.state[i].label,
-                "Addr": format_address(endpoint.addr[i]),
-                "LastSeen": _timestamp(endpoint.last_seen[i]),
-                "Packets": endpoint.packets[i],
-                "Bytes": endpoint.bytes[i],
+                "DiscoKey": str(key),
+                "Handshake": client.handshake.label,
+                "Addr": format_address(client.addr),
+                "LastSeen": _timestamp(client.last_seen),
+                "Packets": client.packets,
+                "Bytes": client.bytes,
             }
-            for i in (0, 1)
+            for key, client in zip(allocation.disco_keys, endpoint.clients, strict=True)
         ],
     }
 

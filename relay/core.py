@@ -68,35 +68,31 @@ class Drop(enum.StrEnum):
     WRONG_ANSWER = "wrong_answer"
 
 
-class Endpoint:
-    """The live state of one allocation: both clients' handshakes, addresses and counters.
+class ClientState:
+    """One client's side of an endpoint: its handshake, address and counters."""
 
-    Index 0 and 1 of every pair follow ``allocation.disco_keys`` (raw-byte order).
+    __slots__ = ("addr", "bytes", "handshake", "last_seen", "packets", "shared")
+
+    def __init__(self) -> None:
+        self.handshake = Handshake.INIT
+        self.addr: Address | None = None
+        self.last_seen: float | None = None
+        self.packets = 0
+        self.bytes = 0
+        self.shared: bytes | None = None
+
+
+class Endpoint:
+    """The live state of one allocation.
+
+    ``clients[0]`` and ``clients[1]`` follow ``allocation.disco_keys`` (raw-byte order).
     """
 
-    __slots__ = (
-        "addr",
-        "allocation",
-        "bound",
-        "bound_at",
-        "bytes",
-        "deadline",
-        "keys",
-        "last_seen",
-        "packets",
-        "shared",
-        "state",
-    )
+    __slots__ = ("allocation", "bound", "bound_at", "clients", "deadline")
 
     def __init__(self, allocation: Allocation) -> None:
         self.allocation = allocation
-        self.keys = (allocation.disco_keys[0].raw, allocation.disco_keys[1].raw)
-        self.state = [Handshake.INIT, Handshake.INIT]
-        self.addr: list[Address | None] = [None, None]
-        self.last_seen: list[float | None] = [None, None]
-        self.packets = [0, 0]
-        self.bytes = [0, 0]
-        self.shared: list[bytes | None] = [None, None]
+        self.clients = (ClientState(), ClientState())
         self.bound = False
         self.bound_at: float | None = None
         self.deadline = allocation.allocated_at
@@ -123,7 +119,7 @@ class RelayCore:
         self.bind_lifetime = bind_lifetime
         self.steady_state_lifetime = steady_state_lifetime
         self._by_vni: dict[int, Endpoint] = {}
-        self._deadlines: list[tuple[float, int, int]] = []
+        self._deadlines: list[tuple[float, int]] = []
         self._newly_bound: list[Allocation] = []
         self.bound_count = 0
         self.forwarded_packets = 0
@@ -158,8 +154,7 @@ class RelayCore:
     def _arm(self, endpoint: Endpoint, deadline: float) -> None:
         """Make ``deadline`` the endpoint's one live deadline; older heap entries go stale."""
         endpoint.deadline = deadline
-        allocation = endpoint.allocation
-        heapq.heappush(self._deadlines, (deadline, allocation.vni, allocation.lamport_id))
+        heapq.heappush(self._deadlines, (deadline, endpoint.allocation.vni))
 
     def remove(self, vni: int, lamport_id: int) -> bool:
         """Stop serving an allocation; False if it is not (or no longer) served."""
@@ -208,16 +203,13 @@ class RelayCore:
         heap = self._deadlines
         while budget > 0 and heap and heap[0][0] < now:
             budget -= 1
-            deadline, vni, lamport_id = heapq.heappop(heap)
+            deadline, vni = heapq.heappop(heap)
             endpoint = self._by_vni.get(vni)
-            if (
-                endpoint is None
-                or endpoint.allocation.lamport_id != lamport_id
-                or endpoint.deadline != deadline
-            ):
+            if endpoint is None or endpoint.deadline != deadline:
                 continue
             if endpoint.bound:
-                quiet_since = min(endpoint.last_seen[0], endpoint.last_seen[1])
+                a, b = endpoint.clients
+                quiet_since = min(a.last_seen, b.last_seen)
                 steady_deadline = quiet_since + self.steady_state_lifetime
                 if steady_deadline >= now:
                     self._arm(endpoint, steady_deadline)
@@ -243,17 +235,17 @@ class RelayCore:
         if not endpoint.bound:
             self.drops[Drop.DATA_BEFORE_BOUND] += 1
             return None
-        addr = endpoint.addr
-        if source == addr[0]:
-            sender, destination = 0, addr[1]
-        elif source == addr[1]:
-            sender, destination = 1, addr[0]
+        a, b = endpoint.clients
+        if source == a.addr:
+            sender, destination = a, b.addr
+        elif source == b.addr:
+            sender, destination = b, a.addr
         else:
             self.drops[Drop.DATA_FROM_UNKNOWN_SOURCE] += 1
             return None
-        endpoint.last_seen[sender] = now
-        endpoint.packets[sender] += 1
-        endpoint.bytes[sender] += len(datagram)
+        sender.last_seen = now
+        sender.packets += 1
+        sender.bytes += len(datagram)
         self.forwarded_packets += 1
         self.forwarded_bytes += len(datagram)
         return datagram, destination
@@ -266,14 +258,15 @@ class RelayCore:
             self.drops[drop] += 1
             return None
         sender_key = datagram[_SENDER]
-        if sender_key == endpoint.keys[0]:
+        keys = endpoint.allocation.disco_keys
+        if sender_key == keys[0].raw:
             index = 0
-        elif sender_key == endpoint.keys[1]:
+        elif sender_key == keys[1].raw:
             index = 1
         else:
             self.drops[Drop.FOREIGN_KEY] += 1
             return None
-        if endpoint.state[index] is Handshake.BOUND:
+        if endpoint.clients[index].handshake is Handshake.BOUND:
             self.drops[Drop.CLIENT_ALREADY_BOUND] += 1
             return None
         try:
@@ -306,12 +299,13 @@ class RelayCore:
         return None
 
     def _on_bind(self, endpoint: Endpoint, index: int, source: Address) -> Send | None:
-        if endpoint.state[index] is Handshake.INIT:
-            endpoint.addr[index] = source
-        elif source != endpoint.addr[index]:
+        client = endpoint.clients[index]
+        if client.handshake is Handshake.INIT:
+            client.addr = source
+        elif source != client.addr:
             self.drops[Drop.WRONG_SOURCE] += 1
             return None
-        endpoint.state[index] = Handshake.CHALLENGE_SENT
+        client.handshake = Handshake.CHALLENGE_SENT
         challenge = disco.BindUDPRelayEndpointChallenge(self.challenge(endpoint.allocation, index))
         frame = disco.seal(self._server_key_raw, self._shared_key(endpoint, index), challenge)
         return geneve.control_header(endpoint.allocation.vni) + frame, source
@@ -319,19 +313,20 @@ class RelayCore:
     def _on_answer(
         self, endpoint: Endpoint, index: int, source: Address, answer: bytes, now: float
     ) -> None:
-        if endpoint.state[index] is not Handshake.CHALLENGE_SENT:
+        client = endpoint.clients[index]
+        if client.handshake is not Handshake.CHALLENGE_SENT:
             self.drops[Drop.UNEXPECTED_MESSAGE] += 1
             return
-        if source != endpoint.addr[index]:
+        if source != client.addr:
             self.drops[Drop.WRONG_SOURCE] += 1
             return
         if not hmac.compare_digest(answer, self.challenge(endpoint.allocation, index)):
             self.drops[Drop.WRONG_ANSWER] += 1
             return
-        endpoint.state[index] = Handshake.BOUND
-        endpoint.last_seen[index] = now
+        client.handshake = Handshake.BOUND
+        client.last_seen = now
         self.handshakes_completed += 1
-        if endpoint.state[1 - index] is Handshake.BOUND:
+        if endpoint.clients[1 - index].handshake is Handshake.BOUND:
             endpoint.bound = True
             endpoint.bound_at = now
             self.bound_count += 1
@@ -339,11 +334,10 @@ class RelayCore:
             self._newly_bound.append(endpoint.allocation)
 
     def _shared_key(self, endpoint: Endpoint, index: int) -> bytes:
-        shared = endpoint.shared[index]
-        if shared is None:
-            shared = self._private_key.shared(endpoint.allocation.disco_keys[index])
-            endpoint.shared[index] = shared
-        return shared
+        client = endpoint.clients[index]
+        if client.shared is None:
+            client.shared = self._private_key.shared(endpoint.allocation.disco_keys[index])
+        return client.shared
 
     def challenge(self, allocation: Allocation, index: int) -> bytes:
         """The challenge for one client of an allocation (a MAC, never stored)."""

@@ -154,7 +154,8 @@ class RelayServer:
 
     def expires_at(self, endpoint: Endpoint) -> float:
         if endpoint.bound:
-            return min(endpoint.last_seen) + self.core.steady_state_lifetime
+            quiet_since = min(client.last_seen for client in endpoint.clients)
+            return quiet_since + self.core.steady_state_lifetime
         return endpoint.deadline
 
     def registry_record(self) -> RelayRecord:

@@ -77,11 +77,11 @@ class CoreHarness:
         """Everything about every endpoint that a packet could change."""
         return {
             e.allocation.vni: (
-                tuple(e.state),
-                tuple(e.addr),
-                tuple(e.last_seen),
-                tuple(e.packets),
-                tuple(e.bytes),
+                tuple(c.handshake for c in e.clients),
+                tuple(c.addr for c in e.clients),
+                tuple(c.last_seen for c in e.clients),
+                tuple(c.packets for c in e.clients),
+                tuple(c.bytes for c in e.clients),
                 e.bound,
             )
             for e in self.core.endpoints()

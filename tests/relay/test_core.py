@@ -32,9 +32,9 @@ def test_bind_in_init_records_source_and_answers_sealed_challenge(h):
     message = pair.a.read_control(reply)
     assert isinstance(message, disco.BindUDPRelayEndpointChallenge)
     endpoint = h.core.endpoint(0xABCDEF)
-    assert endpoint.state[0] is Handshake.CHALLENGE_SENT
-    assert endpoint.addr[0] == A_ADDR
-    assert endpoint.state[1] is Handshake.INIT
+    assert endpoint.clients[0].handshake is Handshake.CHALLENGE_SENT
+    assert endpoint.clients[0].addr == A_ADDR
+    assert endpoint.clients[1].handshake is Handshake.INIT
 
 
 def test_bind_retransmit_from_same_source_gets_the_same_challenge(h):
@@ -50,7 +50,7 @@ def test_bind_from_a_second_source_is_dropped(h):
     h.challenge_for(pair.a, A_ADDR)
     assert h.send(pair.a.bind(), STRANGER_ADDR) is None
     only_drop(h, Drop.WRONG_SOURCE)
-    assert h.core.endpoint(1).addr[0] == A_ADDR
+    assert h.core.endpoint(1).clients[0].addr == A_ADDR
 
 
 def test_correct_answer_binds_the_client_and_sets_last_seen(h):
@@ -58,8 +58,8 @@ def test_correct_answer_binds_the_client_and_sets_last_seen(h):
     h.now += 5
     h.bind(pair.a, A_ADDR)
     endpoint = h.core.endpoint(1)
-    assert endpoint.state[0] is Handshake.BOUND
-    assert endpoint.last_seen[0] == h.now
+    assert endpoint.clients[0].handshake is Handshake.BOUND
+    assert endpoint.clients[0].last_seen == h.now
     assert not endpoint.bound
     assert h.core.take_bound() == []
 
@@ -79,7 +79,7 @@ def test_wrong_answer_is_dropped(h):
     wrong = pair.a.control(disco.BindUDPRelayEndpointAnswer(bytes(32)))
     assert h.send(wrong, A_ADDR) is None
     only_drop(h, Drop.WRONG_ANSWER)
-    assert h.core.endpoint(1).state[0] is Handshake.CHALLENGE_SENT
+    assert h.core.endpoint(1).clients[0].handshake is Handshake.CHALLENGE_SENT
 
 
 def test_another_clients_challenge_is_a_wrong_answer(h):
@@ -95,7 +95,7 @@ def test_answer_from_another_source_is_dropped(h):
     answer = pair.a.answer(h.challenge_for(pair.a, A_ADDR))
     assert h.send(answer, STRANGER_ADDR) is None
     only_drop(h, Drop.WRONG_SOURCE)
-    assert h.core.endpoint(1).state[0] is Handshake.CHALLENGE_SENT
+    assert h.core.endpoint(1).clients[0].handshake is Handshake.CHALLENGE_SENT
 
 
 def test_answer_before_bind_is_dropped(h):
@@ -103,7 +103,7 @@ def test_answer_before_bind_is_dropped(h):
     challenge = h.core.challenge(pair.allocation, 0)
     assert h.send(pair.a.control(disco.BindUDPRelayEndpointAnswer(challenge)), A_ADDR) is None
     only_drop(h, Drop.UNEXPECTED_MESSAGE)
-    assert h.core.endpoint(1).state[0] is Handshake.INIT
+    assert h.core.endpoint(1).clients[0].handshake is Handshake.INIT
 
 
 def test_bound_client_ignores_further_control(h):
@@ -167,7 +167,7 @@ def test_foreign_key_is_dropped(h):
     other.a.vni = 1
     assert h.send(other.a.bind(), A_ADDR) is None
     only_drop(h, Drop.FOREIGN_KEY)
-    assert h.core.endpoint(1).state == [Handshake.INIT, Handshake.INIT]
+    assert [c.handshake for c in h.core.endpoint(1).clients] == [Handshake.INIT] * 2
     assert pair.allocation.vni == 1
 
 
@@ -177,7 +177,7 @@ def test_undecryptable_box_is_dropped(h):
     bind[-1] ^= 1
     assert h.send(bytes(bind), A_ADDR) is None
     only_drop(h, Drop.UNDECRYPTABLE)
-    assert h.core.endpoint(1).addr[0] is None
+    assert h.core.endpoint(1).clients[0].addr is None
 
 
 def test_box_sealed_with_another_key_is_undecryptable(h):
@@ -242,8 +242,8 @@ def test_data_is_relayed_unchanged_both_ways(h):
     out, destination = h.send(back, B_ADDR)
     assert out is back and destination == A_ADDR
     endpoint = h.core.endpoint(1)
-    assert endpoint.packets == [1, 1]
-    assert endpoint.bytes == [len(packet), len(back)]
+    assert [c.packets for c in endpoint.clients] == [1, 1]
+    assert [c.bytes for c in endpoint.clients] == [len(packet), len(back)]
     assert h.core.forwarded_packets == 2
     assert h.core.forwarded_bytes == len(packet) + len(back)
 
@@ -254,7 +254,7 @@ def test_data_refreshes_the_senders_last_seen_only(h):
     bound_at = h.now
     h.now += 10
     h.send(pair.a.data(b"x"), A_ADDR)
-    assert h.core.endpoint(1).last_seen == [h.now, bound_at]
+    assert [c.last_seen for c in h.core.endpoint(1).clients] == [h.now, bound_at]
 
 
 def test_data_before_both_bound_is_dropped(h):

@@ -129,8 +129,8 @@ def test_no_exception_and_no_unearned_state_change(steps):
                 assert after[vni][0][other] == state[other]
                 assert after[vni][1][other] == addr[other]
                 if out is not None:
-                    assert out[1] == source == endpoint.addr[index]
-                    assert endpoint.state[index] is Handshake.CHALLENGE_SENT
+                    assert out[1] == source == endpoint.clients[index].addr
+                    assert endpoint.clients[index].handshake is Handshake.CHALLENGE_SENT
         else:
             assert after[vni][:2] == (state, addr)
             forwarded = bound and source in addr

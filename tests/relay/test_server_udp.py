@@ -23,7 +23,7 @@ async def test_allocate_handshake_and_relay_both_ways(relay):
     b.send(pair.clients[1].data(b"pong from b" * 100), relay.relay)
     assert pair.clients[0].read_data(await a.receive()) == b"pong from b" * 100
     endpoint = relay.server.core.endpoint(pair.endpoint.vni)
-    assert [e.label for e in endpoint.state] == ["Bound", "Bound"]
+    assert [c.handshake.label for c in endpoint.clients] == ["Bound", "Bound"]
     assert relay.total_drops() == 0
 
 
@@ -96,10 +96,9 @@ async def test_wrong_answer_is_dropped_and_does_not_bind(relay):
     pair.peers[0].send(wrong, relay.relay)
     await relay.dropped(Drop.WRONG_ANSWER)
     endpoint = relay.server.core.endpoint(pair.endpoint.vni)
-    assert endpoint.state[0] is Handshake.CHALLENGE_SENT or endpoint.state[1] is (
-        Handshake.CHALLENGE_SENT
-    )
-    assert Handshake.BOUND not in endpoint.state
+    states = [c.handshake for c in endpoint.clients]
+    assert Handshake.CHALLENGE_SENT in states
+    assert Handshake.BOUND not in states
 
 
 async def test_bind_from_a_second_source_is_dropped(relay):
@@ -114,7 +113,9 @@ async def test_bind_from_a_second_source_is_dropped(relay):
     pair.peers[0].send(pair.clients[0].bind(), relay.relay)
     pair.peers[0].send(pair.clients[0].answer(await pair.peers[0].receive()), relay.relay)
     endpoint = relay.server.core.endpoint(pair.endpoint.vni)
-    await wait_until(lambda: Handshake.BOUND in endpoint.state, what="first source bound")
+    await wait_until(
+        lambda: Handshake.BOUND in [c.handshake for c in endpoint.clients], what="first bound"
+    )
 
 
 async def test_data_before_bound_is_not_forwarded(relay):
@@ -224,7 +225,7 @@ async def test_a_storm_of_random_and_mutated_packets_changes_nothing(relay):
     ]
     attackers = [await relay.peer() for _ in range(4)]
     before = {
-        e.allocation.vni: (list(e.state), list(e.addr), list(e.packets))
+        e.allocation.vni: [(c.handshake, c.addr, c.packets) for c in e.clients]
         for e in relay.server.core.endpoints()
     }
     drops_before = relay.total_drops()
@@ -239,7 +240,7 @@ async def test_a_storm_of_random_and_mutated_packets_changes_nothing(relay):
         rng.choice(attackers).send(bytes(datagram), relay.relay)
     await wait_until(lambda: relay.total_drops() - drops_before == 2000, what="all 2000 counted")
     after = {
-        e.allocation.vni: (list(e.state), list(e.addr), list(e.packets))
+        e.allocation.vni: [(c.handshake, c.addr, c.packets) for c in e.clients]
         for e in relay.server.core.endpoints()
     }
     assert after == before
