@@ -88,7 +88,7 @@ def _ip(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _duration(text: str) -> float:
+def duration(text: str) -> float:
     try:
         seconds = parse_duration(text)
     except ValueError as exc:
@@ -104,7 +104,7 @@ def _max_endpoints(text: str) -> int:
     return int(text)
 
 
-def _store(text: str) -> str:
+def store_url(text: str) -> str:
     if text != "memory" and not text.startswith(REDIS_SCHEMES):
         raise argparse.ArgumentTypeError(
             f"{redact_url(text)!r}: use 'memory' or a redis://, rediss:// or unix:// URL"
@@ -120,7 +120,7 @@ def _name(text: str) -> str:
     return text
 
 
-class _EnvDefaults:
+class EnvArguments:
     """Adds arguments whose default comes from the environment, converted like the flag."""
 
     def __init__(self, parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
@@ -154,7 +154,7 @@ class _EnvDefaults:
 
 def add_relay_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
     """The flags of ``relayfleet relay``, with defaults from ``environ``."""
-    env = _EnvDefaults(parser, environ)
+    env = EnvArguments(parser, environ)
     env.add(
         "--port",
         default=DEFAULT_PORT,
@@ -191,7 +191,7 @@ def add_relay_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
     env.add(
         "--bind-lifetime",
         default=DEFAULT_BIND_LIFETIME,
-        type=_duration,
+        type=duration,
         metavar="DUR",
         help="how long an allocation waits for both clients to bind (Go duration: 30s, 1m)",
         shown=format_duration(DEFAULT_BIND_LIFETIME),
@@ -199,7 +199,7 @@ def add_relay_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
     env.add(
         "--steady-state-lifetime",
         default=DEFAULT_STEADY_STATE_LIFETIME,
-        type=_duration,
+        type=duration,
         metavar="DUR",
         help="how long a bound endpoint lives after either client falls silent",
         shown=format_duration(DEFAULT_STEADY_STATE_LIFETIME),
@@ -207,7 +207,7 @@ def add_relay_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
     env.add(
         "--store",
         default="memory",
-        type=_store,
+        type=store_url,
         metavar="STORE",
         help="where allocations are kept: 'memory' (this process only) or a Redis URL "
         "(redis://[:PASSWORD@]HOST[:PORT][/DB], rediss:// for TLS, unix://PATH), shared "
@@ -224,7 +224,7 @@ def add_relay_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
     env.add(
         "--heartbeat-interval",
         default=DEFAULT_HEARTBEAT_INTERVAL,
-        type=_duration,
+        type=duration,
         metavar="DUR",
         help="how often the relay renews its registration; it counts as dead after 3 missed",
         shown=format_duration(DEFAULT_HEARTBEAT_INTERVAL),
@@ -232,7 +232,7 @@ def add_relay_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
     env.add(
         "--resync-interval",
         default=DEFAULT_RESYNC_INTERVAL,
-        type=_duration,
+        type=duration,
         metavar="DUR",
         help="how often the relay re-reads all its allocations from the store, besides "
         "following announcements",

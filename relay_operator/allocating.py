@@ -1,0 +1,116 @@
+"""Allocating for a RelayEndpoint: reuse what it has, or place it and allocate. No Kubernetes here.
+
+The kopf handlers call :class:`Allocator` with what the resource says (its
+keys, its pin, the allocation in its status, the relay chosen before a
+crash) and get back an allocation; everything in between is the store and
+the pure placement function, so it is tested with the memory store.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from relay.keys import DiscoPublicKey, sorted_pair
+from relay.store import Allocation, RelayRecord, Store
+from relay_operator.placement import choose_relay
+
+
+class NoRelayAvailable(Exception):
+    """No live relay with a free VNI (or not the pinned one); the message says which."""
+
+
+@dataclass(frozen=True)
+class CurrentAllocation:
+    """The allocation a resource's status names."""
+
+    relay: str
+    vni: int
+    lamport_id: int
+
+
+@dataclass(frozen=True)
+class Placement:
+    allocation: Allocation
+    relay: RelayRecord
+    created: bool
+
+
+class Allocator:
+    """Places endpoints on relays and allocates through the store, remembering recent choices."""
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._clock = clock
+        self._placed: dict[str, tuple[float, int]] = {}
+
+    async def live_relays(self) -> dict[str, RelayRecord]:
+        return {r.name: r for r in await self._store.relays()}
+
+    async def current(
+        self, keys: tuple[DiscoPublicKey, DiscoPublicKey], current: CurrentAllocation | None
+    ) -> Placement | None:
+        """The resource's allocation if it still stands: its relay alive and the store agreeing."""
+        if current is None:
+            return None
+        relay = (await self.live_relays()).get(current.relay)
+        if relay is None or not relay.alive:
+            return None
+        allocation = await self._store.allocation(current.relay, current.vni)
+        if (
+            allocation is None
+            or allocation.lamport_id != current.lamport_id
+            or allocation.disco_keys != sorted_pair(*keys)
+        ):
+            return None
+        return Placement(allocation, relay, created=False)
+
+    async def choose(self, pinned: str | None) -> RelayRecord:
+        """The relay a new allocation goes to; raises NoRelayAvailable."""
+        relays = await self.live_relays()
+        relay = choose_relay(relays.values(), pinned, self._placed_since_heartbeat(relays))
+        if relay is not None:
+            return relay
+        if pinned is not None:
+            raise NoRelayAvailable(f"relay {pinned!r} is not registered, not alive, or full")
+        alive = sum(r.alive for r in relays.values())
+        raise NoRelayAvailable(f"no live relay with a free VNI ({alive} alive of {len(relays)})")
+
+    async def allocate(
+        self,
+        keys: tuple[DiscoPublicKey, DiscoPublicKey],
+        relay_name: str,
+        previous: CurrentAllocation | None = None,
+    ) -> Placement:
+        """Allocate on ``relay_name``, freeing a previous allocation elsewhere first.
+
+        The same pair on the same relay, not yet bound, gets its allocation
+        back (the store's rule), so a retry after a crash allocates nothing new.
+        """
+        relays = await self.live_relays()
+        relay = relays.get(relay_name)
+        if relay is None or not relay.alive:
+            raise NoRelayAvailable(f"relay {relay_name!r} is no longer alive")
+        if previous is not None and previous.relay != relay_name:
+            await self._store.free(previous.relay, previous.vni, previous.lamport_id)
+        result = await self._store.allocate(relay_name, keys, self._clock())
+        if result.created:
+            self._count(relay)
+        return Placement(result.allocation, relay, result.created)
+
+    async def free(self, current: CurrentAllocation) -> bool:
+        return await self._store.free(current.relay, current.vni, current.lamport_id)
+
+    def _count(self, relay: RelayRecord) -> None:
+        since, count = self._placed.get(relay.name, (relay.heartbeat_at, 0))
+        if since != relay.heartbeat_at:
+            since, count = relay.heartbeat_at, 0
+        self._placed[relay.name] = (since, count + 1)
+
+    def _placed_since_heartbeat(self, relays: dict[str, RelayRecord]) -> dict[str, int]:
+        return {
+            name: count
+            for name, (since, count) in self._placed.items()
+            if name in relays and relays[name].heartbeat_at == since
+        }

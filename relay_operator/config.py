@@ -1,0 +1,112 @@
+"""The operator's configuration: one typed object, filled from flags and environment.
+
+As for the relay, every ``--flag`` can be set by ``RELAYFLEET_FLAG`` and the
+command line wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from relay.config import EnvArguments, duration, store_url
+from relay.durations import format_duration
+from relay.store import DEFAULT_PREFIX
+
+DEFAULT_RELAY_CHECK_INTERVAL = 5.0
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    store: str
+    store_prefix: str = DEFAULT_PREFIX
+    namespaces: tuple[str, ...] = ()
+    peering: str = "relayfleet"
+    standalone: bool = False
+    relay_check_interval: float = DEFAULT_RELAY_CHECK_INTERVAL
+    liveness: str | None = None
+    log_format: str = "text"
+    log_level: str = "info"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> OperatorConfig:
+        return cls(
+            store=args.store,
+            store_prefix=args.store_prefix,
+            namespaces=tuple(args.namespace),
+            peering=args.peering,
+            standalone=args.standalone,
+            relay_check_interval=args.relay_check_interval,
+            liveness=args.liveness,
+            log_format=args.log_format,
+            log_level=args.log_level,
+        )
+
+
+def add_operator_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    env = EnvArguments(parser, environ)
+    env.add(
+        "--store",
+        default=None,
+        type=store_url,
+        metavar="URL",
+        help="the fleet's Redis (redis://[:PASSWORD@]HOST[:PORT][/DB], rediss:// for TLS); "
+        "required",
+    )
+    env.add(
+        "--store-prefix",
+        default=DEFAULT_PREFIX,
+        metavar="PREFIX",
+        help="prefix of every Redis key; the relays must use the same",
+        shown=DEFAULT_PREFIX,
+    )
+    env.add(
+        "--namespace",
+        default=[],
+        action="append",
+        metavar="NS",
+        help="serve RelayEndpoints in this namespace (repeatable; env: comma-separated); "
+        "without any, every namespace",
+    )
+    env.add(
+        "--peering",
+        default="relayfleet",
+        metavar="NAME",
+        help="kopf peering object shared by the replicas; only one of them acts at a time",
+        shown="relayfleet",
+    )
+    parser.add_argument(
+        "--standalone",
+        action="store_true",
+        default=environ.get("RELAYFLEET_STANDALONE", "") in ("1", "true", "yes"),
+        help="run without peering (a single replica) [env RELAYFLEET_STANDALONE]",
+    )
+    env.add(
+        "--relay-check-interval",
+        default=DEFAULT_RELAY_CHECK_INTERVAL,
+        type=duration,
+        metavar="DUR",
+        help="how often each endpoint's relay is checked for a live heartbeat",
+        shown=format_duration(DEFAULT_RELAY_CHECK_INTERVAL),
+    )
+    env.add(
+        "--liveness",
+        default=None,
+        metavar="URL",
+        help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz",
+    )
+    env.add(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="log lines as plain text or as JSON objects",
+        shown="text",
+    )
+    env.add(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="how much to log (to stderr)",
+        shown="info",
+    )

@@ -1,0 +1,98 @@
+"""The operator's allocation steps against the memory store: reuse, placement, re-placement."""
+
+import pytest
+
+from relay.keys import DiscoPrivateKey, sorted_pair
+from relay.store import MemoryStore, RelayRecord
+from relay_operator.allocating import Allocator, CurrentAllocation, NoRelayAvailable
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def store(clock):
+    return MemoryStore(clock=clock)
+
+
+async def register(store, name, load=0, capacity=100, heartbeat_at=0.0, ttl=15.0):
+    key = DiscoPrivateKey.generate().public
+    record = RelayRecord(name, key, ("127.0.0.1:7000",), load, capacity, "0", heartbeat_at)
+    await store.register(record, ttl)
+    return record
+
+
+def keys():
+    return sorted_pair(DiscoPrivateKey.generate().public, DiscoPrivateKey.generate().public)
+
+
+async def test_no_relay_is_a_clear_error(store):
+    with pytest.raises(NoRelayAvailable, match="no live relay"):
+        await Allocator(store).choose(None)
+    await register(store, "a")
+    with pytest.raises(NoRelayAvailable, match="'b'"):
+        await Allocator(store).choose("b")
+
+
+async def test_allocation_is_reused_while_its_relay_lives(store, clock):
+    await register(store, "a")
+    allocator = Allocator(store, clock)
+    pair = keys()
+    placed = await allocator.allocate(pair, "a")
+    current = CurrentAllocation("a", placed.allocation.vni, placed.allocation.lamport_id)
+    again = await allocator.current(pair, current)
+    assert again.allocation == placed.allocation and not again.created
+    assert await allocator.current(keys(), current) is None
+    assert await allocator.current(pair, CurrentAllocation("a", 99, 1)) is None
+    clock.now += 60
+    assert await allocator.current(pair, current) is None
+
+
+async def test_a_retry_after_a_crash_allocates_nothing_new(store, clock):
+    await register(store, "a")
+    pair = keys()
+    first = await Allocator(store, clock).allocate(pair, "a")
+    retried = await Allocator(store, clock).allocate(pair, "a")
+    assert retried.allocation == first.allocation
+    assert not retried.created
+
+
+async def test_burst_spreads_over_relays_before_heartbeats_catch_up(store, clock):
+    await register(store, "a", load=0, capacity=100)
+    await register(store, "b", load=0, capacity=100)
+    allocator = Allocator(store, clock)
+    chosen = []
+    for _ in range(10):
+        relay = await allocator.choose(None)
+        await allocator.allocate(keys(), relay.name)
+        chosen.append(relay.name)
+    assert chosen.count("a") == chosen.count("b") == 5
+
+
+async def test_replacing_onto_another_relay_frees_the_old_allocation(store, clock):
+    await register(store, "a")
+    await register(store, "b")
+    allocator = Allocator(store, clock)
+    pair = keys()
+    old = (await allocator.allocate(pair, "a")).allocation
+    previous = CurrentAllocation("a", old.vni, old.lamport_id)
+    new = await allocator.allocate(pair, "b", previous)
+    assert new.relay.name == "b" and new.created
+    assert await store.allocations("a") == []
+
+
+async def test_allocating_on_a_relay_that_died_meanwhile_is_refused(store, clock):
+    await register(store, "a", ttl=1)
+    clock.now += 2
+    with pytest.raises(NoRelayAvailable, match="no longer alive"):
+        await Allocator(store, clock).allocate(keys(), "a")
