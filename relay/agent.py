@@ -17,7 +17,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from relay.core import RelayCore
+from relay.core import Endpoint, RelayCore
 from relay.store import SUBSCRIBED, Allocation, Change, RelayRecord, Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ class RelayAgent:
         self._installed_during_resync: set[int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.resyncs = 0
+        self.on_expired: Callable[[list[Endpoint]], None] | None = None
 
     # -- what the server calls ---------------------------------------------
 
@@ -143,8 +144,11 @@ class RelayAgent:
         core = self._core
         tick = min(MAX_EXPIRY_TICK, core.bind_lifetime / 10, core.steady_state_lifetime / 10)
         while True:
-            for allocation in core.expire(self._clock()):
-                self._pending_free.add((allocation.vni, allocation.lamport_id))
+            expired = core.expire(self._clock())
+            for endpoint in expired:
+                self._pending_free.add((endpoint.allocation.vni, endpoint.allocation.lamport_id))
+            if expired and self.on_expired is not None:
+                self.on_expired(expired)
             delay = tick
             try:
                 await self.flush()

@@ -25,16 +25,31 @@ from relay.keys import DiscoPrivateKey
 from relay.secrets import KeyFileError, RelaySecrets, load_or_create
 from relay.server import RelayServer
 from relay.store import open_store, redact_url
+from relay_operator.config import add_operator_arguments
 
 log = logging.getLogger("relayfleet")
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _configure_logging(level: str, log_format: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
 async def _serve_relay(config: RelayConfig, secrets: RelaySecrets) -> None:
@@ -112,6 +127,19 @@ def _keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _operator(args: argparse.Namespace) -> int:
+    from relay_operator.config import OperatorConfig
+    from relay_operator.main import run_operator
+
+    if args.store is None:
+        print("relayfleet operator: --store (or RELAYFLEET_STORE) is required", file=sys.stderr)
+        return 2
+    config = OperatorConfig.from_args(args)
+    _configure_logging(config.log_level, config.log_format)
+    uvloop.run(run_operator(config))
+    return 0
+
+
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="relayfleet",
@@ -140,6 +168,17 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     demo.add_argument("--size", type=int, default=200, help="payload bytes per packet [200]")
     demo.add_argument("--ipv6", action="store_true", help="use ::1 instead of 127.0.0.1")
     demo.set_defaults(func=_demo)
+
+    operator = commands.add_parser(
+        "operator",
+        help="run the Kubernetes operator that places RelayEndpoints on relays",
+        description="Watch RelayEndpoint resources, place each on a live relay, allocate "
+        "through the fleet's Redis, write the allocation into status, and free it on "
+        "deletion. Talks to the cluster with its service account in a pod, else the "
+        "kubeconfig (KUBECONFIG).",
+    )
+    add_operator_arguments(operator, environ)
+    operator.set_defaults(func=_operator)
 
     keygen = commands.add_parser(
         "keygen",

@@ -12,9 +12,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from relay.addresses import parse_host_port, parse_ip
-from relay.core import DEFAULT_BIND_LIFETIME, DEFAULT_STEADY_STATE_LIFETIME
 from relay.durations import format_duration, parse_duration
 from relay.geneve import MAX_VNI
+from relay.lifetimes import DEFAULT_BIND_LIFETIME, DEFAULT_STEADY_STATE_LIFETIME
 from relay.store import DEFAULT_PREFIX, REDIS_SCHEMES, redact_url
 
 ENV_PREFIX = "RELAYFLEET_"
@@ -23,6 +23,7 @@ DEFAULT_API_LISTEN = "127.0.0.1:8080"
 DEFAULT_LISTEN = "::"
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
 DEFAULT_RESYNC_INTERVAL = 60.0
+DEFAULT_REPORT_INTERVAL = 2.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class RelayConfig:
     store_prefix: str = DEFAULT_PREFIX
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     resync_interval: float = DEFAULT_RESYNC_INTERVAL
+    report_status: str = "off"
+    kubeconfig: str | None = None
+    report_interval: float = DEFAULT_REPORT_INTERVAL
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RelayConfig:
@@ -61,6 +65,9 @@ class RelayConfig:
             store_prefix=args.store_prefix,
             heartbeat_interval=args.heartbeat_interval,
             resync_interval=args.resync_interval,
+            report_status=args.report_status,
+            kubeconfig=args.kubeconfig,
+            report_interval=args.report_interval,
         )
 
 
@@ -237,6 +244,28 @@ def add_relay_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
         help="how often the relay re-reads all its allocations from the store, besides "
         "following announcements",
         shown=format_duration(DEFAULT_RESYNC_INTERVAL),
+    )
+    env.add(
+        "--report-status",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="write each endpoint's live state into its RelayEndpoint's status; 'auto' "
+        "does when running in a pod or given --kubeconfig",
+        shown="auto",
+    )
+    env.add(
+        "--kubeconfig",
+        default=None,
+        metavar="PATH",
+        help="kubeconfig for status reports (in a pod, the service account is used)",
+    )
+    env.add(
+        "--report-interval",
+        default=DEFAULT_REPORT_INTERVAL,
+        type=duration,
+        metavar="DUR",
+        help="at most one status patch per endpoint per interval, and only on change",
+        shown=format_duration(DEFAULT_REPORT_INTERVAL),
     )
     env.add(
         "--max-endpoints",

@@ -21,13 +21,12 @@ from collections.abc import Hashable, Iterator
 
 from relay import disco, geneve
 from relay.keys import DiscoPrivateKey
+from relay.lifetimes import DEFAULT_BIND_LIFETIME, DEFAULT_STEADY_STATE_LIFETIME
 from relay.store.interface import Allocation
 
 Address = Hashable
 Send = tuple[bytes, Address]
 
-DEFAULT_BIND_LIFETIME = 30.0
-DEFAULT_STEADY_STATE_LIFETIME = 300.0
 CHALLENGE_SECRET_LEN = 32
 _CHALLENGE_PERSON = b"rf-chal0"
 _DISCO_HI, _DISCO_LO = geneve.PROTOCOL_DISCO >> 8, geneve.PROTOCOL_DISCO & 0xFF
@@ -189,8 +188,8 @@ class RelayCore:
         """When ``expire`` may next have work; None when nothing is allocated."""
         return self._deadlines[0][0] if self._deadlines else None
 
-    def expire(self, now: float, budget: int = 10_000) -> list[Allocation]:
-        """Remove and return endpoints whose lifetime has passed.
+    def expire(self, now: float, budget: int = 10_000) -> list[Endpoint]:
+        """Remove and return endpoints whose lifetime has passed (``bound`` tells which).
 
         Works through at most ``budget`` deadlines, so one call never stalls
         the caller; a caller that gets ``budget`` or more back calls again.
@@ -199,7 +198,7 @@ class RelayCore:
         when reached if traffic moved it on. Entries of removed endpoints and
         superseded deadlines are skipped as they surface.
         """
-        expired: list[Allocation] = []
+        expired: list[Endpoint] = []
         heap = self._deadlines
         while budget > 0 and heap and heap[0][0] < now:
             budget -= 1
@@ -216,7 +215,7 @@ class RelayCore:
                     continue
             self._discard(endpoint)
             self.expired["steady_state" if endpoint.bound else "bind"] += 1
-            expired.append(endpoint.allocation)
+            expired.append(endpoint)
         return expired
 
     # -- packets -----------------------------------------------------------

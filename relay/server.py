@@ -8,6 +8,7 @@ store does not: it moves datagrams, times and allocations between them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -23,6 +24,7 @@ from relay.config import RelayConfig
 from relay.core import Endpoint, RelayCore
 from relay.keys import DiscoPublicKey
 from relay.metrics import relay_registry
+from relay.reporter import KubernetesEndpoints, StatusReporter, reporting_enabled
 from relay.secrets import RelaySecrets
 from relay.server_endpoint import ServerEndpoint
 from relay.store import RelayRecord, Store
@@ -69,6 +71,8 @@ class RelayServer:
         self._protocol: RelayProtocol | None = None
         self._api: web.AppRunner | None = None
         self.agent: RelayAgent | None = None
+        self.reporter: StatusReporter | None = None
+        self._reporting: asyncio.Task[None] | None = None
 
     @property
     def send_errors(self) -> int:
@@ -101,6 +105,16 @@ class RelayServer:
             resync_interval=self.config.resync_interval,
         )
         self.agent.start()
+        if reporting_enabled(self.config):
+            self.reporter = StatusReporter(
+                self.core,
+                self.config.name,
+                KubernetesEndpoints(self.config.kubeconfig),
+                self._clock,
+                self.config.report_interval,
+            )
+            self.agent.on_expired = self.reporter.expired
+            self._reporting = asyncio.create_task(self.reporter.run(), name="status-reports")
         log.info(
             "relay %s serving UDP port %d as %s; API on http://%s",
             self.config.name,
@@ -167,11 +181,17 @@ class RelayServer:
             capacity=self.config.max_endpoints,
             version=__version__,
             heartbeat_at=self._clock(),
+            bind_lifetime=self.core.bind_lifetime,
+            steady_state_lifetime=self.core.steady_state_lifetime,
         )
 
     async def close(self) -> None:
         """Stop taking allocations, stop the API and the socket."""
         self.closed = True
+        if self._reporting is not None:
+            self._reporting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reporting
         if self.agent is not None:
             await self.agent.close()
         if self._api is not None:

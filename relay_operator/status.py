@@ -1,4 +1,7 @@
-"""RelayEndpoint status, built from an allocation and the relay serving it. Pure functions.
+"""RelayEndpoint status, as the operator and the relays write it. Pure functions.
+
+The operator writes the allocation; a relay writes its endpoints' live state
+and their expiry. Both build the status here, so the two halves agree.
 
 Conditions follow the Kubernetes API conventions: one entry per type, status
 "True"/"False"/"Unknown", a CamelCase reason, a human message, and a
@@ -10,6 +13,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from relay.addresses import format_address
 from relay.durations import format_duration
 from relay.store import Allocation, RelayRecord
 
@@ -93,6 +97,56 @@ def allocated_status(
         "observedGeneration": generation,
         "conditions": conditions,
     }
+
+
+def client_status(key: object, client: Any) -> dict[str, Any]:
+    """One peer's entry in ``status.clients``, from the relay core's ClientState."""
+    entry: dict[str, Any] = {
+        "discoKey": str(key),
+        "handshake": client.handshake.label,
+        "packets": client.packets,
+        "bytes": client.bytes,
+    }
+    if client.addr is not None:
+        entry["addr"] = format_address(client.addr)
+    if client.last_seen is not None:
+        entry["lastSeen"] = timestamp(client.last_seen)
+    return entry
+
+
+def live_status(
+    endpoint: Any, *, generation: int, now: float, conditions: list[dict[str, Any]] | None
+) -> dict[str, Any]:
+    """What a relay reports for an endpoint it serves: each peer's state, and Bound or not."""
+    if endpoint.bound:
+        bound = ("True", "Bound", "both peers bound; relaying")
+    else:
+        waiting = [c.handshake.label for c in endpoint.clients]
+        bound = ("False", "WaitingForPeers", f"handshakes: {waiting[0]}, {waiting[1]}")
+    return {
+        "phase": "Bound" if endpoint.bound else "Allocated",
+        "clients": [
+            client_status(key, client)
+            for key, client in zip(endpoint.allocation.disco_keys, endpoint.clients, strict=True)
+        ],
+        "conditions": set_condition(conditions, BOUND, *bound, generation=generation, now=now),
+    }
+
+
+def expired_status(
+    lifetime: str, *, generation: int, now: float, conditions: list[dict[str, Any]] | None
+) -> dict[str, Any]:
+    """An endpoint whose bind or steady-state lifetime ran out; its VNI is free again."""
+    message = (
+        f"the {lifetime} lifetime ran out; annotate relayfleet.io/reallocate to allocate afresh"
+    )
+    conditions = set_condition(
+        conditions, ALLOCATED, "False", "Expired", message, generation=generation, now=now
+    )
+    conditions = set_condition(
+        conditions, BOUND, "False", "Expired", message, generation=generation, now=now
+    )
+    return {"phase": "Expired", "conditions": conditions}
 
 
 def pending_status(

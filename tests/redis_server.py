@@ -116,6 +116,10 @@ class RedisServer:
             retry=Retry(NoBackoff(), 0),
         )
 
+    def _ready(self, client: redis.Redis) -> bool:
+        """Whether the started server is ready for the tests: answering, its data loaded."""
+        return client.info("persistence")["loading"] == 0
+
     def _log_tail(self) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
@@ -139,7 +143,7 @@ class RedisServer:
                         f"{stderr}\n{self._log_tail()}"
                     )
                 try:
-                    if client.info("persistence")["loading"] == 0:
+                    if self._ready(client):
                         return
                 except (redis.ConnectionError, redis.TimeoutError):
                     pass

@@ -13,19 +13,32 @@ from relay.store.interface import (
 )
 from relay.store.memory import MemoryStore
 
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+REDIS_SCHEMES = (
+    "redis://",
+    "rediss://",
+    "unix://",
+    "redis+cluster://",
+    "rediss+cluster://",
+    "redis+sentinel://",
+    "rediss+sentinel://",
+)
 DEFAULT_PREFIX = "relayfleet:"
 
 
 def open_store(url: str, *, max_vni: int, prefix: str = DEFAULT_PREFIX) -> Store:
-    """The store a ``--store`` value names: ``memory``, or a Redis URL."""
+    """The store a ``--store`` value names: ``memory``, or a Redis URL.
+
+    The Redis URL forms are in :meth:`relay.store.redis.RedisStore.from_url`;
+    a malformed one raises ValueError, which never shows the password.
+    """
     if url == "memory":
         return MemoryStore(max_vni)
     if url.startswith(REDIS_SCHEMES):
         from relay.store.redis import RedisStore
 
         return RedisStore.from_url(url, prefix=prefix, max_vni=max_vni)
-    raise ValueError(f"unknown store {url!r}: use 'memory' or a redis://, rediss:// or unix:// URL")
+    schemes = ", ".join(REDIS_SCHEMES)
+    raise ValueError(f"unknown store {redact_url(url)!r}: use 'memory' or a URL of {schemes}")
 
 
 def redact_url(url: str) -> str:

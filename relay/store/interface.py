@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple, Protocol
 
 from relay.keys import DiscoPublicKey
+from relay.lifetimes import DEFAULT_BIND_LIFETIME, DEFAULT_STEADY_STATE_LIFETIME
 
 
 class StoreError(Exception):
@@ -74,6 +75,8 @@ class RelayRecord:
     version: str
     heartbeat_at: float
     alive: bool = True
+    bind_lifetime: float = DEFAULT_BIND_LIFETIME
+    steady_state_lifetime: float = DEFAULT_STEADY_STATE_LIFETIME
 
 
 class Store(Protocol):

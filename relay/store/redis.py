@@ -23,24 +23,37 @@ allocation time in milliseconds since the epoch (8, signed) and a bound flag
 (1). Memory grows with allocated endpoints only: nothing is stored per free VNI.
 Heartbeats expire by Redis's clock (``TIME``), so the clocks of the relays
 and the operator need not agree.
+
+The same store runs on one Redis, on a Redis Cluster and behind Redis
+Sentinel, chosen by the URL (:meth:`RedisStore.from_url`). Every command and
+script names keys of a single slot, so none of them needs a MULTI spanning
+nodes; change announcements are classic PUBLISH, which a cluster forwards to
+every node, so a subscriber may listen on any of them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import inspect
 import json
 import struct
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, unquote
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
 from relay.geneve import MAX_VNI
 from relay.keys import DiscoPublicKey, sorted_pair
+from relay.lifetimes import DEFAULT_BIND_LIFETIME, DEFAULT_STEADY_STATE_LIFETIME
 from relay.store.interface import (
     SUBSCRIBED,
     Allocation,
@@ -58,10 +71,13 @@ _RECORD = struct.Struct(">Q32s32sq?")
 _T = TypeVar("_T")
 
 _UNAVAILABLE = (
-    redis_errors.ConnectionError,  # also refused, reset, LOADING, bad password
+    redis_errors.ConnectionError,  # also refused, reset, LOADING, bad password, no master
     redis_errors.TimeoutError,
     redis_errors.ReadOnlyError,
     redis_errors.OutOfMemoryError,
+    redis_errors.ClusterError,  # CLUSTERDOWN, MASTERDOWN, redirected too often
+    redis_errors.TryAgainError,
+    redis_errors.SlotNotCoveredError,
 )
 
 # KEYS: lamport, endpoints, pairs, cursor
@@ -152,7 +168,44 @@ local expires = now[1] * 1000 + math.floor(now[2] / 1000) + tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], ARGV[1], string.format('%d ', expires) .. ARGV[3])
 """
 
+# KEYS: registry
+# Returns {seconds, microseconds, {name, value, ...}}: the registry and the
+# clock that judges its heartbeats, read on the one node that holds it.
+_RELAYS = """
+local now = redis.call('TIME')
+return {now[1], now[2], redis.call('HGETALL', KEYS[1])}
+"""
+
+# KEYS: endpoints, then every other key of the relay
+# Returns {endpoint count, bytes used by the keys}.
+_MEMORY = """
+local used = 0
+for _, key in ipairs(KEYS) do
+    used = used + (redis.call('MEMORY', 'USAGE', key, 'SAMPLES', 0) or 0)
+end
+return {redis.call('HLEN', KEYS[1]), used}
+"""
+
 _CHANGE_KINDS = frozenset({"alloc", "bound", "free"})
+
+
+class _Script:
+    """A Lua script run by its SHA1, and sent whole (EVAL) to a server that lacks it.
+
+    EVAL goes where the keys are. redis-py's own fallback (SCRIPT LOAD) goes
+    to every primary of a cluster instead, and fails while any one is down.
+    """
+
+    def __init__(self, client: aioredis.Redis | RedisCluster, source: str) -> None:
+        self._client = client
+        self._source = source
+        self._sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[Any] = ()) -> Any:
+        try:
+            return await self._client.evalsha(self._sha, len(keys), *keys, *args)
+        except redis_errors.NoScriptError:
+            return await self._client.eval(self._source, len(keys), *keys, *args)
 
 
 def _vni_field(vni: int) -> bytes:
@@ -183,6 +236,8 @@ def _encode_relay(record: RelayRecord) -> str:
             "capacity": record.capacity,
             "version": record.version,
             "heartbeat_at": record.heartbeat_at,
+            "bind_lifetime": record.bind_lifetime,
+            "steady_state_lifetime": record.steady_state_lifetime,
         },
         separators=(",", ":"),
     )
@@ -200,19 +255,176 @@ def _decode_relay(name: bytes, value: bytes, now_ms: int) -> RelayRecord:
         version=fields["version"],
         heartbeat_at=fields["heartbeat_at"],
         alive=now_ms < int(expires),
+        bind_lifetime=fields.get("bind_lifetime", DEFAULT_BIND_LIFETIME),
+        steady_state_lifetime=fields.get("steady_state_lifetime", DEFAULT_STEADY_STATE_LIFETIME),
     )
 
 
-def _describe(pool: aioredis.ConnectionPool) -> str:
-    """Where the pool connects, without credentials."""
+_TOPOLOGIES = {
+    "redis+cluster": ("cluster", False),
+    "rediss+cluster": ("cluster", True),
+    "redis+sentinel": ("sentinel", False),
+    "rediss+sentinel": ("sentinel", True),
+}
+_DEFAULT_PORTS = {"cluster": 6379, "sentinel": 26379}
+_TIMEOUT_OPTIONS = ("socket_connect_timeout", "socket_timeout")
+_TLS_OPTIONS = (
+    "ssl_ca_certs",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_cert_reqs",
+    "ssl_check_hostname",
+)
+_CERT_REQS = ("none", "optional", "required")
+_BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+@dataclass(frozen=True)
+class _Topology:
+    """What a ``redis+cluster://`` or ``redis+sentinel://`` URL says."""
+
+    kind: str  # "cluster" or "sentinel"
+    tls: bool
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    service: str | None = None
+    db: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _parse_topology(url: str) -> _Topology:
+    """Parse a cluster or sentinel URL; errors name the problem, never the password."""
+    scheme, _, rest = url.partition("://")
+    kind, tls = _TOPOLOGIES[scheme]
+
+    def bad(problem: str) -> ValueError:
+        return ValueError(f"bad {scheme}:// store URL: {problem}")
+
+    if "#" in url:
+        raise bad("'#' is not allowed; percent-encode it (%23) in a password or name")
+    rest, _, query = rest.partition("?")
+    credentials, at, rest = rest.rpartition("@")
+    hosts, _, path = rest.partition("/")
+    username = password = None
+    if at:
+        user, colon, secret = credentials.partition(":")
+        if not colon:
+            raise bad("give credentials as ':password@' or 'user:password@', percent-encoded")
+        username, password = unquote(user) or None, unquote(secret) or None
+
+    default_port = _DEFAULT_PORTS[kind]
+    if not hosts:
+        raise bad(f"no host: list one or more as host:port[,host:port...] after {scheme}://")
+    nodes = tuple(_parse_node(entry, default_port, bad) for entry in hosts.split(","))
+
+    service, db = None, 0
+    if kind == "cluster":
+        if path not in ("", "0"):
+            raise bad(f"a Redis Cluster has database 0 only, not {path!r}: drop the path")
+    else:
+        name, _, db_text = path.partition("/")
+        service = unquote(name)
+        if not service:
+            raise bad(f"no service name: {scheme}://host:port[,host:port...]/<service>[/<db>]")
+        if db_text:
+            if not (db_text.isascii() and db_text.isdigit()):
+                raise bad(f"the database must be a number, not {db_text!r}")
+            db = int(db_text)
+
+    options: dict[str, Any] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name in _TIMEOUT_OPTIONS:
+            try:
+                seconds = float(value)
+            except ValueError:
+                seconds = -1.0
+            if not 0 < seconds < float("inf"):
+                raise bad(f"{name} must be a positive number of seconds, not {value!r}")
+            options[name] = seconds
+        elif name in _TLS_OPTIONS:
+            if not tls:
+                raise bad(f"{name} needs TLS: use {scheme.replace('redis+', 'rediss+')}://")
+            if name == "ssl_cert_reqs" and value not in _CERT_REQS:
+                raise bad(f"ssl_cert_reqs must be one of {', '.join(_CERT_REQS)}, not {value!r}")
+            if name == "ssl_check_hostname":
+                if value.lower() not in _BOOLEANS:
+                    raise bad(f"ssl_check_hostname must be true or false, not {value!r}")
+                options[name] = _BOOLEANS[value.lower()]
+            else:
+                options[name] = value
+        else:
+            known = ", ".join((*_TIMEOUT_OPTIONS, *_TLS_OPTIONS))
+            raise bad(f"unknown option {name!r} (known: {known})")
+    return _Topology(kind, tls, nodes, username, password, service, db, options)
+
+
+def _parse_node(entry: str, default_port: int, bad: Callable[[str], ValueError]) -> tuple[str, int]:
+    if not entry:
+        raise bad("an empty entry in the host list")
+    if entry.startswith("["):
+        host, bracket, tail = entry[1:].partition("]")
+        if not bracket or not host:
+            raise bad(f"{entry!r}: an IPv6 address goes in brackets, as [::1]:{default_port}")
+        if tail and not tail.startswith(":"):
+            raise bad(f"{entry!r}: expected ':port' after ']'")
+        port_text = tail[1:] if tail else None
+    else:
+        host, colon, port_text = entry.partition(":")
+        if ":" in port_text:
+            raise bad(f"{entry!r}: an IPv6 address goes in brackets, as [::1]:{default_port}")
+        if not host:
+            raise bad(f"{entry!r}: no host name")
+        if not colon:
+            port_text = None
+    if port_text is None:
+        return host, default_port
+    if not (port_text.isascii() and port_text.isdigit() and 1 <= int(port_text) <= 65535):
+        raise bad(f"{entry!r}: the port must be a number from 1 to 65535")
+    return host, int(port_text)
+
+
+def _connect_topology(
+    topology: _Topology, connect_timeout: float, timeout: float, retry: Retry
+) -> aioredis.Redis | RedisCluster:
+    options: dict[str, Any] = {
+        "socket_connect_timeout": connect_timeout,
+        "socket_timeout": timeout,
+        **topology.options,
+    }
+    if topology.tls:
+        options["ssl"] = True
+    auth = {"username": topology.username, "password": topology.password}
+    if topology.kind == "cluster":
+        nodes = [ClusterNode(host, port) for host, port in topology.nodes]
+        return RedisCluster(startup_nodes=nodes, retry=retry, **auth, **options)
+    sentinel = Sentinel(topology.nodes, sentinel_kwargs={"retry": retry, **options})
+    return sentinel.master_for(topology.service, db=topology.db, retry=retry, **auth, **options)
+
+
+def _address(kwargs: dict[str, Any]) -> str:
+    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+
+
+def _describe(client: aioredis.Redis | RedisCluster) -> str:
+    """Where the client connects, without credentials."""
+    if isinstance(client, RedisCluster):
+        return "Redis Cluster at " + ",".join(node.name for node in client.startup_nodes)
+    pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        sentinels = ",".join(
+            _address(sentinel.connection_pool.connection_kwargs)
+            for sentinel in pool.sentinel_manager.sentinels
+        )
+        return f"Redis master {pool.service_name!r} via Sentinel at {sentinels}"
     kwargs = pool.connection_kwargs
     if "path" in kwargs:
         return f"Redis at unix:{kwargs['path']}"
-    return f"Redis at {kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+    return f"Redis at {_address(kwargs)}"
 
 
 class RedisStore:
-    """The store interface over Redis; one connection pool, closed by ``close``.
+    """The store interface over Redis, Redis Cluster or Redis Sentinel; closed by ``close``.
 
     Relay names must be non-empty and free of ``{`` and ``}``, as they are the
     keys' hash tag; ``max_vni`` caps VNIs at 1..max_vni per relay. A
@@ -222,7 +434,7 @@ class RedisStore:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: aioredis.Redis | RedisCluster,
         *,
         prefix: str = "relayfleet:",
         max_vni: int = MAX_VNI,
@@ -233,12 +445,14 @@ class RedisStore:
         self._prefix = prefix
         self._max_vni = max_vni
         self._keepalive = keepalive
-        self._reply_timeout = client.connection_pool.connection_kwargs.get("socket_timeout") or 2.0
-        self._where = _describe(client.connection_pool)
-        self._allocate = client.register_script(_ALLOCATE)
-        self._free = client.register_script(_FREE)
-        self._mark_bound = client.register_script(_MARK_BOUND)
-        self._register = client.register_script(_REGISTER)
+        self._reply_timeout = client.get_connection_kwargs().get("socket_timeout") or 2.0
+        self._where = _describe(client)
+        self._allocate = _Script(client, _ALLOCATE)
+        self._free = _Script(client, _FREE)
+        self._mark_bound = _Script(client, _MARK_BOUND)
+        self._register = _Script(client, _REGISTER)
+        self._relays = _Script(client, _RELAYS)
+        self._memory = _Script(client, _MEMORY)
 
     @classmethod
     def from_url(
@@ -251,21 +465,60 @@ class RedisStore:
         timeout: float = 2.0,
         keepalive: float = 10.0,
     ) -> RedisStore:
-        """A store for ``redis://``, ``rediss://`` or ``unix://`` URLs, as redis-py reads them.
+        """A store for a Redis URL; nothing connects until the first call.
 
-        Password, user and database come from the URL (``redis://:pw@host:6379/2``);
-        so do TLS files (``rediss://host?ssl_ca_certs=/ca.pem``) and timeouts,
-        which override ``connect_timeout`` and ``timeout`` (seconds). Nothing
-        connects until the first call.
+        One Redis, as redis-py reads the URL::
+
+            redis://[[user]:password@]host[:port][/db][?option=value...]
+            rediss://...  (TLS)
+            unix://[[user]:password@]/path/to/socket[?db=N]
+
+        with any redis-py option in the query (``rediss://host?ssl_ca_certs=/ca.pem``,
+        ``socket_timeout=0.5``).
+
+        A Redis Cluster, given one or more of its nodes to discover the rest
+        from (database 0 only)::
+
+            redis+cluster://[[user]:password@]host:port[,host:port...][?option=value...]
+            rediss+cluster://...  (TLS)
+
+        Redis Sentinel: the master of ``service``, asked of one or more
+        sentinels; the password is the master's (sentinels are asked without
+        one), TLS applies to sentinels and master alike::
+
+            redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db][?option=value...]
+            rediss+sentinel://...  (TLS)
+
+        In these four, a port left out is 6379 (cluster) or 26379 (sentinel),
+        IPv6 addresses go in brackets (``[::1]:6379``), the password and the
+        service name are percent-encoded, and the options are
+        ``socket_connect_timeout`` and ``socket_timeout`` (seconds) and, with
+        TLS, ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``,
+        ``ssl_cert_reqs`` (none, optional, required) and
+        ``ssl_check_hostname`` (true, false). A malformed URL raises
+        ValueError naming the problem, never the password.
+
+        Timeouts in the URL override ``connect_timeout`` and ``timeout``
+        (seconds). A call that fails to connect is retried once; on a
+        cluster, that retry follows a refresh of the slot map, and it is also
+        made after a timeout, CLUSTERDOWN or an uncovered slot.
         """
         _check_options(prefix, max_vni)
-        client = aioredis.Redis.from_url(
-            url,
-            socket_connect_timeout=connect_timeout,
-            socket_timeout=timeout,
-            retry=Retry(NoBackoff(), 1, supported_errors=(redis_errors.ConnectionError,)),
-        )
+        retry = Retry(NoBackoff(), 1, supported_errors=(redis_errors.ConnectionError,))
+        scheme = url.partition("://")[0]
+        client: aioredis.Redis | RedisCluster
+        if scheme in _TOPOLOGIES:
+            client = _connect_topology(_parse_topology(url), connect_timeout, timeout, retry)
+        else:
+            client = aioredis.Redis.from_url(
+                url, socket_connect_timeout=connect_timeout, socket_timeout=timeout, retry=retry
+            )
         return cls(client, prefix=prefix, max_vni=max_vni, keepalive=keepalive)
+
+    @property
+    def client(self) -> aioredis.Redis | RedisCluster:
+        """The redis-py client: a Redis (also for Sentinel's master) or a RedisCluster."""
+        return self._client
 
     def _key(self, relay: str, name: str) -> str:
         if not relay or "{" in relay or "}" in relay:
@@ -276,9 +529,26 @@ class RedisStore:
         """The pub/sub channel carrying "alloc|free|bound <vni> <lamport>" for a relay."""
         return self._key(relay, "changes")
 
+    async def _routed(self, request: Awaitable[_T]) -> _T:
+        """Await ``request`` once the cluster client knows the slot map.
+
+        Until then redis-py 8.1 sends a keyed command to a random node, and
+        the MOVED answers make it close connections other calls are using.
+        """
+        assert isinstance(self._client, RedisCluster)
+        try:
+            await self._client.initialize()
+        except BaseException:
+            if inspect.iscoroutine(request):
+                request.close()
+            raise
+        return await request
+
     async def _call(self, what: str, request: Awaitable[_T]) -> _T:
         task = asyncio.current_task()
         cancelling = task.cancelling() if task else 0
+        if isinstance(self._client, RedisCluster):
+            request = self._routed(request)
         try:
             result = await request
         except _UNAVAILABLE as exc:
@@ -288,6 +558,12 @@ class RedisStore:
                 raise StoreUnavailable(f"{self._where} refuses writes ({what}): {exc}") from exc
             raise StoreError(f"{self._where} failed ({what}): {exc}") from exc
         except redis_errors.RedisError as exc:
+            raise StoreError(f"{self._where} failed ({what}): {exc}") from exc
+        except redis_errors.RedisClusterException as exc:
+            # The base class itself reports no reachable node or uncovered slots;
+            # its subclasses report misuse.
+            if type(exc) is redis_errors.RedisClusterException:
+                raise StoreUnavailable(f"{self._where} is unavailable ({what}): {exc}") from exc
             raise StoreError(f"{self._where} failed ({what}): {exc}") from exc
         if task is not None and task.cancelling() > cancelling:
             # Python 3.11's asyncio.wait_for, which redis-py sends with, returns
@@ -366,12 +642,23 @@ class RedisStore:
         return None if record is None else self._decode(relay, vni, record)
 
     async def changes(self, relay: str) -> AsyncIterator[Change]:
-        """Changes published by this module's scripts; SUBSCRIBED again after a reconnection."""
+        """Changes published by this module's scripts.
+
+        On one Redis, SUBSCRIBED comes again after a dropped connection is
+        made anew. Behind Sentinel, the subscription is on the current master,
+        found again on reconnection. On a cluster, it is on the node that owns
+        the relay's slot, and a dropped connection ends the iteration with
+        StoreUnavailable, as cluster connections are never retried in place.
+        """
         channel = self.channel(relay)
         what = f"changes of relay {relay!r}"
         loop = asyncio.get_running_loop()
         pubsub = self._client.pubsub()
         try:
+            if isinstance(self._client, RedisCluster):
+                # A keyed read refreshes a stale slot map, so that the
+                # subscription goes to the slot's current owner.
+                await self._call(what, self._client.exists(self._key(relay, "lamport")))
             await self._call(what, pubsub.subscribe(channel))
             pong_due: float | None = None
             while True:
@@ -401,35 +688,25 @@ class RedisStore:
         await self._call(f"register relay {record.name!r}", self._register(keys=keys, args=args))
 
     async def relays(self) -> list[RelayRecord]:
-        """Every registered relay, by name; alive by Redis's clock."""
-        key = self._prefix + "registry"
-
-        async def read() -> list[Any]:
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.time()
-                pipe.hgetall(key)
-                return await pipe.execute()
-
-        (seconds, micros), entries = await self._call("list relays", read())
-        now_ms = seconds * 1000 + micros // 1000
-        found = [_decode_relay(name, value, now_ms) for name, value in entries.items()]
+        """Every registered relay, by name; alive by the clock of the Redis holding the registry."""
+        seconds, micros, entries = await self._call(
+            "list relays", self._relays([self._prefix + "registry"])
+        )
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        found = [
+            _decode_relay(name, value, now_ms)
+            for name, value in zip(entries[::2], entries[1::2], strict=True)
+        ]
         return sorted(found, key=lambda record: record.name)
 
     async def memory_per_endpoint(self, relay: str) -> float:
         """Bytes of Redis memory (``MEMORY USAGE``) per allocated endpoint of a relay; 0 if none."""
-        keys = [self._key(relay, name) for name in ("lamport", "endpoints", "pairs", "cursor")]
-
-        async def measure() -> list[Any]:
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.hlen(keys[1])
-                for key in keys:
-                    pipe.memory_usage(key, samples=0)
-                return await pipe.execute()
-
-        count, *usages = await self._call(f"memory of relay {relay!r}", measure())
-        if not count:
-            return 0.0
-        return sum(usage or 0 for usage in usages) / count
+        keys = [self._key(relay, name) for name in ("endpoints", "lamport", "pairs", "cursor")]
+        count, used = await self._call(f"memory of relay {relay!r}", self._memory(keys))
+        return used / count if count else 0.0
 
     async def close(self) -> None:
         await self._client.aclose()
+        pool = getattr(self._client, "connection_pool", None)
+        if isinstance(pool, SentinelConnectionPool):
+            await pool.sentinel_manager.aclose()

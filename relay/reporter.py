@@ -1,0 +1,140 @@
+"""Reporting endpoints' live state into their RelayEndpoints' status on Kubernetes.
+
+The relay knows what no one else does: each peer's handshake, address, last
+packet, and counts, and when an endpoint expires. The reporter finds the
+RelayEndpoints placed on this relay (label ``relayfleet.io/relay``), and at
+most once per interval patches the status of those whose state changed.
+Kubernetes calls run in a thread (the kubernetes client is synchronous) and
+never on the packet path; a failed patch is retried at the next interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from relay.config import RelayConfig
+from relay.core import Endpoint, RelayCore
+from relay_operator.status import expired_status, live_status
+
+log = logging.getLogger(__name__)
+
+GROUP, VERSION, PLURAL = "relayfleet.io", "v1alpha1", "relayendpoints"
+RELAY_LABEL = "relayfleet.io/relay"
+SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+def reporting_enabled(config: RelayConfig) -> bool:
+    """``--report-status``: on, off, or auto (in a pod, or given a kubeconfig)."""
+    if config.report_status == "auto":
+        return config.kubeconfig is not None or SERVICE_ACCOUNT_TOKEN.exists()
+    return config.report_status == "on"
+
+
+class KubernetesEndpoints:
+    """RelayEndpoints on the API server, through the kubernetes client."""
+
+    def __init__(self, kubeconfig: str | None) -> None:
+        from kubernetes import client, config
+
+        configuration = client.Configuration()
+        if kubeconfig:
+            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        else:
+            config.load_incluster_config(client_configuration=configuration)
+        self._api = client.CustomObjectsApi(client.ApiClient(configuration))
+
+    async def on_relay(self, relay: str) -> list[dict[str, Any]]:
+        listing = await asyncio.to_thread(
+            self._api.list_custom_object_for_all_namespaces,
+            GROUP,
+            VERSION,
+            PLURAL,
+            label_selector=f"{RELAY_LABEL}={relay}",
+        )
+        return listing["items"]
+
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        await asyncio.to_thread(
+            self._api.patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"status": status},
+            _content_type="application/merge-patch+json",
+        )
+
+
+class StatusReporter:
+    def __init__(
+        self,
+        core: RelayCore,
+        relay: str,
+        endpoints: KubernetesEndpoints,
+        clock: Callable[[], float] = time.time,
+        interval: float = 2.0,
+    ) -> None:
+        self._core = core
+        self._relay = relay
+        self._endpoints = endpoints
+        self._clock = clock
+        self.interval = interval
+        self._reported: dict[tuple[str, str], Any] = {}
+        self._expired: dict[tuple[int, int], str] = {}
+        self.patches = 0
+
+    def expired(self, endpoints: list[Endpoint]) -> None:
+        """Endpoints the agent expired, to report at the next pass."""
+        for endpoint in endpoints:
+            lifetime = "steady-state" if endpoint.bound else "bind"
+            self._expired[(endpoint.allocation.vni, endpoint.allocation.lamport_id)] = lifetime
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.report_once()
+            except Exception as exc:  # the API server may be away; report again next time
+                log.warning("status report failed: %s", exc)
+            await asyncio.sleep(self.interval)
+
+    async def report_once(self) -> None:
+        now = self._clock()
+        resources = await self._endpoints.on_relay(self._relay)
+        listed = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in resources}
+        self._reported = {k: v for k, v in self._reported.items() if k in listed}
+        for resource in resources:
+            status = resource.get("status") or {}
+            meta = resource["metadata"]
+            key = (meta["namespace"], meta["name"])
+            if status.get("vni") is None or status.get("phase") == "Expired":
+                continue
+            identity = (int(status["vni"]), int(status.get("lamportID", -1)))
+            generation = meta.get("generation", 0)
+            conditions = status.get("conditions")
+            lifetime = self._expired.pop(identity, None)
+            endpoint = self._core.endpoint(identity[0])
+            if lifetime is not None:
+                patch = expired_status(
+                    lifetime, generation=generation, now=now, conditions=conditions
+                )
+                snapshot: Any = "expired"
+            elif endpoint is not None and endpoint.allocation.lamport_id == identity[1]:
+                snapshot = (
+                    endpoint.bound,
+                    tuple((c.handshake, c.addr, c.packets, c.bytes) for c in endpoint.clients),
+                )
+                if self._reported.get(key) == snapshot:
+                    continue
+                patch = live_status(endpoint, generation=generation, now=now, conditions=conditions)
+            else:
+                continue
+            await self._endpoints.patch_status(*key, patch)
+            self._reported[key] = snapshot
+            self.patches += 1
+        self._expired.clear()

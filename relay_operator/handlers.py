@@ -1,0 +1,196 @@
+"""The kopf handlers: thin glue between RelayEndpoint resources, the allocator and status.
+
+Create and resume place and allocate; a crash between choosing a relay and
+writing the status is survived by recording the choice first (an
+annotation), so the retry asks the same relay for the same pair and gets the
+same allocation back. Delete frees the allocation before the finalizer lets
+the resource go. The ``relayfleet.io/reallocate`` annotation allocates afresh.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import kopf
+
+from relay.keys import DiscoPublicKey, InvalidKey
+from relay.store import StoreUnavailable, VNIExhausted
+from relay_operator.allocating import Allocator, CurrentAllocation, NoRelayAvailable, Placement
+from relay_operator.status import allocated_status, pending_status
+
+GROUP, VERSION, PLURAL = "relayfleet.io", "v1alpha1", "relayendpoints"
+PLACING = "relayfleet.io/placing"
+REALLOCATE = "relayfleet.io/reallocate"
+RELAY_LABEL = "relayfleet.io/relay"
+FINALIZER = "relayfleet.io/free-allocation"
+PROGRESS_PREFIX = "kopf.relayfleet.io"
+MAX_RETRY_DELAY = 30.0
+
+
+def retry_delay(retry: int) -> float:
+    return min(MAX_RETRY_DELAY, 0.5 * 2**retry)
+
+
+def disco_keys(spec: Any) -> tuple[DiscoPublicKey, DiscoPublicKey]:
+    try:
+        a, b = (DiscoPublicKey.parse(k) for k in spec.get("discoKeys", ()))
+    except (InvalidKey, ValueError) as exc:
+        raise kopf.PermanentError(f"spec.discoKeys: {exc}") from None
+    return a, b
+
+
+def current_allocation(status: Any) -> CurrentAllocation | None:
+    if not status.get("relay") or status.get("vni") is None or status.get("lamportID") is None:
+        return None
+    return CurrentAllocation(status["relay"], int(status["vni"]), int(status["lamportID"]))
+
+
+def write_allocated(patch: kopf.Patch, body: Any, placement: Placement, meta: Any) -> None:
+    relay = placement.relay
+    status = allocated_status(
+        placement.allocation,
+        relay,
+        bind_lifetime=relay.bind_lifetime,
+        steady_state_lifetime=relay.steady_state_lifetime,
+        generation=meta.get("generation", 0),
+        now=time.time(),
+        conditions=body.get("status", {}).get("conditions"),
+    )
+    patch.status.update(status)
+    patch.metadata.labels[RELAY_LABEL] = relay.name
+    patch.metadata.annotations[PLACING] = None
+
+
+async def place(
+    allocator: Allocator,
+    body: Any,
+    spec: Any,
+    status: Any,
+    meta: Any,
+    patch: kopf.Patch,
+    retry: int,
+    previous: CurrentAllocation | None,
+) -> Placement:
+    """Allocate for the resource: on the relay chosen before, or on a newly chosen one.
+
+    The choice is written (annotation ``relayfleet.io/placing``) and the
+    handler retried before anything is allocated, so that a crash in between
+    makes the retry ask the same relay, whose store answers with the same
+    allocation. ``previous`` is freed if the new allocation is elsewhere.
+    """
+    keys = disco_keys(spec)
+    generation = meta.get("generation", 0)
+    try:
+        relay_name = meta.get("annotations", {}).get(PLACING)
+        if relay_name is None:
+            relay = await allocator.choose(spec.get("relay"))
+            patch.metadata.annotations[PLACING] = relay.name
+            raise kopf.TemporaryError(f"placing on relay {relay.name}", delay=0)
+        placement = await allocator.allocate(keys, relay_name, previous)
+    except NoRelayAvailable as exc:
+        patch.metadata.annotations[PLACING] = None
+        conditions = status.get("conditions")
+        pending = pending_status(
+            "NoRelayAvailable",
+            str(exc),
+            generation=generation,
+            now=time.time(),
+            conditions=conditions,
+        )
+        patch.status.update(pending)
+        kopf.warn(body, reason="NoRelayAvailable", message=str(exc))
+        raise kopf.TemporaryError(str(exc), delay=retry_delay(retry)) from None
+    except VNIExhausted as exc:
+        patch.metadata.annotations[PLACING] = None
+        raise kopf.TemporaryError(str(exc), delay=retry_delay(retry)) from None
+    except StoreUnavailable as exc:
+        raise kopf.TemporaryError(f"store unavailable: {exc}", delay=retry_delay(retry)) from None
+    write_allocated(patch, body, placement, meta)
+    allocation = placement.allocation
+    kopf.info(
+        body,
+        reason="Allocated",
+        message=f"VNI {allocation.vni} on relay {placement.relay.name} "
+        f"(LamportID {allocation.lamport_id})",
+    )
+    return placement
+
+
+def register_handlers(
+    registry: kopf.OperatorRegistry, allocator: Allocator, relay_check_interval: float = 5.0
+) -> None:
+    """Register every RelayEndpoint handler on ``registry`` (one registry per operator)."""
+
+    async def allocate(body, spec, status, meta, patch, retry, **_) -> None:
+        if status.get("phase") == "Expired":
+            return
+        current = current_allocation(status)
+        try:
+            held = await allocator.current(disco_keys(spec), current)
+        except StoreUnavailable as exc:
+            raise kopf.TemporaryError(
+                f"store unavailable: {exc}", delay=retry_delay(retry)
+            ) from None
+        if held is None:
+            await place(allocator, body, spec, status, meta, patch, retry, current)
+
+    kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="allocate")(allocate)
+    kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="allocate")(allocate)
+
+    @kopf.on.field(
+        GROUP,
+        VERSION,
+        PLURAL,
+        field=("metadata", "annotations", REALLOCATE),
+        registry=registry,
+        id="reallocate",
+    )
+    async def reallocate(body, spec, status, meta, patch, retry, new, **_) -> None:
+        if new is None:
+            return
+        previous = current_allocation(status)
+        if previous is not None and meta.get("annotations", {}).get(PLACING) is None:
+            try:
+                await allocator.free(previous)
+            except StoreUnavailable as exc:
+                raise kopf.TemporaryError(str(exc), delay=retry_delay(retry)) from None
+        await place(allocator, body, spec, status, meta, patch, retry, None)
+
+    @kopf.timer(
+        GROUP,
+        VERSION,
+        PLURAL,
+        interval=relay_check_interval,
+        registry=registry,
+        id="watch-relay",
+        field="status.relay",
+        value=kopf.PRESENT,
+    )
+    async def watch_relay(body, spec, status, meta, patch, retry, **_) -> None:
+        current = current_allocation(status)
+        if current is None or status.get("phase") not in ("Allocated", "Bound"):
+            return
+        relays = await allocator.live_relays()
+        relay = relays.get(current.relay)
+        if relay is not None and relay.alive:
+            return
+        kopf.warn(
+            body,
+            reason="RelayDead",
+            message=f"relay {current.relay} stopped heart-beating; placing on another relay",
+        )
+        await place(allocator, body, spec, status, meta, patch, retry, current)
+
+    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, id="free")
+    async def free(status, retry, logger, **_) -> None:
+        current = current_allocation(status)
+        if current is None:
+            return
+        try:
+            freed = await allocator.free(current)
+        except StoreUnavailable as exc:
+            raise kopf.TemporaryError(
+                f"store unavailable: {exc}", delay=retry_delay(retry)
+            ) from None
+        logger.info("freed VNI %d on %s: %s", current.vni, current.relay, freed)

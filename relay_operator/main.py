@@ -1,0 +1,65 @@
+"""Running the operator: a kopf operator with its own registry, settings and store.
+
+``relayfleet operator`` calls :func:`run_operator`; the end-to-end tests call
+it too, in a process of their own, against a real kube-apiserver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from relay.geneve import MAX_VNI
+from relay.store import open_store, redact_url
+from relay_operator.allocating import Allocator
+from relay_operator.config import OperatorConfig
+from relay_operator.handlers import FINALIZER, PROGRESS_PREFIX, register_handlers
+
+log = logging.getLogger(__name__)
+
+
+def operator_settings(config: OperatorConfig) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PROGRESS_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PROGRESS_PREFIX, key="last-handled-configuration"
+    )
+    settings.peering.name = config.peering
+    settings.peering.standalone = config.standalone
+    settings.peering.mandatory = not config.standalone
+    settings.peering.clusterwide = not config.namespaces
+    settings.posting.level = logging.INFO
+    return settings
+
+
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod, the service account; elsewhere, the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+async def run_operator(
+    config: OperatorConfig,
+    stop_flag: asyncio.Event | None = None,
+    ready_flag: asyncio.Event | None = None,
+) -> None:
+    store = open_store(config.store, max_vni=MAX_VNI, prefix=config.store_prefix)
+    log.info("store: %s", redact_url(config.store))
+    registry = kopf.OperatorRegistry()
+    kopf.on.login(registry=registry)(login)
+    register_handlers(registry, Allocator(store), config.relay_check_interval)
+    try:
+        await kopf.operator(
+            registry=registry,
+            settings=operator_settings(config),
+            clusterwide=not config.namespaces,
+            namespaces=config.namespaces,
+            liveness_endpoint=config.liveness,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+        )
+    finally:
+        await store.close()

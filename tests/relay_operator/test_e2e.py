@@ -1,0 +1,349 @@
+"""The operator end to end on a real kube-apiserver, real Redis, real relay processes.
+
+`kubectl apply` a RelayEndpoint; the operator (a `relayfleet operator`
+process) places it on a relay (a `relayfleet relay` process registered in
+Redis, as a pod would be), and the status it writes is what two real clients
+need to bind and relay through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from relay.client import RelayClient
+from relay.keys import DiscoPrivateKey, DiscoPublicKey
+from relay.peer import UdpPeer
+from relay.store.redis import RedisStore
+from tests.redis_server import RedisServer
+from tests.relay.relay_process import RelayProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+RELAYFLEET = str(Path(sys.executable).parent / "relayfleet")
+CRD = ROOT / "crds" / "relayendpoint.yaml"
+DEADLINE = 30.0
+
+
+@pytest.fixture(scope="module")
+def crd(control_plane):
+    control_plane.kubectl("apply", "-f", str(CRD))
+    control_plane.kubectl(
+        "wait", "--for=condition=Established", "crd/relayendpoints.relayfleet.io", "--timeout=30s"
+    )
+    return control_plane
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    with RedisServer(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+async def store(redis_server):
+    store = RedisStore.from_url(redis_server.url())
+    yield store
+    await store.close()
+
+
+class Operator:
+    def __init__(self, control_plane, redis_url: str, log: Path) -> None:
+        self._log = log.open("w")
+        env = {**os.environ, "KUBECONFIG": str(control_plane.kubeconfig)}
+        self.process = subprocess.Popen(
+            [
+                RELAYFLEET, "operator", "--store", redis_url, "--standalone",
+                "--relay-check-interval", "1s", "--log-level", "debug",
+            ],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+        self.log = log
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def operator(crd, redis_server, tmp_path):
+    running = Operator(crd, redis_server.url(), tmp_path / "operator.log")
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+async def relay_1(crd, redis_server, tmp_path):
+    relay = await RelayProcess.start(
+        "--store", redis_server.url(), "--name", "relay-1",
+        "--key-file", str(tmp_path / "relay-1.key"), "--addr", "127.0.0.1",
+        "--heartbeat-interval", "500ms", "--kubeconfig", str(crd.kubeconfig),
+        "--report-interval", "200ms",
+    )  # fmt: skip
+    yield relay
+    await relay.stop()
+
+
+def endpoint_yaml(name: str, keys: list[str], relay: str | None = None) -> str:
+    spec = {"discoKeys": keys}
+    if relay:
+        spec["relay"] = relay
+    return json.dumps(
+        {
+            "apiVersion": "relayfleet.io/v1alpha1",
+            "kind": "RelayEndpoint",
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+    )
+
+
+def get(control_plane, namespace: str, name: str) -> dict:
+    result = control_plane.kubectl("-n", namespace, "get", "rep", name, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else {}
+
+
+async def wait_for(predicate, what: str, timeout: float = DEADLINE, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            tail = log.read_text()[-3000:] if log else ""
+            raise AssertionError(f"timed out waiting for {what}\n{tail}")
+        await asyncio.sleep(0.1)
+
+
+def new_keys() -> list[DiscoPrivateKey]:
+    return [DiscoPrivateKey.generate(), DiscoPrivateKey.generate()]
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        (["discokey:" + "0" * 63, "discokey:" + "1" * 64], "spec.discoKeys[0]"),
+        (["discokey:" + "1" * 64, "discokey:" + "1" * 64], "the two disco keys must differ"),
+        (
+            ["discokey:" + "1" * 64, "discokey:" + "2" * 64, "discokey:" + "3" * 64],
+            "spec.discoKeys",
+        ),
+        (["discokey:" + "1" * 64], "spec.discoKeys"),
+    ],
+    ids=["bad-key", "equal-keys", "three-keys", "one-key"],
+)
+def test_malformed_resources_are_refused_by_the_api_server(crd, kube_namespace, keys, message):
+    result = crd.kubectl(
+        "-n", kube_namespace, "apply", "-f", "-", input=endpoint_yaml("bad", keys), check=False
+    )
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_kubectl_explain_reads_well(crd):
+    spec = crd.kubectl("explain", "rep.spec").stdout
+    assert "discoKeys" in spec and "disco public keys of the two peers" in spec
+    status = crd.kubectl("explain", "rep.status").stdout
+    assert "lamportID" in status and "phase" in status
+
+
+async def test_apply_allocates_and_two_clients_relay_with_the_status(
+    crd, kube_namespace, operator, relay_1, store
+):
+    keys = new_keys()
+    crd.kubectl(
+        "-n", kube_namespace, "apply", "-f", "-",
+        input=endpoint_yaml("alice-bob", [str(k.public) for k in keys]),
+    )  # fmt: skip
+    resource = await wait_for(
+        lambda: (
+            (r := get(crd, kube_namespace, "alice-bob")).get("status", {}).get("phase")
+            == "Allocated"
+            and r
+        ),
+        "phase Allocated",
+        log=operator.log,
+    )
+    status = resource["status"]
+    assert status["relay"] == "relay-1"
+    assert status["serverDisco"] == relay_1.ready["server_disco"]
+    assert status["addrPorts"] == [f"127.0.0.1:{relay_1.ready['udp_port']}"]
+    assert (status["bindLifetime"], status["steadyStateLifetime"]) == ("30s", "5m0s")
+    assert resource["metadata"]["labels"]["relayfleet.io/relay"] == "relay-1"
+    allocation = await store.allocation("relay-1", status["vni"])
+    assert allocation is not None and allocation.lamport_id == status["lamportID"]
+    assert {str(k) for k in allocation.disco_keys} == {str(k.public) for k in keys}
+    conditions = {c["type"]: c["status"] for c in status["conditions"]}
+    assert conditions == {"Allocated": "True", "Bound": "False"}
+    events = crd.kubectl("-n", kube_namespace, "get", "events", "-o", "json").stdout
+    assert "Allocated" in events
+
+    server = DiscoPublicKey.parse(status["serverDisco"])
+    clients = [RelayClient(k, server, status["vni"]) for k in keys]
+    peers = [await UdpPeer.open(), await UdpPeer.open()]
+    host, port = status["addrPorts"][0].rsplit(":", 1)
+    try:
+        for client, peer in zip(clients, peers, strict=True):
+            peer.send(client.bind(), (host, int(port)))
+            peer.send(client.answer(await peer.receive()), (host, int(port)))
+        peers[0].send(clients[0].data(b"through the fleet"), (host, int(port)))
+        assert clients[1].read_data(await peers[1].receive()) == b"through the fleet"
+        peers[1].send(clients[1].data(b"and back"), (host, int(port)))
+        assert clients[0].read_data(await peers[0].receive()) == b"and back"
+
+        def reported_bound():
+            status = get(crd, kube_namespace, "alice-bob").get("status", {})
+            clients = status.get("clients", [])
+            relayed = len(clients) == 2 and all(c.get("packets", 0) > 0 for c in clients)
+            return status.get("phase") == "Bound" and relayed and status
+
+        status = await wait_for(reported_bound, "phase Bound with packets", log=operator.log)
+        assert {c["handshake"] for c in status["clients"]} == {"Bound"}
+        assert all(c["addr"].startswith("127.0.0.1:") and c["lastSeen"] for c in status["clients"])
+        conditions = {c["type"]: c["status"] for c in status["conditions"]}
+        assert conditions == {"Allocated": "True", "Bound": "True"}
+    finally:
+        for peer in peers:
+            peer.close()
+
+
+async def test_no_relay_means_pending_until_one_registers(
+    crd, kube_namespace, operator, redis_server, tmp_path
+):
+    keys = [str(k.public) for k in new_keys()]
+    crd.kubectl("-n", kube_namespace, "apply", "-f", "-", input=endpoint_yaml("waiting", keys))
+    resource = await wait_for(
+        lambda: (
+            (r := get(crd, kube_namespace, "waiting")).get("status", {}).get("phase") == "Pending"
+            and r
+        ),
+        "phase Pending",
+        log=operator.log,
+    )
+    (condition,) = resource["status"]["conditions"]
+    assert condition["reason"] == "NoRelayAvailable"
+    relay = await RelayProcess.start(
+        "--store", redis_server.url(), "--name", "late-relay", "--addr", "127.0.0.1",
+        "--heartbeat-interval", "500ms",
+    )  # fmt: skip
+    try:
+        await wait_for(
+            lambda: (
+                get(crd, kube_namespace, "waiting").get("status", {}).get("relay") == "late-relay"
+            ),
+            "allocated on the late relay",
+            log=operator.log,
+        )
+    finally:
+        await relay.stop()
+
+
+async def test_delete_frees_the_vni_before_the_resource_goes(
+    crd, kube_namespace, operator, relay_1, store
+):
+    keys = [str(k.public) for k in new_keys()]
+    crd.kubectl("-n", kube_namespace, "apply", "-f", "-", input=endpoint_yaml("short-lived", keys))
+    status = await wait_for(
+        lambda: (
+            (s := get(crd, kube_namespace, "short-lived").get("status", {})).get("phase")
+            == "Allocated"
+            and s
+        ),
+        "phase Allocated",
+        log=operator.log,
+    )
+    assert await store.allocation("relay-1", status["vni"]) is not None
+    crd.kubectl(
+        "-n", kube_namespace, "delete", "rep", "short-lived", "--wait=true", "--timeout=30s"
+    )
+    assert get(crd, kube_namespace, "short-lived") == {}
+    assert await store.allocation("relay-1", status["vni"]) is None
+
+
+async def start_relay(control_plane, redis_server, name: str, *extra: str) -> RelayProcess:
+    return await RelayProcess.start(
+        "--store", redis_server.url(), "--name", name, "--addr", "127.0.0.1",
+        "--heartbeat-interval", "300ms", "--kubeconfig", str(control_plane.kubeconfig),
+        "--report-interval", "200ms", *extra,
+    )  # fmt: skip
+
+
+def phase_is(control_plane, namespace: str, name: str, phase: str):
+    def check():
+        resource = get(control_plane, namespace, name)
+        return resource.get("status", {}).get("phase") == phase and resource
+
+    return check
+
+
+async def test_expiry_shows_expired_and_the_annotation_allocates_afresh(
+    crd, kube_namespace, operator, redis_server, store
+):
+    relay = await start_relay(crd, redis_server, "brief", "--bind-lifetime", "1s")
+    try:
+        keys = [str(k.public) for k in new_keys()]
+        crd.kubectl("-n", kube_namespace, "apply", "-f", "-", input=endpoint_yaml("brief", keys))
+        first = await wait_for(phase_is(crd, kube_namespace, "brief", "Allocated"), "Allocated")
+        expired = await wait_for(
+            phase_is(crd, kube_namespace, "brief", "Expired"), "Expired", log=operator.log
+        )
+        reasons = {c["type"]: c["reason"] for c in expired["status"]["conditions"]}
+        assert reasons == {"Allocated": "Expired", "Bound": "Expired"}
+        assert await store.allocation("brief", first["status"]["vni"]) is None
+
+        crd.kubectl(
+            "-n", kube_namespace, "annotate", "rep", "brief", "relayfleet.io/reallocate=1"
+        )  # fmt: skip
+
+        def reallocated():
+            status = get(crd, kube_namespace, "brief").get("status", {})
+            newer = status.get("lamportID", 0) > first["status"]["lamportID"]
+            return status.get("phase") == "Allocated" and newer and status
+
+        await wait_for(reallocated, "a fresh allocation", log=operator.log)
+    finally:
+        await relay.stop()
+
+
+async def test_a_dead_relays_endpoints_are_placed_again_with_an_event(
+    crd, kube_namespace, operator, redis_server, tmp_path
+):
+    relays = {
+        name: await start_relay(crd, redis_server, name, "--key-file", str(tmp_path / name))
+        for name in ("north", "south")
+    }
+    try:
+        keys = [str(k.public) for k in new_keys()]
+        crd.kubectl("-n", kube_namespace, "apply", "-f", "-", input=endpoint_yaml("moving", keys))
+        placed = await wait_for(phase_is(crd, kube_namespace, "moving", "Allocated"), "Allocated")
+        first = placed["status"]
+        await relays[first["relay"]].stop(signal.SIGKILL)
+        survivor = next(r for r in relays if r != first["relay"])
+
+        def moved():
+            status = get(crd, kube_namespace, "moving").get("status", {})
+            return status.get("relay") == survivor and status.get("phase") == "Allocated" and status
+
+        status = await wait_for(moved, f"re-placed on {survivor}", log=operator.log)
+        assert status["serverDisco"] == relays[survivor].ready["server_disco"]
+        assert status["serverDisco"] != first["serverDisco"]
+        events = json.loads(crd.kubectl("-n", kube_namespace, "get", "events", "-o", "json").stdout)
+        assert any(
+            e["reason"] == "RelayDead" and first["relay"] in e["message"] for e in events["items"]
+        )
+    finally:
+        for relay in relays.values():
+            if relay.process.returncode is None:
+                await relay.stop()
