@@ -66,6 +66,10 @@ class Allocator:
             return None
         return Placement(allocation, relay, created=False)
 
+    async def relay_alive(self, name: str) -> bool:
+        relay = (await self.live_relays()).get(name)
+        return relay is not None and relay.alive
+
     async def choose(self, pinned: str | None) -> RelayRecord:
         """The relay a new allocation goes to; raises NoRelayAvailable."""
         relays = await self.live_relays()

@@ -17,7 +17,7 @@ import kopf
 from relay.keys import DiscoPublicKey, InvalidKey
 from relay.store import StoreUnavailable, VNIExhausted
 from relay_operator.allocating import Allocator, CurrentAllocation, NoRelayAvailable, Placement
-from relay_operator.status import allocated_status, pending_status
+from relay_operator.status import allocated_status, expired_status, pending_status
 
 GROUP, VERSION, PLURAL = "relayfleet.io", "v1alpha1", "relayendpoints"
 PLACING = "relayfleet.io/placing"
@@ -128,6 +128,17 @@ def register_handlers(
         current = current_allocation(status)
         try:
             held = await allocator.current(disco_keys(spec), current)
+            if held is None and current is not None and await allocator.relay_alive(current.relay):
+                # The relay lives but freed the allocation while no operator watched: it expired.
+                patch.status.update(
+                    expired_status(
+                        "bind or steady-state",
+                        generation=meta.get("generation", 0),
+                        now=time.time(),
+                        conditions=status.get("conditions"),
+                    )
+                )
+                return
         except StoreUnavailable as exc:
             raise kopf.TemporaryError(
                 f"store unavailable: {exc}", delay=retry_delay(retry)

@@ -347,3 +347,39 @@ async def test_a_dead_relays_endpoints_are_placed_again_with_an_event(
         for relay in relays.values():
             if relay.process.returncode is None:
                 await relay.stop()
+
+
+async def test_operator_killed_mid_burst_allocates_each_endpoint_exactly_once(
+    crd, kube_namespace, redis_server, relay_1, store, tmp_path
+):
+    count = 200
+    first = Operator(crd, redis_server.url(), tmp_path / "first.log")
+    items = [
+        json.loads(endpoint_yaml(f"burst-{i}", [str(k.public) for k in new_keys()]))
+        for i in range(count)
+    ]
+    documents = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+    crd.kubectl("-n", kube_namespace, "apply", "-f", "-", input=documents, timeout=120)
+
+    def allocated() -> list[dict]:
+        listing = json.loads(crd.kubectl("-n", kube_namespace, "get", "rep", "-o", "json").stdout)
+        return [r for r in listing["items"] if r.get("status", {}).get("phase") == "Allocated"]
+
+    await wait_for(lambda: len(allocated()) >= count // 4, "a quarter allocated", log=first.log)
+    first.process.kill()
+    first.stop()
+    second = Operator(crd, redis_server.url(), tmp_path / "second.log")
+    try:
+        done = await wait_for(
+            lambda: (items := allocated()) and len(items) == count and items,
+            f"all {count} allocated",
+            timeout=120,
+            log=second.log,
+        )
+    finally:
+        second.stop()
+    placements = [(r["status"]["relay"], r["status"]["vni"]) for r in done]
+    assert len(set(placements)) == count
+    in_store = await store.allocations("relay-1")
+    assert sorted((a.relay, a.vni) for a in in_store) == sorted(placements)
+    assert len({a.lamport_id for a in in_store}) == count
