@@ -15,7 +15,7 @@ from relay.addresses import parse_host_port, parse_ip
 from relay.durations import format_duration, parse_duration
 from relay.geneve import MAX_VNI
 from relay.lifetimes import DEFAULT_BIND_LIFETIME, DEFAULT_STEADY_STATE_LIFETIME
-from relay.store import DEFAULT_PREFIX, REDIS_SCHEMES, redact_url
+from relay.store import DEFAULT_PREFIX, check_store_url
 
 ENV_PREFIX = "RELAYFLEET_"
 DEFAULT_PORT = 7000
@@ -112,10 +112,10 @@ def _max_endpoints(text: str) -> int:
 
 
 def store_url(text: str) -> str:
-    if text != "memory" and not text.startswith(REDIS_SCHEMES):
-        raise argparse.ArgumentTypeError(
-            f"{redact_url(text)!r}: use 'memory' or a redis://, rediss:// or unix:// URL"
-        )
+    try:
+        check_store_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 
@@ -217,8 +217,9 @@ def add_relay_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
         type=store_url,
         metavar="STORE",
         help="where allocations are kept: 'memory' (this process only) or a Redis URL "
-        "(redis://[:PASSWORD@]HOST[:PORT][/DB], rediss:// for TLS, unix://PATH), shared "
-        "by the fleet and kept across restarts",
+        "shared by the fleet and kept across restarts: redis://[:PASSWORD@]HOST[:PORT][/DB], "
+        "rediss:// for TLS, unix://PATH, redis+cluster://HOST:PORT[,HOST:PORT...], "
+        "redis+sentinel://HOST:PORT[,...]/SERVICE[/DB]",
         shown="memory",
     )
     env.add(

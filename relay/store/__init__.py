@@ -41,6 +41,18 @@ def open_store(url: str, *, max_vni: int, prefix: str = DEFAULT_PREFIX) -> Store
     raise ValueError(f"unknown store {redact_url(url)!r}: use 'memory' or a URL of {schemes}")
 
 
+def check_store_url(url: str) -> None:
+    """Raise ValueError, naming the problem but never the password, unless ``url`` opens a store."""
+    if url == "memory":
+        return
+    if not url.startswith(REDIS_SCHEMES):
+        schemes = ", ".join(REDIS_SCHEMES)
+        raise ValueError(f"unknown store {redact_url(url)!r}: use 'memory' or a URL of {schemes}")
+    from relay.store.redis import check_url
+
+    check_url(url)
+
+
 def redact_url(url: str) -> str:
     """A store URL fit for logs: any password replaced by ``***``."""
     scheme, sep, rest = url.partition("://")
@@ -64,6 +76,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "VNIExhausted",
+    "check_store_url",
     "open_store",
     "redact_url",
 ]

@@ -47,6 +47,7 @@ from urllib.parse import parse_qsl, unquote
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
@@ -291,6 +292,18 @@ class _Topology:
     service: str | None = None
     db: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+
+
+def check_url(url: str) -> None:
+    """Raise ValueError naming the problem (never the password) unless ``url`` is usable here."""
+    scheme = url.partition("://")[0]
+    if scheme in _TOPOLOGIES:
+        _parse_topology(url)
+        return
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        raise ValueError(f"bad {scheme}:// store URL: {exc}") from None
 
 
 def _parse_topology(url: str) -> _Topology:

@@ -106,7 +106,8 @@ def test_corrupt_key_file_is_a_clear_error(tmp_path):
         (["--port", "70000"], {}, "not a port number"),
         (["--api-listen", "::1:80"], {}, "brackets"),
         (["--addr", "relay.example"], {}, "not an IP address"),
-        (["--store", "postgres://u:secret@db"], {}, "use 'memory' or a redis://"),
+        (["--store", "postgres://u:secret@db"], {}, "use 'memory' or a URL of"),
+        (["--store", "redis+cluster://:secret@"], {}, "no host"),
         (["--name", "relay{a}"], {}, "without braces"),
         ([], {"RELAYFLEET_PORT": "abc"}, "RELAYFLEET_PORT"),
     ],
@@ -116,6 +117,7 @@ def test_bad_flags_and_env_are_refused_with_a_reason(args, env, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+    assert "secret" not in result.stderr
 
 
 def test_a_port_in_use_is_a_clear_error():
