@@ -8,127 +8,24 @@ need to bind and relay through it.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
 from relay.client import RelayClient
-from relay.keys import DiscoPrivateKey, DiscoPublicKey
+from relay.keys import DiscoPublicKey
 from relay.peer import UdpPeer
-from relay.store.redis import RedisStore
-from tests.redis_server import RedisServer
 from tests.relay.relay_process import RelayProcess
-
-ROOT = Path(__file__).resolve().parents[2]
-RELAYFLEET = str(Path(sys.executable).parent / "relayfleet")
-CRD = ROOT / "crds" / "relayendpoint.yaml"
-DEADLINE = 30.0
-
-
-@pytest.fixture(scope="module")
-def crd(control_plane):
-    control_plane.kubectl("apply", "-f", str(CRD))
-    control_plane.kubectl(
-        "wait", "--for=condition=Established", "crd/relayendpoints.relayfleet.io", "--timeout=30s"
-    )
-    return control_plane
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    with RedisServer(tmp_path) as server:
-        yield server
-
-
-@pytest.fixture
-async def store(redis_server):
-    store = RedisStore.from_url(redis_server.url())
-    yield store
-    await store.close()
-
-
-class Operator:
-    def __init__(self, control_plane, redis_url: str, log: Path) -> None:
-        self._log = log.open("w")
-        env = {**os.environ, "KUBECONFIG": str(control_plane.kubeconfig)}
-        self.process = subprocess.Popen(
-            [
-                RELAYFLEET, "operator", "--store", redis_url, "--standalone",
-                "--relay-check-interval", "1s", "--log-level", "debug",
-            ],
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
-        self.log = log
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self._log.close()
-
-
-@pytest.fixture
-def operator(crd, redis_server, tmp_path):
-    running = Operator(crd, redis_server.url(), tmp_path / "operator.log")
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-async def relay_1(crd, redis_server, tmp_path):
-    relay = await RelayProcess.start(
-        "--store", redis_server.url(), "--name", "relay-1",
-        "--key-file", str(tmp_path / "relay-1.key"), "--addr", "127.0.0.1",
-        "--heartbeat-interval", "500ms", "--kubeconfig", str(crd.kubeconfig),
-        "--report-interval", "200ms",
-    )  # fmt: skip
-    yield relay
-    await relay.stop()
-
-
-def endpoint_yaml(name: str, keys: list[str], relay: str | None = None) -> str:
-    spec = {"discoKeys": keys}
-    if relay:
-        spec["relay"] = relay
-    return json.dumps(
-        {
-            "apiVersion": "relayfleet.io/v1alpha1",
-            "kind": "RelayEndpoint",
-            "metadata": {"name": name},
-            "spec": spec,
-        }
-    )
-
-
-def get(control_plane, namespace: str, name: str) -> dict:
-    result = control_plane.kubectl("-n", namespace, "get", "rep", name, "-o", "json", check=False)
-    return json.loads(result.stdout) if result.returncode == 0 else {}
-
-
-async def wait_for(predicate, what: str, timeout: float = DEADLINE, log: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            tail = log.read_text()[-3000:] if log else ""
-            raise AssertionError(f"timed out waiting for {what}\n{tail}")
-        await asyncio.sleep(0.1)
-
-
-def new_keys() -> list[DiscoPrivateKey]:
-    return [DiscoPrivateKey.generate(), DiscoPrivateKey.generate()]
+from tests.relay_operator.e2e_support import (
+    Operator,
+    endpoint_yaml,
+    get,
+    new_keys,
+    phase_is,
+    start_relay,
+    wait_for,
+)
 
 
 @pytest.mark.parametrize(
@@ -272,22 +169,6 @@ async def test_delete_frees_the_vni_before_the_resource_goes(
     assert await store.allocation("relay-1", status["vni"]) is None
 
 
-async def start_relay(control_plane, redis_server, name: str, *extra: str) -> RelayProcess:
-    return await RelayProcess.start(
-        "--store", redis_server.url(), "--name", name, "--addr", "127.0.0.1",
-        "--heartbeat-interval", "300ms", "--kubeconfig", str(control_plane.kubeconfig),
-        "--report-interval", "200ms", *extra,
-    )  # fmt: skip
-
-
-def phase_is(control_plane, namespace: str, name: str, phase: str):
-    def check():
-        resource = get(control_plane, namespace, name)
-        return resource.get("status", {}).get("phase") == phase and resource
-
-    return check
-
-
 async def test_expiry_shows_expired_and_the_annotation_allocates_afresh(
     crd, kube_namespace, operator, redis_server, store
 ):
@@ -353,7 +234,7 @@ async def test_operator_killed_mid_burst_allocates_each_endpoint_exactly_once(
     crd, kube_namespace, redis_server, relay_1, store, tmp_path
 ):
     count = 200
-    first = Operator(crd, redis_server.url(), tmp_path / "first.log")
+    first = Operator(crd, redis_server.url(), kube_namespace, tmp_path / "first.log")
     items = [
         json.loads(endpoint_yaml(f"burst-{i}", [str(k.public) for k in new_keys()]))
         for i in range(count)
@@ -368,7 +249,7 @@ async def test_operator_killed_mid_burst_allocates_each_endpoint_exactly_once(
     await wait_for(lambda: len(allocated()) >= count // 4, "a quarter allocated", log=first.log)
     first.process.kill()
     first.stop()
-    second = Operator(crd, redis_server.url(), tmp_path / "second.log")
+    second = Operator(crd, redis_server.url(), kube_namespace, tmp_path / "second.log")
     try:
         done = await wait_for(
             lambda: (items := allocated()) and len(items) == count and items,

@@ -1,0 +1,60 @@
+"""Fixtures of the operator's end-to-end tests: the CRD applied, Redis, the operator, a relay.
+
+Each runs a real process (redis-server, `relayfleet operator`, `relayfleet
+relay`) against the session's real kube-apiserver (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from relay.store.redis import RedisStore
+from tests.redis_server import RedisServer
+from tests.relay.relay_process import RelayProcess
+from tests.relay_operator.e2e_support import Operator
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD = ROOT / "crds" / "relayendpoint.yaml"
+
+
+@pytest.fixture(scope="module")
+def crd(control_plane):
+    control_plane.kubectl("apply", "-f", str(CRD))
+    control_plane.kubectl(
+        "wait", "--for=condition=Established", "crd/relayendpoints.relayfleet.io", "--timeout=30s"
+    )
+    return control_plane
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    with RedisServer(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+async def store(redis_server):
+    store = RedisStore.from_url(redis_server.url())
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+def operator(crd, redis_server, kube_namespace, tmp_path):
+    running = Operator(crd, redis_server.url(), kube_namespace, tmp_path / "operator.log")
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+async def relay_1(crd, redis_server, tmp_path):
+    relay = await RelayProcess.start(
+        "--store", redis_server.url(), "--name", "relay-1",
+        "--key-file", str(tmp_path / "relay-1.key"), "--addr", "127.0.0.1",
+        "--heartbeat-interval", "500ms", "--kubeconfig", str(crd.kubeconfig),
+        "--report-interval", "200ms",
+    )  # fmt: skip
+    yield relay
+    await relay.stop()

@@ -1,0 +1,93 @@
+"""Helpers of the operator's end-to-end tests: processes, resources, polling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from relay.keys import DiscoPrivateKey
+from tests.relay.relay_process import RelayProcess
+
+RELAYFLEET = str(Path(sys.executable).parent / "relayfleet")
+DEADLINE = 30.0
+
+
+class Operator:
+    """A `relayfleet operator` process serving one namespace (tests share the API server)."""
+
+    def __init__(self, control_plane, redis_url: str, namespace: str, log: Path) -> None:
+        self._log = log.open("w")
+        env = {**os.environ, "KUBECONFIG": str(control_plane.kubeconfig)}
+        self.process = subprocess.Popen(
+            [
+                RELAYFLEET, "operator", "--store", redis_url, "--standalone",
+                "--namespace", namespace, "--relay-check-interval", "1s", "--log-level", "debug",
+            ],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+        self.log = log
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+def endpoint_yaml(name: str, keys: list[str], relay: str | None = None) -> str:
+    spec = {"discoKeys": keys}
+    if relay:
+        spec["relay"] = relay
+    return json.dumps(
+        {
+            "apiVersion": "relayfleet.io/v1alpha1",
+            "kind": "RelayEndpoint",
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+    )
+
+
+def get(control_plane, namespace: str, name: str) -> dict:
+    result = control_plane.kubectl("-n", namespace, "get", "rep", name, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else {}
+
+
+async def wait_for(predicate, what: str, timeout: float = DEADLINE, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            tail = log.read_text()[-3000:] if log else ""
+            raise AssertionError(f"timed out waiting for {what}\n{tail}")
+        await asyncio.sleep(0.1)
+
+
+def new_keys() -> list[DiscoPrivateKey]:
+    return [DiscoPrivateKey.generate(), DiscoPrivateKey.generate()]
+
+
+async def start_relay(control_plane, redis_server, name: str, *extra: str) -> RelayProcess:
+    return await RelayProcess.start(
+        "--store", redis_server.url(), "--name", name, "--addr", "127.0.0.1",
+        "--heartbeat-interval", "300ms", "--kubeconfig", str(control_plane.kubeconfig),
+        "--report-interval", "200ms", *extra,
+    )  # fmt: skip
+
+
+def phase_is(control_plane, namespace: str, name: str, phase: str):
+    def check():
+        resource = get(control_plane, namespace, name)
+        return resource.get("status", {}).get("phase") == phase and resource
+
+    return check
