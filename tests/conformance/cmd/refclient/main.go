@@ -8,8 +8,27 @@
 // written from. It talks to any server exposing the allocation API
 // (POST /v0/relay/endpoint): relay-fleet's and cmd/refserver alike.
 //
-// It prints one JSON line per check to stdout,
-// {"check": NAME, "ok": BOOL, "detail": TEXT}, and exits 1 if any check
+// It has two modes:
+//
+//	refclient --api URL [--relay-addr HOST:PORT] [--timeout D]
+//	          [--reply-timeout D] [--realloc-after-bind new|same]
+//
+// runs the conformance checks, allocating fresh endpoints through the API.
+//
+//	refclient bind --server-disco discokey:HEX --relay-addr HOST:PORT --vni N
+//	               --key privkey:HEX --key privkey:HEX [--packets N]
+//	               [--reply-timeout D]
+//
+// drives one endpoint allocated elsewhere (a RelayEndpoint's status:
+// serverDisco, addrPorts[0], vni) with the two clients' existing disco
+// private keys (privkey:<64 hex>, the raw 32-byte Curve25519 key; client A
+// holds the first, B the second): both 3-way bind handshakes, then
+// --packets (default 10) data packets A->B and as many B->A, each required
+// to arrive byte-identical. Its checks are bind_handshake_a,
+// bind_handshake_b, relay_a_to_b and relay_b_to_a.
+//
+// Both print one JSON line per check to stdout,
+// {"check": NAME, "ok": BOOL, "detail": TEXT}, and exit 1 if any check
 // failed (2 on bad usage).
 package main
 
@@ -39,6 +58,12 @@ func parseFlags() (options, error) {
 	flag.DurationVar(&o.replyTimeout, "reply-timeout", 2*time.Second, "how long to wait for an expected reply or relayed packet")
 	flag.StringVar(&o.reallocAfterBind, "realloc-after-bind", "new",
 		`what re-allocating a bound pair must give: "new" (PROTOCOL.md: larger LamportID, old endpoint discarded) or "same" (tailscale.com v1.84.0: the existing endpoint, unchanged)`)
+	flag.Usage = func() {
+		fmt.Fprint(flag.CommandLine.Output(), checksUsage)
+		flag.PrintDefaults()
+		fmt.Fprint(flag.CommandLine.Output(), "\n"+bindUsage)
+		bindFlagDefaults(flag.CommandLine.Output())
+	}
 	flag.Parse()
 	if o.api == "" {
 		return o, fmt.Errorf("--api is required")
@@ -66,7 +91,20 @@ type result struct {
 	Detail string `json:"detail"`
 }
 
+const checksUsage = `usage: refclient --api URL [flags]
+       refclient bind --server-disco discokey:HEX --relay-addr HOST:PORT --vni N --key privkey:HEX --key privkey:HEX [flags]
+
+Checks mode (the first form) runs every conformance check against the server
+whose allocation API is at --api, allocating fresh endpoints for fresh keys.
+Prints one JSON line per check and exits 1 if any failed, 2 on bad usage.
+
+flags:
+`
+
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "bind" {
+		bindMain()
+	}
 	opts, err := parseFlags()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "refclient: %v\n", err)
