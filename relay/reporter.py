@@ -19,6 +19,7 @@ from typing import Any
 
 from relay.config import RelayConfig
 from relay.core import Endpoint, RelayCore
+from relay.kube import api_client
 from relay_operator.status import expired_status, live_status
 
 log = logging.getLogger(__name__)
@@ -39,14 +40,9 @@ class KubernetesEndpoints:
     """RelayEndpoints on the API server, through the kubernetes client."""
 
     def __init__(self, kubeconfig: str | None) -> None:
-        from kubernetes import client, config
+        from kubernetes import client
 
-        configuration = client.Configuration()
-        if kubeconfig:
-            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-        else:
-            config.load_incluster_config(client_configuration=configuration)
-        self._api = client.CustomObjectsApi(client.ApiClient(configuration))
+        self._api = client.CustomObjectsApi(api_client(kubeconfig))
 
     async def on_relay(self, relay: str) -> list[dict[str, Any]]:
         listing = await asyncio.to_thread(

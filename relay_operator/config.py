@@ -7,6 +7,7 @@ command line wins.
 from __future__ import annotations
 
 import argparse
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from relay.durations import format_duration
 from relay.store import DEFAULT_PREFIX
 
 DEFAULT_RELAY_CHECK_INTERVAL = 5.0
+DEFAULT_PEERING_LIFETIME = 15.0
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,8 @@ class OperatorConfig:
     namespaces: tuple[str, ...] = ()
     peering: str = "relayfleet"
     standalone: bool = False
+    priority: int = 0
+    peering_lifetime: float = DEFAULT_PEERING_LIFETIME
     relay_check_interval: float = DEFAULT_RELAY_CHECK_INTERVAL
     liveness: str | None = None
     log_format: str = "text"
@@ -37,6 +41,8 @@ class OperatorConfig:
             namespaces=tuple(args.namespace),
             peering=args.peering,
             standalone=args.standalone,
+            priority=args.priority,
+            peering_lifetime=args.peering_lifetime,
             relay_check_interval=args.relay_check_interval,
             liveness=args.liveness,
             log_format=args.log_format,
@@ -81,6 +87,22 @@ def add_operator_arguments(parser: argparse.ArgumentParser, environ: Mapping[str
         action="store_true",
         default=environ.get("RELAYFLEET_STANDALONE", "") in ("1", "true", "yes"),
         help="run without peering (a single replica) [env RELAYFLEET_STANDALONE]",
+    )
+    env.add(
+        "--priority",
+        default=random.randint(1, 2**31),
+        type=int,
+        metavar="N",
+        help="this replica's peering priority: the live replica with the highest acts, the "
+        "others wait (default: random, so that replicas never tie)",
+    )
+    env.add(
+        "--peering-lifetime",
+        default=DEFAULT_PEERING_LIFETIME,
+        type=duration,
+        metavar="DUR",
+        help="how long a silent replica counts as alive; a standby takes over after it",
+        shown=format_duration(DEFAULT_PEERING_LIFETIME),
     )
     env.add(
         "--relay-check-interval",

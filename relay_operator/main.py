@@ -7,12 +7,14 @@ it too, in a process of their own, against a real kube-apiserver.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any
 
 import kopf
 
 from relay.geneve import MAX_VNI
+from relay.kube import api_client
 from relay.store import open_store, redact_url
 from relay_operator.allocating import Allocator
 from relay_operator.config import OperatorConfig
@@ -32,6 +34,8 @@ def operator_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     settings.peering.standalone = config.standalone
     settings.peering.mandatory = not config.standalone
     settings.peering.clusterwide = not config.namespaces
+    settings.peering.priority = config.priority
+    settings.peering.lifetime = max(1, round(config.peering_lifetime))
     settings.posting.level = logging.INFO
     return settings
 
@@ -41,6 +45,33 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
 
+def ensure_peering(config: OperatorConfig) -> None:
+    """Create the peering object(s) the replicas meet in, unless they exist."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    api = client.CustomObjectsApi(api_client())
+    body = {"apiVersion": "kopf.dev/v1", "metadata": {"name": config.peering}}
+    creations = [
+        functools.partial(
+            api.create_namespaced_custom_object,
+            "kopf.dev", "v1", namespace, "kopfpeerings", {**body, "kind": "KopfPeering"},
+        )
+        for namespace in config.namespaces
+    ] or [
+        functools.partial(
+            api.create_cluster_custom_object,
+            "kopf.dev", "v1", "clusterkopfpeerings", {**body, "kind": "ClusterKopfPeering"},
+        )
+    ]  # fmt: skip
+    for create in creations:
+        try:
+            create()
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+
 async def run_operator(
     config: OperatorConfig,
     stop_flag: asyncio.Event | None = None,
@@ -48,6 +79,8 @@ async def run_operator(
 ) -> None:
     store = open_store(config.store, max_vni=MAX_VNI, prefix=config.store_prefix)
     log.info("store: %s", redact_url(config.store))
+    if not config.standalone:
+        await asyncio.to_thread(ensure_peering, config)
     registry = kopf.OperatorRegistry()
     kopf.on.login(registry=registry)(login)
     register_handlers(registry, Allocator(store), config.relay_check_interval)

@@ -20,13 +20,17 @@ DEADLINE = 30.0
 class Operator:
     """A `relayfleet operator` process serving one namespace (tests share the API server)."""
 
-    def __init__(self, control_plane, redis_url: str, namespace: str, log: Path) -> None:
+    def __init__(
+        self, control_plane, redis_url: str, namespace: str, log: Path, *peering: str
+    ) -> None:
+        """Standalone unless ``peering`` flags are given (e.g. ``--priority 10``)."""
         self._log = log.open("w")
         env = {**os.environ, "KUBECONFIG": str(control_plane.kubeconfig)}
         self.process = subprocess.Popen(
             [
-                RELAYFLEET, "operator", "--store", redis_url, "--standalone",
+                RELAYFLEET, "operator", "--store", redis_url,
                 "--namespace", namespace, "--relay-check-interval", "1s", "--log-level", "debug",
+                *(peering or ["--standalone"]),
             ],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip

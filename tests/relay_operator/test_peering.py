@@ -1,0 +1,77 @@
+"""Two operator replicas at once: kopf peering lets exactly one act, and the other takes over."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.relay_operator.e2e_support import Operator, endpoint_yaml, new_keys, wait_for
+
+PEERING_CRDS = Path(__file__).resolve().parents[2] / "crds" / "kopf-peering.yaml"
+
+
+@pytest.fixture(scope="module")
+def peering_crds(crd):
+    crd.kubectl("apply", "-f", str(PEERING_CRDS))
+    for name in ("clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"):
+        crd.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=30s")
+    return crd
+
+
+def apply_endpoints(control_plane, namespace: str, names: list[str]) -> None:
+    items = [json.loads(endpoint_yaml(name, [str(k.public) for k in new_keys()])) for name in names]
+    listing = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+    control_plane.kubectl("-n", namespace, "apply", "-f", "-", input=listing)
+
+
+def allocated(control_plane, namespace: str) -> list[dict]:
+    listing = json.loads(control_plane.kubectl("-n", namespace, "get", "rep", "-o", "json").stdout)
+    return [r for r in listing["items"] if r.get("status", {}).get("phase") == "Allocated"]
+
+
+def allocations_logged(log: Path) -> int:
+    return log.read_text().count("Handler 'allocate' succeeded")
+
+
+async def test_one_replica_acts_and_the_other_takes_over_when_it_dies(
+    peering_crds, kube_namespace, redis_server, relay_1, store, tmp_path
+):
+    cp = peering_crds
+    url = redis_server.url()
+    lifetime = ("--peering-lifetime", "3s")
+    active = Operator(
+        cp, url, kube_namespace, tmp_path / "active.log", "--priority", "100", *lifetime
+    )
+    standby = Operator(
+        cp, url, kube_namespace, tmp_path / "standby.log", "--priority", "50", *lifetime
+    )
+    try:
+        apply_endpoints(cp, kube_namespace, [f"first-{i}" for i in range(10)])
+        await wait_for(
+            lambda: len(allocated(cp, kube_namespace)) == 10, "10 allocated", log=active.log
+        )
+        assert allocations_logged(active.log) == 10
+        assert allocations_logged(standby.log) == 0
+
+        active.process.kill()
+        active.stop()
+        apply_endpoints(cp, kube_namespace, [f"later-{i}" for i in range(5)])
+        await wait_for(
+            lambda: len(allocated(cp, kube_namespace)) == 15,
+            "15 allocated after the failover",
+            timeout=60,
+            log=standby.log,
+        )
+        # the new five at least; it may also resume the first ten, finding them allocated
+        assert allocations_logged(standby.log) >= 5
+    finally:
+        standby.stop()
+        if active.process.returncode is None:
+            active.stop()
+    placements = {(r["status"]["relay"], r["status"]["vni"]) for r in allocated(cp, kube_namespace)}
+    assert len(placements) == 15
+    assert sorted((a.relay, a.vni) for a in await store.allocations("relay-1")) == sorted(
+        placements
+    )
