@@ -58,3 +58,35 @@ async def relay_1(crd, redis_server, tmp_path):
     )  # fmt: skip
     yield relay
     await relay.stop()
+
+
+RBAC = ROOT / "deploy" / "rbac.yaml"
+SYSTEM_NAMESPACE = "relayfleet-system"
+
+
+@pytest.fixture(scope="module")
+def identities(crd, tmp_path_factory):
+    """Kubeconfigs of the operator's and the relays' service accounts, bound to deploy/rbac.yaml."""
+    crd.kubectl("apply", "-f", str(RBAC))
+    crd.kubectl("create", "namespace", SYSTEM_NAMESPACE, check=False)
+    kubeconfigs = {}
+    for part in ("operator", "relay"):
+        account = f"relayfleet-{part}"
+        crd.kubectl("-n", SYSTEM_NAMESPACE, "create", "serviceaccount", account, check=False)
+        crd.kubectl(
+            "create", "clusterrolebinding", account, f"--clusterrole={account}",
+            f"--serviceaccount={SYSTEM_NAMESPACE}:{account}", check=False,
+        )  # fmt: skip
+        kubeconfigs[part] = crd.kubeconfig_for_service_account(SYSTEM_NAMESPACE, account)
+    return kubeconfigs
+
+
+PEERING_CRDS = ROOT / "crds" / "kopf-peering.yaml"
+
+
+@pytest.fixture(scope="module")
+def peering_crds(crd):
+    crd.kubectl("apply", "-f", str(PEERING_CRDS))
+    for name in ("clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"):
+        crd.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=30s")
+    return crd

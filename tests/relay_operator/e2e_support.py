@@ -21,11 +21,18 @@ class Operator:
     """A `relayfleet operator` process serving one namespace (tests share the API server)."""
 
     def __init__(
-        self, control_plane, redis_url: str, namespace: str, log: Path, *peering: str
+        self,
+        control_plane,
+        redis_url: str,
+        namespace: str,
+        log: Path,
+        *peering: str,
+        kubeconfig: Path | None = None,
     ) -> None:
-        """Standalone unless ``peering`` flags are given (e.g. ``--priority 10``)."""
+        """Standalone unless ``peering`` flags are given (e.g. ``--priority 10``); admin unless
+        ``kubeconfig`` names another identity."""
         self._log = log.open("w")
-        env = {**os.environ, "KUBECONFIG": str(control_plane.kubeconfig)}
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig or control_plane.kubeconfig)}
         self.process = subprocess.Popen(
             [
                 RELAYFLEET, "operator", "--store", redis_url,

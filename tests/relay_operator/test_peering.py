@@ -5,19 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from tests.relay_operator.e2e_support import Operator, endpoint_yaml, new_keys, wait_for
-
-PEERING_CRDS = Path(__file__).resolve().parents[2] / "crds" / "kopf-peering.yaml"
-
-
-@pytest.fixture(scope="module")
-def peering_crds(crd):
-    crd.kubectl("apply", "-f", str(PEERING_CRDS))
-    for name in ("clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"):
-        crd.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=30s")
-    return crd
 
 
 def apply_endpoints(control_plane, namespace: str, names: list[str]) -> None:
