@@ -158,6 +158,17 @@ class EnvArguments:
         text = f"{help} [env {name}" + (f"; default {shown}]" if shown else "]")
         self._parser.add_argument(flag, default=default, type=type, help=text, **kwargs)
 
+    def add_duration(self, flag: str, default: float, help: str) -> None:
+        """Add a Go-style duration flag (``30s``, ``5m``), in seconds."""
+        self.add(
+            flag,
+            default=default,
+            type=duration,
+            metavar="DUR",
+            help=help,
+            shown=format_duration(default),
+        )
+
 
 def add_relay_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
     """The flags of ``relayfleet relay``, with defaults from ``environ``."""
@@ -195,21 +206,15 @@ def add_relay_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
         help="an address clients reach this relay at, advertised in AddrPorts with the UDP "
         "port; repeat for several (env: comma-separated). Without any, loopback is advertised",
     )
-    env.add(
+    env.add_duration(
         "--bind-lifetime",
-        default=DEFAULT_BIND_LIFETIME,
-        type=duration,
-        metavar="DUR",
-        help="how long an allocation waits for both clients to bind (Go duration: 30s, 1m)",
-        shown=format_duration(DEFAULT_BIND_LIFETIME),
+        DEFAULT_BIND_LIFETIME,
+        "how long an allocation waits for both clients to bind (Go duration: 30s, 1m)",
     )
-    env.add(
+    env.add_duration(
         "--steady-state-lifetime",
-        default=DEFAULT_STEADY_STATE_LIFETIME,
-        type=duration,
-        metavar="DUR",
-        help="how long a bound endpoint lives after either client falls silent",
-        shown=format_duration(DEFAULT_STEADY_STATE_LIFETIME),
+        DEFAULT_STEADY_STATE_LIFETIME,
+        "how long a bound endpoint lives after either client falls silent",
     )
     env.add(
         "--store",
@@ -229,22 +234,16 @@ def add_relay_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
         help="prefix of every Redis key, so several fleets can share one Redis",
         shown=DEFAULT_PREFIX,
     )
-    env.add(
+    env.add_duration(
         "--heartbeat-interval",
-        default=DEFAULT_HEARTBEAT_INTERVAL,
-        type=duration,
-        metavar="DUR",
-        help="how often the relay renews its registration; it counts as dead after 3 missed",
-        shown=format_duration(DEFAULT_HEARTBEAT_INTERVAL),
+        DEFAULT_HEARTBEAT_INTERVAL,
+        "how often the relay renews its registration; it counts as dead after 3 missed",
     )
-    env.add(
+    env.add_duration(
         "--resync-interval",
-        default=DEFAULT_RESYNC_INTERVAL,
-        type=duration,
-        metavar="DUR",
-        help="how often the relay re-reads all its allocations from the store, besides "
+        DEFAULT_RESYNC_INTERVAL,
+        "how often the relay re-reads all its allocations from the store, besides "
         "following announcements",
-        shown=format_duration(DEFAULT_RESYNC_INTERVAL),
     )
     env.add(
         "--report-status",
@@ -260,13 +259,10 @@ def add_relay_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
         metavar="PATH",
         help="kubeconfig for status reports (in a pod, the service account is used)",
     )
-    env.add(
+    env.add_duration(
         "--report-interval",
-        default=DEFAULT_REPORT_INTERVAL,
-        type=duration,
-        metavar="DUR",
-        help="at most one status patch per endpoint per interval, and only on change",
-        shown=format_duration(DEFAULT_REPORT_INTERVAL),
+        DEFAULT_REPORT_INTERVAL,
+        "at most one status patch per endpoint per interval, and only on change",
     )
     env.add(
         "--max-endpoints",

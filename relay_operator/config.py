@@ -11,8 +11,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from relay.config import EnvArguments, duration, store_url
-from relay.durations import format_duration
+from relay.config import EnvArguments, store_url
 from relay.store import DEFAULT_PREFIX
 
 DEFAULT_RELAY_CHECK_INTERVAL = 5.0
@@ -96,21 +95,15 @@ def add_operator_arguments(parser: argparse.ArgumentParser, environ: Mapping[str
         help="this replica's peering priority: the live replica with the highest acts, the "
         "others wait (default: random, so that replicas never tie)",
     )
-    env.add(
+    env.add_duration(
         "--peering-lifetime",
-        default=DEFAULT_PEERING_LIFETIME,
-        type=duration,
-        metavar="DUR",
-        help="how long a silent replica counts as alive; a standby takes over after it",
-        shown=format_duration(DEFAULT_PEERING_LIFETIME),
+        DEFAULT_PEERING_LIFETIME,
+        "how long a silent replica counts as alive; a standby takes over after it",
     )
-    env.add(
+    env.add_duration(
         "--relay-check-interval",
-        default=DEFAULT_RELAY_CHECK_INTERVAL,
-        type=duration,
-        metavar="DUR",
-        help="how often each endpoint's relay is checked for a live heartbeat",
-        shown=format_duration(DEFAULT_RELAY_CHECK_INTERVAL),
+        DEFAULT_RELAY_CHECK_INTERVAL,
+        "how often each endpoint's relay is checked for a live heartbeat",
     )
     env.add(
         "--liveness",
