@@ -54,8 +54,6 @@ def parse_allocation_request(body: bytes) -> tuple[DiscoPublicKey, DiscoPublicKe
             parsed.append(DiscoPublicKey.parse(text))
         except InvalidKey as exc:
             raise InvalidRequest(f"DiscoKeys[{index}]: {exc}") from None
-    if parsed[0] == parsed[1]:
-        raise InvalidRequest("DiscoKeys must name two different keys")
     return parsed[0], parsed[1]
 
 

@@ -1,4 +1,4 @@
-"""The standalone relay: the core, its UDP socket, its store, its expiry loop and its API.
+"""A relay process's parts together: the core, its UDP socket, its agent and store, its API.
 
 :class:`RelayServer` is what ``relayfleet relay`` and ``relayfleet demo`` run,
 and what the socket-level tests start. It decides nothing the core or the

@@ -98,7 +98,7 @@ class Allocator:
             raise NoRelayAvailable(f"relay {relay_name!r} is no longer alive")
         if previous is not None and previous.relay != relay_name:
             await self._store.free(previous.relay, previous.vni, previous.lamport_id)
-        result = await self._store.allocate(relay_name, keys, self._clock())
+        result = await self._store.allocate(relay_name, keys, self._clock(), relay.capacity)
         if result.created:
             self._count(relay)
         return Placement(result.allocation, relay, result.created)

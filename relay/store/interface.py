@@ -81,13 +81,18 @@ class RelayRecord:
 
 class Store(Protocol):
     async def allocate(
-        self, relay: str, disco_keys: tuple[DiscoPublicKey, DiscoPublicKey], now: float
+        self,
+        relay: str,
+        disco_keys: tuple[DiscoPublicKey, DiscoPublicKey],
+        now: float,
+        max_vni: int | None = None,
     ) -> AllocationResult:
         """Allocate for an unordered pair, as PROTOCOL.md "Allocation" says.
 
         The same pair not yet bound gets its allocation back unchanged; the same
         pair already bound is freed and allocated afresh with a new LamportID.
-        Raises VNIExhausted when the relay has no free VNI.
+        VNIs stay within 1..``max_vni`` (the relay's capacity; None: the
+        store's default). Raises VNIExhausted when the relay has no free VNI.
         """
         ...
 

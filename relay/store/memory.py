@@ -26,19 +26,18 @@ from relay.store.interface import (
 
 @dataclass
 class _RelayAllocations:
-    max_vni: int
     lamport_id: int = 0
     cursor: int = 1
     by_vni: dict[int, Allocation] = field(default_factory=dict)
     by_pair: dict[tuple[DiscoPublicKey, DiscoPublicKey], int] = field(default_factory=dict)
 
-    def take_vni(self) -> int:
-        if len(self.by_vni) >= self.max_vni:
-            raise VNIExhausted(f"all {self.max_vni} VNIs are in use")
-        vni = self.cursor
+    def take_vni(self, max_vni: int) -> int:
+        if len(self.by_vni) >= max_vni:
+            raise VNIExhausted(f"all {max_vni} VNIs are in use")
+        vni = self.cursor if self.cursor <= max_vni else 1
         while vni in self.by_vni:
-            vni = vni % self.max_vni + 1
-        self.cursor = vni % self.max_vni + 1
+            vni = vni % max_vni + 1
+        self.cursor = vni % max_vni + 1
         return vni
 
     def drop(self, allocation: Allocation) -> None:
@@ -65,11 +64,15 @@ class MemoryStore:
     def _relay(self, relay: str) -> _RelayAllocations:
         state = self._relays.get(relay)
         if state is None:
-            state = self._relays[relay] = _RelayAllocations(self._max_vni)
+            state = self._relays[relay] = _RelayAllocations()
         return state
 
     async def allocate(
-        self, relay: str, disco_keys: tuple[DiscoPublicKey, DiscoPublicKey], now: float
+        self,
+        relay: str,
+        disco_keys: tuple[DiscoPublicKey, DiscoPublicKey],
+        now: float,
+        max_vni: int | None = None,
     ) -> AllocationResult:
         state = self._relay(relay)
         pair = sorted_pair(*disco_keys)
@@ -81,7 +84,7 @@ class MemoryStore:
                 return AllocationResult(existing, created=False)
             state.drop(existing)
             replaced = existing
-        new_vni = state.take_vni()
+        new_vni = state.take_vni(max_vni or self._max_vni)
         state.lamport_id += 1
         allocation = Allocation(relay, new_vni, state.lamport_id, pair, now)
         state.by_vni[new_vni] = allocation

@@ -590,18 +590,23 @@ class RedisStore:
         return Allocation(relay, vni, lamport_id, keys, allocated_ms / 1000, bound)
 
     async def allocate(
-        self, relay: str, disco_keys: tuple[DiscoPublicKey, DiscoPublicKey], now: float
+        self,
+        relay: str,
+        disco_keys: tuple[DiscoPublicKey, DiscoPublicKey],
+        now: float,
+        max_vni: int | None = None,
     ) -> AllocationResult:
         a, b = sorted_pair(*disco_keys)
+        limit = max_vni or self._max_vni
         keys = [self._key(relay, name) for name in ("lamport", "endpoints", "pairs", "cursor")]
-        args = [a.raw + b.raw, struct.pack(">q", round(now * 1000)), self._max_vni]
+        args = [a.raw + b.raw, struct.pack(">q", round(now * 1000)), limit]
         args.append(self.channel(relay))
         reply: list[Any] = await self._call(
             f"allocate on relay {relay!r}", self._allocate(keys=keys, args=args)
         )
         status = reply[0]
         if status == 2:
-            raise VNIExhausted(f"all {self._max_vni} VNIs of relay {relay!r} are in use")
+            raise VNIExhausted(f"all {limit} VNIs of relay {relay!r} are in use")
         allocation = self._decode(relay, reply[1], reply[2])
         if status == 0:
             return AllocationResult(allocation, created=False)

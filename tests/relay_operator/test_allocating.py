@@ -3,7 +3,7 @@
 import pytest
 
 from relay.keys import DiscoPrivateKey, sorted_pair
-from relay.store import MemoryStore, RelayRecord
+from relay.store import MemoryStore, RelayRecord, VNIExhausted
 from relay_operator.allocating import Allocator, CurrentAllocation, NoRelayAvailable
 
 
@@ -96,3 +96,12 @@ async def test_allocating_on_a_relay_that_died_meanwhile_is_refused(store, clock
     clock.now += 2
     with pytest.raises(NoRelayAvailable, match="no longer alive"):
         await Allocator(store, clock).allocate(keys(), "a")
+
+
+async def test_a_relays_capacity_bounds_its_vnis(store, clock):
+    await register(store, "small", capacity=2)
+    allocator = Allocator(store, clock)
+    vnis = [(await allocator.allocate(keys(), "small")).allocation.vni for _ in range(2)]
+    assert sorted(vnis) == [1, 2]
+    with pytest.raises(VNIExhausted):
+        await allocator.allocate(keys(), "small")

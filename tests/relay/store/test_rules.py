@@ -60,6 +60,15 @@ async def test_no_vni_free_is_an_error_and_freeing_one_makes_room(make_store):
     assert again.allocation.lamport_id == 4
 
 
+async def test_a_per_call_limit_is_the_relays_capacity(make_store):
+    store = make_store()
+    allocations = [(await store.allocate("r", pair(), 0.0, max_vni=2)).allocation for _ in range(2)]
+    assert sorted(a.vni for a in allocations) == [1, 2]
+    with pytest.raises(VNIExhausted, match="all 2 VNIs"):
+        await store.allocate("r", pair(), 0.0, max_vni=2)
+    assert (await store.allocate("r", pair(), 0.0, max_vni=3)).allocation.vni == 3
+
+
 async def test_freed_vnis_come_back_last(make_store):
     store = make_store(max_vni=10)
     first = (await store.allocate("r", pair(), 0.0)).allocation
