@@ -42,10 +42,27 @@ async def store(redis_server):
 
 
 @pytest.fixture
-def operator(crd, redis_server, kube_namespace, tmp_path):
-    running = Operator(crd, redis_server.url(), kube_namespace, tmp_path / "operator.log")
-    yield running
-    running.stop()
+def start_operator(crd, redis_server, kube_namespace, tmp_path):
+    """``start_operator(name, *peering_flags, kubeconfig=None)``: an operator process for this
+    test's namespace, stopped at the end of the test whatever happens."""
+    started = []
+
+    def start(name: str, *peering: str, kubeconfig=None) -> Operator:
+        log = tmp_path / f"{name}.log"
+        running = Operator(
+            crd, redis_server.url(), kube_namespace, log, *peering, kubeconfig=kubeconfig
+        )
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture
+def operator(start_operator):
+    return start_operator("operator")
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from relay.keys import DiscoPublicKey
 from relay.peer import UdpPeer
 from tests.relay.relay_process import RelayProcess
 from tests.relay_operator.e2e_support import (
-    Operator,
     endpoint_yaml,
     get,
     new_keys,
@@ -231,10 +230,10 @@ async def test_a_dead_relays_endpoints_are_placed_again_with_an_event(
 
 
 async def test_operator_killed_mid_burst_allocates_each_endpoint_exactly_once(
-    crd, kube_namespace, redis_server, relay_1, store, tmp_path
+    crd, kube_namespace, start_operator, relay_1, store
 ):
     count = 200
-    first = Operator(crd, redis_server.url(), kube_namespace, tmp_path / "first.log")
+    first = start_operator("first")
     items = [
         json.loads(endpoint_yaml(f"burst-{i}", [str(k.public) for k in new_keys()]))
         for i in range(count)
@@ -249,16 +248,13 @@ async def test_operator_killed_mid_burst_allocates_each_endpoint_exactly_once(
     await wait_for(lambda: len(allocated()) >= count // 4, "a quarter allocated", log=first.log)
     first.process.kill()
     first.stop()
-    second = Operator(crd, redis_server.url(), kube_namespace, tmp_path / "second.log")
-    try:
-        done = await wait_for(
-            lambda: (items := allocated()) and len(items) == count and items,
-            f"all {count} allocated",
-            timeout=120,
-            log=second.log,
-        )
-    finally:
-        second.stop()
+    second = start_operator("second")
+    done = await wait_for(
+        lambda: (items := allocated()) and len(items) == count and items,
+        f"all {count} allocated",
+        timeout=120,
+        log=second.log,
+    )
     placements = [(r["status"]["relay"], r["status"]["vni"]) for r in done]
     assert len(set(placements)) == count
     in_store = await store.allocations("relay-1")

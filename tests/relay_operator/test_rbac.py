@@ -11,11 +11,11 @@ from relay.client import RelayClient
 from relay.keys import DiscoPublicKey
 from relay.peer import UdpPeer
 from tests.relay.relay_process import RelayProcess
-from tests.relay_operator.e2e_support import Operator, endpoint_yaml, get, new_keys, wait_for
+from tests.relay_operator.e2e_support import endpoint_yaml, get, new_keys, wait_for
 
 
 async def test_the_whole_flow_runs_as_the_least_privileged_accounts(
-    peering_crds, identities, kube_namespace, redis_server, tmp_path
+    peering_crds, identities, kube_namespace, redis_server, start_operator
 ):
     cp = peering_crds
     relay = await RelayProcess.start(
@@ -23,10 +23,7 @@ async def test_the_whole_flow_runs_as_the_least_privileged_accounts(
         "--heartbeat-interval", "300ms", "--kubeconfig", str(identities["relay"]),
         "--report-interval", "200ms",
     )  # fmt: skip
-    operator = Operator(
-        cp, redis_server.url(), kube_namespace, tmp_path / "operator.log",
-        "--priority", "10", kubeconfig=identities["operator"],
-    )  # fmt: skip
+    operator = start_operator("operator", "--priority", "10", kubeconfig=identities["operator"])
     keys = new_keys()
     peers = [await UdpPeer.open(), await UdpPeer.open()]
     try:

@@ -1,0 +1,106 @@
+"""The Dockerfile's command line and the chart's container settings, against the real CLI.
+
+No container engine runs here: the ENTRYPOINT/CMD are parsed from the
+Dockerfile and run through `relayfleet`'s own parser, and each rendered
+container's args and RELAYFLEET_* environment (with the kubelet's $(VAR)
+expansion and plausible downward-API values) must parse as the CLI would.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.cli import build_parser
+from tests.charts.helm import ROOT, find, template
+from tests.charts.test_render import VALUE_SETS
+
+RELAYFLEET = ROOT / ".venv" / "bin" / "relayfleet"
+
+
+def _instruction(name: str) -> list[str]:
+    lines = [
+        line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith(name)
+    ]
+    assert len(lines) == 1, f"one {name} in the Dockerfile"
+    return json.loads(lines[0][len(name) :].strip())
+
+
+def test_dockerfile_entrypoint_is_relayfleet() -> None:
+    entrypoint, cmd = _instruction("ENTRYPOINT"), _instruction("CMD")
+    assert entrypoint == ["relayfleet"]
+    result = subprocess.run(
+        [str(RELAYFLEET), *cmd], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "relay" in result.stdout and "operator" in result.stdout
+
+
+def test_dockerfile_is_non_root_multi_stage() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert len(re.findall(r"^FROM ", text, re.M)) == 2
+    user = re.findall(r"^USER (\S+)", text, re.M)
+    assert user and user[-1].split(":")[0] not in ("0", "root")
+    assert "COPY --from=build /opt/relayfleet /opt/relayfleet" in text
+
+
+def test_chart_image_is_the_dockerfile_image() -> None:
+    operator = find(template(), "Deployment", "rf-relay-fleet-operator")
+    image = operator["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == "relayfleet:0.1.0"
+    assert "docker build -t relayfleet:0.1.0 ." in (ROOT / "Dockerfile").read_text()
+
+
+FIELDS = {
+    "metadata.name": "rf-relay-fleet-relay-1",
+    "status.hostIP": "10.0.0.5",
+    "metadata.labels['apps.kubernetes.io/pod-index']": "1",
+}
+
+
+def _environment(container: dict[str, Any]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in container.get("env", []):
+        if "value" in item:
+            value = re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), item["value"])
+        elif "fieldRef" in item["valueFrom"]:
+            value = FIELDS[item["valueFrom"]["fieldRef"]["fieldPath"]]
+        elif item["name"] == "RELAYFLEET_STORE":
+            value = "redis://:pw@redis.example:6379/0"
+        else:
+            value = "s3cret"
+        env[item["name"]] = value
+    return env
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_rendered_containers_parse_with_the_cli(name: str) -> None:
+    objects = template(VALUE_SETS[name])
+    for kind, part in (("Deployment", "operator"), ("StatefulSet", "relay")):
+        container = find(objects, kind, f"rf-relay-fleet-{part}")["spec"]["template"]["spec"][
+            "containers"
+        ][0]
+        env = _environment(container)
+        if "command" in container:  # the LoadBalancer mode's shell wrapper
+            assert container["command"][:2] == ["/bin/sh", "-c"]
+            assert container["command"][2].endswith("exec relayfleet relay")
+            args, env["RELAYFLEET_ADDR"] = ["relay"], "203.0.113.7"
+        else:
+            args = container["args"]
+        parsed = build_parser(env).parse_args(args)
+        assert parsed.command == part
+        if part == "relay":
+            assert parsed.name == "rf-relay-fleet-relay-1"
+            assert parsed.key_file == "/etc/relayfleet/keys/rf-relay-fleet-relay-1.key"
+            assert parsed.addr and parsed.store.startswith("redis://")
+            assert parsed.api_listen[1] == 8080
+            mounts = {m["mountPath"] for m in container["volumeMounts"]}
+            assert str(Path(parsed.key_file).parent) in mounts
+        else:
+            assert parsed.liveness == "http://0.0.0.0:8080/healthz"
+            assert parsed.store.startswith("redis://")

@@ -1,0 +1,86 @@
+"""`helm install` of charts/relay-fleet into a real kube-apiserver, and `helm uninstall`.
+
+No kubelet runs, so no pod ever starts: the test checks that the API server
+accepts every object (server-side validation, admission, RBAC's escalation
+check on the ClusterRoles), that the CRDs are established, and that uninstall
+removes everything but the CRDs.
+"""
+
+from __future__ import annotations
+
+import json
+
+from tests.charts.helm import CHART, helm
+from tests.controlplane import ControlPlane
+
+CRDS = ("relayendpoints.relayfleet.io", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev")
+NAMESPACED = (
+    "deployments,statefulsets,services,secrets,configmaps,serviceaccounts,poddisruptionbudgets"
+)
+
+
+def _names(plane: ControlPlane, kinds: str, namespace: str | None, release: str) -> set[str]:
+    scope = ["-n", namespace] if namespace else []
+    out = plane.kubectl(
+        "get", kinds, *scope, "-l", f"app.kubernetes.io/instance={release}", "-o", "json"
+    ).stdout
+    return {f"{o['kind']}/{o['metadata']['name']}" for o in json.loads(out)["items"]}
+
+
+def test_install_and_uninstall(control_plane: ControlPlane, kube_namespace: str) -> None:
+    release = "rf" + kube_namespace[-6:]
+    kube = ["--kubeconfig", str(control_plane.kubeconfig), "--namespace", kube_namespace]
+    installed = helm("install", release, str(CHART), *kube, "--timeout", "60s")
+    assert "STATUS: deployed" in installed.stdout
+    assert "kubectl get rep alice-bob" in installed.stdout  # NOTES.txt
+
+    for crd in CRDS:
+        control_plane.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=30s")
+    full = f"{release}-relay-fleet"
+    objects = _names(control_plane, NAMESPACED, kube_namespace, release)
+    assert {
+        f"Deployment/{full}-operator",
+        f"StatefulSet/{full}-relay",
+        f"StatefulSet/{full}-redis",
+        f"Service/{full}-relay-0",
+        f"Service/{full}-relay-1",
+        f"Secret/{full}-relay-keys",
+        f"Secret/{full}-redis",
+        f"ServiceAccount/{full}-operator",
+        f"ServiceAccount/{full}-relay",
+        f"PodDisruptionBudget/{full}-relay",
+    } <= objects
+    cluster = _names(control_plane, "clusterroles,clusterrolebindings", None, release)
+    assert cluster == {
+        f"ClusterRole/{full}-operator",
+        f"ClusterRole/{full}-relay",
+        f"ClusterRoleBinding/{full}-operator",
+        f"ClusterRoleBinding/{full}-relay",
+    }
+    # The service accounts can do what deploy/rbac.yaml grants, and no more.
+    sa = f"system:serviceaccount:{kube_namespace}:{full}"
+    can = lambda who, *what: control_plane.kubectl(  # noqa: E731
+        "auth", "can-i", *what, f"--as={sa}-{who}", check=False
+    ).stdout.strip()
+    assert can("operator", "patch", "relayendpoints.relayfleet.io", "-A") == "yes"
+    assert can("operator", "delete", "relayendpoints.relayfleet.io", "-A") == "no"
+    assert can("relay", "list", "relayendpoints.relayfleet.io", "-A") == "yes"
+    assert can("relay", "patch", "relayendpoints.relayfleet.io", "-A") == "no"
+
+    # An upgrade keeps the generated Redis password and relay keys.
+    def secret(name: str) -> dict[str, str]:
+        out = control_plane.kubectl("get", "secret", name, "-n", kube_namespace, "-o", "json")
+        return json.loads(out.stdout)["data"]
+
+    before = secret(f"{full}-relay-keys"), secret(f"{full}-redis")
+    helm("upgrade", release, str(CHART), *kube, "--set", "relays.replicas=3")
+    after = secret(f"{full}-relay-keys"), secret(f"{full}-redis")
+    assert after[1] == before[1]
+    assert {k: after[0][k] for k in before[0]} == before[0]
+    assert len(after[0]) == 3
+
+    helm("uninstall", release, *kube)
+    assert _names(control_plane, NAMESPACED, kube_namespace, release) == set()
+    assert _names(control_plane, "clusterroles,clusterrolebindings", None, release) == set()
+    for crd in CRDS:
+        control_plane.kubectl("get", f"crd/{crd}")
