@@ -81,7 +81,7 @@ def _port(text: str) -> int:
     return int(text)
 
 
-def _host_port(text: str) -> tuple[str, int]:
+def host_port(text: str) -> tuple[str, int]:
     try:
         return parse_host_port(text)
     except ValueError as exc:
@@ -192,7 +192,7 @@ def add_relay_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
     env.add(
         "--api-listen",
         default=parse_host_port(DEFAULT_API_LISTEN),
-        type=_host_port,
+        type=host_port,
         metavar="HOST:PORT",
         help="where the HTTP allocation API listens (keep it private)",
         shown=DEFAULT_API_LISTEN,

@@ -44,9 +44,12 @@ class Allocator:
         self._store = store
         self._clock = clock
         self._placed: dict[str, tuple[float, int]] = {}
+        self.last_relays: dict[str, RelayRecord] = {}
 
     async def live_relays(self) -> dict[str, RelayRecord]:
-        return {r.name: r for r in await self._store.relays()}
+        """Every registered relay by name (``alive`` tells which); kept as ``last_relays``."""
+        self.last_relays = {r.name: r for r in await self._store.relays()}
+        return self.last_relays
 
     async def current(
         self, keys: tuple[DiscoPublicKey, DiscoPublicKey], current: CurrentAllocation | None

@@ -11,7 +11,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from relay.config import EnvArguments, store_url
+from relay.config import EnvArguments, host_port, store_url
 from relay.store import DEFAULT_PREFIX
 
 DEFAULT_RELAY_CHECK_INTERVAL = 5.0
@@ -29,6 +29,7 @@ class OperatorConfig:
     peering_lifetime: float = DEFAULT_PEERING_LIFETIME
     relay_check_interval: float = DEFAULT_RELAY_CHECK_INTERVAL
     liveness: str | None = None
+    metrics_listen: tuple[str, int] | None = None
     log_format: str = "text"
     log_level: str = "info"
 
@@ -44,6 +45,7 @@ class OperatorConfig:
             peering_lifetime=args.peering_lifetime,
             relay_check_interval=args.relay_check_interval,
             liveness=args.liveness,
+            metrics_listen=args.metrics_listen,
             log_format=args.log_format,
             log_level=args.log_level,
         )
@@ -110,6 +112,13 @@ def add_operator_arguments(parser: argparse.ArgumentParser, environ: Mapping[str
         default=None,
         metavar="URL",
         help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz",
+    )
+    env.add(
+        "--metrics-listen",
+        default=None,
+        type=host_port,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 0.0.0.0:9090)",
     )
     env.add(
         "--log-format",

@@ -10,6 +10,7 @@ the resource go. The ``relayfleet.io/reallocate`` annotation allocates afresh.
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any
 
 import kopf
@@ -17,6 +18,7 @@ import kopf
 from relay.keys import DiscoPublicKey, InvalidKey
 from relay.store import StoreUnavailable, VNIExhausted
 from relay_operator.allocating import Allocator, CurrentAllocation, NoRelayAvailable, Placement
+from relay_operator.metrics import OperatorMetrics
 from relay_operator.status import allocated_status, expired_status, pending_status
 
 GROUP, VERSION, PLURAL = "relayfleet.io", "v1alpha1", "relayendpoints"
@@ -64,6 +66,7 @@ def write_allocated(patch: kopf.Patch, body: Any, placement: Placement, meta: An
 
 async def place(
     allocator: Allocator,
+    metrics: OperatorMetrics,
     body: Any,
     spec: Any,
     status: Any,
@@ -89,6 +92,7 @@ async def place(
             raise kopf.TemporaryError(f"placing on relay {relay.name}", delay=0)
         placement = await allocator.allocate(keys, relay_name, previous)
     except NoRelayAvailable as exc:
+        metrics.allocations.labels("no_relay").inc()
         patch.metadata.annotations[PLACING] = None
         conditions = status.get("conditions")
         pending = pending_status(
@@ -102,10 +106,16 @@ async def place(
         kopf.warn(body, reason="NoRelayAvailable", message=str(exc))
         raise kopf.TemporaryError(str(exc), delay=retry_delay(retry)) from None
     except VNIExhausted as exc:
+        metrics.allocations.labels("no_vni").inc()
         patch.metadata.annotations[PLACING] = None
         raise kopf.TemporaryError(str(exc), delay=retry_delay(retry)) from None
     except StoreUnavailable as exc:
+        metrics.allocations.labels("store_unavailable").inc()
         raise kopf.TemporaryError(f"store unavailable: {exc}", delay=retry_delay(retry)) from None
+    metrics.allocations.labels("created" if placement.created else "reused").inc()
+    if not status.get("allocatedAt") and meta.get("creationTimestamp"):
+        created = datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00"))
+        metrics.allocation_seconds.observe(max(0.0, time.time() - created.timestamp()))
     write_allocated(patch, body, placement, meta)
     allocation = placement.allocation
     kopf.info(
@@ -118,7 +128,10 @@ async def place(
 
 
 def register_handlers(
-    registry: kopf.OperatorRegistry, allocator: Allocator, relay_check_interval: float = 5.0
+    registry: kopf.OperatorRegistry,
+    allocator: Allocator,
+    metrics: OperatorMetrics,
+    relay_check_interval: float = 5.0,
 ) -> None:
     """Register every RelayEndpoint handler on ``registry`` (one registry per operator)."""
 
@@ -144,7 +157,7 @@ def register_handlers(
                 f"store unavailable: {exc}", delay=retry_delay(retry)
             ) from None
         if held is None:
-            await place(allocator, body, spec, status, meta, patch, retry, current)
+            await place(allocator, metrics, body, spec, status, meta, patch, retry, current)
 
     kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="allocate")(allocate)
     kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="allocate")(allocate)
@@ -166,7 +179,7 @@ def register_handlers(
                 await allocator.free(previous)
             except StoreUnavailable as exc:
                 raise kopf.TemporaryError(str(exc), delay=retry_delay(retry)) from None
-        await place(allocator, body, spec, status, meta, patch, retry, None)
+        await place(allocator, metrics, body, spec, status, meta, patch, retry, None)
 
     @kopf.timer(
         GROUP,
@@ -191,7 +204,7 @@ def register_handlers(
             reason="RelayDead",
             message=f"relay {current.relay} stopped heart-beating; placing on another relay",
         )
-        await place(allocator, body, spec, status, meta, patch, retry, current)
+        await place(allocator, metrics, body, spec, status, meta, patch, retry, current)
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, id="free")
     async def free(status, retry, logger, **_) -> None:

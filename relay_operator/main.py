@@ -19,6 +19,7 @@ from relay.store import open_store, redact_url
 from relay_operator.allocating import Allocator
 from relay_operator.config import OperatorConfig
 from relay_operator.handlers import FINALIZER, PROGRESS_PREFIX, register_handlers
+from relay_operator.metrics import OperatorMetrics
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,10 @@ async def run_operator(
         await asyncio.to_thread(ensure_peering, config)
     registry = kopf.OperatorRegistry()
     kopf.on.login(registry=registry)(login)
-    register_handlers(registry, Allocator(store), config.relay_check_interval)
+    allocator = Allocator(store)
+    metrics = OperatorMetrics(lambda: allocator.last_relays)
+    register_handlers(registry, allocator, metrics, config.relay_check_interval)
+    metrics_server = await metrics.serve(*config.metrics_listen) if config.metrics_listen else None
     try:
         await kopf.operator(
             registry=registry,
@@ -95,4 +99,6 @@ async def run_operator(
             ready_flag=ready_flag,
         )
     finally:
+        if metrics_server is not None:
+            await metrics_server.cleanup()
         await store.close()

@@ -164,6 +164,8 @@ def test_defaults() -> None:
     ]
     assert [s["spec"]["ports"][0]["nodePort"] for s in udp] == [30700, 30701]
     assert find(objects, "Service", "rf-relay-fleet-relay-metrics")
+    operator_metrics = find(objects, "Service", "rf-relay-fleet-operator-metrics")
+    assert operator_metrics["spec"]["ports"][0]["targetPort"] == "metrics"
 
 
 def test_generated_relay_keys_load() -> None:
@@ -215,8 +217,9 @@ def test_load_balancer_per_relay_addresses() -> None:
 
 def test_metrics_and_network_policies() -> None:
     objects = rendered("metrics-on")
-    monitor = find(objects, "ServiceMonitor", "rf-relay-fleet-relay")
-    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    for component in ("relay", "operator"):
+        monitor = find(objects, "ServiceMonitor", f"rf-relay-fleet-{component}")
+        assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     assert len(by_kind(objects, "NetworkPolicy")) == 3
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -33,10 +34,15 @@ class Operator:
         ``kubeconfig`` names another identity."""
         self._log = log.open("w")
         env = {**os.environ, "KUBECONFIG": str(kubeconfig or control_plane.kubeconfig)}
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            metrics_port = probe.getsockname()[1]
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         self.process = subprocess.Popen(
             [
                 RELAYFLEET, "operator", "--store", redis_url,
                 "--namespace", namespace, "--relay-check-interval", "1s", "--log-level", "debug",
+                "--metrics-listen", f"127.0.0.1:{metrics_port}",
                 *(peering or ["--standalone"]),
             ],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=env,

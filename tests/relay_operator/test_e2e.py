@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import signal
+import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from relay.client import RelayClient
 from relay.keys import DiscoPublicKey
@@ -25,6 +27,16 @@ from tests.relay_operator.e2e_support import (
     start_relay,
     wait_for,
 )
+
+
+def scrape(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 @pytest.mark.parametrize(
@@ -85,6 +97,10 @@ async def test_apply_allocates_and_two_clients_relay_with_the_status(
     assert conditions == {"Allocated": "True", "Bound": "False"}
     events = crd.kubectl("-n", kube_namespace, "get", "events", "-o", "json").stdout
     assert "Allocated" in events
+    samples = scrape(operator.metrics_url)
+    assert samples[("relayfleet_operator_allocations_total", (("result", "created"),))] == 1
+    assert samples[("relayfleet_operator_allocation_seconds_count", ())] == 1
+    assert samples[("relayfleet_operator_relays", (("state", "alive"),))] == 1
 
     server = DiscoPublicKey.parse(status["serverDisco"])
     clients = [RelayClient(k, server, status["vni"]) for k in keys]
