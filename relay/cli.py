@@ -82,7 +82,7 @@ async def _serve_relay(config: RelayConfig, secrets: RelaySecrets) -> None:
 
 def _relay(args: argparse.Namespace) -> int:
     config = RelayConfig.from_args(args)
-    _configure_logging(config.log_level)
+    _configure_logging(config.log_level, config.log_format)
     if config.key_file:
         secrets, created = load_or_create(config.key_file)
         if created:

@@ -41,6 +41,7 @@ class RelayConfig:
     key_file: str | None = None
     name: str = "relay"
     log_level: str = "info"
+    log_format: str = "text"
     store_prefix: str = DEFAULT_PREFIX
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     resync_interval: float = DEFAULT_RESYNC_INTERVAL
@@ -62,6 +63,7 @@ class RelayConfig:
             key_file=args.key_file,
             name=args.name,
             log_level=args.log_level,
+            log_format=args.log_format,
             store_prefix=args.store_prefix,
             heartbeat_interval=args.heartbeat_interval,
             resync_interval=args.resync_interval,
@@ -157,6 +159,23 @@ class EnvArguments:
                 self._parser.error(f"{name}: {exc}")
         text = f"{help} [env {name}" + (f"; default {shown}]" if shown else "]")
         self._parser.add_argument(flag, default=default, type=type, help=text, **kwargs)
+
+    def add_logging(self) -> None:
+        """``--log-level`` and ``--log-format``, the same for every command."""
+        self.add(
+            "--log-level",
+            default="info",
+            choices=["debug", "info", "warning", "error"],
+            help="how much to log (to stderr)",
+            shown="info",
+        )
+        self.add(
+            "--log-format",
+            default="text",
+            choices=["text", "json"],
+            help="log lines as plain text or as JSON objects",
+            shown="text",
+        )
 
     def add_duration(self, flag: str, default: float, help: str) -> None:
         """Add a Go-style duration flag (``30s``, ``5m``), in seconds."""
@@ -287,10 +306,4 @@ def add_relay_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
         help="this relay's name in the fleet: its allocations and registration go by it",
         shown="relay",
     )
-    env.add(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="how much to log (to stderr)",
-        shown="info",
-    )
+    env.add_logging()

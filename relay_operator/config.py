@@ -120,17 +120,4 @@ def add_operator_arguments(parser: argparse.ArgumentParser, environ: Mapping[str
         metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 0.0.0.0:9090)",
     )
-    env.add(
-        "--log-format",
-        default="text",
-        choices=["text", "json"],
-        help="log lines as plain text or as JSON objects",
-        shown="text",
-    )
-    env.add(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="how much to log (to stderr)",
-        shown="info",
-    )
+    env.add_logging()
