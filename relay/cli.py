@@ -14,17 +14,18 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Mapping, Sequence
 
 import uvloop
 
 from relay import __version__
-from relay.config import RelayConfig, add_relay_arguments
+from relay.config import EnvArguments, RelayConfig, add_relay_arguments, store_url
 from relay.demo import DemoFailed, print_report, run_demo
 from relay.keys import DiscoPrivateKey
 from relay.secrets import KeyFileError, RelaySecrets, load_or_create
 from relay.server import RelayServer
-from relay.store import open_store, redact_url
+from relay.store import DEFAULT_PREFIX, StoreError, open_store, redact_url
 from relay_operator.config import add_operator_arguments
 
 log = logging.getLogger("relayfleet")
@@ -140,6 +141,31 @@ def _operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    from relay_operator.fleet import format_fleet, gather_fleet
+
+    async def gather() -> dict:
+        store = open_store(args.store, max_vni=1, prefix=args.store_prefix)
+        try:
+            return await gather_fleet(store, args.kubeconfig, time.time())
+        finally:
+            await store.close()
+
+    if args.store is None:
+        print("relayfleet status: --store (or RELAYFLEET_STORE) is required", file=sys.stderr)
+        return 2
+    try:
+        fleet = asyncio.run(gather())
+    except StoreError as exc:
+        print(f"relayfleet status: {exc}", file=sys.stderr)
+        return 1
+    if args.output == "json":
+        print(json.dumps(fleet, indent=2))
+    else:
+        print(format_fleet(fleet), end="")
+    return 0
+
+
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="relayfleet",
@@ -179,6 +205,21 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     add_operator_arguments(operator, environ)
     operator.set_defaults(func=_operator)
+
+    status = commands.add_parser(
+        "status",
+        help="show the fleet at a glance: relays, liveness, load, endpoints by phase",
+        description="Read the relay registry from the fleet's Redis and the RelayEndpoints "
+        "from Kubernetes (KUBECONFIG, or --kubeconfig), and print them.",
+    )
+    status_env = EnvArguments(status, environ)
+    status_env.add("--store", default=None, type=store_url, metavar="URL", help="the fleet's Redis")
+    status_env.add(
+        "--store-prefix", default=DEFAULT_PREFIX, metavar="PREFIX", help="prefix of every Redis key"
+    )
+    status.add_argument("--kubeconfig", metavar="PATH", help="kubeconfig (default: as kubectl)")
+    status.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    status.set_defaults(func=_status)
 
     keygen = commands.add_parser(
         "keygen",

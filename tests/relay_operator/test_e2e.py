@@ -9,7 +9,9 @@ need to bind and relay through it.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
 import urllib.request
 
 import pytest
@@ -20,6 +22,7 @@ from relay.keys import DiscoPublicKey
 from relay.peer import UdpPeer
 from tests.relay.relay_process import RelayProcess
 from tests.relay_operator.e2e_support import (
+    RELAYFLEET,
     endpoint_yaml,
     get,
     new_keys,
@@ -276,3 +279,26 @@ async def test_operator_killed_mid_burst_allocates_each_endpoint_exactly_once(
     in_store = await store.allocations("relay-1")
     assert sorted((a.relay, a.vni) for a in in_store) == sorted(placements)
     assert len({a.lamport_id for a in in_store}) == count
+
+
+async def test_the_status_command_shows_relays_and_endpoints(
+    crd, kube_namespace, operator, relay_1, redis_server
+):
+    keys = [str(k.public) for k in new_keys()]
+    crd.kubectl("-n", kube_namespace, "apply", "-f", "-", input=endpoint_yaml("seen", keys))
+    await wait_for(phase_is(crd, kube_namespace, "seen", "Allocated"), "Allocated")
+    env = {**os.environ, "KUBECONFIG": str(crd.kubeconfig)}
+    command = [RELAYFLEET, "status", "--store", redis_server.url()]
+
+    def status_once() -> dict:
+        result = subprocess.run([*command, "-o", "json"], capture_output=True, text=True, env=env)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    # the load is the relay's own count, as of its last heartbeat
+    fleet = await wait_for(lambda: (f := status_once())["relays"][0]["load"] == 1 and f, "load 1")
+    (relay,) = fleet["relays"]
+    assert (relay["name"], relay["alive"]) == ("relay-1", True)
+    assert fleet["endpoints"]["byRelay"]["relay-1"]["Allocated"] >= 1
+    text = subprocess.run(command, capture_output=True, text=True, env=env).stdout
+    assert "relay-1" in text and "alive" in text and "Allocated" in text

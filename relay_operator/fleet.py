@@ -1,0 +1,98 @@
+"""``relayfleet status``: the fleet at a glance, from Redis (relays) and Kubernetes (endpoints).
+
+Gathering is async and returns plain data, so ``-o json`` prints it as it
+is; :func:`format_fleet` is the terminal view of the same data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+from relay.store import Store
+
+PHASES = ("Pending", "Allocated", "Bound", "Expired", "Failed")
+GROUP, VERSION, PLURAL = "relayfleet.io", "v1alpha1", "relayendpoints"
+
+
+async def list_endpoints(kubeconfig: str | None) -> list[dict[str, Any]]:
+    """Every RelayEndpoint in the cluster, through the kubernetes client."""
+    from kubernetes import client
+
+    from relay.kube import api_client
+
+    api = client.CustomObjectsApi(api_client(kubeconfig))
+    listing = await asyncio.to_thread(
+        api.list_custom_object_for_all_namespaces, GROUP, VERSION, PLURAL
+    )
+    return listing["items"]
+
+
+def summarise_endpoints(items: list[dict[str, Any]]) -> dict[str, Any]:
+    by_phase: Counter[str] = Counter()
+    by_relay: dict[str, Counter[str]] = {}
+    for item in items:
+        status = item.get("status") or {}
+        phase = status.get("phase", "Pending")
+        by_phase[phase] += 1
+        if status.get("relay"):
+            by_relay.setdefault(status["relay"], Counter())[phase] += 1
+    return {
+        "total": len(items),
+        "byPhase": {phase: by_phase.get(phase, 0) for phase in PHASES},
+        "byRelay": {relay: dict(counts) for relay, counts in sorted(by_relay.items())},
+    }
+
+
+async def gather_fleet(store: Store, kubeconfig: str | None, now: float) -> dict[str, Any]:
+    """The registry's relays, and the RelayEndpoints by phase (or why they could not be read)."""
+    relays = [
+        {
+            "name": r.name,
+            "alive": r.alive,
+            "load": r.load,
+            "capacity": r.capacity,
+            "addrPorts": list(r.addr_ports),
+            "serverDisco": str(r.server_disco),
+            "version": r.version,
+            "heartbeatAgeSeconds": round(max(0.0, now - r.heartbeat_at), 1),
+        }
+        for r in await store.relays()
+    ]
+    fleet: dict[str, Any] = {"relays": relays}
+    try:
+        fleet["endpoints"] = summarise_endpoints(await list_endpoints(kubeconfig))
+    except Exception as exc:  # no cluster, no rights, no CRD: say so, show the relays anyway
+        fleet["endpoints"] = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+    return fleet
+
+
+def format_fleet(fleet: dict[str, Any]) -> str:
+    rows = [("RELAY", "STATE", "LOAD", "CAPACITY", "HEARTBEAT", "ADDRESSES")]
+    for relay in fleet["relays"]:
+        rows.append(
+            (
+                relay["name"],
+                "alive" if relay["alive"] else "dead",
+                str(relay["load"]),
+                str(relay["capacity"]),
+                f"{relay['heartbeatAgeSeconds']}s ago",
+                ", ".join(relay["addrPorts"]),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1]
+             for row in rows]  # fmt: skip
+    if len(rows) == 1:
+        lines.append("(no relay registered)")
+    endpoints = fleet["endpoints"]
+    if "error" in endpoints:
+        lines.append(f"\nENDPOINTS  unknown: {endpoints['error']}")
+    else:
+        phases = "  ".join(f"{phase} {n}" for phase, n in endpoints["byPhase"].items())
+        lines.append(f"\nENDPOINTS  {phases}  (total {endpoints['total']})")
+        for relay, counts in endpoints["byRelay"].items():
+            detail = "  ".join(f"{phase} {n}" for phase, n in counts.items())
+            lines.append(f"  {relay}: {detail}")
+    return "\n".join(line.rstrip() for line in lines) + "\n"

@@ -1,0 +1,46 @@
+"""`relayfleet status`'s data and its terminal view, from a memory store and listed resources."""
+
+from relay.keys import DiscoPrivateKey
+from relay.store import MemoryStore, RelayRecord
+from relay_operator.fleet import format_fleet, gather_fleet, summarise_endpoints
+
+KEY = DiscoPrivateKey.generate().public
+
+
+def endpoint(phase=None, relay=None):
+    status = {k: v for k, v in (("phase", phase), ("relay", relay)) if v}
+    return {"metadata": {"name": "x"}, "status": status}
+
+
+def test_endpoints_are_counted_by_phase_and_relay():
+    summary = summarise_endpoints(
+        [endpoint("Allocated", "a"), endpoint("Bound", "a"), endpoint("Bound", "b"), endpoint()]
+    )
+    assert summary["total"] == 4
+    assert summary["byPhase"] == {
+        "Pending": 1,
+        "Allocated": 1,
+        "Bound": 2,
+        "Expired": 0,
+        "Failed": 0,
+    }
+    assert summary["byRelay"] == {"a": {"Allocated": 1, "Bound": 1}, "b": {"Bound": 1}}
+
+
+async def test_the_view_shows_relays_and_says_why_endpoints_are_unknown(tmp_path):
+    store = MemoryStore(clock=lambda: 100.0)
+    await store.register(RelayRecord("relay-1", KEY, ("192.0.2.1:7000",), 3, 10, "0.1.0", 99.5), 15)
+    await store.register(RelayRecord("relay-2", KEY, ("192.0.2.2:7000",), 0, 10, "0.1.0", 0.0), 1)
+    missing = tmp_path / "no-such-kubeconfig"
+    fleet = await gather_fleet(store, str(missing), now=100.0)
+    assert [(r["name"], r["alive"], r["heartbeatAgeSeconds"]) for r in fleet["relays"]] == [
+        ("relay-1", True, 0.5),
+        ("relay-2", True, 100.0),
+    ]
+    assert "error" in fleet["endpoints"]
+    text = format_fleet(fleet)
+    assert text.splitlines()[0].split() == [
+        "RELAY", "STATE", "LOAD", "CAPACITY", "HEARTBEAT", "ADDRESSES"
+    ]  # fmt: skip
+    assert "relay-1  alive  3" in text
+    assert "ENDPOINTS  unknown:" in text
