@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import urllib.request
-from pathlib import Path
 
 import redis
 
@@ -37,13 +36,13 @@ from tests.controlplane import (
     port_free,
     wait_for,
 )
+from tests.paths import RELAYFLEET
 
 HOME = ROOT / ".dev" / "local-fleet"
 KUBECONFIG = ROOT / ".dev" / "kubeconfig"
 STATE = HOME / "fleet.json"
 LOGS = HOME / "logs"
 CRDS = ROOT / "crds"
-RELAYFLEET = Path(sys.executable).parent / "relayfleet"
 RELAYS = ("relay-1", "relay-2")
 READY_TIMEOUT = 60.0
 

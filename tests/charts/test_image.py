@@ -19,8 +19,7 @@ import pytest
 from relay.cli import build_parser
 from tests.charts.helm import ROOT, find, template
 from tests.charts.test_render import VALUE_SETS
-
-RELAYFLEET = ROOT / ".venv" / "bin" / "relayfleet"
+from tests.paths import RELAYFLEET
 
 
 def _instruction(name: str) -> list[str]:

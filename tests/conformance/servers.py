@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.paths import RELAYFLEET
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".dev" / "bin"
 REFSERVER = BIN / "refserver"
 REFCLIENT = BIN / "refclient"
-RELAYFLEET = Path(sys.executable).parent / "relayfleet"
 READY_TIMEOUT = 20
 
 COMMANDS = {

@@ -7,12 +7,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
-from pathlib import Path
 
 import aiohttp
 
-RELAYFLEET = str(Path(sys.executable).parent / "relayfleet")
+from tests.paths import RELAYFLEET
+
 READY_TIMEOUT = 20
 
 

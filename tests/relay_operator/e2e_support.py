@@ -7,14 +7,13 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from relay.keys import DiscoPrivateKey
+from tests.paths import RELAYFLEET
 from tests.relay.relay_process import RelayProcess
 
-RELAYFLEET = str(Path(sys.executable).parent / "relayfleet")
 DEADLINE = 30.0
 
 
