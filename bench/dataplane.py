@@ -1,78 +1,151 @@
-"""Data-plane capacity: forwarded packets/s and loss, ours beside the reference and a C forwarder.
+"""Data plane: packets/s, loss and one-way latency, ours beside the reference and a C forwarder.
 
-    .venv/bin/python bench/dataplane.py [--packets 100000] [--size 200] [--rounds 5]
-                                        [--endpoints 1]
+    .venv/bin/python bench/dataplane.py [--endpoints 1,1000] [--sizes 64,200,1400]
+                                        [--packets 100000] [--rounds 5]
+                                        [--latency-packets 20000] [--latency-load 0.2]
+                                        [--latency-rate R] [--bind-all]
+
+Full scale, for docs/performance.md: --endpoints 1,1000,1000000 with the other
+defaults; about 15 minutes on a quiet 2-core machine, most of it allocating
+(and, for the reference, binding) the million endpoints.
 
 Why: issue 7 asks for a user-space data plane limited by the kernel, not by
-Python. This measures, in one run on loopback, three forwarders side by side:
+Python: forwarded packets/s, loss and one-way latency p50/p99/p99.9 for a
+bound endpoint with 1, 1 000 and 1 000 000 endpoints allocated, 64/200/1400-
+byte packets, ours beside the reference from the same run, as a ratio. This
+measures, on loopback, three forwarders side by side:
   (a) ours: `relayfleet relay` (memory store);
   (b) the reference Go server, .dev/bin/refserver (scripts/build-go-helpers);
   (c) a minimal C forwarder (recvmmsg/sendmmsg, batches of 64, source checked
       against the two client addresses it is given), compiled here with gcc
       into a temporary directory: the practical limit of user space.
-and prints each one's packets/s, loss, and ratio to ours.
+For every (endpoints, size) it prints each one's packets/s, loss and how busy
+it was, the ratios ours/reference and ours/C (above 1: ours is faster; the
+targets are ours/C >= 0.9 and ours/reference >= 1.2), the same per CPU-second,
+and each one's latency beside that of a direct loopback socket pair.
 
-How (capacity, so that the Python load generator is not the bottleneck):
+How, endpoints (one forwarder process per endpoint count, reused for every size):
   1. Start the forwarder pinned to one core (CPU 1); this script runs on CPU 0.
-     For (a) and (b): allocate `--endpoints` endpoints through the HTTP API
-     (the measured one last), bind every one of them with the Python client
-     (relay/client.py), and check that the measured one relays both ways.
-  2. Enlarge the forwarder's UDP receive buffer so a whole round fits in it:
+  2. Allocate N-1 extra endpoints through the HTTP API (POST /v0/relay/endpoint,
+     8 keep-alive connections with 32 pipelined requests each, in chunks of
+     5 000; key pairs from ~sqrt(2N) client keys, see bench/forwarders.py),
+     then the measured one, and bind the measured one from the two measuring
+     client sockets. Allocation time and rate, and the server's CPU time per
+     extra endpoint, are printed.
+     - ours: runs with --bind-lifetime 6h so the unbound allocations stay;
+       16 extra endpoints are bound (from a pool of 256 client sockets),
+       the rest stay allocated; /metrics must show all N before and after.
+       With --bind-all every extra endpoint is bound, and ours then runs with
+       its handshake rate limits raised to 1e9 (256 sockets bind them all).
+     - reference: its bind lifetime is fixed at 30 s (unbound allocations are
+       collected within 30-60 s, less than 1M allocations take), so every
+       extra endpoint is bound, chunk by chunk, right after allocation.
+     Bound extras live 5 min after their clients' last packet (both servers'
+     steady-state lifetime), so when 150 s have passed since they were bound
+     or last refreshed (checked after each chunk and before each size), one
+     data packet from each client of every bound extra endpoint refreshes
+     them. After the run a sample of the bound extras must still relay.
+How, capacity (so that the Python load generator is not the bottleneck):
+  3. Enlarge the forwarder's UDP receive buffer so a whole round fits in it:
      the script takes a duplicate of the forwarder's socket (pidfd_getfd, as
      root) and sets SO_RCVBUFFORCE, the same size for all three (the reference
      never sets one, ours asks for 4 MiB). The two client sockets get large
      SO_RCVBUF/SO_SNDBUF the same way.
-  3. Each round: SIGSTOP the forwarder, send `--packets` data packets into its
+  4. Each round: SIGSTOP the forwarder, send `--packets` data packets into its
      receive queue (half from client A, half from client B, alternating), then
      SIGCONT it and poll (SO_MEMINFO) the clients' receive queues until all
      packets arrived, or no packet arrived for 0.5 s, or 30 s passed. The
      clients do not read during the round; they drain and count afterwards.
      Rate = packets received / (last arrival - SIGCONT); loss = packets not
      received / packets sent (drops in the forwarder's queue included).
-  4. One warm-up round (a tenth of the packets), then `--rounds` rounds; the
+     The forwarder's CPU time over the round (schedstat, all its threads)
+     gives busy = CPU time / drain time, and packets per CPU-second.
+  5. One warm-up round (a tenth of the packets), then `--rounds` rounds; the
      median rate and the total loss are reported.
-Draining a full queue is the best case for a batched reader: this is the
-ceiling of each forwarder on one core, kernel work of sending included (the
-loopback delivery runs on the sender's core), not its latency.
-Bounded: packets x rounds per forwarder, a deadline per round; every process
-is stopped at the end, also on errors (SIGCONT, SIGTERM, then SIGKILL).
+  Draining a full queue is the best case for a batched reader: this is the
+  ceiling of each forwarder on one core, kernel work of sending included (the
+  loopback delivery runs on the sender's core), not its latency. On a quiet
+  machine busy is ~100% and packets/s equals packets per CPU-second. On a
+  shared one, other work takes turns on CPU 1, and not always in equal
+  shares (busy shows each forwarder's: the Go server's has been seen at 90%
+  beside 20% for C and ours in the same minute); below ~90% the per
+  CPU-second table is the fair comparison.
+How, latency (after the capacity rounds of the same size):
+  6. Client A sends `--latency-packets` packets to client B through the
+     forwarder at a fixed rate on a fixed schedule (open loop: a late packet
+     does not delay the next ones): `--latency-load` (default 20%) of the C
+     forwarder's packets per CPU-second at that size and endpoint count, or
+     `--latency-rate`. Each payload carries a sequence number and the send
+     time (perf_counter_ns, i.e. CLOCK_MONOTONIC, read just before send());
+     B's arrival time is read just after recv(). Sender and receiver are one
+     busy-polling loop on CPU 0 (no sleeps, no wake-ups: the loop checks the
+     send schedule and then tries a non-blocking recv), so a packet is picked
+     up within one loop turn, a few microseconds; the forwarder has CPU 1.
+  7. The first tenth of the packets is warm-up; p50/p99/p99.9 are over the
+     rest. The same loop between two sockets connected directly (no
+     forwarder) is the loopback baseline: the floor of this harness; a
+     forwarder's own cost is its figure minus that one. Printed per run:
+     "late", the share of sends more than one interval behind schedule (the
+     load generator was held up), and how long the forwarder waited, ready
+     to run, for a CPU (schedstat: another process had its core).
+Bounded: packets x rounds and a latency count per forwarder and size, a
+deadline per round; every process is stopped at the end, also on errors
+(SIGCONT, SIGTERM, then SIGKILL).
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import json
-import os
 import signal
 import socket
 import statistics
 import struct
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from relay import geneve
-from relay.client import RelayClient
-from relay.keys import DiscoPrivateKey, DiscoPublicKey
-from relay.server_endpoint import ServerEndpoint
+from forwarders import (
+    BENCH_CPU,
+    FORWARDER_CPU,
+    POOL_BUFFER,
+    RAISED_LIMIT,
+    RAISED_LIMITS,
+    REFSERVER,
+    Binder,
+    Forwarder,
+    KeySet,
+    allocate,
+    client_of,
+    client_socket,
+    drain,
+    meminfo,
+    ours_command,
+    percentile,
+    pin_to_bench_cpu,
+    reference_command,
+    refresh,
+    stop_all,
+    table,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-RELAYFLEET = str(Path(sys.executable).parent / "relayfleet")
-REFSERVER = ROOT / ".dev" / "bin" / "refserver"
-LOOPBACK = "127.0.0.1"
-FORWARDER_CPU, BENCH_CPU = 1, 0
+from relay import geneve
+
 ROUND_DEADLINE = 30.0
 QUIET = 0.5
-BIND_CHUNK = 200
-SO_RCVBUFFORCE, SO_SNDBUFFORCE = 33, 32  # past rmem_max/wmem_max, as root
-SO_MEMINFO = 55  # getsockopt: u32[9]; [0] receive memory in use, [8] drops
-SYS_PIDFD_GETFD = 438  # same number on every architecture
+ALLOCATION_CHUNK = 5_000
+BIND_POOL = 256
+OURS_BOUND_EXTRAS = 16
+OURS_BIND_LIFETIME = "6h"
+REFRESH_AFTER = 150.0
+LIVENESS_SAMPLE = 1000
+LATENCY_TAIL = 0.2
+_STAMP = struct.Struct("<Qq")  # sequence number, send time in ns
+MIN_SIZE = geneve.HEADER_LEN + _STAMP.size
+
+OURS, REFERENCE, C, LOOPBACK_PAIR = "ours", "reference", "C", "loopback"
 
 FORWARDER_C = r"""
 #define _GNU_SOURCE
@@ -157,207 +230,21 @@ int main(int argc, char **argv) {
 }
 """
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-# -- sockets -----------------------------------------------------------------
-
-
-def set_buffers(sock: socket.socket, size: int) -> None:
-    """SO_RCVBUF/SO_SNDBUF of ``size``, past rmem_max/wmem_max when root allows it."""
-    for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, force, size)
-        except PermissionError:
-            sock.setsockopt(socket.SOL_SOCKET, plain, size)
-
-
-def meminfo(sock: socket.socket) -> tuple[int, int]:
-    """(receive memory in use, drops) of a socket."""
-    values = struct.unpack("9I", sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36))
-    return values[0], values[8]
-
-
-def forwarder_sockets(pid: int, port: int) -> list[socket.socket]:
-    """Duplicates of every UDP socket of process ``pid`` bound to ``port`` (pidfd_getfd)."""
-    pidfd = os.pidfd_open(pid)
-    found = []
-    try:
-        for name in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                if not os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
-                    continue
-            except OSError:
-                continue
-            fd = _libc.syscall(SYS_PIDFD_GETFD, pidfd, int(name), 0)
-            if fd < 0:
-                error = ctypes.get_errno()
-                raise OSError(error, f"pidfd_getfd: {os.strerror(error)} (needs root or ptrace)")
-            sock = socket.socket(fileno=fd)
-            if sock.type == socket.SOCK_DGRAM and sock.getsockname()[1] == port:
-                found.append(sock)
-            else:
-                sock.close()
-    finally:
-        os.close(pidfd)
-    if not found:
-        raise RuntimeError(f"no UDP socket on port {port} in process {pid}")
-    return found
-
-
-def client_socket(buffer: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    set_buffers(sock, buffer)
-    sock.bind((LOOPBACK, 0))
-    return sock
-
-
-def drain(sock: socket.socket) -> int:
-    count = 0
-    sock.setblocking(False)
-    try:
-        while True:
-            sock.recv(4096)
-            count += 1
-    except BlockingIOError:
-        return count
-    finally:
-        sock.setblocking(True)
-
-
-# -- processes ---------------------------------------------------------------
-
-
-def pin_to_forwarder_cpu() -> None:
-    if os.cpu_count() and os.cpu_count() > FORWARDER_CPU:
-        os.sched_setaffinity(0, {FORWARDER_CPU})
-
 
 @dataclass
-class Forwarder:
-    name: str
-    process: subprocess.Popen
-    ready: dict
-    sockets: list[socket.socket] = field(default_factory=list)
+class Cell:
+    """Every figure measured for one (endpoint count, packet size)."""
 
-    @classmethod
-    def start(cls, name: str, command: list[str], started: list[Forwarder]) -> Forwarder:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            preexec_fn=pin_to_forwarder_cpu,  # Go sizes GOMAXPROCS from it: one core each
-        )
-        forwarder = cls(name, process, {})
-        started.append(forwarder)
-        line = process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"{name} did not start (exit {process.wait(10)})")
-        forwarder.ready = json.loads(line)
-        return forwarder
-
-    @property
-    def udp(self) -> tuple[str, int]:
-        return LOOPBACK, self.ready["udp_port"]
-
-    def pause(self) -> None:
-        os.kill(self.process.pid, signal.SIGSTOP)
-        deadline = time.monotonic() + 5
-        while (
-            Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T"
-        ):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} did not stop")
-            time.sleep(0.001)
-
-    def resume(self) -> None:
-        os.kill(self.process.pid, signal.SIGCONT)
-
-    def stop(self) -> None:
-        for sock in self.sockets:
-            sock.close()
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGCONT)
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process.stdout.close()
+    capacity: dict[str, dict] = field(default_factory=dict)
+    latency: dict[str, dict] = field(default_factory=dict)
+    load: float = 0.0
 
 
-# -- allocation and binding over the protocol --------------------------------
+# -- capacity ------------------------------------------------------------------
 
 
-def allocate(api: str, keys: tuple[DiscoPublicKey, DiscoPublicKey]) -> ServerEndpoint:
-    request = urllib.request.Request(
-        f"http://{api}/v0/relay/endpoint",
-        data=json.dumps({"DiscoKeys": [str(k) for k in keys]}).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return ServerEndpoint.from_json(json.loads(response.read()))
-
-
-def bind_all(
-    forwarder: Forwarder, sockets: tuple[socket.socket, socket.socket], count: int
-) -> list[tuple[RelayClient, RelayClient]]:
-    """Allocate ``count`` endpoints and bind both clients of each from ``sockets``."""
-    keys = [(DiscoPrivateKey.generate(), DiscoPrivateKey.generate()) for _ in range(count)]
-    with ThreadPoolExecutor(16) as pool:
-        endpoints = list(
-            pool.map(
-                lambda pair: allocate(forwarder.ready["api"], (pair[0].public, pair[1].public)),
-                keys,
-            )
-        )
-    pairs = [
-        (RelayClient(a, e.server_disco, e.vni), RelayClient(b, e.server_disco, e.vni))
-        for (a, b), e in zip(keys, endpoints, strict=True)
-    ]
-    for sock in sockets:
-        sock.settimeout(1.0)
-    for start in range(0, count, BIND_CHUNK):
-        chunk = pairs[start : start + BIND_CHUNK]
-        for side, sock in enumerate(sockets):
-            clients = {pair[side].vni: pair[side] for pair in chunk}
-            for client in clients.values():
-                sock.sendto(client.bind(), forwarder.udp)
-            for _ in clients:
-                try:
-                    challenge = sock.recv(4096)
-                except TimeoutError:
-                    break
-                client = clients[geneve.decode(challenge).vni]
-                sock.sendto(client.answer(challenge), forwarder.udp)
-    return pairs
-
-
-def check_relaying(forwarder: Forwarder, sockets, pairs) -> int:
-    """How many endpoints relay a data packet from A to B (the bound ones)."""
-    a, b = sockets
-    for client_a, _ in pairs:
-        a.sendto(client_a.data(b"check"), forwarder.udp)
-    received = 0
-    b.settimeout(1.0)
-    try:
-        while received < len(pairs):
-            b.recv(4096)
-            received += 1
-    except TimeoutError:
-        pass
-    return received
-
-
-# -- measurement -------------------------------------------------------------
-
-
-def one_round(forwarder, sockets, datagrams, packets: int) -> tuple[float, int]:
-    """Pre-load ``packets`` while the forwarder is stopped; (packets/s, received)."""
+def one_round(forwarder: Forwarder, sockets, datagrams, packets: int) -> tuple[float, int, float]:
+    """Pre-load ``packets`` while the forwarder is stopped; (packets/s, received, CPU ns used)."""
     a, b = sockets
     for sock in sockets:
         drain(sock)
@@ -370,6 +257,7 @@ def one_round(forwarder, sockets, datagrams, packets: int) -> tuple[float, int]:
             a.send(datagrams[0])
     overflow = sum(meminfo(s)[1] for s in forwarder.sockets) - queue_drops
     target = sum(meminfo(s)[0] for s in forwarder.sockets)  # truesize of all queued packets
+    running_before = forwarder.scheduled_ns()[0]
     started = time.perf_counter()
     forwarder.resume()
     last, last_change = -1, started
@@ -381,22 +269,29 @@ def one_round(forwarder, sockets, datagrams, packets: int) -> tuple[float, int]:
         if arrived >= target or now - last_change > QUIET or now - started > ROUND_DEADLINE:
             break
         time.sleep(0.0001)
+    running = forwarder.scheduled_ns()[0] - running_before
     received = drain(a) + drain(b)
     if overflow:
         print(f"    note: {overflow} packets overflowed {forwarder.name}'s receive queue")
     elapsed = max(last_change - started, 1e-9)
-    return received / elapsed, received
+    return received / elapsed, received, running
 
 
-def measure(forwarder, sockets, datagrams, args) -> dict:
-    connect_to = forwarder.udp
+def capacity(forwarder: Forwarder, sockets, datagrams, args) -> dict:
+    """Median packets/s of ``--rounds`` pre-loaded rounds after a warm-up, and total loss.
+
+    Also the median packets per second of the forwarder's own CPU time (schedstat),
+    and how busy it was (CPU time / drain time): below ~90% something else had its core.
+    """
     for sock in sockets:
-        sock.connect(connect_to)
-    one_round(forwarder, sockets, datagrams, max(args.packets // 10, 1))  # warm-up
-    rates, received = [], 0
+        sock.connect(forwarder.udp)
+    one_round(forwarder, sockets, datagrams, max(args.packets // 10, 1))
+    rates, per_cpu, busy, received = [], [], [], 0
     for _ in range(args.rounds):
-        rate, got = one_round(forwarder, sockets, datagrams, args.packets)
+        rate, got, running = one_round(forwarder, sockets, datagrams, args.packets)
         rates.append(rate)
+        per_cpu.append(got / max(running, 1) * 1e9)
+        busy.append(running / 1e9 * rate / max(got, 1))
         received += got
     sent = args.packets * args.rounds
     return {
@@ -404,50 +299,270 @@ def measure(forwarder, sockets, datagrams, args) -> dict:
         "low": min(rates),
         "high": max(rates),
         "loss": 100.0 * (sent - received) / sent,
+        "per_cpu": statistics.median(per_cpu),
+        "busy": 100.0 * min(1.0, statistics.median(busy)),
     }
 
 
-def run_relay(name: str, command: list[str], args, started: list) -> dict:
+# -- latency -------------------------------------------------------------------
+
+
+def one_way_latency(
+    sender: socket.socket, receiver: socket.socket, datagram: bytes, rate: float, packets: int
+) -> dict:
+    """Send ``packets`` stamped ``datagram``s at ``rate``/s; delays at the receiver in µs."""
+    buffer = bytearray(datagram)
+    incoming = bytearray(65536)
+    delays = array("q", [-1]) * packets
+    interval = 1e9 / rate
+    drain(receiver)
+    receiver.setblocking(False)
+    send, receive = sender.send, receiver.recv_into
+    stamp, read = _STAMP.pack_into, _STAMP.unpack_from
+    clock = time.perf_counter_ns
+    offset = geneve.HEADER_LEN
+    sent = received = late = 0
+    start = due = clock()
+    try:
+        while sent < packets:
+            now = clock()
+            if now >= due:
+                if now - due > interval:
+                    late += 1
+                stamp(buffer, offset, sent, now)
+                send(buffer)
+                sent += 1
+                due = start + int(sent * interval)
+            try:
+                receive(incoming)
+            except BlockingIOError:
+                continue
+            now = clock()
+            number, then = read(incoming, offset)
+            if number < packets and delays[number] < 0:
+                delays[number] = now - then
+                received += 1
+        finished = clock()
+        tail = finished + int(LATENCY_TAIL * 1e9)
+        while received < packets and clock() < tail:
+            try:
+                receive(incoming)
+            except BlockingIOError:
+                continue
+            now = clock()
+            number, then = read(incoming, offset)
+            if number < packets and delays[number] < 0:
+                delays[number] = now - then
+                received += 1
+    finally:
+        receiver.setblocking(True)
+    measured = sorted(d / 1000 for d in delays[packets // 10 :] if d >= 0)
+    if not measured:
+        raise RuntimeError("no latency sample arrived")
+    return {
+        "p50": percentile(measured, 0.5),
+        "p99": percentile(measured, 0.99),
+        "p999": percentile(measured, 0.999),
+        "loss": 100.0 * (packets - received) / packets,
+        "rate": sent / ((finished - start) / 1e9),
+        "late": 100.0 * late / packets,
+    }
+
+
+def loopback_latency(size: int, rate: float, args) -> dict:
+    """The harness's own floor: the same loop between two directly connected sockets."""
+    a, b = client_socket(args.buffer), client_socket(args.buffer)
+    try:
+        a.connect(b.getsockname())
+        b.connect(a.getsockname())
+        datagram = geneve.data_header(1) + bytes(size - geneve.HEADER_LEN)
+        return one_way_latency(a, b, datagram, rate, args.latency_packets)
+    finally:
+        a.close()
+        b.close()
+
+
+def measure_size(name: str, forwarder: Forwarder, sockets, vni: int, size: int, cell: Cell, args):
+    """Capacity, then latency, of one forwarder at one size, into ``cell``."""
+    payload = b"x" * (size - geneve.HEADER_LEN)
+    header = geneve.data_header(vni)
+    cell.capacity[name] = capacity(forwarder, sockets, (header + payload, header + payload), args)
+    if name == C:
+        cell.load = args.latency_rate or args.latency_load * cell.capacity[C]["per_cpu"]
+        cell.latency[LOOPBACK_PAIR] = loopback_latency(size, cell.load, args)
+    waited = forwarder.scheduled_ns()[1]
+    delay = cell.latency[name] = one_way_latency(
+        *sockets, header + payload, cell.load, args.latency_packets
+    )
+    delay["waited"] = (forwarder.scheduled_ns()[1] - waited) / 1e6
+    figures = cell.capacity[name]
+    print(
+        f"    {size:>5} bytes: {figures['rate']:>9,.0f} packets/s (busy {figures['busy']:.0f}%, "
+        f"{figures['per_cpu']:,.0f} per CPU-second), loss {figures['loss']:.2f}%; latency "
+        f"{delay['p50']:.0f}/{delay['p99']:.0f}/{delay['p999']:.0f} µs at {delay['rate']:,.0f}/s "
+        f"(waited for a CPU {delay['waited']:.1f} ms, {delay['late']:.1f}% sends late)"
+    )
+
+
+# -- the forwarders ------------------------------------------------------------
+
+
+@dataclass
+class Extras:
+    """A relay's extra endpoints: how many, the VNIs of the bound ones per bind run, and the
+    client sockets that bound them (their addresses are the clients' for as long as they live)."""
+
+    count: int
+    pool: list[socket.socket] = field(default_factory=list)
+    bound_runs: list[array] = field(default_factory=list)
+    refreshed_at: float = 0.0
+
+    def close(self) -> None:
+        for sock in self.pool:
+            sock.close()
+
+    @property
+    def bound(self) -> int:
+        return sum(len(run) for run in self.bound_runs)
+
+
+def bind_run(forwarder: Forwarder, keys: KeySet, first: int, vnis, extras: Extras) -> None:
+    """Bind endpoints ``first``.. (VNIs ``vnis``) of ``keys`` from the pool; all must relay."""
+    endpoints = list(zip(range(first, first + len(vnis)), vnis, strict=True))
+    outcome = Binder(forwarder.udp, forwarder.server_key, keys, endpoints, extras.pool).run()
+    if outcome.done != len(endpoints):
+        raise RuntimeError(
+            f"{forwarder.name}: {len(endpoints) - outcome.done} of {len(endpoints)} "
+            "extra endpoints did not bind"
+        )
+    extras.bound_runs.append(array("I", vnis))
+
+
+def populate(forwarder: Forwarder, keys: KeySet, extras: Extras, bind_all: bool) -> None:
+    """Allocate the extra endpoints (the first ``extras.count`` of ``keys``); bind all or a few."""
+    count = extras.count
+    if not count:
+        return
+    extras.pool = [client_socket(POOL_BUFFER) for _ in range(BIND_POOL)]
+    allocating = binding = 0.0
+    allocating_cpu = 0
+    began = progress = extras.refreshed_at = time.monotonic()
+    for first in range(0, count, ALLOCATION_CHUNK):
+        stop = min(count, first + ALLOCATION_CHUNK)
+        cpu = forwarder.scheduled_ns()[0]
+        started = time.monotonic()
+        vnis = allocate(forwarder.api, keys, first, stop)
+        allocating += time.monotonic() - started
+        allocating_cpu += forwarder.scheduled_ns()[0] - cpu
+        started = time.monotonic()
+        if bind_all:
+            bind_run(forwarder, keys, first, vnis, extras)
+        elif first == 0:
+            bind_run(forwarder, keys, 0, vnis[:OURS_BOUND_EXTRAS], extras)
+        binding += time.monotonic() - started
+        keep_alive(forwarder, extras)
+        if time.monotonic() - progress > 30:
+            progress = time.monotonic()
+            print(f"    ... {stop:,} of {count:,} in {progress - began:.0f} s")
+    print(
+        f"  {forwarder.name}: {count:,} extra endpoints allocated in {allocating:.1f} s "
+        f"({count / allocating:,.0f}/s; server CPU {allocating_cpu / count / 1000:,.0f} µs per "
+        f"allocation), {extras.bound:,} of them bound in {binding:.1f} s "
+        f"({extras.bound / max(binding, 1e-9):,.0f}/s)"
+    )
+
+
+def check_ours(forwarder: Forwarder, expected: int, when: str) -> None:
+    metrics = forwarder.metrics()
+    allocated = metrics['relayfleet_relay_endpoints{state="allocated"}']
+    bound = metrics['relayfleet_relay_endpoints{state="bound"}']
+    if allocated + bound != expected:
+        raise RuntimeError(
+            f"ours {when}: {allocated + bound:,.0f} endpoints served, expected {expected:,}"
+        )
+    print(f"  ours {when}: {allocated:,.0f} allocated + {bound:,.0f} bound endpoints (/metrics)")
+
+
+def keep_alive(forwarder: Forwarder, extras: Extras) -> None:
+    """Refresh bound extras whose 5-minute lifetime could end before the next size is done."""
+    if not extras.bound or time.monotonic() - extras.refreshed_at < REFRESH_AFTER:
+        return
+    started = time.monotonic()
+    sent = refresh(forwarder.udp, extras.pool, extras.bound_runs, forwarder.sockets)
+    extras.refreshed_at = time.monotonic()
+    print(f"  {forwarder.name}: {sent:,} refresh packets in {extras.refreshed_at - started:.1f} s")
+
+
+def check_alive(forwarder: Forwarder, extras: Extras) -> None:
+    """A data packet through a sample of the bound extras, the earliest included; all must come."""
+    if not extras.bound:
+        return
+    pool = extras.pool
+    for sock in pool:
+        drain(sock)
+    sample = []
+    step = max(1, extras.bound // LIVENESS_SAMPLE)
+    for run in extras.bound_runs:
+        sample.extend((slot, run[slot]) for slot in range(0, len(run), step))
+    for slot, vni in sample:
+        datagram = geneve.data_header(vni) + b"alive?"
+        pool[client_of(slot, 0, BIND_POOL)].sendto(datagram, forwarder.udp)
+    time.sleep(0.5)
+    arrived = 0
+    for sock in pool:
+        sock.setblocking(False)
+        try:
+            while True:
+                arrived += sock.recv(4096).endswith(b"alive?")
+        except BlockingIOError:
+            pass
+        finally:
+            sock.setblocking(True)
+    print(f"  {forwarder.name}: {arrived:,} of {len(sample):,} sampled extra endpoints still relay")
+    if arrived < len(sample):
+        print(f"  WARNING: {forwarder.name} lost extra endpoints during the run")
+
+
+def run_relay(name: str, command: list[str], count: int, args, started, cells) -> None:
+    """Start a relay, give it ``count`` endpoints, measure the last one at every size."""
+    bind_all = name == REFERENCE or args.bind_all
     sockets = (client_socket(args.buffer), client_socket(args.buffer))
+    extras = Extras(count - 1)
     try:
         forwarder = Forwarder.start(name, command, started)
-        forwarder.sockets = forwarder_sockets(forwarder.process.pid, forwarder.ready["udp_port"])
-        for sock in forwarder.sockets:
-            set_buffers(sock, args.buffer)
-        extra = args.endpoints - 1
-        if extra:
-            helpers = (client_socket(args.buffer), client_socket(args.buffer))
-            try:
-                began = time.monotonic()
-                pairs = bind_all(forwarder, helpers, extra)
-                bound = check_relaying(forwarder, helpers, pairs)
-                print(
-                    f"  {name}: {extra} extra endpoints allocated, {bound} bound "
-                    f"({time.monotonic() - began:.1f} s)"
-                )
-            finally:
-                for sock in helpers:
-                    sock.close()
-        (pair,) = bind_all(forwarder, sockets, 1)
-        if check_relaying(forwarder, sockets, [pair]) != 1:
+        forwarder.take_sockets(args.buffer)
+        keys = KeySet(count)
+        populate(forwarder, keys, extras, bind_all)
+        vni = allocate(forwarder.api, keys, count - 1, count)[0]
+        outcome = Binder(
+            forwarder.udp, forwarder.server_key, keys, [(count - 1, vni)], sockets
+        ).run(window=1, retry=0.5, timeout=10)
+        if outcome.done != 1:
             raise RuntimeError(f"{name}: the measured endpoint does not relay")
-        payload = b"x" * (args.size - geneve.HEADER_LEN)
-        return measure(forwarder, sockets, (pair[0].data(payload), pair[1].data(payload)), args)
+        if name == OURS:
+            check_ours(forwarder, count, "before")
+        for size in args.sizes:
+            keep_alive(forwarder, extras)
+            measure_size(name, forwarder, sockets, vni, size, cells[size], args)
+        if name == OURS:
+            check_ours(forwarder, count, "after")
+        check_alive(forwarder, extras)
+        stop_all(started)
     finally:
+        extras.close()
         for sock in sockets:
             sock.close()
 
 
-def run_c(binary: Path, args, started: list) -> dict:
+def run_c(binary: Path, args, started, cells) -> None:
     sockets = (client_socket(args.buffer), client_socket(args.buffer))
     try:
         ports = [str(s.getsockname()[1]) for s in sockets]
-        forwarder = Forwarder.start("C forwarder", [str(binary), "0", *ports], started)
-        forwarder.sockets = forwarder_sockets(forwarder.process.pid, forwarder.ready["udp_port"])
-        for sock in forwarder.sockets:
-            set_buffers(sock, args.buffer)
-        datagram = geneve.data_header(1) + b"x" * (args.size - geneve.HEADER_LEN)
-        return measure(forwarder, sockets, (datagram, datagram), args)
+        forwarder = Forwarder.start(C, [str(binary), "0", *ports], started)
+        forwarder.take_sockets(args.buffer)
+        for size in args.sizes:
+            measure_size(C, forwarder, sockets, 1, size, cells[size], args)
+        stop_all(started)
     finally:
         for sock in sockets:
             sock.close()
@@ -461,55 +576,152 @@ def compile_forwarder(directory: str) -> Path:
     return binary
 
 
+# -- report --------------------------------------------------------------------
+
+
+def ratio(cell: Cell, key: str, other: str) -> str:
+    ours, theirs = cell.capacity.get(OURS), cell.capacity.get(other)
+    return f"{ours[key] / theirs[key]:.2f}" if ours and theirs else "-"
+
+
+def print_matrix(results: dict[int, dict[int, Cell]], args) -> None:
+    forwarders = [OURS, REFERENCE, C]
+    print()
+    print(
+        f"capacity: packets/s (median of {args.rounds} rounds), loss over all rounds, busy = "
+        "forwarder CPU time / drain time; ratios = ours / other, above 1: ours is faster"
+    )
+    rows = [["endpoints", "bytes", *forwarders, "ours/ref", "ours/C"]]
+    for count, cells in results.items():
+        for size, cell in cells.items():
+            row = [f"{count:,}", str(size)]
+            for name in forwarders:
+                figures = cell.capacity.get(name)
+                row.append(
+                    f"{figures['rate']:,.0f} {figures['loss']:.2f}% {figures['busy']:.0f}%"
+                    if figures
+                    else "-"
+                )
+            row += [ratio(cell, "rate", REFERENCE), ratio(cell, "rate", C)]
+            rows.append(row)
+    table(rows)
+    print()
+    print(
+        "capacity per CPU-second: packets / forwarder CPU time (schedstat), the rate each "
+        "would reach with its core to itself; robust to other load on a shared machine"
+    )
+    rows = [["endpoints", "bytes", *forwarders, "ours/ref", "ours/C"]]
+    for count, cells in results.items():
+        for size, cell in cells.items():
+            row = [f"{count:,}", str(size)]
+            for name in forwarders:
+                figures = cell.capacity.get(name)
+                row.append(f"{figures['per_cpu']:,.0f}" if figures else "-")
+            row += [ratio(cell, "per_cpu", REFERENCE), ratio(cell, "per_cpu", C)]
+            rows.append(row)
+    table(rows)
+    print()
+    print(
+        "one-way latency A -> B in µs, p50 / p99 / p99.9, at a fixed offered load "
+        + (
+            f"of {args.latency_rate:,.0f} packets/s"
+            if args.latency_rate
+            else f"({args.latency_load:.0%} of the C forwarder's packets per CPU-second)"
+        )
+        + "; loopback = the same sockets without a forwarder"
+    )
+    names = [LOOPBACK_PAIR, *forwarders]
+    rows = [["endpoints", "bytes", "packets/s", *names]]
+    for count, cells in results.items():
+        for size, cell in cells.items():
+            row = [f"{count:,}", str(size), f"{cell.load:,.0f}"]
+            for name in names:
+                delay = cell.latency.get(name)
+                row.append(
+                    f"{delay['p50']:.0f} / {delay['p99']:.0f} / {delay['p999']:.0f}"
+                    if delay
+                    else "-"
+                )
+            rows.append(row)
+    table(rows)
+    runs = [
+        (d["late"], d["loss"], d.get("waited", 0.0), name, count, size)
+        for count, cells in results.items()
+        for size, cell in cells.items()
+        for name, d in cell.latency.items()
+    ]
+    late = max(runs)
+    waited = max(runs, key=lambda run: run[2])
+    print(
+        f"  most sends late: {late[0]:.2f}% ({late[3]}, {late[4]:,} endpoints, {late[5]} bytes); "
+        f"most lost: {max(r[1] for r in runs):.2f}%; longest wait of a forwarder for its CPU: "
+        f"{waited[2]:.1f} ms ({waited[3]}, {waited[4]:,} endpoints, {waited[5]} bytes)"
+    )
+
+
 def main(args: argparse.Namespace) -> None:
-    if os.cpu_count() and os.cpu_count() > FORWARDER_CPU:
-        os.sched_setaffinity(0, {BENCH_CPU})
-    # large enough for a whole round of queued packets at ~1.2 KiB truesize each
+    pin_to_bench_cpu()
+    # large enough for a whole round of queued packets at up to ~4 KiB truesize each
     args.buffer = min(max(args.packets * 4096, 16 << 20), 1 << 30)
+    ours_flags = ["--bind-lifetime", OURS_BIND_LIFETIME]
+    if args.bind_all:
+        ours_flags += RAISED_LIMITS
     print(
-        f"data plane, loopback: {args.packets:,} packets x {args.rounds} rounds, "
-        f"{args.size}-byte datagrams (Geneve header included), {args.endpoints:,} endpoint(s) "
-        f"allocated and bound; forwarder on CPU {FORWARDER_CPU}, load on CPU {BENCH_CPU}"
+        f"data plane, loopback: sizes {', '.join(map(str, args.sizes))} bytes (Geneve header "
+        f"included), {', '.join(f'{n:,}' for n in args.endpoints)} endpoint(s) allocated; "
+        f"forwarder on CPU {FORWARDER_CPU}, load on CPU {BENCH_CPU}"
     )
     print(
-        "method: SIGSTOP the forwarder, pre-load its receive queue (SO_RCVBUFFORCE "
-        f"{args.buffer >> 20} MiB on every forwarder), SIGCONT, time until the clients got "
-        "them all; median of the rounds"
+        f"capacity: {args.packets:,} packets x {args.rounds} rounds; SIGSTOP the forwarder, "
+        f"pre-load its receive queue (SO_RCVBUFFORCE {args.buffer >> 20} MiB on every "
+        "forwarder), SIGCONT, time until the clients got them all; median of the rounds"
     )
-    results: dict[str, dict] = {}
+    print(
+        f"latency: {args.latency_packets:,} packets A -> B on a fixed schedule, busy-polling "
+        "sender and receiver in one loop on the load CPU; first tenth is warm-up"
+    )
+    print(
+        f"endpoints: ours with {' '.join(ours_flags)}; "
+        + (
+            f"every extra endpoint bound (handshake limits raised to {RAISED_LIMIT}: "
+            f"{BIND_POOL} sockets bind them all)"
+            if args.bind_all
+            else f"{OURS_BOUND_EXTRAS} extra endpoints bound, the others only allocated"
+        )
+        + "; reference: every extra endpoint bound (its 30 s bind lifetime is fixed)"
+    )
+    results: dict[int, dict[int, Cell]] = {}
     started: list[Forwarder] = []
-    ours = [
-        RELAYFLEET, "relay", "--listen", LOOPBACK, "--port", "0",
-        "--api-listen", "127.0.0.1:0", "--addr", LOOPBACK, "--log-level", "warning",
-    ]  # fmt: skip
-    reference = [str(REFSERVER), "--port", "0", "--api-listen", "127.0.0.1:0", "--addr", LOOPBACK]
     try:
         with tempfile.TemporaryDirectory() as directory:
             binary = compile_forwarder(directory)
-            results["ours (relayfleet relay)"] = run_relay("ours", ours, args, started)
-            started.pop().stop()
-            if REFSERVER.exists():
-                results["reference Go server"] = run_relay("reference", reference, args, started)
-                started.pop().stop()
-            else:
-                print("  reference: .dev/bin/refserver missing (run scripts/build-go-helpers)")
-            results["C recvmmsg/sendmmsg x64"] = run_c(binary, args, started)
-            started.pop().stop()
+            for count in args.endpoints:
+                cells = results[count] = {size: Cell() for size in args.sizes}
+                print(f"\n{count:,} endpoint(s) allocated")
+                print("  C recvmmsg/sendmmsg x64 (no endpoints):")
+                run_c(binary, args, started, cells)
+                print("  ours (relayfleet relay):")
+                run_relay(OURS, ours_command(*ours_flags), count, args, started, cells)
+                if REFSERVER.exists():
+                    print("  reference Go server:")
+                    run_relay(REFERENCE, reference_command(), count, args, started, cells)
+                else:
+                    print("  reference: .dev/bin/refserver missing (run scripts/build-go-helpers)")
     finally:
-        for forwarder in started:
-            forwarder.stop()
-    base = results["ours (relayfleet relay)"]["rate"]
-    print()
-    print(
-        f"  {'forwarder':<26}{'packets/s':>12}{'(min-max of rounds)':>24}{'loss %':>9}{'ratio':>8}"
-    )
-    for name, figures in results.items():
-        spread = f"{figures['low']:,.0f}-{figures['high']:,.0f}"
-        print(
-            f"  {name:<26}{figures['rate']:>12,.0f}{spread:>24}"
-            f"{figures['loss']:>9.2f}{figures['rate'] / base:>8.2f}"
-        )
-    print("  (ratio = packets/s / ours; the C forwarder has no endpoints or handshake)")
+        stop_all(started)
+    print_matrix(results, args)
+
+
+def _numbers(text: str) -> list[int]:
+    try:
+        values = [int(float(part.replace("_", ""))) for part in text.split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
 
 
 def _terminate(signum, frame) -> None:
@@ -517,20 +729,60 @@ def _terminate(signum, frame) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--packets", type=int, default=100_000, help="packets per round")
-    parser.add_argument("--size", type=int, default=200, help="datagram bytes, header included")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--endpoints",
+        type=_numbers,
+        default=[1, 1000],
+        help="comma-separated endpoint counts, the measured endpoint included; each gets its "
+        "own forwarder processes (default 1,1000; 1000000 works, allocation takes minutes)",
+    )
+    parser.add_argument(
+        "--sizes",
+        type=_numbers,
+        default=[64, 200, 1400],
+        help=f"comma-separated datagram sizes in bytes, Geneve header included, {MIN_SIZE}..2048 "
+        "(default 64,200,1400)",
+    )
+    parser.add_argument(
+        "--packets", type=int, default=100_000, help="packets per capacity round (default 100000)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="capacity rounds after the warm-up (default 5)"
+    )
+    parser.add_argument(
+        "--latency-packets",
         type=int,
-        default=1,
-        help="endpoints allocated and bound, measured one included",
+        default=20_000,
+        help="packets per latency run, the first tenth being warm-up (default 20000)",
+    )
+    parser.add_argument(
+        "--latency-load",
+        type=float,
+        default=0.2,
+        help="latency offered load as a fraction of the C forwarder's packets per CPU-second "
+        "(its capacity with a core to itself) at the same size (default 0.2)",
+    )
+    parser.add_argument(
+        "--latency-rate",
+        type=float,
+        default=0.0,
+        help="latency offered load in packets/s, instead of --latency-load",
+    )
+    parser.add_argument(
+        "--bind-all",
+        action="store_true",
+        help="bind every extra endpoint on ours too (its handshake limits are then raised); "
+        "by default ours binds 16 and the others stay allocated",
     )
     options = parser.parse_args()
-    if options.size < geneve.HEADER_LEN + 1 or options.size > 2048:
-        parser.error("--size must be between 9 and 2048")
-    if options.packets < 10 or options.rounds < 1 or options.endpoints < 1:
+    if any(size < MIN_SIZE or size > 2048 for size in options.sizes):
+        parser.error(f"--sizes must be between {MIN_SIZE} and 2048")
+    if options.packets < 10 or options.rounds < 1 or min(options.endpoints) < 1:
         parser.error("--packets >= 10, --rounds >= 1, --endpoints >= 1")
+    if options.latency_packets < 100 or not 0 < options.latency_load <= 1:
+        parser.error("--latency-packets >= 100, 0 < --latency-load <= 1")
     signal.signal(signal.SIGTERM, _terminate)
     main(options)

@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter, deque
 from collections.abc import Callable
 
+from relay import heap
 from relay.core import Endpoint, RelayCore
 from relay.store import SUBSCRIBED, Allocation, Change, RelayRecord, Store, StoreUnavailable
 
@@ -24,20 +26,34 @@ log = logging.getLogger(__name__)
 
 MAX_EXPIRY_TICK = 1.0
 MAX_BACKOFF = 5.0
+EXPIRY_BATCH = 256
+YIELD_EVERY = 256
 
 
 class Backoff:
-    """Exponential delays for retrying an unreachable store, logged once per outage."""
+    """Exponential delays for retrying an unreachable store, logged once per outage.
 
-    def __init__(self, what: str, first: float = 0.1, limit: float = MAX_BACKOFF) -> None:
+    Every failure is counted in ``errors`` under the operation's name
+    (``heartbeat``, ``changes``, ``resync``, ``write_back``).
+    """
+
+    def __init__(
+        self,
+        what: str,
+        errors: Counter[str],
+        first: float = 0.1,
+        limit: float = MAX_BACKOFF,
+    ) -> None:
         self._what = what
+        self._errors = errors
         self._first = first
         self._limit = limit
         self._delay = 0.0
 
     def failed(self, error: Exception) -> float:
+        self._errors[self._what] += 1
         if not self._delay:
-            log.warning("%s: store unavailable (%s); retrying", self._what, error)
+            log.warning("store unavailable during %s (%s); retrying", self._what, error)
             self._delay = self._first
         else:
             self._delay = min(self._delay * 2, self._limit)
@@ -45,8 +61,25 @@ class Backoff:
 
     def succeeded(self) -> None:
         if self._delay:
-            log.info("%s: store reachable again", self._what)
+            log.info("store reachable again (%s)", self._what)
         self._delay = 0.0
+
+
+class PendingFrees(set[tuple[int, int]]):
+    """Expired ``(vni, lamport_id)`` not yet freed in the store, in the order they expired.
+
+    A member stays until its free is written, so the allocation API never
+    hands out an endpoint the relay has already expired.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.order: deque[tuple[int, int]] = deque()
+
+    def add(self, key: tuple[int, int]) -> None:
+        if key not in self:
+            super().add(key)
+            self.order.append(key)
 
 
 class RelayAgent:
@@ -68,10 +101,13 @@ class RelayAgent:
         self.heartbeat_interval = heartbeat_interval
         self.resync_interval = resync_interval
         self._pending_bound: set[tuple[int, int]] = set()
-        self._pending_free: set[tuple[int, int]] = set()
+        self._pending_free = PendingFrees()
         self._installed_during_resync: set[int] | None = None
+        self._removed_during_resync: set[tuple[int, int]] | None = None
+        self._resyncing = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self.resyncs = 0
+        self.store_errors: Counter[str] = Counter()
         self.on_expired: Callable[[list[Endpoint]], None] | None = None
 
     # -- what the server calls ---------------------------------------------
@@ -84,36 +120,77 @@ class RelayAgent:
         if self._installed_during_resync is not None:
             self._installed_during_resync.add(allocation.vni)
 
+    @property
+    def pending_writes(self) -> int:
+        """Bound marks and frees learnt by the core and not yet written to the store."""
+        return len(self._pending_bound) + len(self._pending_free)
+
     def expired_unfreed(self, allocation: Allocation) -> bool:
         """Whether the core expired this allocation and the store has not heard yet."""
         return (allocation.vni, allocation.lamport_id) in self._pending_free
 
     async def flush(self) -> None:
         """Write what the core learnt (bound, expired) to the store; raises StoreUnavailable."""
+        await self.flush_bound()
+        written = 0
+        pending = self._pending_free
+        while pending.order:
+            key = pending.order[0]
+            if key in pending:
+                await self._store.free(self.name, *key)
+                pending.discard(key)
+                written += 1
+                if written % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+            pending.order.popleft()
+
+    async def flush_bound(self) -> None:
+        """Write the bound marks the core learnt; raises StoreUnavailable."""
         for allocation in self._core.take_bound():
             self._pending_bound.add((allocation.vni, allocation.lamport_id))
         for vni, lamport_id in sorted(self._pending_bound):
             await self._store.mark_bound(self.name, vni, lamport_id)
             self._pending_bound.discard((vni, lamport_id))
-        for vni, lamport_id in sorted(self._pending_free):
-            await self._store.free(self.name, vni, lamport_id)
-            self._pending_free.discard((vni, lamport_id))
+
+    async def free_now(self, allocation: Allocation) -> None:
+        """Write one expired allocation's free ahead of the queue; raises StoreUnavailable."""
+        await self._store.free(self.name, allocation.vni, allocation.lamport_id)
+        self._pending_free.discard((allocation.vni, allocation.lamport_id))
 
     async def resync(self) -> None:
-        """Make the core serve exactly the store's allocations for this relay."""
+        """Make the core serve exactly the store's allocations for this relay.
+
+        Works in slices, yielding to the event loop between them, so a resync
+        of a million endpoints never stalls relaying; one resync at a time.
+        Afterwards the endpoints are exempt from garbage collection (relay/heap.py).
+        """
+        async with self._resyncing:
+            with heap.paused():
+                await self._resync()
+            heap.exempt_survivors()
+
+    async def _resync(self) -> None:
         self._installed_during_resync = set()
+        self._removed_during_resync = set()
         try:
-            allocations = await self._store.allocations(self.name)
-            wanted = {(a.vni, a.lamport_id) for a in allocations}
-            for allocation in allocations:
-                self.install(allocation)
+            wanted: set[tuple[int, int]] = set()
+            async for allocations in self._store.scan_allocations(self.name):
+                for allocation in allocations:
+                    key = (allocation.vni, allocation.lamport_id)
+                    wanted.add(key)
+                    if key not in self._removed_during_resync:
+                        self.install(allocation)
+                await asyncio.sleep(0)
             fresh = self._installed_during_resync
-            for endpoint in self._core.endpoints():
+            for done, endpoint in enumerate(self._core.endpoints(), 1):
                 key = (endpoint.allocation.vni, endpoint.allocation.lamport_id)
                 if key not in wanted and key[0] not in fresh:
                     self._core.remove(*key)
+                if done % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
         finally:
             self._installed_during_resync = None
+            self._removed_during_resync = None
         self.resyncs += 1
 
     # -- lifecycle -----------------------------------------------------------
@@ -140,15 +217,18 @@ class RelayAgent:
     # -- loops ---------------------------------------------------------------
 
     async def _expiry_loop(self) -> None:
-        backoff = Backoff("writing bound and expired endpoints")
+        backoff = Backoff("write_back", self.store_errors)
         core = self._core
         tick = min(MAX_EXPIRY_TICK, core.bind_lifetime / 10, core.steady_state_lifetime / 10)
         while True:
-            expired = core.expire(self._clock())
+            expired = core.expire(self._clock(), EXPIRY_BATCH)
             for endpoint in expired:
                 self._pending_free.add((endpoint.allocation.vni, endpoint.allocation.lamport_id))
             if expired and self.on_expired is not None:
                 self.on_expired(expired)
+            if len(expired) == EXPIRY_BATCH:
+                await asyncio.sleep(0)
+                continue
             delay = tick
             try:
                 await self.flush()
@@ -161,7 +241,7 @@ class RelayAgent:
             await asyncio.sleep(delay)
 
     async def _heartbeat_loop(self) -> None:
-        backoff = Backoff("heartbeat")
+        backoff = Backoff("heartbeat", self.store_errors)
         while True:
             delay = self.heartbeat_interval
             try:
@@ -172,7 +252,7 @@ class RelayAgent:
             await asyncio.sleep(delay)
 
     async def _changes_loop(self) -> None:
-        backoff = Backoff("following allocation changes")
+        backoff = Backoff("changes", self.store_errors)
         while True:
             try:
                 async for change in self._store.changes(self.name):
@@ -190,9 +270,11 @@ class RelayAgent:
                 self.install(allocation)
         elif change.kind == "free":
             self._core.remove(change.vni, change.lamport_id)
+            if self._removed_during_resync is not None:
+                self._removed_during_resync.add((change.vni, change.lamport_id))
 
     async def _resync_loop(self) -> None:
-        backoff = Backoff("periodic resync")
+        backoff = Backoff("resync", self.store_errors)
         delay = self.resync_interval
         while True:
             await asyncio.sleep(delay)

@@ -2,7 +2,8 @@
 
 ``POST /v0/relay/endpoint`` takes ``{"DiscoKeys": [A, B]}`` and answers a
 ServerEndpoint. Bad requests get 400 with a one-line reason; no free VNI, a
-closed server or an unreachable store get 503.
+closed server or an unreachable store get 503. With an API token
+(:mod:`relay.api_token`), all but ``/healthz`` and ``/metrics`` need it (401).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from relay.addresses import format_address
+from relay.api_token import bearer_middleware
 from relay.core import Endpoint
 from relay.keys import DiscoPublicKey, InvalidKey
 from relay.store import StoreUnavailable, VNIExhausted
@@ -39,6 +41,8 @@ def parse_allocation_request(body: bytes) -> tuple[DiscoPublicKey, DiscoPublicKe
         request = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest("malformed JSON: nested too deeply") from None
     if not isinstance(request, dict) or "DiscoKeys" not in request:
         raise InvalidRequest(
             'expected a JSON object {"DiscoKeys": ["discokey:...", "discokey:..."]}'
@@ -136,6 +140,7 @@ def make_app(server: RelayServer) -> web.Application:
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
 
-    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+    middlewares = [bearer_middleware(server.api_token)] if server.api_token else []
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=middlewares)
     app.add_routes(routes)
     return app

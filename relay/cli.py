@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from collections.abc import Mapping, Sequence
 import uvloop
 
 from relay import __version__
+from relay.api_token import ApiTokenError, read_token_file
 from relay.config import EnvArguments, RelayConfig, add_relay_arguments, store_url
 from relay.demo import DemoFailed, print_report, run_demo
 from relay.keys import DiscoPrivateKey
@@ -53,10 +55,10 @@ def _configure_logging(level: str, log_format: str = "text") -> None:
     logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
-async def _serve_relay(config: RelayConfig, secrets: RelaySecrets) -> None:
+async def _serve_relay(config: RelayConfig, secrets: RelaySecrets, api_token: str | None) -> None:
     store = open_store(config.store, max_vni=config.max_endpoints, prefix=config.store_prefix)
     log.info("store: %s", redact_url(config.store))
-    server = RelayServer(config, store, secrets)
+    server = RelayServer(config, store, secrets, api_token=api_token)
     try:
         await server.start()
     except BaseException:
@@ -81,9 +83,22 @@ async def _serve_relay(config: RelayConfig, secrets: RelaySecrets) -> None:
         await store.close()
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _relay(args: argparse.Namespace) -> int:
     config = RelayConfig.from_args(args)
     _configure_logging(config.log_level, config.log_format)
+    api_token = read_token_file(config.api_token_file) if config.api_token_file else None
+    if api_token is None and not _is_loopback(config.api_listen[0]):
+        log.warning(
+            "the API listens on %s without --api-token-file: whoever reaches it can allocate",
+            config.api_listen[0],
+        )
     if config.key_file:
         secrets, created = load_or_create(config.key_file)
         if created:
@@ -92,7 +107,7 @@ def _relay(args: argparse.Namespace) -> int:
         log.warning("no --key-file: this relay's disco key lasts only as long as the process")
         secrets = RelaySecrets.generate()
     try:
-        uvloop.run(_serve_relay(config, secrets))
+        uvloop.run(_serve_relay(config, secrets, api_token))
     except OSError as exc:
         print(f"relayfleet relay: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -239,7 +254,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except KeyFileError as exc:
+    except (KeyFileError, ApiTokenError) as exc:
         print(f"relayfleet {args.command}: {exc}", file=sys.stderr)
         return 1
 

@@ -15,6 +15,13 @@ from relay.addresses import parse_host_port, parse_ip
 from relay.durations import format_duration, parse_duration
 from relay.geneve import MAX_VNI
 from relay.lifetimes import DEFAULT_BIND_LIFETIME, DEFAULT_STEADY_STATE_LIFETIME
+from relay.ratelimit import (
+    DEFAULT_BURST_PER_SOURCE,
+    DEFAULT_HANDSHAKE_LIMITS,
+    DEFAULT_RATE_PER_SOURCE,
+    DEFAULT_TOTAL_RATE,
+    HandshakeLimits,
+)
 from relay.store import DEFAULT_PREFIX, check_store_url
 
 ENV_PREFIX = "RELAYFLEET_"
@@ -24,6 +31,7 @@ DEFAULT_LISTEN = "::"
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
 DEFAULT_RESYNC_INTERVAL = 60.0
 DEFAULT_REPORT_INTERVAL = 2.0
+DEFAULT_SHUTDOWN_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,7 @@ class RelayConfig:
     steady_state_lifetime: float = DEFAULT_STEADY_STATE_LIFETIME
     store: str = "memory"
     max_endpoints: int = MAX_VNI
+    handshake_limits: HandshakeLimits = DEFAULT_HANDSHAKE_LIMITS
     key_file: str | None = None
     name: str = "relay"
     log_level: str = "info"
@@ -48,6 +57,8 @@ class RelayConfig:
     report_status: str = "off"
     kubeconfig: str | None = None
     report_interval: float = DEFAULT_REPORT_INTERVAL
+    api_token_file: str | None = None
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RelayConfig:
@@ -60,6 +71,11 @@ class RelayConfig:
             steady_state_lifetime=args.steady_state_lifetime,
             store=args.store,
             max_endpoints=args.max_endpoints,
+            handshake_limits=HandshakeLimits(
+                rate_per_source=args.handshake_rate,
+                burst_per_source=args.handshake_burst,
+                total_rate=args.handshake_total_rate,
+            ),
             key_file=args.key_file,
             name=args.name,
             log_level=args.log_level,
@@ -70,6 +86,8 @@ class RelayConfig:
             report_status=args.report_status,
             kubeconfig=args.kubeconfig,
             report_interval=args.report_interval,
+            api_token_file=args.api_token_file,
+            shutdown_timeout=args.shutdown_timeout,
         )
 
 
@@ -105,6 +123,16 @@ def duration(text: str) -> float:
     if seconds <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: must be a positive duration")
     return seconds
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value >= 1 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a number, at least 1")
+    return value
 
 
 def _max_endpoints(text: str) -> int:
@@ -217,6 +245,13 @@ def add_relay_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
         shown=DEFAULT_API_LISTEN,
     )
     env.add(
+        "--api-token-file",
+        default=None,
+        metavar="PATH",
+        help="file holding a bearer token the allocation endpoints then require "
+        "('Authorization: Bearer TOKEN'); /healthz and /metrics stay open",
+    )
+    env.add(
         "--addr",
         default=[],
         type=_ip,
@@ -283,6 +318,12 @@ def add_relay_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
         DEFAULT_REPORT_INTERVAL,
         "at most one status patch per endpoint per interval, and only on change",
     )
+    env.add_duration(
+        "--shutdown-timeout",
+        DEFAULT_SHUTDOWN_TIMEOUT,
+        "on SIGTERM, how long the relay may take to write pending state to the store and "
+        "a last status report before it exits (keep it below the pod's grace period)",
+    )
     env.add(
         "--max-endpoints",
         default=MAX_VNI,
@@ -290,6 +331,32 @@ def add_relay_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
         metavar="N",
         help="at most this many endpoints at once (VNIs 1..N)",
         shown=str(MAX_VNI),
+    )
+    env.add(
+        "--handshake-rate",
+        default=DEFAULT_RATE_PER_SOURCE,
+        type=_rate,
+        metavar="N",
+        help="bind handshake messages per second taken from one source address; more are "
+        "dropped before any crypto (counted as rate_limited)",
+        shown=f"{DEFAULT_RATE_PER_SOURCE:g}",
+    )
+    env.add(
+        "--handshake-burst",
+        default=DEFAULT_BURST_PER_SOURCE,
+        type=_rate,
+        metavar="N",
+        help="handshake messages one source may send at once above its rate",
+        shown=f"{DEFAULT_BURST_PER_SOURCE:g}",
+    )
+    env.add(
+        "--handshake-total-rate",
+        default=DEFAULT_TOTAL_RATE,
+        type=_rate,
+        metavar="N",
+        help="handshake messages per second taken from all sources together (bounds the "
+        "CPU a flood from many sources can take from relaying)",
+        shown=f"{DEFAULT_TOTAL_RATE:g}",
     )
     env.add(
         "--key-file",

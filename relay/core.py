@@ -4,7 +4,12 @@
 one ``(datagram, destination)`` to send. It opens no socket, reads no clock
 and awaits nothing, so every rule is tested instantly with a fake clock and the
 transports around it stay thin. Addresses are whatever hashable values the
-transport uses (``(host, port)`` tuples for UDP); the core only compares them.
+transport uses (``sockaddr`` bytes from the UDP transport, tuples in tests);
+the core only compares them.
+
+Handshake messages cost public-key crypto, so they pass a per-source and a
+total rate limit (relay/ratelimit.py) before any of it is done; a flood of
+binds is dropped cheaply and counted, and data relaying goes on.
 
 Challenges are not stored: each is a keyed BLAKE2s MAC over the endpoint's
 identity (VNI, LamportID, client key) under a relay secret, indistinguishable
@@ -17,11 +22,14 @@ import enum
 import hashlib
 import heapq
 import hmac
+import struct
 from collections.abc import Hashable, Iterator
 
 from relay import disco, geneve
-from relay.keys import DiscoPrivateKey
+from relay.histogram import Histogram
+from relay.keys import DiscoPrivateKey, DiscoPublicKey
 from relay.lifetimes import DEFAULT_BIND_LIFETIME, DEFAULT_STEADY_STATE_LIFETIME
+from relay.ratelimit import DEFAULT_HANDSHAKE_LIMITS, HandshakeLimiter, HandshakeLimits
 from relay.store.interface import Allocation
 
 Address = Hashable
@@ -29,10 +37,14 @@ Send = tuple[bytes, Address]
 
 CHALLENGE_SECRET_LEN = 32
 _CHALLENGE_PERSON = b"rf-chal0"
+SHARED_KEY_CACHE_SIZE = 65_536
+HANDSHAKE_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0)
 _DISCO_HI, _DISCO_LO = geneve.PROTOCOL_DISCO >> 8, geneve.PROTOCOL_DISCO & 0xFF
 _FRAME = geneve.HEADER_LEN
 _MAGIC = slice(_FRAME, _FRAME + disco.SENDER_OFFSET)
 _SENDER = slice(_FRAME + disco.SENDER_OFFSET, _FRAME + disco.NONCE_OFFSET)
+_CONTROL_BIT = geneve.CONTROL_BIT
+_unpack_header = struct.Struct(">xBxxI").unpack_from  # (flags byte, VNI << 8 | reserved)
 
 
 class Handshake(enum.IntEnum):
@@ -65,20 +77,21 @@ class Drop(enum.StrEnum):
     UNEXPECTED_MESSAGE = "unexpected_message"
     WRONG_SOURCE = "wrong_source"
     WRONG_ANSWER = "wrong_answer"
+    RATE_LIMITED = "rate_limited"
 
 
 class ClientState:
     """One client's side of an endpoint: its handshake, address and counters."""
 
-    __slots__ = ("addr", "bytes", "handshake", "last_seen", "packets", "shared")
+    __slots__ = ("addr", "bytes", "challenged_at", "handshake", "last_seen", "packets")
 
     def __init__(self) -> None:
         self.handshake = Handshake.INIT
+        self.challenged_at: float | None = None
         self.addr: Address | None = None
         self.last_seen: float | None = None
         self.packets = 0
         self.bytes = 0
-        self.shared: bytes | None = None
 
 
 class Endpoint:
@@ -106,6 +119,7 @@ class RelayCore:
         challenge_secret: bytes,
         bind_lifetime: float = DEFAULT_BIND_LIFETIME,
         steady_state_lifetime: float = DEFAULT_STEADY_STATE_LIFETIME,
+        handshake_limits: HandshakeLimits = DEFAULT_HANDSHAKE_LIMITS,
     ) -> None:
         if len(challenge_secret) != CHALLENGE_SECRET_LEN:
             raise ValueError(f"the challenge secret is {CHALLENGE_SECRET_LEN} bytes")
@@ -117,13 +131,16 @@ class RelayCore:
         self._server_key_raw = self.server_key.raw
         self.bind_lifetime = bind_lifetime
         self.steady_state_lifetime = steady_state_lifetime
+        self._handshake_limiter = HandshakeLimiter(handshake_limits)
         self._by_vni: dict[int, Endpoint] = {}
+        self._shared_keys: dict[DiscoPublicKey, bytes] = {}
         self._deadlines: list[tuple[float, int]] = []
         self._newly_bound: list[Allocation] = []
         self.bound_count = 0
         self.forwarded_packets = 0
         self.forwarded_bytes = 0
         self.handshakes_completed = 0
+        self.handshake_seconds = Histogram(HANDSHAKE_SECONDS_BUCKETS)
         self.expired = {"bind": 0, "steady_state": 0}
         self.drops: dict[Drop, int] = dict.fromkeys(Drop, 0)
 
@@ -220,16 +237,22 @@ class RelayCore:
 
     # -- packets -----------------------------------------------------------
 
-    def handle(self, datagram: bytes, source: Address, now: float) -> Send | None:
-        """Act on one received datagram; return what to send, if anything."""
-        if len(datagram) < geneve.HEADER_LEN:
+    def handle(self, datagram: bytes | memoryview, source: Address, now: float) -> Send | None:
+        """Act on one received datagram; return what to send, if anything.
+
+        A relayed datagram comes back as the very object passed in, so a
+        transport can send it from where it was received.
+        """
+        size = len(datagram)
+        if size < geneve.HEADER_LEN:
             self.drops[Drop.SHORT_PACKET] += 1
             return None
-        endpoint = self._by_vni.get((datagram[4] << 16) | (datagram[5] << 8) | datagram[6])
+        flags, vni_word = _unpack_header(datagram)
+        endpoint = self._by_vni.get(vni_word >> 8)
         if endpoint is None:
             self.drops[Drop.UNKNOWN_VNI] += 1
             return None
-        if datagram[1] & geneve.CONTROL_BIT:
+        if flags & _CONTROL_BIT:
             return self._handle_control(endpoint, datagram, source, now)
         if not endpoint.bound:
             self.drops[Drop.DATA_BEFORE_BOUND] += 1
@@ -244,14 +267,15 @@ class RelayCore:
             return None
         sender.last_seen = now
         sender.packets += 1
-        sender.bytes += len(datagram)
+        sender.bytes += size
         self.forwarded_packets += 1
-        self.forwarded_bytes += len(datagram)
+        self.forwarded_bytes += size
         return datagram, destination
 
     def _handle_control(
         self, endpoint: Endpoint, datagram: bytes, source: Address, now: float
     ) -> Send | None:
+        datagram = bytes(datagram)
         drop = self._check_control(endpoint, datagram)
         if drop is not None:
             self.drops[drop] += 1
@@ -268,6 +292,9 @@ class RelayCore:
         if endpoint.clients[index].handshake is Handshake.BOUND:
             self.drops[Drop.CLIENT_ALREADY_BOUND] += 1
             return None
+        if not self._handshake_limiter.allow(source, now):
+            self.drops[Drop.RATE_LIMITED] += 1
+            return None
         try:
             payload = disco.open_frame(datagram[_FRAME:], self._shared_key(endpoint, index))
         except disco.DiscoError:
@@ -279,7 +306,7 @@ class RelayCore:
             self.drops[Drop.MALFORMED_MESSAGE] += 1
             return None
         if isinstance(message, disco.BindUDPRelayEndpoint):
-            return self._on_bind(endpoint, index, source)
+            return self._on_bind(endpoint, index, source, now)
         if isinstance(message, disco.BindUDPRelayEndpointAnswer):
             self._on_answer(endpoint, index, source, message.answer, now)
             return None
@@ -297,10 +324,11 @@ class RelayCore:
             return Drop.BAD_MAGIC
         return None
 
-    def _on_bind(self, endpoint: Endpoint, index: int, source: Address) -> Send | None:
+    def _on_bind(self, endpoint: Endpoint, index: int, source: Address, now: float) -> Send | None:
         client = endpoint.clients[index]
         if client.handshake is Handshake.INIT:
             client.addr = source
+            client.challenged_at = now
         elif source != client.addr:
             self.drops[Drop.WRONG_SOURCE] += 1
             return None
@@ -325,6 +353,9 @@ class RelayCore:
         client.handshake = Handshake.BOUND
         client.last_seen = now
         self.handshakes_completed += 1
+        if client.challenged_at is not None:
+            self.handshake_seconds.observe(now - client.challenged_at)
+            client.challenged_at = None
         if endpoint.clients[1 - index].handshake is Handshake.BOUND:
             endpoint.bound = True
             endpoint.bound_at = now
@@ -333,10 +364,15 @@ class RelayCore:
             self._newly_bound.append(endpoint.allocation)
 
     def _shared_key(self, endpoint: Endpoint, index: int) -> bytes:
-        client = endpoint.clients[index]
-        if client.shared is None:
-            client.shared = self._private_key.shared(endpoint.allocation.disco_keys[index])
-        return client.shared
+        """The box key shared with a client, cached by client key: a peer uses one disco
+        key for all its endpoints, and the X25519 behind it is a handshake's dearest step."""
+        client_key = endpoint.allocation.disco_keys[index]
+        shared = self._shared_keys.get(client_key)
+        if shared is None:
+            if len(self._shared_keys) >= SHARED_KEY_CACHE_SIZE:
+                self._shared_keys.clear()
+            shared = self._shared_keys[client_key] = self._private_key.shared(client_key)
+        return shared
 
     def challenge(self, allocation: Allocation, index: int) -> bytes:
         """The challenge for one client of an allocation (a MAC, never stored)."""

@@ -45,7 +45,10 @@ def parse_duration(text: str) -> float:
         if frac:
             total_ns += int(frac) * scale // 10 ** len(frac)
         pos = m.end()
-    return sign * total_ns / 1e9
+    try:
+        return sign * total_ns / 1e9
+    except OverflowError:
+        raise ValueError(f"invalid duration {text!r}: too large") from None
 
 
 def _fraction(value: int, digits: int) -> str:

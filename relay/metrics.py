@@ -10,7 +10,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 from relay import __version__
@@ -61,6 +66,13 @@ class RelayCollector(Collector):
             "Client bind handshakes completed",
             value=core.handshakes_completed,
         )
+        handshakes = HistogramMetricFamily(
+            f"{PREFIX}_handshake_seconds",
+            "From a client's first bind to its accepted answer",
+            buckets=core.handshake_seconds.cumulative(),
+            sum_value=core.handshake_seconds.sum,
+        )
+        yield handshakes
         yield CounterMetricFamily(
             f"{PREFIX}_allocations", "New allocations made", value=server.allocations_created
         )
@@ -70,6 +82,24 @@ class RelayCollector(Collector):
         for lifetime, count in core.expired.items():
             expired.add_metric([lifetime], count)
         yield expired
+        store_errors = CounterMetricFamily(
+            f"{PREFIX}_store_errors",
+            "Store (Redis) operations that failed, by operation",
+            labels=["operation"],
+        )
+        for operation, count in sorted(server.store_errors.items()):
+            store_errors.add_metric([operation], count)
+        yield store_errors
+        yield GaugeMetricFamily(
+            f"{PREFIX}_pending_store_writes",
+            "Bound marks and frees not yet written to the store (grows while it is down)",
+            value=server.agent.pending_writes if server.agent else 0,
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_receive_errors",
+            "Socket reads that failed (other than nothing to read)",
+            value=server.receive_errors,
+        )
         yield CounterMetricFamily(
             f"{PREFIX}_send_errors",
             "Datagrams the socket refused to send",

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
+
+from relay.transport import open_udp_socket
 
 
 class _QueueProtocol(asyncio.DatagramProtocol):
@@ -16,7 +17,11 @@ class _QueueProtocol(asyncio.DatagramProtocol):
 
 
 class UdpPeer:
-    """One UDP socket bound to loopback (or any host), sending to and receiving from anyone."""
+    """One UDP socket bound to loopback (or any host), sending to and receiving from anyone.
+
+    Its socket buffers are as large as the relay's, so a burst the relay
+    forwards in one batch is not lost at the receiver.
+    """
 
     def __init__(self, transport: asyncio.DatagramTransport, queue: asyncio.Queue) -> None:
         self._transport = transport
@@ -25,10 +30,9 @@ class UdpPeer:
 
     @classmethod
     async def open(cls, host: str = "127.0.0.1") -> UdpPeer:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         queue: asyncio.Queue[tuple[bytes, Any]] = asyncio.Queue()
         transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-            lambda: _QueueProtocol(queue), local_addr=(host, 0), family=family
+            lambda: _QueueProtocol(queue), sock=open_udp_socket(host, 0)
         )
         return cls(transport, queue)
 

@@ -2,10 +2,15 @@
 
 The relay knows what no one else does: each peer's handshake, address, last
 packet, and counts, and when an endpoint expires. The reporter finds the
-RelayEndpoints placed on this relay (label ``relayfleet.io/relay``), and at
-most once per interval patches the status of those whose state changed.
+RelayEndpoints placed on this relay (label ``relayfleet.io/relay``, checked
+against ``status.relay``, since a tenant may edit labels but not status), and
+at most once per interval patches the status of those whose state changed.
 Kubernetes calls run in a thread (the kubernetes client is synchronous) and
-never on the packet path; a failed patch is retried at the next interval.
+never on the packet path; each has a timeout (REQUEST_TIMEOUT), so that a
+silent API server neither stalls reporting nor holds up the process's exit for
+longer, and a failed patch is retried at the next interval. On shutdown,
+:meth:`StatusReporter.close` writes a last report within a given time, so that
+the status shows the final state.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ log = logging.getLogger(__name__)
 GROUP, VERSION, PLURAL = "relayfleet.io", "v1alpha1", "relayendpoints"
 RELAY_LABEL = "relayfleet.io/relay"
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+REQUEST_TIMEOUT = 10.0
 
 
 def reporting_enabled(config: RelayConfig) -> bool:
@@ -42,19 +48,22 @@ class KubernetesEndpoints:
     def __init__(self, kubeconfig: str | None) -> None:
         from kubernetes import client
 
-        self._api = client.CustomObjectsApi(api_client(kubeconfig))
+        self._api = client.CustomObjectsApi(api_client(kubeconfig, retries=0))
 
-    async def on_relay(self, relay: str) -> list[dict[str, Any]]:
+    async def on_relay(self, relay: str, timeout: float = REQUEST_TIMEOUT) -> list[dict[str, Any]]:
         listing = await asyncio.to_thread(
             self._api.list_custom_object_for_all_namespaces,
             GROUP,
             VERSION,
             PLURAL,
             label_selector=f"{RELAY_LABEL}={relay}",
+            _request_timeout=timeout,
         )
         return listing["items"]
 
-    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    async def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any], timeout: float = REQUEST_TIMEOUT
+    ) -> None:
         await asyncio.to_thread(
             self._api.patch_namespaced_custom_object_status,
             GROUP,
@@ -64,6 +73,7 @@ class KubernetesEndpoints:
             name,
             {"status": status},
             _content_type="application/merge-patch+json",
+            _request_timeout=timeout,
         )
 
 
@@ -99,9 +109,30 @@ class StatusReporter:
                 log.warning("status report failed: %s", exc)
             await asyncio.sleep(self.interval)
 
-    async def report_once(self) -> None:
+    async def close(self, timeout: float) -> bool:
+        """A last report of what changed since the previous one, given at most ``timeout``
+        seconds; whether it was written. Stop :meth:`run` first."""
+        try:
+            await asyncio.wait_for(self.report_once(time.monotonic() + timeout), timeout)
+        except TimeoutError:
+            log.warning("final status report not done in %.1fs; the status may lag", timeout)
+            return False
+        except Exception as exc:
+            log.warning("final status report failed: %s", exc)
+            return False
+        return True
+
+    async def report_once(self, deadline: float | None = None) -> None:
+        """Patch the status of every endpoint whose state changed; each Kubernetes call
+        has REQUEST_TIMEOUT, or what is left until ``deadline`` (``time.monotonic()``)."""
+
+        def timeout() -> float:
+            if deadline is None:
+                return REQUEST_TIMEOUT
+            return max(0.001, deadline - time.monotonic())
+
         now = self._clock()
-        resources = await self._endpoints.on_relay(self._relay)
+        resources = await self._endpoints.on_relay(self._relay, timeout())
         listed = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in resources}
         self._reported = {k: v for k, v in self._reported.items() if k in listed}
         for resource in resources:
@@ -110,10 +141,12 @@ class StatusReporter:
             key = (meta["namespace"], meta["name"])
             if status.get("vni") is None or status.get("phase") == "Expired":
                 continue
+            if status.get("relay") != self._relay:  # relabelled by someone who may patch labels
+                continue
             identity = (int(status["vni"]), int(status.get("lamportID", -1)))
             generation = meta.get("generation", 0)
             conditions = status.get("conditions")
-            lifetime = self._expired.pop(identity, None)
+            lifetime = self._expired.get(identity)
             endpoint = self._core.endpoint(identity[0])
             if lifetime is not None:
                 patch = expired_status(
@@ -130,7 +163,8 @@ class StatusReporter:
                 patch = live_status(endpoint, generation=generation, now=now, conditions=conditions)
             else:
                 continue
-            await self._endpoints.patch_status(*key, patch)
+            await self._endpoints.patch_status(*key, patch, timeout())
+            self._expired.pop(identity, None)
             self._reported[key] = snapshot
             self.patches += 1
         self._expired.clear()

@@ -27,8 +27,8 @@ from relay.metrics import relay_registry
 from relay.reporter import KubernetesEndpoints, StatusReporter, reporting_enabled
 from relay.secrets import RelaySecrets
 from relay.server_endpoint import ServerEndpoint
-from relay.store import RelayRecord, Store
-from relay.transport import RelayProtocol, open_udp_socket
+from relay.store import RelayRecord, Store, StoreUnavailable
+from relay.transport import BatchedUdpTransport, open_udp_socket
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +51,17 @@ class RelayServer:
         store: Store,
         secrets: RelaySecrets,
         clock: Callable[[], float] = time.time,
+        api_token: str | None = None,
     ) -> None:
         self.config = config
         self.store = store
+        self.api_token = api_token
         self.core = RelayCore(
             secrets.private_key,
             secrets.challenge_secret,
             config.bind_lifetime,
             config.steady_state_lifetime,
+            config.handshake_limits,
         )
         self._clock = clock
         self.metrics = relay_registry(self)
@@ -67,8 +70,7 @@ class RelayServer:
         self.udp_port = 0
         self.api_address = ""
         self.addr_ports: tuple[str, ...] = ()
-        self._transport: asyncio.DatagramTransport | None = None
-        self._protocol: RelayProtocol | None = None
+        self._transport: BatchedUdpTransport | None = None
         self._api: web.AppRunner | None = None
         self.agent: RelayAgent | None = None
         self.reporter: StatusReporter | None = None
@@ -76,16 +78,22 @@ class RelayServer:
 
     @property
     def send_errors(self) -> int:
-        return self._protocol.send_errors if self._protocol else 0
+        return self._transport.send_errors if self._transport else 0
+
+    @property
+    def receive_errors(self) -> int:
+        return self._transport.receive_errors if self._transport else 0
+
+    @property
+    def store_errors(self) -> dict[str, int]:
+        return dict(self.agent.store_errors) if self.agent else {}
 
     async def start(self) -> None:
         """Bind the UDP socket and the API, and start expiring endpoints."""
-        loop = asyncio.get_running_loop()
         sock = open_udp_socket(self.config.listen, self.config.port)
-        self._transport, self._protocol = await loop.create_datagram_endpoint(
-            lambda: RelayProtocol(self.core, self._clock), sock=sock
-        )
         self.udp_port = sock.getsockname()[1]
+        self._transport = BatchedUdpTransport(sock, self.core, self._clock)
+        self._transport.start(asyncio.get_running_loop())
         self.addr_ports = tuple(
             format_host_port(ip, self.udp_port) for ip in advertised_ips(self.config)
         )
@@ -146,11 +154,15 @@ class RelayServer:
             raise InvalidRequest("DiscoKeys must name two different keys")
         if self.core.server_key in (a, b):
             raise InvalidRequest("a client disco key equals the server's disco key")
-        while True:
-            await self.agent.flush()
+        try:
+            await self.agent.flush_bound()
             result = await self.store.allocate(self.config.name, (a, b), self._clock())
-            if not self.agent.expired_unfreed(result.allocation):
-                break
+            while self.agent.expired_unfreed(result.allocation):
+                await self.agent.free_now(result.allocation)
+                result = await self.store.allocate(self.config.name, (a, b), self._clock())
+        except StoreUnavailable:
+            self.agent.store_errors["allocate"] += 1
+            raise
         if result.replaced is not None:
             self.core.remove(result.replaced.vni, result.replaced.lamport_id)
         allocation = result.allocation
@@ -186,15 +198,27 @@ class RelayServer:
         )
 
     async def close(self) -> None:
-        """Stop taking allocations, stop the API and the socket."""
+        """Shut down within ``--shutdown-timeout``, leaving the store and status up to date.
+
+        New allocations get 503 at once; relaying stops, so that the state is
+        final; bound and expired endpoints are written to the store, then a
+        last status report to Kubernetes (when reporting), each given what is
+        left of the timeout; the API goes last.
+        """
         self.closed = True
+        deadline = time.monotonic() + self.config.shutdown_timeout
         if self._reporting is not None:
             self._reporting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reporting
-        if self.agent is not None:
-            await self.agent.close()
-        if self._api is not None:
-            await self._api.cleanup()
         if self._transport is not None:
             self._transport.close()
+        if self.agent is not None:
+            try:
+                await asyncio.wait_for(self.agent.close(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                log.warning("shutdown: pending store writes not done in time; dropped")
+        if self.reporter is not None:
+            await self.reporter.close(max(0.0, deadline - time.monotonic()))
+        if self._api is not None:
+            await self._api.cleanup()

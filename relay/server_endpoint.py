@@ -7,11 +7,14 @@ strings (``30s``, ``5m0s``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from relay.durations import format_duration, parse_duration
 from relay.keys import DiscoPublicKey
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +38,57 @@ class ServerEndpoint:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ServerEndpoint:
-        """Read an allocation response; raises ValueError (or KeyError) if it is malformed."""
+        """Read an allocation response; raises KeyError for a missing field, ValueError naming
+        a malformed one."""
         return cls(
-            server_disco=DiscoPublicKey.parse(data["ServerDisco"]),
-            lamport_id=int(data["LamportID"]),
-            addr_ports=tuple(data["AddrPorts"]),
-            vni=int(data["VNI"]),
-            bind_lifetime=parse_duration(data["BindLifetime"]),
-            steady_state_lifetime=parse_duration(data["SteadyStateLifetime"]),
+            server_disco=_field(data, "ServerDisco", DiscoPublicKey.parse),
+            lamport_id=_field(data, "LamportID", _integer),
+            addr_ports=_field(data, "AddrPorts", _strings),
+            vni=_field(data, "VNI", _integer),
+            bind_lifetime=_field(data, "BindLifetime", _duration),
+            steady_state_lifetime=_field(data, "SteadyStateLifetime", _duration),
         )
+
+
+def _field(data: dict[str, Any], name: str, parse: Callable[[Any], _T]) -> _T:
+    try:
+        return parse(data[name])
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
+def _integer(value: Any) -> int:
+    if type(value) is not int:
+        raise ValueError(f"expected an integer, not {_json_type(value)}")
+    return value
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if type(value) is not list:
+        raise ValueError(f"expected a list of strings, not {_json_type(value)}")
+    for item in value:
+        if type(item) is not str:
+            raise ValueError(f"expected a list of strings, not one holding {_json_type(item)}")
+    return tuple(value)
+
+
+def _duration(value: Any) -> float:
+    if type(value) is not str:
+        raise ValueError(f"expected a duration such as '30s', not {_json_type(value)}")
+    return parse_duration(value)
+
+
+_JSON_TYPES = {
+    type(None): "null",
+    bool: "a boolean",
+    int: "an integer",
+    str: "a string",
+    list: "a list",
+    dict: "an object",
+}
+
+
+def _json_type(value: Any) -> str:
+    if type(value) is float:
+        return f"the number {value!r}"
+    return _JSON_TYPES.get(type(value), type(value).__name__)

@@ -54,13 +54,17 @@ def check_store_url(url: str) -> None:
 
 
 def redact_url(url: str) -> str:
-    """A store URL fit for logs: any password replaced by ``***``."""
-    scheme, sep, rest = url.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if not sep or not at:
+    """A store URL fit for logs: any password replaced by ``***``.
+
+    Whatever precedes the last '@' is taken for credentials, even in a URL
+    without '://' (a mistyped scheme), and all after their first ':' is hidden.
+    """
+    credentials, at, host = url.rpartition("@")
+    if not at:
         return url
-    user, colon, _ = credentials.partition(":")
-    return f"{scheme}://{user}{':***' if colon else ''}@{host}"
+    start = credentials.find("://") + 3 if "://" in credentials else 0
+    user, colon, _ = credentials[start:].partition(":")
+    return f"{credentials[:start]}{user}{':***' if colon else ''}@{host}"
 
 
 __all__ = [

@@ -15,6 +15,8 @@ from typing import NamedTuple, Protocol
 from relay.keys import DiscoPublicKey
 from relay.lifetimes import DEFAULT_BIND_LIFETIME, DEFAULT_STEADY_STATE_LIFETIME
 
+SCAN_SLICE = 1000
+
 
 class StoreError(Exception):
     """Base class of store errors."""
@@ -105,7 +107,15 @@ class Store(Protocol):
         ...
 
     async def allocations(self, relay: str) -> list[Allocation]:
-        """Every live allocation of a relay."""
+        """Every live allocation of a relay, read at one instant."""
+        ...
+
+    def scan_allocations(self, relay: str) -> AsyncIterator[list[Allocation]]:
+        """Every live allocation of a relay, a slice at a time, never holding the caller long.
+
+        Unlike :meth:`allocations` it is not one instant's view: an allocation
+        made or freed during the scan may or may not be in it.
+        """
         ...
 
     async def allocation(self, relay: str, vni: int) -> Allocation | None:

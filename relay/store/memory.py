@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from relay.geneve import MAX_VNI
 from relay.keys import DiscoPublicKey, sorted_pair
 from relay.store.interface import (
+    SCAN_SLICE,
     SUBSCRIBED,
     Allocation,
     AllocationResult,
@@ -120,6 +121,12 @@ class MemoryStore:
     async def allocations(self, relay: str) -> list[Allocation]:
         state = self._relays.get(relay)
         return list(state.by_vni.values()) if state else []
+
+    async def scan_allocations(self, relay: str) -> AsyncIterator[list[Allocation]]:
+        allocations = await self.allocations(relay)
+        for start in range(0, len(allocations), SCAN_SLICE):
+            yield allocations[start : start + SCAN_SLICE]
+            await asyncio.sleep(0)
 
     async def allocation(self, relay: str, vni: int) -> Allocation | None:
         state = self._relays.get(relay)

@@ -38,16 +38,16 @@ import contextlib
 import hashlib
 import inspect
 import json
+import re
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, unquote, unquote_plus
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
@@ -56,6 +56,7 @@ from relay.geneve import MAX_VNI
 from relay.keys import DiscoPublicKey, sorted_pair
 from relay.lifetimes import DEFAULT_BIND_LIFETIME, DEFAULT_STEADY_STATE_LIFETIME
 from relay.store.interface import (
+    SCAN_SLICE,
     SUBSCRIBED,
     Allocation,
     AllocationResult,
@@ -223,7 +224,11 @@ def _check_options(prefix: str, max_vni: int) -> None:
 def _parse_change(data: bytes) -> Change | None:
     kind, _, rest = data.decode(errors="replace").partition(" ")
     vni, _, lamport_id = rest.partition(" ")
-    if kind not in _CHANGE_KINDS or not vni.isdigit() or not lamport_id.isdigit():
+    if (
+        kind not in _CHANGE_KINDS
+        or not (vni.isascii() and vni.isdigit())
+        or not (lamport_id.isascii() and lamport_id.isdigit())
+    ):
         return None
     return Change(kind, int(vni), int(lamport_id))
 
@@ -277,6 +282,8 @@ _TLS_OPTIONS = (
     "ssl_check_hostname",
 )
 _CERT_REQS = ("none", "optional", "required")
+_WORD = re.compile(r"\w+")
+_URL_DROPPED = str.maketrans("", "", "\t\r\n")
 _BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
 
@@ -296,14 +303,39 @@ class _Topology:
 
 def check_url(url: str) -> None:
     """Raise ValueError naming the problem (never the password) unless ``url`` is usable here."""
-    scheme = url.partition("://")[0]
-    if scheme in _TOPOLOGIES:
+    if url.partition("://")[0] in _TOPOLOGIES:
         _parse_topology(url)
-        return
+    else:
+        _redis_client(url)
+
+
+def _redis_client(url: str, **options: Any) -> aioredis.Redis:
+    """``Redis.from_url`` (nothing connects); a ValueError names the problem, not the password."""
     try:
-        parse_url(url)
+        return aioredis.Redis.from_url(url, **options)
     except ValueError as exc:
-        raise ValueError(f"bad {scheme}:// store URL: {exc}") from None
+        scheme = url.partition("://")[0]
+        raise ValueError(f"bad {scheme}:// store URL: {_without_password(str(exc), url)}") from None
+
+
+def _without_password(message: str, url: str) -> str:
+    """``message`` with each word of ``url``'s password replaced by ``***``.
+
+    In a malformed URL (an unencoded '?' or '/' in the password, say) parsers
+    take part of the password for a host, a port or an option, and may quote
+    it: percent-decoded, as a repr, or without tabs and newlines (urllib). So
+    the password is all from the first ':' after '://' to the last '@', and its
+    words are looked for in each of those forms.
+    """
+    credentials = url.partition("://")[2].rpartition("@")[0]
+    password = credentials.partition(":")[2]
+    if not password:
+        return message
+    forms = {password, password.translate(_URL_DROPPED)}
+    forms |= {unquote_plus(form) for form in forms}
+    forms |= {repr(form) for form in forms}
+    words = {word for form in forms for word in _WORD.findall(form)}
+    return _WORD.sub(lambda m: "***" if m[0] in words else m[0], message)
 
 
 def _parse_topology(url: str) -> _Topology:
@@ -312,7 +344,7 @@ def _parse_topology(url: str) -> _Topology:
     kind, tls = _TOPOLOGIES[scheme]
 
     def bad(problem: str) -> ValueError:
-        return ValueError(f"bad {scheme}:// store URL: {problem}")
+        return ValueError(f"bad {scheme}:// store URL: {_without_password(problem, url)}")
 
     if "#" in url:
         raise bad("'#' is not allowed; percent-encode it (%23) in a password or name")
@@ -523,7 +555,7 @@ class RedisStore:
         if scheme in _TOPOLOGIES:
             client = _connect_topology(_parse_topology(url), connect_timeout, timeout, retry)
         else:
-            client = aioredis.Redis.from_url(
+            client = _redis_client(
                 url, socket_connect_timeout=connect_timeout, socket_timeout=timeout, retry=retry
             )
         return cls(client, prefix=prefix, max_vni=max_vni, keepalive=keepalive)
@@ -649,6 +681,26 @@ class RedisStore:
             for field, record in records.items()
         ]
         return sorted(found, key=lambda allocation: allocation.lamport_id)
+
+    async def scan_allocations(self, relay: str) -> AsyncIterator[list[Allocation]]:
+        key = self._key(relay, "endpoints")
+        cursor: int | bytes = 0
+        seen: set[int] = set()
+        while True:
+            cursor, records = await self._call(
+                f"allocations of relay {relay!r}",
+                self._client.hscan(key, cursor, count=SCAN_SLICE),
+            )
+            found = []
+            for vni_field, record in records.items():
+                vni = _VNI.unpack(b"\0" + vni_field)[0]
+                if vni not in seen:
+                    seen.add(vni)
+                    found.append(self._decode(relay, vni, record))
+            if found:
+                yield found
+            if not int(cursor):
+                return
 
     async def allocation(self, relay: str, vni: int) -> Allocation | None:
         key = self._key(relay, "endpoints")

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from relay.cli import build_parser
+from relay.reporter import REQUEST_TIMEOUT
 from tests.charts.helm import ROOT, find, template
 from tests.charts.test_render import VALUE_SETS
 from tests.paths import RELAYFLEET
@@ -81,9 +82,8 @@ def _environment(container: dict[str, Any]) -> dict[str, str]:
 def test_rendered_containers_parse_with_the_cli(name: str) -> None:
     objects = template(VALUE_SETS[name])
     for kind, part in (("Deployment", "operator"), ("StatefulSet", "relay")):
-        container = find(objects, kind, f"rf-relay-fleet-{part}")["spec"]["template"]["spec"][
-            "containers"
-        ][0]
+        pod = find(objects, kind, f"rf-relay-fleet-{part}")["spec"]["template"]["spec"]
+        container = pod["containers"][0]
         env = _environment(container)
         if "command" in container:  # the LoadBalancer mode's shell wrapper
             assert container["command"][:2] == ["/bin/sh", "-c"]
@@ -93,13 +93,25 @@ def test_rendered_containers_parse_with_the_cli(name: str) -> None:
             args = container["args"]
         parsed = build_parser(env).parse_args(args)
         assert parsed.command == part
+        assert parsed.log_format == "json"
         if part == "relay":
             assert parsed.name == "rf-relay-fleet-relay-1"
             assert parsed.key_file == "/etc/relayfleet/keys/rf-relay-fleet-relay-1.key"
             assert parsed.addr and parsed.store.startswith("redis://")
             assert parsed.api_listen[1] == 8080
-            mounts = {m["mountPath"] for m in container["volumeMounts"]}
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
             assert str(Path(parsed.key_file).parent) in mounts
+            # a status call in flight at SIGTERM may take REQUEST_TIMEOUT to give up
+            grace = pod["terminationGracePeriodSeconds"]
+            assert parsed.shutdown_timeout + REQUEST_TIMEOUT < grace
+            token_secret = VALUE_SETS[name].get("relays.apiToken.existingSecret")
+            assert (parsed.api_token_file is not None) == bool(token_secret)
+            if token_secret:
+                token_file = Path(parsed.api_token_file)
+                volume_name = mounts[str(token_file.parent)]
+                (volume,) = [v for v in pod["volumes"] if v["name"] == volume_name]
+                assert volume["secret"]["secretName"] == token_secret
+                assert [i["path"] for i in volume["secret"]["items"]] == [token_file.name]
         else:
             assert parsed.liveness == "http://0.0.0.0:8080/healthz"
             assert parsed.store.startswith("redis://")

@@ -34,6 +34,12 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "operator.standalone": True,
         "operator.namespaces": "{a,b}",
     },
+    "api-token": {
+        "relays.apiToken.existingSecret": "relay-api",
+        "relays.apiToken.existingSecretKey": "bearer",
+        "relays.shutdownTimeout": "20s",
+        "relays.terminationGracePeriodSeconds": 45,
+    },
 }
 
 POD_KINDS = ("Deployment", "StatefulSet")
@@ -215,6 +221,30 @@ def test_load_balancer_per_relay_addresses() -> None:
     }
 
 
+def test_api_token_is_mounted_from_its_secret_only_when_given() -> None:
+    def relay_pod(name: str) -> dict[str, Any]:
+        return find(rendered(name), "StatefulSet", "rf-relay-fleet-relay")["spec"]["template"][
+            "spec"
+        ]
+
+    pod = relay_pod("api-token")
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "api-token"]
+    assert volume["secret"]["secretName"] == "relay-api"
+    assert volume["secret"]["items"] == [{"key": "bearer", "path": "token"}]
+    (container,) = pod["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "api-token"]
+    assert mount["readOnly"] is True
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["RELAYFLEET_API_TOKEN_FILE"] == mount["mountPath"] + "/token"
+    # probes and scrapes carry no token: they must stay on the open paths
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+    default = relay_pod("default")
+    assert "api-token" not in {v["name"] for v in default["volumes"]}
+    assert "RELAYFLEET_API_TOKEN_FILE" not in {e["name"] for e in default["containers"][0]["env"]}
+
+
 def test_metrics_and_network_policies() -> None:
     objects = rendered("metrics-on")
     for component in ("relay", "operator"):
@@ -234,6 +264,8 @@ def test_metrics_and_network_policies() -> None:
         ({"relays.addresses": "{not-an-ip}"}, "at '/relays/addresses/0'"),
         ({"redis.url": "http://x"}, "at '/redis/url'"),
         ({"operator.logFormat": "xml"}, "at '/operator/logFormat'"),
+        ({"relays.shutdownTimeout": "soon"}, "at '/relays/shutdownTimeout'"),
+        ({"relays.apiToken.existingSecretKey": ""}, "at '/relays/apiToken/existingSecretKey'"),
     ],
 )
 def test_wrong_value_fails_with_clear_message(values: dict[str, Any], message: str) -> None:

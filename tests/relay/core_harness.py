@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from relay.client import RelayClient
 from relay.core import RelayCore, Send
 from relay.keys import DiscoPrivateKey
+from relay.ratelimit import DEFAULT_HANDSHAKE_LIMITS, HandshakeLimits
 from relay.secrets import RelaySecrets
 from relay.store import Allocation
 
@@ -30,13 +31,19 @@ class Pair:
 
 
 class CoreHarness:
-    def __init__(self, bind_lifetime: float = 30.0, steady_state_lifetime: float = 300.0) -> None:
+    def __init__(
+        self,
+        bind_lifetime: float = 30.0,
+        steady_state_lifetime: float = 300.0,
+        handshake_limits: HandshakeLimits = DEFAULT_HANDSHAKE_LIMITS,
+    ) -> None:
         self.secrets = RelaySecrets.generate()
         self.core = RelayCore(
             self.secrets.private_key,
             self.secrets.challenge_secret,
             bind_lifetime,
             steady_state_lifetime,
+            handshake_limits,
         )
         self.now = 1_000_000.0
 

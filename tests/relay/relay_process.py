@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 import aiohttp
 
@@ -16,12 +17,20 @@ READY_TIMEOUT = 20
 
 
 class RelayProcess:
-    def __init__(self, process: asyncio.subprocess.Process, ready: dict) -> None:
+    def __init__(
+        self, process: asyncio.subprocess.Process, ready: dict, log: Path | None = None
+    ) -> None:
         self.process = process
         self.ready = ready
+        self.log = log
 
     @classmethod
-    async def start(cls, *args: str, env: dict | None = None) -> RelayProcess:
+    async def start(
+        cls, *args: str, env: dict | None = None, log: Path | None = None
+    ) -> RelayProcess:
+        """The relay, once ready; its stderr goes to ``log`` if given (for long, chatty runs:
+        a pipe nobody reads fills up and blocks the relay), else to a pipe read at stop."""
+        stderr = log.open("wb") if log is not None else subprocess.PIPE
         process = await asyncio.create_subprocess_exec(
             RELAYFLEET,
             "relay",
@@ -34,20 +43,26 @@ class RelayProcess:
             *args,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=stderr,
             env={**os.environ, **(env or {})},
         )
+        if log is not None:
+            stderr.close()
         line = await asyncio.wait_for(process.stdout.readline(), READY_TIMEOUT)
         if not line:
             await process.wait()
-            raise AssertionError((await process.stderr.read()).decode())
-        return cls(process, json.loads(line))
+            error = log.read_bytes() if log is not None else await process.stderr.read()
+            raise AssertionError(error.decode())
+        return cls(process, json.loads(line), log)
 
-    async def allocate(self, keys: list[str]) -> tuple[int, dict | str]:
+    async def allocate(self, keys: list[str], token: str | None = None) -> tuple[int, dict | str]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         async with (
             aiohttp.ClientSession() as session,
             session.post(
-                f"http://{self.ready['api']}/v0/relay/endpoint", json={"DiscoKeys": keys}
+                f"http://{self.ready['api']}/v0/relay/endpoint",
+                json={"DiscoKeys": keys},
+                headers=headers,
             ) as response,
         ):
             if response.status == 200:
@@ -62,4 +77,6 @@ class RelayProcess:
         if self.process.returncode is None:
             self.process.send_signal(sig)
         _, stderr = await asyncio.wait_for(self.process.communicate(), READY_TIMEOUT)
+        if self.log is not None:
+            return self.process.returncode, self.log.read_text()
         return self.process.returncode, stderr.decode()

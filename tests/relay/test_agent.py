@@ -1,8 +1,12 @@
 """The agent keeps the core and the store in step: announcements, resyncs, registry, write-back."""
 
+import asyncio
+
+from relay.agent import EXPIRY_BATCH
 from relay.core import Drop
 from relay.keys import DiscoPrivateKey, sorted_pair
 from relay.store import Allocation
+from relay.store.interface import SCAN_SLICE
 from tests.relay.udp_harness import wait_until
 
 
@@ -61,3 +65,44 @@ async def test_the_relay_registers_itself_with_a_heartbeat(relay):
     assert record.server_disco == server.core.server_key
     assert record.addr_ports == server.addr_ports
     assert record.capacity == server.config.max_endpoints
+
+
+async def test_a_mass_expiry_is_worked_off_in_slices_between_which_the_loop_runs(relay_factory):
+    h = await relay_factory("127.0.0.1", bind_lifetime=0.5)
+    server, name = h.server, h.server.config.name
+    total = 4 * EXPIRY_BATCH
+    for _ in range(total):
+        server.agent.install(
+            (await server.store.allocate(name, new_pair(), server._clock())).allocation
+        )
+    seen: set[int] = set()
+
+    async def all_freed() -> bool:
+        seen.add(len(server.core))
+        return not await server.store.allocations(name)
+
+    await wait_until(all_freed, timeout=30, what="every endpoint expired and freed")
+    assert server.core.expired["bind"] == total
+    assert any(0 < left < total for left in seen), "the loop never ran in the middle of expiry"
+
+
+async def test_a_resync_installs_in_slices_between_which_the_loop_runs(relay):
+    server, name = relay.server, relay.server.config.name
+    total = 2 * SCAN_SLICE + 10
+    for _ in range(total):
+        await server.store.allocate(name, new_pair(), server._clock())
+    await wait_until(lambda: len(server.core) == total, what="announcements installed")
+    for endpoint in server.core.endpoints():
+        server.core.remove(endpoint.allocation.vni, endpoint.allocation.lamport_id)
+    seen: list[int] = []
+
+    async def watch() -> None:
+        while True:
+            seen.append(len(server.core))
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(watch())
+    await server.agent.resync()
+    watcher.cancel()
+    assert len(server.core) == total
+    assert any(0 < installed < total for installed in seen)

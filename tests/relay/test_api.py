@@ -56,6 +56,7 @@ async def test_allocation_answers_the_reference_json(api):
     ("body", "reason"),
     [
         ("not json", "malformed JSON"),
+        ("[" * 4000, "nested too deeply"),
         ("[]", "expected a JSON object"),
         ('{"Keys": []}', "expected a JSON object"),
         ('{"DiscoKeys": "discokey:00"}', "must be a list"),
@@ -159,3 +160,8 @@ async def test_metrics_count_relaying_and_drops(relay):
     assert samples[("relayfleet_relay_endpoints", (("state", "bound"),))] == 1
     assert samples[("relayfleet_relay_handshakes_completed_total", ())] == 2
     assert samples[("relayfleet_relay_allocations_total", ())] == 1
+    assert samples[("relayfleet_relay_handshake_seconds_count", ())] == 2
+    assert samples[("relayfleet_relay_handshake_seconds_bucket", (("le", "+Inf"),))] == 2
+    assert 0 < samples[("relayfleet_relay_handshake_seconds_sum", ())] < 5
+    assert samples[("relayfleet_relay_send_errors_total", ())] == 0
+    assert samples[("relayfleet_relay_receive_errors_total", ())] == 0

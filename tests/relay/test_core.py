@@ -5,6 +5,7 @@ from nacl import bindings
 
 from relay import disco, geneve
 from relay.core import Drop, Handshake
+from relay.ratelimit import HandshakeLimits
 from relay.store import Allocation
 from tests.relay.core_harness import A_ADDR, B_ADDR, STRANGER_ADDR, CoreHarness
 
@@ -400,3 +401,50 @@ def test_an_allocation_bound_before_a_restart_gets_a_fresh_bind_window(h):
     restarted.core.install(pair.allocation.as_bound(), now=h.now)
     assert expired(restarted, h.now + 30) == []
     assert expired(restarted, h.now + 30.001) == [pair.allocation.as_bound()]
+
+
+# -- handshake floods -----------------------------------------------------------
+
+
+def test_a_bind_flood_from_one_source_is_cut_off_before_crypto_and_others_still_bind():
+    limits = HandshakeLimits(rate_per_source=10, burst_per_source=20, total_rate=1000)
+    h = CoreHarness(handshake_limits=limits)
+    bound = h.allocate(vni=1)
+    h.bind_pair(bound)
+    victim = h.allocate(vni=2)
+    flooder = h.allocate(vni=3)
+    forged = victim.a.bind()[:-1] + b"\x00"
+    for i in range(2000):
+        h.send(flooder.a.bind() if i % 2 else forged, STRANGER_ADDR)
+        assert h.send(bound.a.data(b"payload"), A_ADDR) is not None
+    drops = h.drops()
+    assert drops["rate_limited"] == 2000 - 20
+    assert drops.get("undecryptable", 0) == 10
+    assert h.core.endpoint(1).clients[0].packets == 2000
+    h.bind_pair(victim)
+    assert h.core.endpoint(2).bound
+
+
+def test_a_rate_limited_source_binds_again_once_its_bucket_refills():
+    limits = HandshakeLimits(rate_per_source=1, burst_per_source=2)
+    h = CoreHarness(handshake_limits=limits)
+    pair = h.allocate()
+    for _ in range(5):
+        h.send(pair.a.bind(), A_ADDR)
+    assert h.drops() == {"rate_limited": 3}
+    h.now += 2
+    h.bind(pair.a, A_ADDR)
+    assert h.core.endpoint(1).clients[0].handshake is Handshake.BOUND
+
+
+def test_one_client_key_on_many_endpoints_binds_on_each_and_the_key_cache_stays_bounded(
+    monkeypatch,
+):
+    monkeypatch.setattr("relay.core.SHARED_KEY_CACHE_SIZE", 3)
+    h = CoreHarness()
+    pairs = [h.allocate(vni=vni, lamport_id=vni) for vni in range(1, 6)]
+    for pair in pairs + pairs[:2]:
+        if not h.core.endpoint(pair.allocation.vni).bound:
+            h.bind_pair(pair)
+    assert all(h.core.endpoint(pair.allocation.vni).bound for pair in pairs)
+    assert len(h.core._shared_keys) <= 3

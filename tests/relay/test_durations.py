@@ -54,3 +54,9 @@ def test_parse_refuses_malformed(text):
 @given(st.integers(0, 10**15))
 def test_round_trip_in_nanoseconds(ns):
     assert round(parse_duration(format_duration(ns / 1e9)) * 1e9) == ns
+
+
+@pytest.mark.parametrize("text", ["1" + "0" * 300 + "h", "-" + "9" * 400 + "ns"])
+def test_parse_refuses_a_duration_beyond_a_float(text):
+    with pytest.raises(ValueError, match=r"invalid duration .*: too large"):
+        parse_duration(text)

@@ -6,10 +6,13 @@ would; the tests kill it, stop Redis under it and bring both back.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
+import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from relay.client import RelayClient
 from relay.keys import DiscoPrivateKey, DiscoPublicKey
@@ -150,6 +153,16 @@ async def test_redis_outage_answers_503_keeps_relaying_and_recovers(redis_server
         finally:
             await store.close()
         assert await pair.relays(relay, b"after the outage")
+        metrics = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"http://{relay.ready['api']}/metrics").read().decode()
+        )
+        store_errors = {
+            sample.labels["operation"]: sample.value
+            for family in text_string_to_metric_families(metrics)
+            for sample in family.samples
+            if sample.name == "relayfleet_relay_store_errors_total"
+        }
+        assert store_errors["allocate"] >= 1
         code, log = await relay.stop()
         assert code == 0
         assert "Traceback" not in log

@@ -5,6 +5,7 @@ sentinel sent right after shows that nothing else was forwarded or answered.
 """
 
 import random
+import socket
 
 import pytest
 
@@ -12,6 +13,7 @@ from relay import disco, geneve
 from relay.client import RelayClient
 from relay.core import Drop, Handshake
 from relay.keys import DiscoPrivateKey
+from relay.ratelimit import HandshakeLimits
 from tests.relay.udp_harness import wait_until
 
 
@@ -50,6 +52,13 @@ async def test_short_packet_is_dropped(relay):
     peer.send(b"\x00" * 7, relay.relay)
     await relay.dropped(Drop.SHORT_PACKET)
     assert peer.pending() == []
+
+
+async def test_empty_datagram_is_counted_as_short(relay):
+    family = socket.AF_INET6 if ":" in relay.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as raw:
+        raw.sendto(b"", relay.relay)
+        await relay.dropped(Drop.SHORT_PACKET)
 
 
 async def test_unknown_vni_is_dropped(relay):
@@ -211,8 +220,7 @@ async def test_a_storm_of_random_and_mutated_packets_changes_nothing(relay):
     """2 000 bad datagrams from several sockets: the bound pair still relays, state intact.
 
     Mutations spare the header bits a reader ignores (version, reserved), which
-    would leave a valid bind. No empty datagrams: uvloop's transport never
-    delivers one, so none is counted.
+    would leave a valid bind.
     """
     rng = random.Random(1234)
     pair = await relay.bound_pair()
@@ -247,3 +255,43 @@ async def test_a_storm_of_random_and_mutated_packets_changes_nothing(relay):
     pair.peers[0].send(pair.clients[0].data(b"still here"), relay.relay)
     assert pair.clients[1].read_data(await pair.peers[1].receive()) == b"still here"
     assert all(a.pending() == [] for a in attackers)
+
+
+async def test_a_handshake_flood_neither_stops_relaying_nor_blocks_other_handshakes(
+    relay_factory,
+):
+    """Two attackers flood binds (their own valid ones, and forged ones that cost crypto).
+
+    Past their bursts (20, then one per second) they are dropped before any crypto,
+    every data packet of a bound pair sent during the flood is relayed, and another
+    pair binds in the middle of it; the forged binds then hit a bound endpoint.
+    """
+    limits = HandshakeLimits(rate_per_source=1, burst_per_source=20)
+    h = await relay_factory("127.0.0.1", handshake_limits=limits)
+    bound = await h.bound_pair()
+    victim = await h.pair()
+    flooder = await h.pair()
+    attackers = [await h.peer(), await h.peer()]
+    forged = victim.clients[0].bind()[:-1] + b"\x00"
+    flood = [flooder.clients[0].bind(), forged]
+    for i in range(20):
+        for n in range(200):
+            attackers[n % 2].send(flood[n % 2], h.relay)
+        sent = b"during the flood %d" % i
+        bound.peers[0].send(bound.clients[0].data(sent), h.relay)
+        assert bound.clients[1].read_data(await bound.peers[1].receive()) == sent
+        if i == 10:
+            await victim.handshake(0)
+            await victim.handshake(1)
+    drops = h.server.core.drops
+    challenges: list[bytes] = []
+
+    def flood_accounted_for() -> bool:
+        challenges.extend(attackers[0].pending())
+        return h.total_drops() + len(challenges) == 4000
+
+    await wait_until(flood_accounted_for, what="every flood packet dropped or answered")
+    cheap_drops = drops[Drop.RATE_LIMITED] + drops[Drop.CONTROL_AFTER_BOUND]
+    assert cheap_drops > 4000 - 2 * 20 - 2 * 60
+    assert h.server.core.forwarded_packets == 20
+    await wait_until(lambda: h.server.core.endpoint(victim.endpoint.vni).bound, what="victim bound")

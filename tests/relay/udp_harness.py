@@ -99,18 +99,25 @@ class RelayHarness:
         return sum(self.server.core.drops.values())
 
 
-async def start_relay(host: str = "127.0.0.1", **config: object) -> RelayServer:
+async def start_relay(
+    host: str = "127.0.0.1", *, api_token: str | None = None, **config: object
+) -> RelayServer:
     settings = {"listen": host, "port": 0, "api_listen": (host, 0), "addrs": (host,)} | config
     relay_config = RelayConfig(**settings)
     server = RelayServer(
-        relay_config, MemoryStore(relay_config.max_endpoints), RelaySecrets.generate()
+        relay_config,
+        MemoryStore(relay_config.max_endpoints),
+        RelaySecrets.generate(),
+        api_token=api_token,
     )
     await server.start()
     return server
 
 
-async def harness(host: str = "127.0.0.1", **config: object) -> RelayHarness:
-    server = await start_relay(host, **config)
+async def harness(
+    host: str = "127.0.0.1", *, api_token: str | None = None, **config: object
+) -> RelayHarness:
+    server = await start_relay(host, api_token=api_token, **config)
     return RelayHarness(server, host, aiohttp.ClientSession())
 
 

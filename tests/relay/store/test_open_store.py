@@ -14,7 +14,7 @@ from redis.asyncio.sentinel import (
     SentinelManagedSSLConnection,
 )
 
-from relay.store import REDIS_SCHEMES, MemoryStore, open_store
+from relay.store import REDIS_SCHEMES, MemoryStore, check_store_url, open_store
 from relay.store.redis import RedisStore
 
 
@@ -169,3 +169,27 @@ def test_malformed_urls_are_refused_by_name_without_the_password(url, problem):
     with pytest.raises(ValueError, match=problem) as caught:
         open_store(url, max_vni=10)
     assert "s3cret" not in str(caught.value) and "s3#cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("redis://:s3cret?x@redis:6379/0", "Port could not be cast to integer .* '\\*\\*\\*'"),
+        ("redis:/:s3cret@redis:6379", "unknown store 'redis:\\*\\*\\*@redis:6379'"),
+        ("redis+sentinel://:s3cret?@", "':\\*\\*\\*': no host name"),
+        ("redis+cluster://user:pw?s3cret@h", "'user:\\*\\*\\*': the port must be a number"),
+        ("redis+cluster://h?:s3cret@x", "unknown option ':\\*\\*\\*@x'"),
+    ],
+)
+def test_a_password_that_breaks_the_url_is_not_shown_either(url, problem):
+    for check in (check_store_url, lambda url: open_store(url, max_vni=10)):
+        with pytest.raises(ValueError, match=problem) as caught:
+            check(url)
+        assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["unix://?max_connections=-1", "redis://h?max_connections=-1"])
+def test_check_store_url_refuses_what_open_store_refuses(url):
+    for check in (check_store_url, lambda url: open_store(url, max_vni=10)):
+        with pytest.raises(ValueError, match='"max_connections" must be a positive integer'):
+            check(url)

@@ -26,7 +26,7 @@ from relay.store import (
     StoreError,
     StoreUnavailable,
 )
-from relay.store.redis import RedisStore
+from relay.store.redis import RedisStore, _parse_change
 from tests.redis_server import RedisServer, self_signed_certificate
 from tests.relay.store.conftest import DB
 
@@ -341,6 +341,12 @@ async def test_every_change_is_published_on_the_relay_channel(redis_server, redi
                 received.append((relay, message["data"].decode()))
         assert received == expected
         assert await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05) is None
+
+
+def test_change_messages_are_read_with_ascii_digits_only():
+    assert _parse_change(b"free 9 12") == Change("free", 9, 12)
+    for data in ("free 9 \u00b2", "alloc \u0663 1", "bound 1 \uff11", "free 9 -1", "free 9"):
+        assert _parse_change(data.encode()) is None
 
 
 async def test_changes_resubscribe_after_a_dropped_connection_and_say_so(redis_stores, raw):

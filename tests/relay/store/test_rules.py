@@ -204,3 +204,18 @@ async def test_relays_register_and_stay_alive_while_their_heartbeat_lasts(make_s
     again = replace(a, load=4, heartbeat_at=13.5)
     await store.register(again, ttl=60.0)
     assert sorted(await store.relays(), key=lambda r: r.name) == [again, b]
+
+
+async def test_a_scan_yields_every_allocation_once_in_slices(make_store):
+    store = make_store()
+    made = [(await store.allocate("r", pair(), 1.0)).allocation for _ in range(2500)]
+    freed = made[::7]
+    for allocation in freed:
+        assert await store.free("r", allocation.vni, allocation.lamport_id)
+    slices = [found async for found in store.scan_allocations("r")]
+    scanned = [allocation for found in slices for allocation in found]
+    assert len(slices) > 1
+    assert sorted(scanned, key=lambda a: a.vni) == sorted(
+        (a for a in made if a not in freed), key=lambda a: a.vni
+    )
+    assert [found async for found in store.scan_allocations("nobody")] == []

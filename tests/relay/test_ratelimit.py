@@ -1,0 +1,73 @@
+"""The handshake limiter's token buckets, with a fake clock."""
+
+import pytest
+
+from relay.ratelimit import HandshakeLimiter, HandshakeLimits
+
+
+def admitted(limiter: HandshakeLimiter, source: str, now: float, tries: int) -> int:
+    return sum(limiter.allow(source, now) for _ in range(tries))
+
+
+def test_a_source_gets_its_burst_then_its_rate():
+    limiter = HandshakeLimiter(HandshakeLimits(rate_per_source=10, burst_per_source=5))
+    assert admitted(limiter, "a", 0.0, 20) == 5
+    assert admitted(limiter, "a", 0.5, 20) == 5
+    assert admitted(limiter, "a", 0.75, 20) == 2
+
+
+def test_an_idle_source_refills_only_up_to_its_burst():
+    limiter = HandshakeLimiter(HandshakeLimits(rate_per_source=10, burst_per_source=5))
+    assert admitted(limiter, "a", 0.0, 5) == 5
+    assert admitted(limiter, "a", 3600.0, 20) == 5
+
+
+def test_one_flooding_source_does_not_limit_another():
+    limiter = HandshakeLimiter(HandshakeLimits(rate_per_source=10, burst_per_source=5))
+    assert admitted(limiter, "flood", 0.0, 1000) == 5
+    assert admitted(limiter, "quiet", 0.0, 2) == 2
+
+
+def test_the_total_rate_bounds_many_sources_together():
+    limiter = HandshakeLimiter(
+        HandshakeLimits(rate_per_source=10, burst_per_source=5, total_rate=100)
+    )
+    assert sum(admitted(limiter, f"s{i}", 0.0, 5) for i in range(100)) == 100
+    assert admitted(limiter, "late", 0.0, 5) == 0
+    assert admitted(limiter, "late", 0.02, 5) == 2
+
+
+def test_a_refused_source_keeps_its_tokens_when_only_the_total_is_empty():
+    limiter = HandshakeLimiter(HandshakeLimits(rate_per_source=1, burst_per_source=3, total_rate=3))
+    assert admitted(limiter, "a", 0.0, 3) == 3
+    assert admitted(limiter, "b", 0.0, 3) == 0
+    assert admitted(limiter, "b", 1.0, 3) == 3
+
+
+def test_the_source_table_is_bounded():
+    limiter = HandshakeLimiter(
+        HandshakeLimits(rate_per_source=1, burst_per_source=1, total_rate=1e9, max_sources=100)
+    )
+    for i in range(1000):
+        limiter.allow(i, 0.0)
+    assert len(limiter) <= 100
+
+
+def test_a_clock_going_backwards_adds_no_tokens():
+    limiter = HandshakeLimiter(HandshakeLimits(rate_per_source=10, burst_per_source=2))
+    assert admitted(limiter, "a", 100.0, 5) == 2
+    assert admitted(limiter, "a", 50.0, 5) == 0
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"rate_per_source": 0},
+        {"burst_per_source": 0.5},
+        {"total_rate": -1},
+        {"max_sources": 0},
+    ],
+)
+def test_nonsense_limits_are_refused(limits):
+    with pytest.raises(ValueError):
+        HandshakeLimits(**limits)

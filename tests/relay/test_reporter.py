@@ -1,0 +1,141 @@
+"""The status reporter: what it writes where, its last report on shutdown within a bound, and
+a silent API server never holding up a relay's exit. (The full story on a real control plane:
+tests/relay_operator/test_graceful_shutdown.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import socket
+import time
+
+from relay.core import Endpoint, RelayCore
+from relay.keys import DiscoPrivateKey
+from relay.reporter import REQUEST_TIMEOUT, StatusReporter
+from relay.store import Allocation
+from tests.relay.relay_process import RelayProcess
+
+
+def new_core() -> RelayCore:
+    return RelayCore(DiscoPrivateKey.generate(), bytes(32))
+
+
+def allocation(vni: int = 1, lamport_id: int = 1) -> Allocation:
+    keys = sorted(DiscoPrivateKey.generate().public for _ in range(2))
+    return Allocation("relay-x", vni, lamport_id, (keys[0], keys[1]), time.time())
+
+
+def resource(name: str, vni: int, lamport_id: int, relay: str = "relay-x") -> dict:
+    return {
+        "metadata": {"namespace": "ns", "name": name, "generation": 1},
+        "status": {"phase": "Allocated", "relay": relay, "vni": vni, "lamportID": lamport_id},
+    }
+
+
+class SilentApiServer:
+    async def on_relay(self, relay: str, timeout: float) -> list[dict]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+class RecordingApiServer:
+    def __init__(self, resources: list[dict], failures: int = 0) -> None:
+        self.resources = resources
+        self.failures = failures
+        self.patches: list[tuple[str, dict]] = []
+        self.timeouts: list[float] = []
+
+    async def on_relay(self, relay: str, timeout: float) -> list[dict]:
+        self.timeouts.append(timeout)
+        return self.resources
+
+    async def patch_status(self, namespace: str, name: str, status: dict, timeout: float) -> None:
+        self.timeouts.append(timeout)
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("apiserver away")
+        self.patches.append((name, status))
+
+
+async def test_an_endpoint_relabelled_from_another_relay_gets_no_report():
+    """A tenant who may patch labels moves its RelayEndpoint (VNI 1, LamportID 1 on relay-y)
+    to relay-x, whose own VNI 1 has LamportID 1 too: relay-x must not write its clients'
+    addresses and counts into the stranger's status."""
+    core = new_core()
+    core.install(allocation(vni=1, lamport_id=1))
+    api = RecordingApiServer([resource("mine", 1, 1), resource("stranger", 1, 1, "relay-y")])
+    reporter = StatusReporter(core, "relay-x", api, interval=3600)
+    await reporter.report_once()
+    assert [name for name, _ in api.patches] == ["mine"]
+
+
+async def test_the_last_report_gives_up_at_its_timeout():
+    reporter = StatusReporter(new_core(), "relay-x", SilentApiServer(), interval=3600)
+    started = time.monotonic()
+    assert await reporter.close(0.2) is False
+    assert time.monotonic() - started < 1.0
+
+
+async def test_the_last_report_writes_live_and_expired_endpoints_within_the_deadline():
+    core = new_core()
+    live = allocation(vni=1)
+    core.install(live)
+    expired = Endpoint(allocation(vni=2))
+    api = RecordingApiServer([resource("live", 1, 1), resource("gone", 2, 1)])
+    reporter = StatusReporter(core, "relay-x", api, interval=3600)
+    reporter.expired([expired])
+    assert await reporter.close(5.0) is True
+    assert {name: status["phase"] for name, status in api.patches} == {
+        "live": "Allocated",
+        "gone": "Expired",
+    }
+    assert all(0 < timeout <= 5.0 for timeout in api.timeouts)
+
+
+async def test_an_expiry_whose_patch_failed_is_reported_at_the_next_pass():
+    api = RecordingApiServer([resource("gone", 2, 1)], failures=1)
+    reporter = StatusReporter(new_core(), "relay-x", api, interval=3600)
+    reporter.expired([Endpoint(allocation(vni=2))])
+    assert await reporter.close(5.0) is False
+    assert api.patches == []
+    assert await reporter.close(5.0) is True
+    assert [(name, status["phase"]) for name, status in api.patches] == [("gone", "Expired")]
+
+
+def silent_kubeconfig(tmp_path, port: int):
+    path = tmp_path / "kubeconfig"
+    path.write_text(
+        f"""apiVersion: v1
+kind: Config
+clusters:
+  - name: silent
+    cluster: {{server: "https://127.0.0.1:{port}", insecure-skip-tls-verify: true}}
+users:
+  - name: nobody
+    user: {{token: not-a-real-token}}
+contexts:
+  - name: silent
+    context: {{cluster: silent, user: nobody}}
+current-context: silent
+"""
+    )
+    return path
+
+
+async def test_a_silent_api_server_does_not_hold_up_the_exit(tmp_path):
+    """The API server accepts connections and never answers: the relay still exits, with 0,
+    within --shutdown-timeout, or REQUEST_TIMEOUT for a call it had in flight."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        kubeconfig = silent_kubeconfig(tmp_path, silent.getsockname()[1])
+        relay = await RelayProcess.start(
+            "--report-status", "on", "--kubeconfig", str(kubeconfig), "--shutdown-timeout", "1s"
+        )
+        started = time.monotonic()
+        code, log = await relay.stop(signal.SIGTERM)
+        elapsed = time.monotonic() - started
+    assert code == 0, log
+    assert elapsed < max(1.0, REQUEST_TIMEOUT) + 4.0, log
+    assert re.search(r"final status report not done in [01]\.\ds", log), log
