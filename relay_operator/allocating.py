@@ -38,7 +38,11 @@ class Placement:
 
 
 class Allocator:
-    """Places endpoints on relays and allocates through the store, remembering recent choices."""
+    """Places endpoints on relays and allocates through the store, remembering recent choices.
+
+    A choice counts towards its relay's load at once, before the allocation it
+    leads to, so that a burst of concurrent creations spreads over the fleet.
+    """
 
     def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
         self._store = store
@@ -78,6 +82,7 @@ class Allocator:
         relays = await self.live_relays()
         relay = choose_relay(relays.values(), pinned, self._placed_since_heartbeat(relays))
         if relay is not None:
+            self._count(relay)
             return relay
         if pinned is not None:
             raise NoRelayAvailable(f"relay {pinned!r} is not registered, not alive, or full")
@@ -102,8 +107,6 @@ class Allocator:
         if previous is not None and previous.relay != relay_name:
             await self._store.free(previous.relay, previous.vni, previous.lamport_id)
         result = await self._store.allocate(relay_name, keys, self._clock(), relay.capacity)
-        if result.created:
-            self._count(relay)
         return Placement(result.allocation, relay, result.created)
 
     async def free(self, current: CurrentAllocation) -> bool:

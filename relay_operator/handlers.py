@@ -28,6 +28,8 @@ RELAY_LABEL = "relayfleet.io/relay"
 FINALIZER = "relayfleet.io/free-allocation"
 PROGRESS_PREFIX = "kopf.relayfleet.io"
 MAX_RETRY_DELAY = 30.0
+PAIR_IN_USE = "PairInUse"
+PAIR_IN_USE_RETRY = 30.0
 
 
 def retry_delay(retry: int) -> float:
@@ -40,6 +42,22 @@ def disco_keys(spec: Any) -> tuple[DiscoPublicKey, DiscoPublicKey]:
     except (InvalidKey, ValueError) as exc:
         raise kopf.PermanentError(f"spec.discoKeys: {exc}") from None
     return a, b
+
+
+def pair_id(keys: tuple[DiscoPublicKey, DiscoPublicKey]) -> str:
+    """The same text for a pair of keys in either order."""
+    return " ".join(sorted(str(k) for k in keys))
+
+
+def pair_holder(claims: Any, keys: tuple[DiscoPublicKey, DiscoPublicKey]) -> str | None:
+    """The uid of the RelayEndpoint that holds a pair: one already allocated, else the oldest.
+
+    The store keeps one allocation per pair, so two resources naming the same
+    pair would share it, and deleting either would free it for both; only the
+    holder gets the allocation, the others wait Pending (reason PairInUse).
+    """
+    claimants = list(claims.get(pair_id(keys), ()))
+    return min(claimants)[-1] if claimants else None
 
 
 def current_allocation(status: Any) -> CurrentAllocation | None:
@@ -64,6 +82,20 @@ def write_allocated(patch: kopf.Patch, body: Any, placement: Placement, meta: An
     patch.metadata.annotations[PLACING] = None
 
 
+async def labelled_relay(allocator: Allocator, meta: Any) -> str | None:
+    """The live relay the resource's label names, if any.
+
+    kopf writes a handler's patch in two requests, metadata first: a crash in
+    between leaves the relay label (and the placing annotation removed) with
+    no status, while the store holds the allocation. Allocating on the
+    labelled relay again gets that allocation back instead of leaking it.
+    """
+    name = meta.get("labels", {}).get(RELAY_LABEL)
+    if name is not None and await allocator.relay_alive(name):
+        return name
+    return None
+
+
 async def place(
     allocator: Allocator,
     metrics: OperatorMetrics,
@@ -86,6 +118,8 @@ async def place(
     generation = meta.get("generation", 0)
     try:
         relay_name = meta.get("annotations", {}).get(PLACING)
+        if relay_name is None and previous is None:
+            relay_name = await labelled_relay(allocator, meta)
         if relay_name is None:
             relay = await allocator.choose(spec.get("relay"))
             patch.metadata.annotations[PLACING] = relay.name
@@ -135,10 +169,35 @@ def register_handlers(
 ) -> None:
     """Register every RelayEndpoint handler on ``registry`` (one registry per operator)."""
 
-    async def allocate(body, spec, status, meta, patch, retry, **_) -> None:
+    @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="pairs")
+    def pairs(spec, meta, status, **_) -> dict[str, tuple[bool, str, str]] | None:
+        try:
+            keys = disco_keys(spec)
+        except kopf.PermanentError:
+            return None
+        allocated = current_allocation(status) is not None
+        return {pair_id(keys): (not allocated, meta.get("creationTimestamp") or "", meta["uid"])}
+
+    async def allocate(body, spec, status, meta, patch, retry, pairs, **_) -> None:
         if status.get("phase") == "Expired":
             return
         current = current_allocation(status)
+        holder = pair_holder(pairs, disco_keys(spec))
+        if current is None and holder not in (None, meta["uid"]):
+            message = "another RelayEndpoint already holds this pair of disco keys"
+            patch.status.update(
+                pending_status(
+                    PAIR_IN_USE,
+                    message,
+                    generation=meta.get("generation", 0),
+                    now=time.time(),
+                    conditions=status.get("conditions"),
+                )
+            )
+            if not any(c.get("reason") == PAIR_IN_USE for c in status.get("conditions") or ()):
+                kopf.warn(body, reason=PAIR_IN_USE, message=message)
+            metrics.allocations.labels("pair_in_use").inc()
+            raise kopf.TemporaryError(message, delay=PAIR_IN_USE_RETRY)
         try:
             held = await allocator.current(disco_keys(spec), current)
             if held is None and current is not None and await allocator.relay_alive(current.relay):

@@ -44,7 +44,8 @@ class OperatorMetrics:
         self.registry = CollectorRegistry()
         self.allocations = Counter(
             f"{PREFIX}_allocations",
-            "Placement attempts, by outcome: created, reused, no_relay, no_vni, store_unavailable",
+            "Placement attempts, by outcome: created, reused, no_relay, no_vni, store_unavailable, "
+            "pair_in_use",
             ["result"],
             registry=self.registry,
         )

@@ -79,6 +79,15 @@ async def test_burst_spreads_over_relays_before_heartbeats_catch_up(store, clock
     assert chosen.count("a") == chosen.count("b") == 5
 
 
+async def test_concurrent_choices_spread_before_any_allocation(store, clock):
+    """The handlers choose in one pass and allocate in the next: choices alone must spread."""
+    await register(store, "a", load=0, capacity=100)
+    await register(store, "b", load=0, capacity=100)
+    allocator = Allocator(store, clock)
+    chosen = [(await allocator.choose(None)).name for _ in range(10)]
+    assert chosen.count("a") == chosen.count("b") == 5
+
+
 async def test_replacing_onto_another_relay_frees_the_old_allocation(store, clock):
     await register(store, "a")
     await register(store, "b")

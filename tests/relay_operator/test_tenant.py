@@ -71,12 +71,6 @@ def test_a_tenant_cannot_change_keys_forge_status_or_reach_beyond_its_endpoints(
     assert keys_secret.returncode != 0 and "forbidden" in keys_secret.stderr.lower()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="known gap (docs/security.md): a RelayEndpoint naming a pair that another one "
-    "already holds shares its allocation, and deleting it frees the other's VNI",
-)
 async def test_a_second_endpoint_for_the_same_pair_cannot_free_the_first(
     crd, kube_namespace, operator, relay_1, store
 ):
@@ -86,10 +80,14 @@ async def test_a_second_endpoint_for_the_same_pair_cannot_free_the_first(
         phase_is(crd, kube_namespace, "victim", "Allocated"), "victim", log=operator.log
     )
     crd.kubectl("-n", kube_namespace, "apply", "-f", "-", input=endpoint_yaml("intruder", keys))
-    await wait_for(
-        lambda: get(crd, kube_namespace, "intruder").get("status", {}).get("phase"),
+    intruder = await wait_for(
+        phase_is(crd, kube_namespace, "intruder", "Pending"),
         "the operator's answer to the intruder",
         log=operator.log,
     )
+    (condition,) = intruder["status"]["conditions"]
+    assert condition["reason"] == "PairInUse" and condition["status"] == "False"
+    assert "vni" not in intruder["status"]
     crd.kubectl("-n", kube_namespace, "delete", "rep", "intruder", "--wait=true", "--timeout=30s")
     assert await store.allocation("relay-1", victim["status"]["vni"]) is not None
+    assert get(crd, kube_namespace, "victim")["status"]["vni"] == victim["status"]["vni"]
