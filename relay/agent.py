@@ -167,7 +167,7 @@ class RelayAgent:
         async with self._resyncing:
             with heap.paused():
                 await self._resync()
-            heap.exempt_survivors()
+                heap.exempt_survivors()
 
     async def _resync(self) -> None:
         self._installed_during_resync = set()
@@ -255,9 +255,13 @@ class RelayAgent:
         backoff = Backoff("changes", self.store_errors)
         while True:
             try:
+                applied = 0
                 async for change in self._store.changes(self.name):
                     await self._apply(change)
                     backoff.succeeded()
+                    applied += 1
+                    if applied % YIELD_EVERY == 0:
+                        await asyncio.sleep(0)
             except StoreUnavailable as error:
                 await asyncio.sleep(backoff.failed(error))
 

@@ -15,7 +15,7 @@ from typing import NamedTuple, Protocol
 from relay.keys import DiscoPublicKey
 from relay.lifetimes import DEFAULT_BIND_LIFETIME, DEFAULT_STEADY_STATE_LIFETIME
 
-SCAN_SLICE = 1000
+SCAN_SLICE = 256
 
 
 class StoreError(Exception):
