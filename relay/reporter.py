@@ -160,6 +160,9 @@ class StatusReporter:
                 )
                 if self._reported.get(key) == snapshot:
                     continue
+                if key not in self._reported and _untouched(endpoint, status):
+                    self._reported[key] = snapshot
+                    continue
                 patch = live_status(endpoint, generation=generation, now=now, conditions=conditions)
             else:
                 continue
@@ -168,3 +171,12 @@ class StatusReporter:
             self._reported[key] = snapshot
             self.patches += 1
         self._expired.clear()
+
+
+def _untouched(endpoint: Endpoint, status: dict[str, Any]) -> bool:
+    """Nothing happened yet and the status says so: the operator's own write stands."""
+    return (
+        not endpoint.bound
+        and all(c.addr is None and c.packets == 0 for c in endpoint.clients)
+        and all(c.get("handshake") == "Init" for c in status.get("clients", ()))
+    )
