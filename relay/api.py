@@ -9,6 +9,7 @@ closed server or an unreachable store get 503. With an API token
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -98,6 +99,23 @@ def _text_error(status: type[web.HTTPException], reason: str) -> web.HTTPExcepti
     return status(text=reason.replace("\n", " ") + "\n", content_type="text/plain")
 
 
+def _counting_errors(server: RelayServer) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Counts every answer of 400 or above by its status code, for /metrics."""
+
+    @web.middleware
+    async def count(request: web.Request, handler: Callable[..., Awaitable[web.StreamResponse]]):
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            server.api_errors[exc.status] += 1
+            raise
+        if response.status >= 400:
+            server.api_errors[response.status] += 1
+        return response
+
+    return count
+
+
 def make_app(server: RelayServer) -> web.Application:
     routes = web.RouteTableDef()
 
@@ -140,7 +158,9 @@ def make_app(server: RelayServer) -> web.Application:
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
 
-    middlewares = [bearer_middleware(server.api_token)] if server.api_token else []
+    middlewares = [_counting_errors(server)]
+    if server.api_token:
+        middlewares.append(bearer_middleware(server.api_token))
     app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=middlewares)
     app.add_routes(routes)
     return app

@@ -90,6 +90,14 @@ class RelayCollector(Collector):
         for operation, count in sorted(server.store_errors.items()):
             store_errors.add_metric([operation], count)
         yield store_errors
+        api_errors = CounterMetricFamily(
+            f"{PREFIX}_api_errors",
+            "HTTP API answers of 400 and above, by status code",
+            labels=["code"],
+        )
+        for code, count in sorted(server.api_errors.items()):
+            api_errors.add_metric([str(code)], count)
+        yield api_errors
         yield GaugeMetricFamily(
             f"{PREFIX}_pending_store_writes",
             "Bound marks and frees not yet written to the store (grows while it is down)",

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from aiohttp import web
@@ -66,6 +67,7 @@ class RelayServer:
         self._clock = clock
         self.metrics = relay_registry(self)
         self.allocations_created = 0
+        self.api_errors: Counter[int] = Counter()
         self.closed = False
         self.udp_port = 0
         self.api_address = ""

@@ -165,3 +165,9 @@ async def test_metrics_count_relaying_and_drops(relay):
     assert 0 < samples[("relayfleet_relay_handshake_seconds_sum", ())] < 5
     assert samples[("relayfleet_relay_send_errors_total", ())] == 0
     assert samples[("relayfleet_relay_receive_errors_total", ())] == 0
+    assert ("relayfleet_relay_api_errors_total", (("code", "400"),)) not in samples
+    status, _, _ = await post(relay, "not json")
+    assert status == 400
+    async with relay.session.get(f"{relay.api}/metrics") as response:
+        text = await response.text()
+    assert 'relayfleet_relay_api_errors_total{code="400"} 1.0' in text
