@@ -1,10 +1,12 @@
 """The kopf handlers: thin glue between RelayEndpoint resources, the allocator and status.
 
-Create and resume place and allocate; a crash between choosing a relay and
-writing the status is survived by recording the choice first (an
-annotation), so the retry asks the same relay for the same pair and gets the
-same allocation back. Delete frees the allocation before the finalizer lets
-the resource go. The ``relayfleet.io/reallocate`` annotation allocates afresh.
+Create and resume place and allocate in one pass; a crash between allocating
+and writing the status is survived because the next pass finds the relay the
+allocation went to (the relay label, or the store holding the pair) and asks
+it again for the same pair, which gives the same allocation back. Only one
+resource per pair of keys is allocated (a kopf index by pair). Delete frees
+the allocation before the finalizer lets the resource go. The
+``relayfleet.io/reallocate`` annotation allocates afresh.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from relay_operator.metrics import OperatorMetrics
 from relay_operator.status import allocated_status, expired_status, pending_status
 
 GROUP, VERSION, PLURAL = "relayfleet.io", "v1alpha1", "relayendpoints"
-PLACING = "relayfleet.io/placing"
 REALLOCATE = "relayfleet.io/reallocate"
 RELAY_LABEL = "relayfleet.io/relay"
 FINALIZER = "relayfleet.io/free-allocation"
@@ -30,6 +31,8 @@ PROGRESS_PREFIX = "kopf.relayfleet.io"
 MAX_RETRY_DELAY = 30.0
 PAIR_IN_USE = "PairInUse"
 PAIR_IN_USE_RETRY = 30.0
+RELAY_READING_MAX_AGE = 1.0
+TAKE_UP_AFTER = 30.0
 
 
 def retry_delay(retry: int) -> float:
@@ -79,16 +82,15 @@ def write_allocated(patch: kopf.Patch, body: Any, placement: Placement, meta: An
     )
     patch.status.update(status)
     patch.metadata.labels[RELAY_LABEL] = relay.name
-    patch.metadata.annotations[PLACING] = None
 
 
 async def labelled_relay(allocator: Allocator, meta: Any) -> str | None:
     """The live relay the resource's label names, if any.
 
     kopf writes a handler's patch in two requests, metadata first: a crash in
-    between leaves the relay label (and the placing annotation removed) with
-    no status, while the store holds the allocation. Allocating on the
-    labelled relay again gets that allocation back instead of leaking it.
+    between leaves the relay label and no status, while the store holds the
+    allocation. Allocating on the labelled relay again gets that allocation
+    back instead of leaking it.
     """
     name = meta.get("labels", {}).get(RELAY_LABEL)
     if name is not None and await allocator.relay_alive(name):
@@ -107,27 +109,27 @@ async def place(
     retry: int,
     previous: CurrentAllocation | None,
 ) -> Placement:
-    """Allocate for the resource: on the relay chosen before, or on a newly chosen one.
+    """Allocate for the resource: where an earlier attempt left it, or on a chosen relay.
 
-    The choice is written (annotation ``relayfleet.io/placing``) and the
-    handler retried before anything is allocated, so that a crash in between
-    makes the retry ask the same relay, whose store answers with the same
-    allocation. ``previous`` is freed if the new allocation is elsewhere.
+    One pass, no retry in between: a crash after allocating and before the
+    status is written leaves either the relay label (kopf writes metadata
+    first) or just the allocation in the store, and the next pass finds the
+    relay by one or the other and gets the same allocation back.
+    ``previous`` is freed if the new allocation is elsewhere.
     """
     keys = disco_keys(spec)
     generation = meta.get("generation", 0)
+    pinned = spec.get("relay")
     try:
-        relay_name = meta.get("annotations", {}).get(PLACING)
-        if relay_name is None and previous is None:
-            relay_name = await labelled_relay(allocator, meta)
+        relay_name = await labelled_relay(allocator, meta) if previous is None else None
         if relay_name is None:
-            relay = await allocator.choose(spec.get("relay"))
-            patch.metadata.annotations[PLACING] = relay.name
-            raise kopf.TemporaryError(f"placing on relay {relay.name}", delay=0)
+            exclude = previous.relay if previous is not None else None
+            relay_name = await allocator.holding(keys, exclude)
+        if relay_name is None or (pinned is not None and relay_name != pinned):
+            relay_name = (await allocator.choose(pinned)).name
         placement = await allocator.allocate(keys, relay_name, previous)
     except NoRelayAvailable as exc:
         metrics.allocations.labels("no_relay").inc()
-        patch.metadata.annotations[PLACING] = None
         conditions = status.get("conditions")
         pending = pending_status(
             "NoRelayAvailable",
@@ -141,7 +143,6 @@ async def place(
         raise kopf.TemporaryError(str(exc), delay=retry_delay(retry)) from None
     except VNIExhausted as exc:
         metrics.allocations.labels("no_vni").inc()
-        patch.metadata.annotations[PLACING] = None
         raise kopf.TemporaryError(str(exc), delay=retry_delay(retry)) from None
     except StoreUnavailable as exc:
         metrics.allocations.labels("store_unavailable").inc()
@@ -170,7 +171,7 @@ def register_handlers(
     """Register every RelayEndpoint handler on ``registry`` (one registry per operator)."""
 
     @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="pairs")
-    def pairs(spec, meta, status, **_) -> dict[str, tuple[bool, str, str]] | None:
+    async def pairs(spec, meta, status, **_) -> dict[str, tuple[bool, str, str]] | None:
         try:
             keys = disco_keys(spec)
         except kopf.PermanentError:
@@ -220,6 +221,21 @@ def register_handlers(
 
     kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="allocate")(allocate)
     kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="allocate")(allocate)
+    # A resource whose handler's writes were lost (the API server went away in the
+    # middle: kopf gives up on a patch after its retries) gets no further event, so
+    # nothing would ever run for it again. Any resource still without a phase is
+    # taken up again here; once allocated (or Pending) it has one and the timer stops.
+    kopf.timer(
+        GROUP,
+        VERSION,
+        PLURAL,
+        registry=registry,
+        id="take-up",
+        interval=TAKE_UP_AFTER,
+        initial_delay=TAKE_UP_AFTER,
+        field="status.phase",
+        value=kopf.ABSENT,
+    )(allocate)
 
     @kopf.on.field(
         GROUP,
@@ -233,7 +249,7 @@ def register_handlers(
         if new is None:
             return
         previous = current_allocation(status)
-        if previous is not None and meta.get("annotations", {}).get(PLACING) is None:
+        if previous is not None:
             try:
                 await allocator.free(previous)
             except StoreUnavailable as exc:
@@ -254,7 +270,7 @@ def register_handlers(
         current = current_allocation(status)
         if current is None or status.get("phase") not in ("Allocated", "Bound"):
             return
-        relays = await allocator.live_relays()
+        relays = await allocator.live_relays(max_age=RELAY_READING_MAX_AGE)
         relay = relays.get(current.relay)
         if relay is not None and relay.alive:
             return

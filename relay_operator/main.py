@@ -18,7 +18,7 @@ from relay.kube import api_client
 from relay.store import open_store, redact_url
 from relay_operator.allocating import Allocator
 from relay_operator.config import OperatorConfig
-from relay_operator.handlers import FINALIZER, PROGRESS_PREFIX, register_handlers
+from relay_operator.handlers import FINALIZER, PROGRESS_PREFIX, RELAY_LABEL, register_handlers
 from relay_operator.metrics import OperatorMetrics
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,9 @@ def operator_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PROGRESS_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=PROGRESS_PREFIX, key="last-handled-configuration"
+        prefix=PROGRESS_PREFIX,
+        key="last-handled-configuration",
+        ignored_fields=[("metadata", "labels", RELAY_LABEL), ("status",)],
     )
     settings.peering.name = config.peering
     settings.peering.standalone = config.standalone

@@ -136,6 +136,12 @@ class Store(Protocol):
         """Announce a relay, alive for ``ttl`` seconds unless registered again."""
         ...
 
+    async def holding(
+        self, relays: list[str], disco_keys: tuple[DiscoPublicKey, DiscoPublicKey]
+    ) -> str | None:
+        """The first of ``relays`` with an allocation for the pair, if any."""
+        ...
+
     async def relays(self) -> list[RelayRecord]:
         """Every registered relay, with ``alive`` telling whose heartbeat is current."""
         ...

@@ -68,6 +68,14 @@ class MemoryStore:
             state = self._relays[relay] = _RelayAllocations()
         return state
 
+    async def holding(
+        self, relays: list[str], disco_keys: tuple[DiscoPublicKey, DiscoPublicKey]
+    ) -> str | None:
+        pair = sorted_pair(*disco_keys)
+        return next(
+            (r for r in relays if r in self._relays and pair in self._relays[r].by_pair), None
+        )
+
     async def allocate(
         self,
         relay: str,

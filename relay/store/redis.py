@@ -757,6 +757,18 @@ class RedisStore:
         args = [record.name, round(ttl * 1000), _encode_relay(record)]
         await self._call(f"register relay {record.name!r}", self._register(keys=keys, args=args))
 
+    async def holding(
+        self, relays: list[str], disco_keys: tuple[DiscoPublicKey, DiscoPublicKey]
+    ) -> str | None:
+        a, b = sorted_pair(*disco_keys)
+        for relay in relays:
+            key = self._key(relay, "pairs")
+            if await self._call(
+                f"pairs of relay {relay!r}", self._client.hexists(key, a.raw + b.raw)
+            ):
+                return relay
+        return None
+
     async def relays(self) -> list[RelayRecord]:
         """Every registered relay, by name; alive by the clock of the Redis holding the registry."""
         seconds, micros, entries = await self._call(

@@ -219,3 +219,14 @@ async def test_a_scan_yields_every_allocation_once_in_slices(make_store):
         (a for a in made if a not in freed), key=lambda a: a.vni
     )
     assert [found async for found in store.scan_allocations("nobody")] == []
+
+
+async def test_holding_names_the_relay_with_an_allocation_for_the_pair(make_store):
+    store = make_store()
+    keys = pair()
+    assert await store.holding(["r", "s"], keys) is None
+    made = (await store.allocate("s", keys, 1.0)).allocation
+    assert await store.holding(["r", "s"], tuple(reversed(keys))) == "s"
+    assert await store.holding(["r"], keys) is None
+    assert await store.free("s", made.vni, made.lamport_id)
+    assert await store.holding(["r", "s"], keys) is None
