@@ -96,7 +96,6 @@ deadline per round; every process is stopped at the end, also on errors
 from __future__ import annotations
 
 import argparse
-import signal
 import socket
 import statistics
 import struct
@@ -128,6 +127,7 @@ from forwarders import (
     reference_command,
     refresh,
     stop_all,
+    stop_on_sigterm,
     table,
 )
 
@@ -724,10 +724,6 @@ def _numbers(text: str) -> list[int]:
     return values
 
 
-def _terminate(signum, frame) -> None:
-    raise SystemExit(128 + signum)
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -784,5 +780,5 @@ if __name__ == "__main__":
         parser.error("--packets >= 10, --rounds >= 1, --endpoints >= 1")
     if options.latency_packets < 100 or not 0 < options.latency_load <= 1:
         parser.error("--latency-packets >= 100, 0 < --latency-load <= 1")
-    signal.signal(signal.SIGTERM, _terminate)
+    stop_on_sigterm()
     main(options)

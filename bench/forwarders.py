@@ -77,6 +77,15 @@ _libc = ctypes.CDLL(None, use_errno=True)
 # -- sockets -----------------------------------------------------------------
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM unwinds like an exception, so every ``finally`` stops its processes."""
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
 def set_buffers(sock: socket.socket, size: int) -> None:
     """SO_RCVBUF/SO_SNDBUF of ``size``, past rmem_max/wmem_max when root allows it."""
     for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):

@@ -73,7 +73,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import signal
 import socket
 import time
 from multiprocessing.connection import Connection
@@ -97,6 +96,7 @@ from forwarders import (
     pin_to_bench_cpu,
     reference_command,
     stop_all,
+    stop_on_sigterm,
     table,
 )
 
@@ -440,10 +440,6 @@ def _rates(text: str) -> list[float]:
     return values
 
 
-def _terminate(signum, frame) -> None:
-    raise SystemExit(128 + signum)
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -505,5 +501,5 @@ if __name__ == "__main__":
         parser.error("--data-rate and --duration > 0")
     if options.flood_sockets < 1:
         parser.error("--flood-sockets >= 1")
-    signal.signal(signal.SIGTERM, _terminate)
+    stop_on_sigterm()
     main(options)

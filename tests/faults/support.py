@@ -444,6 +444,27 @@ async def bound_probe(
     return probe
 
 
+async def start_probes(
+    endpoints: Endpoints, relays: Iterable[str], probes: list[TrafficProbe], log: Path
+) -> list[Peers]:
+    """One bound pair per relay, each relaying round trips; started probes go into ``probes``
+    as they start, so the caller's cleanup finishes them whatever fails later."""
+    probe_peers = [Peers.fresh(f"probe-{name}", relay=name) for name in relays]
+    await endpoints.create(probe_peers)
+    for peers in probe_peers:
+        probes.append((await bound_probe(endpoints, peers, log=log)).start())
+        await probes[-1].warmed_up()
+    return probe_peers
+
+
+def check_no_outage(
+    checks: Checks, reports: Iterable[ProbeReport], fault_start: float, fault_end: float
+) -> None:
+    for report in reports:
+        with checks.check(f"no outage on {report.relay}") as outcome:
+            outcome.detail = assert_no_outage(report, fault_start, fault_end)
+
+
 # -- the store's issue order ---------------------------------------------------------------
 
 

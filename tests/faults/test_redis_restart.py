@@ -24,12 +24,12 @@ from tests.faults.support import (
     Checks,
     Endpoints,
     Peers,
-    assert_no_outage,
-    bound_probe,
     check_invariants,
+    check_no_outage,
     issued_total,
     poll,
     settled,
+    start_probes,
     start_relay,
     stop_relays,
     store_count,
@@ -74,11 +74,7 @@ async def test_redis_restarted_during_allocations_loses_nothing(
         for name in RELAYS:
             relays[name] = await start_relay(crd, url, name, tmp_path, heartbeat="1s")
         operator = operator_process("operator", "2s")
-        probe_peers = [Peers.fresh(f"probe-{name}", relay=name) for name in RELAYS]
-        await endpoints.create(probe_peers)
-        for peers in probe_peers:
-            probes.append((await bound_probe(endpoints, peers, log=operator.log)).start())
-            await probes[-1].warmed_up()
+        probe_peers = await start_probes(endpoints, RELAYS, probes, operator.log)
 
         burst = [Peers.fresh(f"burst-{i:03}") for i in range(COUNT)]
         creating = asyncio.create_task(endpoints.create(burst))
@@ -128,9 +124,7 @@ async def test_redis_restarted_during_allocations_loses_nothing(
             issued = await issued_total(store, RELAYS)
             assert issued == len(expected), f"{issued} issued for {len(expected)} resources"
             outcome.detail = f"{issued} LamportIDs issued in all"
-        for report in reports:
-            with checks.check(f"no outage on {report.relay}") as outcome:
-                outcome.detail = assert_no_outage(report, fault_start, fault_end)
+        check_no_outage(checks, reports, fault_start, fault_end)
         checks.assert_all()
     finally:
         if creating is not None:
