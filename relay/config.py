@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from relay.addresses import parse_host_port, parse_ip
 from relay.durations import format_duration, parse_duration
+from relay.fastpath import DEFAULT_MAX_ENDPOINTS as DEFAULT_FAST_PATH_MAX
+from relay.fastpath import FAST_PATH_MODES
 from relay.geneve import MAX_VNI
 from relay.lifetimes import DEFAULT_BIND_LIFETIME, DEFAULT_STEADY_STATE_LIFETIME
 from relay.ratelimit import (
@@ -59,6 +61,8 @@ class RelayConfig:
     report_interval: float = DEFAULT_REPORT_INTERVAL
     api_token_file: str | None = None
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
+    fast_path: str = "off"
+    fast_path_max_endpoints: int = DEFAULT_FAST_PATH_MAX
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RelayConfig:
@@ -88,6 +92,8 @@ class RelayConfig:
             report_interval=args.report_interval,
             api_token_file=args.api_token_file,
             shutdown_timeout=args.shutdown_timeout,
+            fast_path=args.fast_path,
+            fast_path_max_endpoints=args.fast_path_max_endpoints,
         )
 
 
@@ -357,6 +363,24 @@ def add_relay_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
         help="handshake messages per second taken from all sources together (bounds the "
         "CPU a flood from many sources can take from relaying)",
         shown=f"{DEFAULT_TOTAL_RATE:g}",
+    )
+    env.add(
+        "--fast-path",
+        default="off",
+        choices=list(FAST_PATH_MODES),
+        help="'auto': once both clients are bound, relay an endpoint's data in the kernel "
+        "(nftables; needs the nft and ip commands and CAP_NET_ADMIN), and fall back to user "
+        "space where that fails; 'off': relay everything in user space",
+        shown="off",
+    )
+    env.add(
+        "--fast-path-max-endpoints",
+        default=DEFAULT_FAST_PATH_MAX,
+        type=_max_endpoints,
+        metavar="N",
+        help="at most this many endpoints relayed by the kernel at once; more are relayed "
+        "in user space",
+        shown=str(DEFAULT_FAST_PATH_MAX),
     )
     env.add(
         "--key-file",

@@ -136,6 +136,8 @@ class RelayCore:
         self._shared_keys: dict[DiscoPublicKey, bytes] = {}
         self._deadlines: list[tuple[float, int]] = []
         self._newly_bound: list[Allocation] = []
+        self._bound_watchers: list[list[Endpoint]] = []
+        self.last_seen_lag = 0.0
         self.bound_count = 0
         self.forwarded_packets = 0
         self.forwarded_bytes = 0
@@ -194,6 +196,27 @@ class RelayCore:
     def __len__(self) -> int:
         return len(self._by_vni)
 
+    def watch_bound(self) -> list[Endpoint]:
+        """A list the core appends each endpoint to once both its clients are bound;
+        the caller empties it as it goes (the kernel fast path does)."""
+        watcher: list[Endpoint] = []
+        self._bound_watchers.append(watcher)
+        return watcher
+
+    def credit(self, endpoint: Endpoint, index: int, packets: int, size: int, now: float) -> None:
+        """Count packets relayed for one client outside this core (by the kernel fast path).
+
+        ``now`` becomes the client's last-seen time: the reader may learn of a
+        packet up to :attr:`last_seen_lag` after it passed, and steady-state
+        expiry waits that much longer so that it never comes early.
+        """
+        client = endpoint.clients[index]
+        client.last_seen = now
+        client.packets += packets
+        client.bytes += size
+        self.forwarded_packets += packets
+        self.forwarded_bytes += size
+
     def take_bound(self) -> list[Allocation]:
         """Allocations bound by both clients since the last call, for the store to record."""
         bound, self._newly_bound = self._newly_bound, []
@@ -226,7 +249,7 @@ class RelayCore:
             if endpoint.bound:
                 a, b = endpoint.clients
                 quiet_since = min(a.last_seen, b.last_seen)
-                steady_deadline = quiet_since + self.steady_state_lifetime
+                steady_deadline = quiet_since + self.steady_state_lifetime + self.last_seen_lag
                 if steady_deadline >= now:
                     self._arm(endpoint, steady_deadline)
                     continue
@@ -362,6 +385,8 @@ class RelayCore:
             self.bound_count += 1
             self._arm(endpoint, now + self.steady_state_lifetime)
             self._newly_bound.append(endpoint.allocation)
+            for watcher in self._bound_watchers:
+                watcher.append(endpoint)
 
     def _shared_key(self, endpoint: Endpoint, index: int) -> bytes:
         """The box key shared with a client, cached by client key: a peer uses one disco

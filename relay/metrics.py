@@ -103,6 +103,23 @@ class RelayCollector(Collector):
             "Bound marks and frees not yet written to the store (grows while it is down)",
             value=server.agent.pending_writes if server.agent else 0,
         )
+        fast_path = server.fast_path
+        yield GaugeMetricFamily(
+            f"{PREFIX}_fast_path_endpoints",
+            "Endpoints whose data the kernel relays now (--fast-path auto)",
+            value=fast_path.installed if fast_path else 0,
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_fast_path_errors",
+            "Failed nft runs; each sends every endpoint back to user space until bound anew",
+            value=fast_path.errors if fast_path else 0,
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_fast_path_not_installed",
+            "Bound endpoints left in user space: over --fast-path-max-endpoints, no route, "
+            "or clients of different address families",
+            value=fast_path.not_installed if fast_path else 0,
+        )
         yield CounterMetricFamily(
             f"{PREFIX}_receive_errors",
             "Socket reads that failed (other than nothing to read)",

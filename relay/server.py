@@ -23,6 +23,7 @@ from relay.agent import RelayAgent
 from relay.api import InvalidRequest, ServerClosed, make_app
 from relay.config import RelayConfig
 from relay.core import Endpoint, RelayCore
+from relay.fastpath import KernelFastPath
 from relay.keys import DiscoPublicKey
 from relay.metrics import relay_registry
 from relay.reporter import KubernetesEndpoints, StatusReporter, reporting_enabled
@@ -73,6 +74,7 @@ class RelayServer:
         self.api_address = ""
         self.addr_ports: tuple[str, ...] = ()
         self._transport: BatchedUdpTransport | None = None
+        self.fast_path: KernelFastPath | None = None
         self._api: web.AppRunner | None = None
         self.agent: RelayAgent | None = None
         self.reporter: StatusReporter | None = None
@@ -99,6 +101,16 @@ class RelayServer:
         self.addr_ports = tuple(
             format_host_port(ip, self.udp_port) for ip in advertised_ips(self.config)
         )
+        if self.config.fast_path != "off":
+            fast_path = KernelFastPath(
+                self.core,
+                self.udp_port,
+                self.config.listen,
+                self.config.fast_path_max_endpoints,
+                self._clock,
+            )
+            if await fast_path.start():
+                self.fast_path = fast_path
         if not self.config.addrs:
             log.warning("no --addr given: advertising %s only", ", ".join(self.addr_ports))
         try:
@@ -213,6 +225,8 @@ class RelayServer:
             self._reporting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reporting
+        if self.fast_path is not None:
+            await self.fast_path.close()
         if self._transport is not None:
             self._transport.close()
         if self.agent is not None:

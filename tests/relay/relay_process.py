@@ -26,16 +26,23 @@ class RelayProcess:
 
     @classmethod
     async def start(
-        cls, *args: str, env: dict | None = None, log: Path | None = None
+        cls,
+        *args: str,
+        env: dict | None = None,
+        log: Path | None = None,
+        wrapper: tuple[str, ...] = (),
+        listen: str = "127.0.0.1",
     ) -> RelayProcess:
         """The relay, once ready; its stderr goes to ``log`` if given (for long, chatty runs:
-        a pipe nobody reads fills up and blocks the relay), else to a pipe read at stop."""
+        a pipe nobody reads fills up and blocks the relay), else to a pipe read at stop.
+        ``wrapper`` runs it inside another command (``ip netns exec NS``)."""
         stderr = log.open("wb") if log is not None else subprocess.PIPE
         process = await asyncio.create_subprocess_exec(
+            *wrapper,
             RELAYFLEET,
             "relay",
             "--listen",
-            "127.0.0.1",
+            listen,
             "--port",
             "0",
             "--api-listen",

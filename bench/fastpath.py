@@ -1,0 +1,419 @@
+"""Kernel fast path: packets relayed per second of the relaying core, kernel vs C vs ours.
+
+    .venv/bin/python bench/fastpath.py [--packets 1000000] [--sizes 64,200,1400] [--rounds 1]
+                                       [--max-loss 0.001] [--search-steps 7]
+
+Needs root, nft and ip (scripts/setup installs them). About 2 minutes.
+
+Why: issue 7's optional kernel fast path must relay at least twice what the
+C recvmmsg/sendmmsg forwarder (bench/forwarders.py, the practical limit of
+user space) does on one core. This runs, from one script on one machine:
+  (a) C: the C forwarder, user space;
+  (b) ours, user space: `relayfleet relay --fast-path off`;
+  (c) ours, kernel: `relayfleet relay --fast-path auto` (nftables rules,
+      relay/nftables.py), once the measured endpoint is bound.
+
+How:
+  1. Three network namespaces (tests/netns.py): client a, the relay, client
+     b, joined by veth pairs. Packets cross real devices, which the kernel
+     path needs (it hooks a device's ingress) and loopback would hide.
+  2. All relaying work goes to CPU 1, the load to CPU 0: the forwarder
+     process is pinned to CPU 1, and receive packet steering (RPS) on the
+     relay's two devices hands every packet arriving there to CPU 1, so the
+     kernel's part (the socket delivery for (a) and (b), the rules for (c))
+     runs there too. Client b's device counts and drops the relayed packets
+     at its ingress (an nftables counter), so delivering to b costs nothing
+     in any case.
+  3. Ours: allocate through the API, both clients bind (RelayClient); for (c)
+     wait until /metrics shows the endpoint in the kernel.
+  4. Load: a C sender (compiled here) in client a's namespace, pinned to
+     CPU 0, sends data packets of the endpoint's VNI from a's bound address
+     with sendmmsg, batches of 64, unpaced or at a fixed rate.
+  5. Throughput, RFC 2544 style: the highest offered rate relayed with at
+     most --max-loss lost. First one unpaced round of --packets packets; if
+     it loses nothing, the sender is the limit (printed as such). Otherwise
+     --search-steps rounds of about a second each search the rate.
+  6. Per round: packets counted at b, loss, wall time from the first send to
+     the last arrival, and CPU 1's busy time from /proc/stat (user + system +
+     irq + softirq, less the idle machine's busy rate). Packets per
+     CPU-second of CPU 1 is the comparable figure: the forwarder's capacity
+     on one core, also where the sender on CPU 0 cannot fill that core (the
+     kernel path: CPU 1 is then partly idle, and its cost per packet at that
+     load is, if anything, higher than when full, NAPI batching less).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from forwarders import (
+    BENCH_CPU,
+    FORWARDER_CPU,
+    RELAYFLEET,
+    compile_forwarder,
+    stop_on_sigterm,
+    table,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from relay.client import RelayClient
+from relay.keys import DiscoPrivateKey, DiscoPublicKey
+from tests import netns
+
+C, USER, KERNEL = "C (user space)", "ours, user space", "ours, kernel fast path"
+SINK_TABLE = "bench_sink"
+SETTLE = 0.3
+ROUND_DEADLINE = 60.0
+
+SENDER_C = r"""
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#define BATCH 64
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+/* sender SRC_IP SRC_PORT DST_IP DST_PORT VNI SIZE COUNT RATE: COUNT Geneve data
+   packets of SIZE bytes for VNI, sendmmsg in batches of 64, RATE packets/s on
+   a fixed schedule (a late batch does not delay the next; 0: no pacing). */
+int main(int argc, char **argv) {
+    if (argc != 9) {
+        fprintf(stderr, "usage: sender SRC_IP SRC_PORT DST_IP DST_PORT VNI SIZE COUNT RATE\n");
+        return 2;
+    }
+    double rate = atof(argv[8]);
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    int buffer = 4 << 20;
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buffer, sizeof buffer);
+    struct sockaddr_in src = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
+    struct sockaddr_in dst = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[4]))};
+    inet_pton(AF_INET, argv[1], &src.sin_addr);
+    inet_pton(AF_INET, argv[3], &dst.sin_addr);
+    if (bind(fd, (struct sockaddr *)&src, sizeof src) < 0) { perror("bind"); return 1; }
+    unsigned vni = atoi(argv[5]);
+    int size = atoi(argv[6]);
+    long count = atol(argv[7]);
+    static char data[65536];
+    data[2] = 0x7a; data[3] = 0x12;
+    data[4] = vni >> 16; data[5] = vni >> 8; data[6] = vni;
+    static struct iovec iov[BATCH];
+    static struct mmsghdr msgs[BATCH];
+    for (int i = 0; i < BATCH; i++) {
+        iov[i] = (struct iovec){data, size};
+        msgs[i].msg_hdr = (struct msghdr){.msg_name = &dst, .msg_namelen = sizeof dst,
+                                          .msg_iov = &iov[i], .msg_iovlen = 1};
+    }
+    long sent = 0;
+    double start = now();
+    while (sent < count) {
+        if (rate > 0)
+            while (now() - start < sent / rate)
+                ;
+        int n = count - sent < BATCH ? count - sent : BATCH;
+        int r = sendmmsg(fd, msgs, n, 0);
+        if (r > 0) sent += r;
+    }
+    printf("%ld\n", sent);
+    return 0;
+}
+"""
+
+
+def cpu_busy_ticks(cpu: int) -> int:
+    """Busy jiffies of one CPU so far: user, nice, system, irq, softirq, steal."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            fields = [int(x) for x in line.split()[1:]]
+            return sum(fields[:3]) + sum(fields[5:8])
+    raise RuntimeError(f"no cpu{cpu} in /proc/stat")
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def in_namespace(hosts: netns.Hosts, namespace: str, cpu: int, *argv: str) -> list[str]:
+    return ["taskset", "-c", str(cpu), *hosts.exec(namespace), *argv]
+
+
+def steer_to_forwarder_cpu(hosts: netns.Hosts) -> None:
+    mask = format(1 << FORWARDER_CPU, "x")
+    script = " && ".join(
+        f"echo {mask} > /sys/class/net/r{side}/queues/rx-0/rps_cpus" for side in "ab"
+    )
+    subprocess.run([*hosts.exec(hosts.relay), "sh", "-c", script], check=True)
+
+
+def install_sink(hosts: netns.Hosts, port: int) -> None:
+    """At b's device: count and drop the relayed packets to b's port."""
+    script = (
+        f"add table netdev {SINK_TABLE}\ndelete table netdev {SINK_TABLE}\n"
+        f"table netdev {SINK_TABLE} {{\n counter delivered {{ }}\n"
+        f' chain in {{ type filter hook ingress device "cb" priority 0; policy accept;\n'
+        f'  meta protocol ip udp dport {port} counter name "delivered" drop\n }}\n}}\n'
+    )
+    subprocess.run(
+        [*hosts.exec(hosts.clients["b"]), "nft", "-f", "-"], input=script, text=True, check=True
+    )
+
+
+def delivered(hosts: netns.Hosts) -> int:
+    text = subprocess.run(
+        [*hosts.exec(hosts.clients["b"]), "nft", "-j", "list", "counter", "netdev",
+         SINK_TABLE, "delivered"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    for item in json.loads(text)["nftables"]:
+        if "counter" in item:
+            return item["counter"]["packets"]
+    raise RuntimeError("no sink counter")
+
+
+class Setup:
+    """One forwarder in the relay namespace with a bound pair whose a-side socket is freed."""
+
+    def __init__(self, hosts: netns.Hosts, name: str, process: subprocess.Popen, ready: dict):
+        self.hosts, self.name, self.process, self.ready = hosts, name, process, ready
+        self.vni = 1
+        self.a_port = self.b_port = 0
+        self.b_socket: socket.socket | None = None
+
+    @property
+    def api_port(self) -> int:
+        return int(self.ready["api"].rsplit(":", 1)[1])
+
+    def metric(self, name: str) -> float:
+        _, text = self.hosts.relay_http(self.api_port, "GET", "/metrics")
+        for line in text.splitlines():
+            if line.startswith(f"relayfleet_relay_{name} "):
+                return float(line.split()[1])
+        raise RuntimeError(f"no metric {name}")
+
+    def stop(self) -> None:
+        if self.b_socket is not None:
+            self.b_socket.close()
+        self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start(hosts: netns.Hosts, name: str, argv: list[str]) -> Setup:
+    process = subprocess.Popen(
+        in_namespace(hosts, hosts.relay, FORWARDER_CPU, *argv),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    line = process.stdout.readline()
+    if not line:
+        raise RuntimeError(f"{name} did not start (exit {process.wait(10)})")
+    return Setup(hosts, name, process, json.loads(line))
+
+
+def start_c(hosts: netns.Hosts, binary: Path) -> Setup:
+    a, b = hosts.udp_socket("a"), hosts.udp_socket("b")
+    a_port, b_port = a.getsockname()[1], b.getsockname()[1]
+    a.close()
+    setup = start(hosts, C, [str(binary), "0", str(a_port), str(b_port),
+                             netns.CLIENT_IP["a"], netns.CLIENT_IP["b"]])  # fmt: skip
+    setup.a_port, setup.b_port, setup.b_socket = a_port, b_port, b
+    return setup
+
+
+def start_ours(hosts: netns.Hosts, name: str, fast_path: str) -> Setup:
+    setup = start(hosts, name, [
+        RELAYFLEET, "relay", "--listen", "0.0.0.0", "--port", "0",
+        "--api-listen", "127.0.0.1:0", "--log-level", "warning", "--fast-path", fast_path,
+    ])  # fmt: skip
+    keys = [DiscoPrivateKey.generate(), DiscoPrivateKey.generate()]
+    status, text = hosts.relay_http(
+        setup.api_port, "POST", "/v0/relay/endpoint", {"DiscoKeys": [str(k.public) for k in keys]}
+    )
+    if status != 200:
+        raise RuntimeError(f"allocation: {status} {text}")
+    allocation = json.loads(text)
+    server = DiscoPublicKey.parse(allocation["ServerDisco"])
+    setup.vni = allocation["VNI"]
+    sockets = [hosts.udp_socket("a"), hosts.udp_socket("b")]
+    for key, sock, side in zip(keys, sockets, "ab", strict=True):
+        client = RelayClient(key, server, setup.vni)
+        relay = (netns.RELAY_SIDE[side], setup.ready["udp_port"])
+        sock.settimeout(5)
+        sock.sendto(client.bind(), relay)
+        challenge, _ = sock.recvfrom(2048)
+        sock.sendto(client.answer(challenge), relay)
+    setup.a_port, setup.b_port = (s.getsockname()[1] for s in sockets)
+    sockets[0].close()
+    setup.b_socket = sockets[1]
+    if fast_path != "off":
+        deadline = time.monotonic() + 10
+        while setup.metric("fast_path_endpoints") != 1:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the endpoint never reached the kernel")
+            time.sleep(0.05)
+    return setup
+
+
+def one_round(
+    setup: Setup, sender: Path, size: int, packets: int, idle_rate: float, rate: float = 0
+) -> dict:
+    hosts = setup.hosts
+    install_sink(hosts, setup.b_port)
+    busy_before = cpu_busy_ticks(FORWARDER_CPU)
+    started = time.monotonic()
+    subprocess.run(
+        in_namespace(hosts, hosts.clients["a"], BENCH_CPU, str(sender),
+                     netns.CLIENT_IP["a"], str(setup.a_port), netns.RELAY_SIDE["a"],
+                     str(setup.ready["udp_port"]), str(setup.vni), str(size), str(packets),
+                     str(int(rate))),
+        check=True, capture_output=True, timeout=ROUND_DEADLINE,
+    )  # fmt: skip
+    count, last_change = delivered(hosts), time.monotonic()
+    while time.monotonic() - last_change < SETTLE and time.monotonic() - started < ROUND_DEADLINE:
+        time.sleep(0.05)
+        now = delivered(hosts)
+        if now != count:
+            count, last_change = now, time.monotonic()
+    elapsed = last_change - started
+    window = time.monotonic() - started
+    busy = (cpu_busy_ticks(FORWARDER_CPU) - busy_before) / TICK
+    busy = max(busy - idle_rate * window, 1e-9)
+    return {
+        "rate": count / elapsed,
+        "loss": 1 - count / packets,
+        "busy": busy / elapsed,
+        "per_cpu_second": count / busy,
+    }
+
+
+def lossless(setup: Setup, sender: Path, size: int, args, idle_rate: float) -> dict:
+    """The highest offered rate relayed with at most --max-loss lost (RFC 2544 style).
+
+    First unpaced: if that loses nothing, the sender is the limit and its
+    round stands. Otherwise a binary search between 0 and the unpaced
+    delivery rate, --search-steps rounds of about one second each.
+    """
+    best = one_round(setup, sender, size, args.packets, idle_rate)
+    best["sender_limited"] = best["loss"] <= args.max_loss
+    if best["sender_limited"]:
+        return best
+    low, high, best = 0.0, best["rate"] * 1.2, None
+    for _ in range(args.search_steps):
+        rate = (low + high) / 2
+        result = one_round(setup, sender, size, max(int(rate), 50_000), idle_rate, rate)
+        if result["loss"] <= args.max_loss:
+            low, best = rate, result
+        else:
+            high = rate
+    if best is None:
+        raise RuntimeError(f"{setup.name}: loss above {args.max_loss:.2%} at every rate tried")
+    best["sender_limited"] = False
+    return best
+
+
+def idle_busy_rate(seconds: float = 2.0) -> float:
+    """CPU 1's busy fraction with no load, subtracted from every round."""
+    before, started = cpu_busy_ticks(FORWARDER_CPU), time.monotonic()
+    time.sleep(seconds)
+    return (cpu_busy_ticks(FORWARDER_CPU) - before) / TICK / (time.monotonic() - started)
+
+
+def main(args: argparse.Namespace) -> None:
+    stop_on_sigterm()
+    if reason := netns.unavailable():
+        raise SystemExit(f"bench/fastpath.py: {reason}")
+    hosts = netns.Hosts.create(f"b{os.getpid()}")
+    results: dict[str, dict[int, dict]] = {}
+    try:
+        steer_to_forwarder_cpu(hosts)
+        with tempfile.TemporaryDirectory() as directory:
+            forwarder = compile_forwarder(directory)
+            sender = Path(directory) / "sender"
+            (Path(directory) / "sender.c").write_text(SENDER_C)
+            subprocess.run(["gcc", "-O2", "-o", str(sender), f"{directory}/sender.c"], check=True)
+            idle = idle_busy_rate()
+            print(f"CPU {FORWARDER_CPU} idle busy rate: {idle:.1%}")
+            for name, make in (
+                (C, lambda: start_c(hosts, forwarder)),
+                (USER, lambda: start_ours(hosts, USER, "off")),
+                (KERNEL, lambda: start_ours(hosts, KERNEL, "auto")),
+            ):
+                setup = make()
+                try:
+                    for size in args.sizes:
+                        one_round(setup, sender, size, args.packets // 10, idle)  # warm-up
+                        rounds = [
+                            lossless(setup, sender, size, args, idle) for _ in range(args.rounds)
+                        ]
+                        row = results.setdefault(name, {})[size] = {
+                            key: statistics.median(r[key] for r in rounds) for key in rounds[0]
+                        }
+                        print(
+                            f"  {name}, {size} B: {row['rate']:,.0f} pkt/s, loss "
+                            f"{row['loss']:.2%}, CPU {FORWARDER_CPU} busy {row['busy']:.0%}, "
+                            f"{row['per_cpu_second']:,.0f} per CPU-second"
+                            + (" (sender-limited)" if row["sender_limited"] else ""),
+                            flush=True,
+                        )
+                finally:
+                    setup.stop()
+    finally:
+        hosts.close()
+    print()
+    print(
+        f"Packets relayed per CPU-second of CPU {FORWARDER_CPU}, at the highest rate with loss "
+        f"<= {args.max_loss:.2%} (median of {args.rounds}):"
+    )
+    rows = [["bytes", C, USER, KERNEL, "kernel/C", "ours user/C"]]
+    for size in args.sizes:
+        c, user, kernel = (results[n][size]["per_cpu_second"] for n in (C, USER, KERNEL))
+        rows.append([str(size), f"{c:,.0f}", f"{user:,.0f}", f"{kernel:,.0f}",
+                     f"{kernel / c:.2f}", f"{user / c:.2f}"])  # fmt: skip
+    table(rows)
+    print()
+    print(
+        f"That rate in packets/s, its loss and CPU {FORWARDER_CPU} busy "
+        f"(the sender on CPU {BENCH_CPU} is the limit where busy < 100%):"
+    )
+    rows = [["bytes", "forwarder", "pkt/s", "loss", "busy", "limit"]]
+    for size in args.sizes:
+        for name in (C, USER, KERNEL):
+            row = results[name][size]
+            limit = "sender" if row["sender_limited"] else "forwarder"
+            rows.append([str(size), name, f"{row['rate']:,.0f}", f"{row['loss']:.2%}",
+                         f"{row['busy']:.0%}", limit])  # fmt: skip
+    table(rows)
+
+
+def _sizes(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part]
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--packets", type=int, default=1_000_000, help="packets of the unpaced round"
+    )
+    parser.add_argument("--max-loss", type=float, default=0.001, help="loss allowed (fraction)")
+    parser.add_argument("--search-steps", type=int, default=7, help="rounds of the rate search")
+    parser.add_argument("--sizes", type=_sizes, default=[64, 200, 1400], help="datagram sizes")
+    parser.add_argument("--rounds", type=int, default=1, help="searches per cell (median)")
+    main(parser.parse_args())

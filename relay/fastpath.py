@@ -1,0 +1,281 @@
+"""The kernel fast path: bound endpoints relayed by nftables, their data never reaching Python.
+
+Once both clients of an endpoint are bound, PROTOCOL.md's data rule is a
+fixed rewrite: a datagram with this VNI, the control bit clear and this
+source ip:port goes, unchanged, from the relay's port to the other client.
+The kernel can do that at its ingress hook (relay/nftables.py has the rules),
+so with ``--fast-path auto`` the relay installs one chain per bound endpoint
+and its data packets no longer cost a system call, a copy or a Python loop.
+
+What stays in user space: the handshake, expiry, the allocation API and
+every packet the rules do not take. The relay reads the rules' counters every
+:data:`POLL_INTERVAL` and credits them to the core (packets, bytes, last
+seen), so status, metrics and steady-state expiry see kernel traffic as if
+the core had relayed it. An endpoint that expires or is removed loses its
+rules at the next poll. When ``nft`` is missing, not permitted or fails, the
+relay logs why and relays in user space; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from relay import nftables
+from relay.addresses import sockaddr_host_port
+from relay.core import Endpoint, RelayCore
+
+log = logging.getLogger(__name__)
+
+FAST_PATH_MODES = ("off", "auto")
+POLL_INTERVAL = 1.0
+DEFAULT_MAX_ENDPOINTS = 10_000
+COMMAND_TIMEOUT = 30.0
+YIELD_EVERY = 256
+
+
+class FastPathError(Exception):
+    """An ``nft`` or ``ip`` command failed; the message says which and why."""
+
+
+@dataclass
+class Installed:
+    """One endpoint relayed by the kernel, and what its counters said last."""
+
+    endpoint: Endpoint
+    header_bytes: int
+    counted: list[tuple[int, int]]
+
+
+async def run_command(argv: list[str], stdin: str | None = None, check: bool = True) -> str:
+    """Run a command to completion; its stdout, or (``check``) FastPathError with its stderr."""
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    except OSError as exc:
+        raise FastPathError(f"{argv[0]}: {exc.strerror or exc}") from None
+    try:
+        out, err = await asyncio.wait_for(
+            process.communicate(None if stdin is None else stdin.encode()), COMMAND_TIMEOUT
+        )
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise FastPathError(f"{' '.join(argv)}: no answer in {COMMAND_TIMEOUT:g} s") from None
+    if check and process.returncode != 0:
+        reason = err.decode(errors="replace").strip() or f"exit status {process.returncode}"
+        raise FastPathError(f"{' '.join(argv)}: {reason}")
+    return out.decode(errors="replace")
+
+
+def client_address(address: object) -> tuple[str, int] | None:
+    """A bound client's ``(ip, port)`` as rules name it; None where rules cannot
+    (scoped IPv6). IPv4 peers of a dual-stack socket are unmapped."""
+    host, port = sockaddr_host_port(address) if isinstance(address, bytes) else address  # type: ignore[misc]
+    if "%" in host:
+        return None
+    ip = ipaddress.ip_address(host)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip), port
+
+
+class KernelFastPath:
+    """Keeps the kernel's rules in step with the core's bound endpoints."""
+
+    def __init__(
+        self,
+        core: RelayCore,
+        port: int,
+        listen: str,
+        max_endpoints: int = DEFAULT_MAX_ENDPOINTS,
+        clock: Callable[[], float] = time.time,
+        run: Callable[..., object] = run_command,
+    ) -> None:
+        self._core = core
+        self._port = port
+        self._listen = None if listen in ("::", "0.0.0.0") else listen
+        self.max_endpoints = max_endpoints
+        self._clock = clock
+        self._run = run
+        self.table = nftables.table_name(port)
+        self._newly_bound = core.watch_bound()
+        self._installed: dict[str, Installed] = {}
+        self._hooked: dict[str, str] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+        self.active = False
+        self.errors = 0
+        self.not_installed = 0
+
+    @property
+    def installed(self) -> int:
+        """Endpoints the kernel relays now."""
+        return len(self._installed)
+
+    async def start(self) -> bool:
+        """Create this relay's table and start polling; False (logged) where nftables fails."""
+        try:
+            await self._nft(nftables.create_table(self.table))
+        except FastPathError as exc:
+            log.warning("kernel fast path unavailable, relaying in user space: %s", exc)
+            self._newly_bound.clear()
+            return False
+        self.active = True
+        self._core.last_seen_lag = POLL_INTERVAL
+        self._task = asyncio.create_task(self._poll(), name="fast-path")
+        log.info("kernel fast path on: nftables table netdev %s", self.table)
+        return True
+
+    async def close(self) -> None:
+        """Credit the last counts, then remove the table: the socket gets every packet again."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if not self.active:
+            return
+        self.active = False
+        with contextlib.suppress(FastPathError):
+            await self._read_counters()
+        try:
+            await self._nft(nftables.delete_table(self.table))
+        except FastPathError as exc:
+            log.warning("could not remove nftables table %s: %s", self.table, exc)
+        self._installed.clear()
+        self._core.last_seen_lag = 0.0
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_INTERVAL)
+            try:
+                await self.sync()
+            except Exception:
+                self.errors += 1
+                log.exception("kernel fast path: unexpected error; endpoints go back to user space")
+                await self._reset()
+
+    async def sync(self) -> None:
+        """Credit the counters, drop rules of endpoints gone, add rules for endpoints bound."""
+        try:
+            await self._read_counters()
+            script = await self._removals() + await self._installs()
+            if script:
+                await self._nft(script)
+            if self._failing:
+                log.info("kernel fast path working again")
+                self._failing = False
+        except FastPathError as exc:
+            self.errors += 1
+            if not self._failing:
+                log.warning("kernel fast path failed, endpoints go back to user space: %s", exc)
+                self._failing = True
+            await self._reset()
+
+    async def _reset(self) -> None:
+        """Start from an empty table; every endpoint is relayed in user space until bound anew."""
+        self._installed.clear()
+        self._hooked.clear()
+        self._newly_bound.clear()
+        with contextlib.suppress(FastPathError):
+            await self._nft(nftables.create_table(self.table))
+
+    async def _nft(self, script: str) -> None:
+        await self._run(["nft", "-f", "-"], script)
+
+    async def _read_counters(self) -> None:
+        if not self._installed:
+            return
+        text = await self._run(["nft", "-j", "list", "counters", "table", "netdev", self.table])
+        counters = await asyncio.to_thread(nftables.parse_counters, text)
+        now = self._clock()
+        for name, (packets, size) in counters.items():
+            parsed = nftables.parse_counter_name(name)
+            if parsed is None:
+                continue
+            vni, lamport_id, index = parsed
+            entry = self._installed.get(nftables.chain_name(vni, lamport_id))
+            if entry is None:
+                continue
+            seen_packets, seen_bytes = entry.counted[index]
+            if packets > seen_packets:
+                new = packets - seen_packets
+                payload = size - seen_bytes - new * entry.header_bytes
+                self._core.credit(entry.endpoint, index, new, payload, now)
+                entry.counted[index] = (packets, size)
+
+    async def _removals(self) -> str:
+        script = []
+        for done, (chain, entry) in enumerate(list(self._installed.items()), 1):
+            allocation = entry.endpoint.allocation
+            if self._core.endpoint(allocation.vni) is not entry.endpoint:
+                script.append(
+                    nftables.remove_endpoint(self.table, allocation.vni, allocation.lamport_id)
+                )
+                del self._installed[chain]
+            if done % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+        return "".join(script)
+
+    async def _installs(self) -> str:
+        bound, self._newly_bound[:] = list(self._newly_bound), []
+        wanted: list[tuple[Endpoint, tuple[str, int], tuple[str, int]]] = []
+        for endpoint in bound:
+            if self._core.endpoint(endpoint.allocation.vni) is not endpoint:
+                continue
+            if len(self._installed) + len(wanted) >= self.max_endpoints:
+                self.not_installed += 1
+                continue
+            a, b = (client_address(client.addr) for client in endpoint.clients)
+            if a is None or b is None or nftables.family(a[0]) != nftables.family(b[0]):
+                self.not_installed += 1
+                continue
+            wanted.append((endpoint, a, b))
+        if not wanted:
+            return ""
+        routes = await self._routes({ip for _, a, b in wanted for ip in (a[0], b[0])})
+        script = []
+        for endpoint, a, b in wanted:
+            if a[0] not in routes or b[0] not in routes:
+                self.not_installed += 1
+                continue
+            for address in (a, b):
+                script.append(self._hook(routes[address[0]].device))
+            legs = (
+                nftables.Leg(sender=a, receiver=b, route=routes[b[0]]),
+                nftables.Leg(sender=b, receiver=a, route=routes[a[0]]),
+            )
+            allocation = endpoint.allocation
+            script.append(
+                nftables.install_endpoint(
+                    self.table, allocation.vni, allocation.lamport_id, self._port, legs
+                )
+            )
+            chain = nftables.chain_name(allocation.vni, allocation.lamport_id)
+            self._installed[chain] = Installed(
+                endpoint, nftables.header_bytes(a[0]), [(0, 0), (0, 0)]
+            )
+        return "".join(script)
+
+    def _hook(self, device: str) -> str:
+        """The script that hooks ``device``'s ingress, the first time it is needed."""
+        if device in self._hooked:
+            return ""
+        chain = self._hooked[device] = f"in_{len(self._hooked)}"
+        return nftables.hook_device(self.table, chain, device, self._port, self._listen)
+
+    async def _routes(self, ips: set[str]) -> dict[str, nftables.Route]:
+        """Routes to ``ips``; one that has none (unreachable) is left out."""
+        lines = "".join(f"route get {ip}\n" for ip in sorted(ips))
+        text = await self._run(["ip", "-j", "-force", "-batch", "-"], lines, check=False)
+        return nftables.parse_routes(text)

@@ -1,0 +1,181 @@
+"""The kernel fast path's nftables rules as text, and parsers of what ``nft`` and ``ip`` print.
+
+Pure functions only: the shell that runs ``nft -f -`` and ``ip route get``
+is relay/fastpath.py. One table per relay, named for its UDP port so that
+relays sharing a network namespace keep apart::
+
+    table netdev relayfleet_<port>
+      map vnis                  VNI -> jump to the endpoint's chain
+      chain in_<n>              one per network device, at its ingress hook:
+                                UDP to the relay's port with the Geneve control
+                                bit clear (PROTOCOL.md data) -> look up the VNI
+      chain e<vni>_<lamport>    one rule per client of a bound endpoint: from the
+                                client's bound ip:port -> count, rewrite source
+                                and destination, forward out of the other
+                                client's device
+      counter c<vni>_<lamport>_<0|1>   packets and bytes from client 0 or 1
+
+Whatever no rule takes (control packets, unknown VNIs, endpoints not yet
+bound, any other source, devices not hooked) goes on to the socket and is
+handled in user space exactly as without the fast path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass
+
+TABLE_PREFIX = "relayfleet_"
+VNI_MAP = "vnis"
+_VNI_FIELD = "@th,96,24"  # Geneve bytes 4-6, after the 8-byte UDP header
+_DATA_PACKET = "@th,72,1 0"  # Geneve byte 1, top bit (O, control) clear
+_HEADER_BYTES = {"ip": 20 + 8, "ip6": 40 + 8}
+_COUNTER_NAME = re.compile(r"c(\d+)_(\d+)_([01])\Z")
+
+
+@dataclass(frozen=True)
+class Route:
+    """How the relay reaches one client: out of ``device`` via ``next_hop``, from ``source``."""
+
+    device: str
+    source: str
+    next_hop: str
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One direction of a bound endpoint: packets from ``sender`` go to ``receiver``."""
+
+    sender: tuple[str, int]
+    receiver: tuple[str, int]
+    route: Route
+
+
+def table_name(port: int) -> str:
+    return f"{TABLE_PREFIX}{port}"
+
+
+def family(ip: str) -> str:
+    """nftables' name of an address's family: ``ip`` or ``ip6``."""
+    return "ip" if ipaddress.ip_address(ip).version == 4 else "ip6"
+
+
+def header_bytes(ip: str) -> int:
+    """IP and UDP header bytes that a kernel counter counts on top of each datagram."""
+    return _HEADER_BYTES[family(ip)]
+
+
+def chain_name(vni: int, lamport_id: int) -> str:
+    return f"e{vni}_{lamport_id}"
+
+
+def counter_name(vni: int, lamport_id: int, index: int) -> str:
+    return f"c{vni}_{lamport_id}_{index}"
+
+
+def parse_counter_name(name: str) -> tuple[int, int, int] | None:
+    """``(vni, lamport_id, client index)`` of one of our counters; None for any other name."""
+    match = _COUNTER_NAME.match(name)
+    if match is None:
+        return None
+    vni, lamport_id, index = match.groups()
+    return int(vni), int(lamport_id), int(index)
+
+
+def create_table(table: str) -> str:
+    """A fresh, empty table: one left by an earlier process with this name is replaced."""
+    return (
+        f"add table netdev {table}\n"
+        f"delete table netdev {table}\n"
+        f"add table netdev {table}\n"
+        f"add map netdev {table} {VNI_MAP} {{ typeof {_VNI_FIELD} : verdict ; }}\n"
+    )
+
+
+def delete_table(table: str) -> str:
+    return f"delete table netdev {table}\n"
+
+
+def hook_device(table: str, chain: str, device: str, port: int, listen: str | None) -> str:
+    """Send the relay's data packets arriving on ``device`` to the VNI map.
+
+    ``listen`` narrows the match to one destination address (None: any).
+    """
+    lines = [
+        f'add chain netdev {table} {chain} {{ type filter hook ingress device "{device}" '
+        f"priority 0 ; policy accept ; }}"
+    ]
+    for name in ("ip", "ip6"):
+        if listen is not None and family(listen) != name:
+            continue
+        to = f"{name} daddr {listen} " if listen is not None else ""
+        lines.append(
+            f"add rule netdev {table} {chain} meta protocol {name} {to}udp dport {port} "
+            f"{_DATA_PACKET} {_VNI_FIELD} vmap @{VNI_MAP}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def install_endpoint(
+    table: str, vni: int, lamport_id: int, port: int, legs: tuple[Leg, Leg]
+) -> str:
+    """Relay one bound endpoint in the kernel: a chain with a rule per client, and its VNI."""
+    chain = chain_name(vni, lamport_id)
+    lines = [f"add chain netdev {table} {chain}"]
+    for index, leg in enumerate(legs):
+        counter = counter_name(vni, lamport_id, index)
+        name = family(leg.sender[0])
+        lines.insert(0, f"add counter netdev {table} {counter}")
+        lines.append(
+            f"add rule netdev {table} {chain} "
+            f"{name} saddr {leg.sender[0]} udp sport {leg.sender[1]} "
+            f'counter name "{counter}" '
+            f"{name} saddr set {leg.route.source} udp sport set {port} "
+            f"{name} daddr set {leg.receiver[0]} udp dport set {leg.receiver[1]} "
+            f'fwd {name} to {leg.route.next_hop} device "{leg.route.device}"'
+        )
+    lines.append(f"add element netdev {table} {VNI_MAP} {{ {vni} : jump {chain} }}")
+    return "\n".join(lines) + "\n"
+
+
+def remove_endpoint(table: str, vni: int, lamport_id: int) -> str:
+    """Undo :func:`install_endpoint`; its packets go to user space again."""
+    return (
+        f"delete element netdev {table} {VNI_MAP} {{ {vni} }}\n"
+        f"delete chain netdev {table} {chain_name(vni, lamport_id)}\n"
+        f"delete counter netdev {table} {counter_name(vni, lamport_id, 0)}\n"
+        f"delete counter netdev {table} {counter_name(vni, lamport_id, 1)}\n"
+    )
+
+
+def parse_counters(text: str) -> dict[str, tuple[int, int]]:
+    """``{name: (packets, bytes)}`` from ``nft -j list counters``."""
+    counters: dict[str, tuple[int, int]] = {}
+    for item in json.loads(text).get("nftables", []):
+        counter = item.get("counter")
+        if counter is not None:
+            counters[counter["name"]] = (int(counter["packets"]), int(counter["bytes"]))
+    return counters
+
+
+def parse_routes(text: str) -> dict[str, Route]:
+    """``{destination: Route}`` from ``ip -j -batch -`` running ``route get`` lines.
+
+    Each successful lookup prints one JSON array; a failed one prints nothing,
+    so its destination is simply missing.
+    """
+    routes: dict[str, Route] = {}
+    decoder = json.JSONDecoder()
+    position = 0
+    text = text.strip()
+    while position < len(text):
+        answer, position = decoder.raw_decode(text, position)
+        while position < len(text) and text[position].isspace():
+            position += 1
+        for entry in answer:
+            destination, device, source = entry.get("dst"), entry.get("dev"), entry.get("prefsrc")
+            if destination and device and source:
+                routes[destination] = Route(device, source, entry.get("gateway", destination))
+    return routes

@@ -1,0 +1,232 @@
+"""The kernel fast path (``--fast-path auto``), end to end across network namespaces.
+
+A real relay process runs in its own namespace; two clients in two others
+bind over veth links and send data. The relay is stopped (SIGSTOP) while
+data flows, so any packet that arrives was relayed by the kernel's rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from relay.client import RelayClient
+from relay.fastpath import POLL_INTERVAL
+from relay.keys import DiscoPrivateKey, DiscoPublicKey
+from relay.nftables import chain_name, table_name
+from tests import netns
+from tests.relay.relay_process import RelayProcess
+
+pytestmark = pytest.mark.skipif(netns.unavailable() is not None, reason=str(netns.unavailable()))
+
+DEADLINE = 20.0
+
+
+@pytest.fixture
+def hosts():
+    hosts = netns.Hosts.create()
+    yield hosts
+    hosts.close()
+
+
+async def start_relay(
+    hosts: netns.Hosts, *args: str, wrapper: tuple[str, ...] = ()
+) -> RelayProcess:
+    return await RelayProcess.start(
+        "--fast-path", "auto", *args,
+        wrapper=(*hosts.exec(hosts.relay), *wrapper),
+        listen="0.0.0.0",
+    )  # fmt: skip
+
+
+def api_port(relay: RelayProcess) -> int:
+    return int(relay.ready["api"].rsplit(":", 1)[1])
+
+
+async def until(condition, what: str, timeout: float = DEADLINE):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await asyncio.to_thread(condition)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:g} s: {what}")
+        await asyncio.sleep(0.05)
+
+
+def metric(hosts: netns.Hosts, relay: RelayProcess, name: str) -> float:
+    status, text = hosts.relay_http(api_port(relay), "GET", "/metrics")
+    assert status == 200
+    for line in text.splitlines():
+        if line.startswith(f"relayfleet_relay_{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")
+
+
+def endpoints(hosts: netns.Hosts, relay: RelayProcess) -> list[dict]:
+    status, text = hosts.relay_http(api_port(relay), "GET", "/v0/relay/endpoints")
+    assert status == 200, text
+    return json.loads(text)["Endpoints"]
+
+
+class BoundPair:
+    """Two clients in their namespaces, bound to one endpoint of the relay."""
+
+    def __init__(self, hosts: netns.Hosts, relay: RelayProcess) -> None:
+        self.keys = [DiscoPrivateKey.generate(), DiscoPrivateKey.generate()]
+        status, text = hosts.relay_http(
+            api_port(relay), "POST", "/v0/relay/endpoint",
+            {"DiscoKeys": [str(k.public) for k in self.keys]},
+        )  # fmt: skip
+        assert status == 200, text
+        allocation = json.loads(text)
+        self.vni = allocation["VNI"]
+        self.lamport_id = allocation["LamportID"]
+        server = DiscoPublicKey.parse(allocation["ServerDisco"])
+        self.clients = [RelayClient(k, server, self.vni) for k in self.keys]
+        self.sockets = [hosts.udp_socket("a"), hosts.udp_socket("b")]
+        self.relay = [(netns.RELAY_SIDE[side], relay.ready["udp_port"]) for side in "ab"]
+        for sock in self.sockets:
+            sock.settimeout(5)
+
+    def bind(self) -> None:
+        for client, sock, relay in zip(self.clients, self.sockets, self.relay, strict=True):
+            sock.sendto(client.bind(), relay)
+            challenge, _ = sock.recvfrom(2048)
+            sock.sendto(client.answer(challenge), relay)
+
+    def send(self, sender: int, payload: bytes) -> None:
+        self.sockets[sender].sendto(self.clients[sender].data(payload), self.relay[sender])
+
+    def receive(self, receiver: int, timeout: float = 5.0) -> tuple[bytes, tuple]:
+        sock = self.sockets[receiver]
+        sock.settimeout(timeout)
+        datagram, source = sock.recvfrom(2048)
+        return self.clients[receiver].read_data(datagram), source
+
+    def silent(self, receiver: int, timeout: float = 0.5) -> bool:
+        """True if nothing arrives within ``timeout`` (a negative check with a bound)."""
+        try:
+            self.receive(receiver, timeout)
+        except TimeoutError:
+            return True
+        return False
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+def chains(hosts: netns.Hosts, relay: RelayProcess) -> str:
+    return hosts.nft("list", "table", "netdev", table_name(relay.ready["udp_port"]))
+
+
+async def test_bound_pair_is_relayed_by_the_kernel_with_counts_and_last_seen(hosts):
+    relay = await start_relay(hosts)
+    pair = BoundPair(hosts, relay)
+    try:
+        await asyncio.to_thread(pair.bind)
+        await until(lambda: metric(hosts, relay, "fast_path_endpoints") == 1, "rules installed")
+        assert chain_name(pair.vni, pair.lamport_id) in chains(hosts, relay)
+        relay.process.send_signal(signal.SIGSTOP)
+        try:
+            for i in range(50):
+                for sender in (0, 1):
+                    payload = f"{sender}:{i}".encode() * 10
+                    pair.send(sender, payload)
+                    got, source = pair.receive(1 - sender)
+                    assert got == payload
+                    assert source == pair.relay[1 - sender], "source is the relay's side"
+        finally:
+            relay.process.send_signal(signal.SIGCONT)
+        size = len(pair.clients[0].data(b"0:0" * 10))
+
+        def counted():
+            clients = endpoints(hosts, relay)[0]["Clients"]
+            return all(c["Packets"] == 50 for c in clients) and clients
+
+        clients = await until(counted, "kernel counts credited to the endpoint")
+        for client in clients:
+            assert client["Bytes"] >= 50 * size
+            last_seen = client["LastSeen"]
+            assert last_seen is not None
+        assert metric(hosts, relay, "forwarded_packets_total") == 100
+        drops = metric(hosts, relay, "fast_path_errors_total")
+        assert drops == 0
+    finally:
+        pair.close()
+        code, stderr = await relay.stop()
+    assert code == 0, stderr
+    tables = subprocess.run(
+        [*hosts.exec(hosts.relay), "nft", "list", "tables"], capture_output=True, text=True
+    ).stdout
+    assert table_name(relay.ready["udp_port"]) not in tables, "table removed at exit"
+
+
+async def test_kernel_traffic_keeps_the_endpoint_alive_and_expiry_removes_the_rules(hosts):
+    lifetime = 3.0
+    relay = await start_relay(hosts, "--steady-state-lifetime", f"{lifetime:g}s")
+    pair = BoundPair(hosts, relay)
+    try:
+        await asyncio.to_thread(pair.bind)
+        await until(lambda: metric(hosts, relay, "fast_path_endpoints") == 1, "rules installed")
+        started = time.monotonic()
+        while time.monotonic() - started < 2 * lifetime:
+            for sender in (0, 1):
+                pair.send(sender, b"keepalive")
+                assert pair.receive(1 - sender)[0] == b"keepalive"
+            await asyncio.sleep(0.2)
+        assert [e["VNI"] for e in endpoints(hosts, relay)] == [pair.vni], (
+            "traffic seen only by the kernel kept the endpoint past its steady-state lifetime"
+        )
+        await until(lambda: not endpoints(hosts, relay), "endpoint expired after silence",
+                    timeout=lifetime + 4 * POLL_INTERVAL + DEADLINE)  # fmt: skip
+        await until(
+            lambda: chain_name(pair.vni, pair.lamport_id) not in chains(hosts, relay),
+            "rules removed after expiry",
+        )
+        assert metric(hosts, relay, "fast_path_endpoints") == 0
+        relay.process.send_signal(signal.SIGSTOP)
+        try:
+            pair.send(0, b"after expiry")
+            assert pair.silent(1), "the kernel relays nothing for an expired endpoint"
+        finally:
+            relay.process.send_signal(signal.SIGCONT)
+    finally:
+        pair.close()
+        await relay.stop()
+
+
+async def test_without_net_admin_the_relay_falls_back_to_user_space(hosts):
+    no_admin = ("setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin")
+    relay = await start_relay(hosts, wrapper=no_admin)
+    pair = BoundPair(hosts, relay)
+    try:
+        await asyncio.to_thread(pair.bind)
+        for sender in (0, 1):
+            pair.send(sender, b"user space")
+            assert pair.receive(1 - sender)[0] == b"user space"
+        assert metric(hosts, relay, "fast_path_endpoints") == 0
+        assert metric(hosts, relay, "forwarded_packets_total") == 2
+    finally:
+        pair.close()
+        code, stderr = await relay.stop()
+    assert code == 0
+    assert "kernel fast path unavailable, relaying in user space" in stderr
+    assert "Operation not permitted" in stderr
+
+
+def test_hosts_helper_cleans_up():
+    hosts = netns.Hosts.create(f"{os.getpid()}x")
+    hosts.close()
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert hosts.relay not in listed
+    with pytest.raises(FileNotFoundError), netns.inside(hosts.relay):
+        socket.socket()
