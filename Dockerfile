@@ -17,8 +17,12 @@ COPY relay_operator ./relay_operator
 RUN /opt/relayfleet/bin/pip install . \
     && /opt/relayfleet/bin/relayfleet --version
 
-# Run: the same Python base, the venv only, as an unprivileged user.
+# Run: the same Python base, the venv only, as an unprivileged user; nft and ip for the
+# kernel fast path (--fast-path auto), which the chart enables with NET_ADMIN.
 FROM ${PYTHON}
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends nftables iproute2 \
+    && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/relayfleet /opt/relayfleet
 ENV PATH=/opt/relayfleet/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -26,29 +26,39 @@ How:
      in any case.
   3. Ours: allocate through the API, both clients bind (RelayClient); for (c)
      wait until /metrics shows the endpoint in the kernel.
+     Every forwarder's socket gets the same forced --buffer (SO_RCVBUFFORCE
+     on a pidfd_getfd duplicate, as bench/dataplane.py does).
   4. Load: a C sender (compiled here) in client a's namespace, pinned to
      CPU 0, sends data packets of the endpoint's VNI from a's bound address
      with sendmmsg, batches of 64, unpaced or at a fixed rate.
   5. Throughput, RFC 2544 style: the highest offered rate relayed with at
      most --max-loss lost. First one unpaced round of --packets packets; if
      it loses nothing, the sender is the limit (printed as such). Otherwise
-     --search-steps rounds of about a second each search the rate.
+     --search-steps rounds of about a second each search the rate, between
+     0 and the rate the unpaced round offered.
+     net.core.netdev_max_backlog is raised to --backlog for the run and
+     restored after: at its default (1000) the bursts that RPS hands to CPU 1
+     overflow CPU 1's input queue while it is mostly idle.
   6. Per round: packets counted at b, loss, wall time from the first send to
-     the last arrival, and CPU 1's busy time from /proc/stat (user + system +
-     irq + softirq, less the idle machine's busy rate). Packets per
-     CPU-second of CPU 1 is the comparable figure: the forwarder's capacity
-     on one core, also where the sender on CPU 0 cannot fill that core (the
-     kernel path: CPU 1 is then partly idle, and its cost per packet at that
-     load is, if anything, higher than when full, NAPI batching less).
+     the last arrival, and CPU 1's busy time: a spinner at SCHED_IDLE on CPU 1
+     gets whatever nothing else wants, so busy = wall time - its spins /
+     its spins per second on the idle machine (this kernel's tick-based
+     accounting misses most softirq work on an otherwise idle CPU, so
+     /proc/stat cannot say). Packets per CPU-second of CPU 1 is the
+     comparable figure: the forwarder's capacity on one core, also where the
+     sender on CPU 0 cannot fill that core (the kernel path).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import mmap
 import os
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -60,6 +70,8 @@ from forwarders import (
     FORWARDER_CPU,
     RELAYFLEET,
     compile_forwarder,
+    forwarder_sockets,
+    set_buffers,
     stop_on_sigterm,
     table,
 )
@@ -70,7 +82,10 @@ from relay.keys import DiscoPrivateKey, DiscoPublicKey
 from tests import netns
 
 C, USER, KERNEL = "C (user space)", "ours, user space", "ours, kernel fast path"
+FLOOR = "arrival only"
+FLOOR_PORT = 7000
 SINK_TABLE = "bench_sink"
+BACKLOG_SYSCTL = Path("/proc/sys/net/core/netdev_max_backlog")
 SETTLE = 0.3
 ROUND_DEADLINE = 60.0
 
@@ -131,22 +146,80 @@ int main(int argc, char **argv) {
         int r = sendmmsg(fd, msgs, n, 0);
         if (r > 0) sent += r;
     }
-    printf("%ld\n", sent);
+    printf("%ld %.6f\n", sent, now() - start);
     return 0;
 }
 """
 
 
-def cpu_busy_ticks(cpu: int) -> int:
-    """Busy jiffies of one CPU so far: user, nice, system, irq, softirq, steal."""
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith(f"cpu{cpu} "):
-            fields = [int(x) for x in line.split()[1:]]
-            return sum(fields[:3]) + sum(fields[5:8])
-    raise RuntimeError(f"no cpu{cpu} in /proc/stat")
+class IdleMeter:
+    """How much of CPU 1 nothing else wanted: a spinning counter at SCHED_IDLE priority.
+
+    /proc/stat cannot tell: with tick-based accounting and idle ticks off,
+    softirq work done on an otherwise idle CPU is mostly never sampled. Any
+    other work on CPU 1 (softirqs included) takes the CPU from the spinner, so
+    busy time = wall time - spins / (spins per second on an idle machine).
+    """
+
+    def __init__(self, binary: Path, directory: str) -> None:
+        self._file = Path(directory) / "spins"
+        self._file.write_bytes(bytes(8))
+        self._process = subprocess.Popen(["taskset", "-c", str(FORWARDER_CPU), str(binary),
+                                          str(self._file)])  # fmt: skip
+        self._fd = os.open(self._file, os.O_RDONLY)
+        self._map = mmap.mmap(self._fd, 8, prot=mmap.PROT_READ)
+        self.idle_rate = 0.0
+
+    def spins(self) -> int:
+        return struct.unpack("Q", self._map[:8])[0]
+
+    def calibrate(self, seconds: float = 2.0) -> float:
+        before, started = self.spins(), time.monotonic()
+        time.sleep(seconds)
+        self.idle_rate = (self.spins() - before) / (time.monotonic() - started)
+        return self.idle_rate
+
+    def start(self) -> tuple[int, float]:
+        return self.spins(), time.monotonic()
+
+    def busy_seconds(self, mark: tuple[int, float]) -> float:
+        spins, started = mark
+        window = time.monotonic() - started
+        return max(window - (self.spins() - spins) / self.idle_rate, 1e-9)
+
+    def close(self) -> None:
+        self._process.kill()
+        self._process.wait()
+        self._map.close()
+        os.close(self._fd)
 
 
-TICK = os.sysconf("SC_CLK_TCK")
+SPINNER_C = r"""
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/mman.h>
+
+/* spinner FILE: at SCHED_IDLE, counts spins of 4096 into FILE's first 8 bytes. */
+int main(int argc, char **argv) {
+    struct sched_param none = {0};
+    sched_setscheduler(0, SCHED_IDLE, &none);
+    int fd = open(argv[1], O_RDWR);
+    volatile unsigned long *spins = mmap(0, 8, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    for (;;) {
+        for (volatile int i = 0; i < 4096; i++)
+            ;
+        *spins += 1;
+    }
+}
+"""
+
+
+def compile_c(directory: str, name: str, source: str) -> Path:
+    path = Path(directory) / name
+    path.with_suffix(".c").write_text(source)
+    subprocess.run(["gcc", "-O2", "-o", str(path), str(path.with_suffix(".c"))], check=True)
+    return path
 
 
 def in_namespace(hosts: netns.Hosts, namespace: str, cpu: int, *argv: str) -> list[str]:
@@ -161,22 +234,21 @@ def steer_to_forwarder_cpu(hosts: netns.Hosts) -> None:
     subprocess.run([*hosts.exec(hosts.relay), "sh", "-c", script], check=True)
 
 
-def install_sink(hosts: netns.Hosts, port: int) -> None:
-    """At b's device: count and drop the relayed packets to b's port."""
+def install_sink(hosts: netns.Hosts, sink: tuple[str, str], port: int) -> None:
+    """At ``sink`` (namespace, device): count and drop the packets to ``port``."""
+    namespace, device = sink
     script = (
         f"add table netdev {SINK_TABLE}\ndelete table netdev {SINK_TABLE}\n"
         f"table netdev {SINK_TABLE} {{\n counter delivered {{ }}\n"
-        f' chain in {{ type filter hook ingress device "cb" priority 0; policy accept;\n'
+        f' chain in {{ type filter hook ingress device "{device}" priority 0; policy accept;\n'
         f'  meta protocol ip udp dport {port} counter name "delivered" drop\n }}\n}}\n'
     )
-    subprocess.run(
-        [*hosts.exec(hosts.clients["b"]), "nft", "-f", "-"], input=script, text=True, check=True
-    )
+    subprocess.run([*hosts.exec(namespace), "nft", "-f", "-"], input=script, text=True, check=True)
 
 
-def delivered(hosts: netns.Hosts) -> int:
+def delivered(hosts: netns.Hosts, sink: tuple[str, str]) -> int:
     text = subprocess.run(
-        [*hosts.exec(hosts.clients["b"]), "nft", "-j", "list", "counter", "netdev",
+        [*hosts.exec(sink[0]), "nft", "-j", "list", "counter", "netdev",
          SINK_TABLE, "delivered"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
@@ -189,11 +261,15 @@ def delivered(hosts: netns.Hosts) -> int:
 class Setup:
     """One forwarder in the relay namespace with a bound pair whose a-side socket is freed."""
 
-    def __init__(self, hosts: netns.Hosts, name: str, process: subprocess.Popen, ready: dict):
+    def __init__(
+        self, hosts: netns.Hosts, name: str, process: subprocess.Popen | None, ready: dict
+    ) -> None:
         self.hosts, self.name, self.process, self.ready = hosts, name, process, ready
+        self.sink = (hosts.clients["b"], "cb")
         self.vni = 1
         self.a_port = self.b_port = 0
         self.b_socket: socket.socket | None = None
+        self.sockets: list[socket.socket] = []
 
     @property
     def api_port(self) -> int:
@@ -206,9 +282,19 @@ class Setup:
                 return float(line.split()[1])
         raise RuntimeError(f"no metric {name}")
 
+    def enlarge_buffers(self, size: int) -> None:
+        """The same forced receive and send buffers for every forwarder's socket."""
+        if self.process is None:
+            return
+        self.sockets = forwarder_sockets(self.process.pid, self.ready["udp_port"])
+        for sock in self.sockets:
+            set_buffers(sock, size)
+
     def stop(self) -> None:
-        if self.b_socket is not None:
-            self.b_socket.close()
+        for sock in [*self.sockets, *([self.b_socket] if self.b_socket else [])]:
+            sock.close()
+        if self.process is None:
+            return
         self.process.terminate()
         try:
             self.process.wait(15)
@@ -226,6 +312,15 @@ def start(hosts: netns.Hosts, name: str, argv: list[str]) -> Setup:
     if not line:
         raise RuntimeError(f"{name} did not start (exit {process.wait(10)})")
     return Setup(hosts, name, process, json.loads(line))
+
+
+def arrival_floor(hosts: netns.Hosts) -> Setup:
+    """No forwarder: the packets are counted and dropped as they arrive at the relay's device.
+    What CPU 1 spends on that, any relay spends too."""
+    setup = Setup(hosts, FLOOR, None, {"udp_port": FLOOR_PORT})
+    setup.sink = (hosts.relay, "ra")
+    setup.a_port, setup.b_port = FLOOR_PORT, FLOOR_PORT
+    return setup
 
 
 def start_c(hosts: netns.Hosts, binary: Path) -> Setup:
@@ -273,30 +368,30 @@ def start_ours(hosts: netns.Hosts, name: str, fast_path: str) -> Setup:
 
 
 def one_round(
-    setup: Setup, sender: Path, size: int, packets: int, idle_rate: float, rate: float = 0
+    setup: Setup, sender: Path, size: int, packets: int, meter: IdleMeter, rate: float = 0
 ) -> dict:
     hosts = setup.hosts
-    install_sink(hosts, setup.b_port)
-    busy_before = cpu_busy_ticks(FORWARDER_CPU)
+    install_sink(hosts, setup.sink, setup.b_port)
+    mark = meter.start()
     started = time.monotonic()
-    subprocess.run(
+    sending = subprocess.run(
         in_namespace(hosts, hosts.clients["a"], BENCH_CPU, str(sender),
                      netns.CLIENT_IP["a"], str(setup.a_port), netns.RELAY_SIDE["a"],
                      str(setup.ready["udp_port"]), str(setup.vni), str(size), str(packets),
                      str(int(rate))),
-        check=True, capture_output=True, timeout=ROUND_DEADLINE,
+        check=True, capture_output=True, text=True, timeout=ROUND_DEADLINE,
     )  # fmt: skip
-    count, last_change = delivered(hosts), time.monotonic()
+    send_seconds = float(sending.stdout.split()[1])
+    count, last_change = delivered(hosts, setup.sink), time.monotonic()
     while time.monotonic() - last_change < SETTLE and time.monotonic() - started < ROUND_DEADLINE:
         time.sleep(0.05)
-        now = delivered(hosts)
+        now = delivered(hosts, setup.sink)
         if now != count:
             count, last_change = now, time.monotonic()
     elapsed = last_change - started
-    window = time.monotonic() - started
-    busy = (cpu_busy_ticks(FORWARDER_CPU) - busy_before) / TICK
-    busy = max(busy - idle_rate * window, 1e-9)
+    busy = meter.busy_seconds(mark)
     return {
+        "offered": packets / send_seconds,
         "rate": count / elapsed,
         "loss": 1 - count / packets,
         "busy": busy / elapsed,
@@ -304,21 +399,21 @@ def one_round(
     }
 
 
-def lossless(setup: Setup, sender: Path, size: int, args, idle_rate: float) -> dict:
+def lossless(setup: Setup, sender: Path, size: int, args, meter: IdleMeter) -> dict:
     """The highest offered rate relayed with at most --max-loss lost (RFC 2544 style).
 
     First unpaced: if that loses nothing, the sender is the limit and its
     round stands. Otherwise a binary search between 0 and the unpaced
     delivery rate, --search-steps rounds of about one second each.
     """
-    best = one_round(setup, sender, size, args.packets, idle_rate)
+    best = one_round(setup, sender, size, args.packets, meter)
     best["sender_limited"] = best["loss"] <= args.max_loss
     if best["sender_limited"]:
         return best
-    low, high, best = 0.0, best["rate"] * 1.2, None
+    low, high, best = 0.0, best["offered"], None
     for _ in range(args.search_steps):
         rate = (low + high) / 2
-        result = one_round(setup, sender, size, max(int(rate), 50_000), idle_rate, rate)
+        result = one_round(setup, sender, size, max(int(rate), 50_000), meter, rate)
         if result["loss"] <= args.max_loss:
             low, best = rate, result
         else:
@@ -329,39 +424,35 @@ def lossless(setup: Setup, sender: Path, size: int, args, idle_rate: float) -> d
     return best
 
 
-def idle_busy_rate(seconds: float = 2.0) -> float:
-    """CPU 1's busy fraction with no load, subtracted from every round."""
-    before, started = cpu_busy_ticks(FORWARDER_CPU), time.monotonic()
-    time.sleep(seconds)
-    return (cpu_busy_ticks(FORWARDER_CPU) - before) / TICK / (time.monotonic() - started)
-
-
 def main(args: argparse.Namespace) -> None:
     stop_on_sigterm()
     if reason := netns.unavailable():
         raise SystemExit(f"bench/fastpath.py: {reason}")
     hosts = netns.Hosts.create(f"b{os.getpid()}")
     results: dict[str, dict[int, dict]] = {}
+    backlog = BACKLOG_SYSCTL.read_text()
     try:
+        BACKLOG_SYSCTL.write_text(str(args.backlog))
         steer_to_forwarder_cpu(hosts)
-        with tempfile.TemporaryDirectory() as directory:
+        with tempfile.TemporaryDirectory() as directory, contextlib.ExitStack() as stack:
             forwarder = compile_forwarder(directory)
-            sender = Path(directory) / "sender"
-            (Path(directory) / "sender.c").write_text(SENDER_C)
-            subprocess.run(["gcc", "-O2", "-o", str(sender), f"{directory}/sender.c"], check=True)
-            idle = idle_busy_rate()
-            print(f"CPU {FORWARDER_CPU} idle busy rate: {idle:.1%}")
+            sender = compile_c(directory, "sender", SENDER_C)
+            meter = IdleMeter(compile_c(directory, "spinner", SPINNER_C), directory)
+            stack.callback(meter.close)
+            print(f"CPU {FORWARDER_CPU} idle: {meter.calibrate():,.0f} spins/s")
             for name, make in (
+                (FLOOR, lambda: arrival_floor(hosts)),
                 (C, lambda: start_c(hosts, forwarder)),
                 (USER, lambda: start_ours(hosts, USER, "off")),
                 (KERNEL, lambda: start_ours(hosts, KERNEL, "auto")),
             ):
                 setup = make()
+                setup.enlarge_buffers(args.buffer)
                 try:
                     for size in args.sizes:
-                        one_round(setup, sender, size, args.packets // 10, idle)  # warm-up
+                        one_round(setup, sender, size, args.packets // 10, meter)  # warm-up
                         rounds = [
-                            lossless(setup, sender, size, args, idle) for _ in range(args.rounds)
+                            lossless(setup, sender, size, args, meter) for _ in range(args.rounds)
                         ]
                         row = results.setdefault(name, {})[size] = {
                             key: statistics.median(r[key] for r in rounds) for key in rounds[0]
@@ -376,17 +467,34 @@ def main(args: argparse.Namespace) -> None:
                 finally:
                     setup.stop()
     finally:
+        BACKLOG_SYSCTL.write_text(backlog)
         hosts.close()
     print()
     print(
         f"Packets relayed per CPU-second of CPU {FORWARDER_CPU}, at the highest rate with loss "
         f"<= {args.max_loss:.2%} (median of {args.rounds}):"
     )
-    rows = [["bytes", C, USER, KERNEL, "kernel/C", "ours user/C"]]
+    rows = [["bytes", FLOOR, C, USER, KERNEL, "kernel/C", "ours user/C"]]
     for size in args.sizes:
-        c, user, kernel = (results[n][size]["per_cpu_second"] for n in (C, USER, KERNEL))
-        rows.append([str(size), f"{c:,.0f}", f"{user:,.0f}", f"{kernel:,.0f}",
+        floor, c, user, kernel = (
+            results[n][size]["per_cpu_second"] for n in (FLOOR, C, USER, KERNEL)
+        )
+        rows.append([str(size), f"{floor:,.0f}", f"{c:,.0f}", f"{user:,.0f}", f"{kernel:,.0f}",
                      f"{kernel / c:.2f}", f"{user / c:.2f}"])  # fmt: skip
+    table(rows)
+    print()
+    print(
+        f"CPU {FORWARDER_CPU} time per packet above '{FLOOR}' (the packet's arrival at the "
+        "relay's device, which every relay pays), in ns:"
+    )
+    rows = [["bytes", f"{FLOOR} (ns)", C, USER, KERNEL, "C/kernel", "C/ours user"]]
+    for size in args.sizes:
+        floor, c, user, kernel = (
+            1e9 / results[n][size]["per_cpu_second"] for n in (FLOOR, C, USER, KERNEL)
+        )
+        rows.append([str(size), f"{floor:.0f}", f"{c - floor:.0f}", f"{user - floor:.0f}",
+                     f"{kernel - floor:.0f}", f"{(c - floor) / (kernel - floor):.2f}",
+                     f"{(c - floor) / (user - floor):.2f}"])  # fmt: skip
     table(rows)
     print()
     print(
@@ -395,7 +503,7 @@ def main(args: argparse.Namespace) -> None:
     )
     rows = [["bytes", "forwarder", "pkt/s", "loss", "busy", "limit"]]
     for size in args.sizes:
-        for name in (C, USER, KERNEL):
+        for name in (FLOOR, C, USER, KERNEL):
             row = results[name][size]
             limit = "sender" if row["sender_limited"] else "forwarder"
             rows.append([str(size), name, f"{row['rate']:,.0f}", f"{row['loss']:.2%}",
@@ -416,4 +524,17 @@ if __name__ == "__main__":
     parser.add_argument("--search-steps", type=int, default=7, help="rounds of the rate search")
     parser.add_argument("--sizes", type=_sizes, default=[64, 200, 1400], help="datagram sizes")
     parser.add_argument("--rounds", type=int, default=1, help="searches per cell (median)")
+    parser.add_argument(
+        "--buffer",
+        type=int,
+        default=16 << 20,
+        help="receive and send buffer bytes forced on every forwarder's socket",
+    )
+    parser.add_argument(
+        "--backlog",
+        type=int,
+        default=100_000,
+        help="net.core.netdev_max_backlog during the run (restored after): with the default "
+        "1000, bursts handed to CPU 1 overflow its queue long before it is busy",
+    )
     main(parser.parse_args())

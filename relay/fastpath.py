@@ -8,12 +8,14 @@ so with ``--fast-path auto`` the relay installs one chain per bound endpoint
 and its data packets no longer cost a system call, a copy or a Python loop.
 
 What stays in user space: the handshake, expiry, the allocation API and
-every packet the rules do not take. The relay reads the rules' counters every
-:data:`POLL_INTERVAL` and credits them to the core (packets, bytes, last
-seen), so status, metrics and steady-state expiry see kernel traffic as if
-the core had relayed it. An endpoint that expires or is removed loses its
-rules at the next poll. When ``nft`` is missing, not permitted or fails, the
-relay logs why and relays in user space; nothing else changes.
+every packet the rules do not take. The relay polls the kernel every
+:data:`POLL_INTERVAL` (less often where a poll takes long, see
+:meth:`KernelFastPath._poll`): it credits the rules' counters to the core
+(packets, bytes, last seen), so status, metrics and steady-state expiry see
+kernel traffic as if the core had relayed it, and it removes the rules of
+endpoints that expired or were removed. When ``nft`` is missing, not
+permitted or fails, the relay logs why and relays in user space; nothing
+else changes.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 
 FAST_PATH_MODES = ("off", "auto")
 POLL_INTERVAL = 1.0
+POLL_SHARE = 0.1  # at most this share of wall time goes to polling the kernel
 DEFAULT_MAX_ENDPOINTS = 10_000
 COMMAND_TIMEOUT = 30.0
 YIELD_EVERY = 256
@@ -43,13 +46,34 @@ class FastPathError(Exception):
     """An ``nft`` or ``ip`` command failed; the message says which and why."""
 
 
+LegKey = tuple[int, str, int]  # VNI, client ip, client port: one set element
+Counts = dict[LegKey, tuple[int, int]]
+
+
 @dataclass
 class Installed:
-    """One endpoint relayed by the kernel, and what its counters said last."""
+    """One endpoint relayed by the kernel: its clients' addresses as the rules name them."""
 
     endpoint: Endpoint
+    senders: tuple[tuple[str, int], tuple[str, int]]
     header_bytes: int
-    counted: list[tuple[int, int]]
+
+
+def count_changes(text: str, before: Counts) -> tuple[Counts, list[tuple[LegKey, int, int]]]:
+    """The legs' counts now, and ``(leg, new packets, new bytes)`` for each that moved.
+
+    Pure, so that it runs off the event loop: at 10 000 endpoints the JSON is
+    megabytes. A count below the last one belongs to a leg installed afresh.
+    """
+    now = nftables.parse_legs(text)
+    moved = []
+    for key, (packets, size) in now.items():
+        seen_packets, seen_bytes = before.get(key, (0, 0))
+        if packets < seen_packets:
+            seen_packets, seen_bytes = 0, 0
+        if packets > seen_packets:
+            moved.append((key, packets - seen_packets, size - seen_bytes))
+    return now, moved
 
 
 async def run_command(argv: list[str], stdin: str | None = None, check: bool = True) -> str:
@@ -110,6 +134,8 @@ class KernelFastPath:
         self.table = nftables.table_name(port)
         self._newly_bound = core.watch_bound()
         self._installed: dict[str, Installed] = {}
+        self._legs: dict[LegKey, tuple[Installed, int]] = {}
+        self._counts: Counts = {}
         self._hooked: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
         self._failing = False
@@ -153,17 +179,25 @@ class KernelFastPath:
         except FastPathError as exc:
             log.warning("could not remove nftables table %s: %s", self.table, exc)
         self._installed.clear()
+        self._legs.clear()
         self._core.last_seen_lag = 0.0
 
     async def _poll(self) -> None:
+        """Sync every :data:`POLL_INTERVAL`, or less often where a sync takes long (``nft``
+        lists 20 000 counters in about 0.4 s), so that polling stays under :data:`POLL_SHARE`."""
+        interval = POLL_INTERVAL
         while True:
-            await asyncio.sleep(POLL_INTERVAL)
+            await asyncio.sleep(interval)
+            started = time.monotonic()
             try:
                 await self.sync()
             except Exception:
                 self.errors += 1
                 log.exception("kernel fast path: unexpected error; endpoints go back to user space")
                 await self._reset()
+            spent = time.monotonic() - started
+            interval = max(POLL_INTERVAL, spent / POLL_SHARE)
+            self._core.last_seen_lag = interval + spent
 
     async def sync(self) -> None:
         """Credit the counters, drop rules of endpoints gone, add rules for endpoints bound."""
@@ -185,6 +219,7 @@ class KernelFastPath:
     async def _reset(self) -> None:
         """Start from an empty table; every endpoint is relayed in user space until bound anew."""
         self._installed.clear()
+        self._legs.clear()
         self._hooked.clear()
         self._newly_bound.clear()
         with contextlib.suppress(FastPathError):
@@ -196,23 +231,15 @@ class KernelFastPath:
     async def _read_counters(self) -> None:
         if not self._installed:
             return
-        text = await self._run(["nft", "-j", "list", "counters", "table", "netdev", self.table])
-        counters = await asyncio.to_thread(nftables.parse_counters, text)
+        text = await self._run(["nft", "-j", "list", "sets", "table", "netdev", self.table])
+        self._counts, moved = await asyncio.to_thread(count_changes, text, self._counts)
         now = self._clock()
-        for name, (packets, size) in counters.items():
-            parsed = nftables.parse_counter_name(name)
-            if parsed is None:
-                continue
-            vni, lamport_id, index = parsed
-            entry = self._installed.get(nftables.chain_name(vni, lamport_id))
-            if entry is None:
-                continue
-            seen_packets, seen_bytes = entry.counted[index]
-            if packets > seen_packets:
-                new = packets - seen_packets
-                payload = size - seen_bytes - new * entry.header_bytes
-                self._core.credit(entry.endpoint, index, new, payload, now)
-                entry.counted[index] = (packets, size)
+        for key, packets, size in moved:
+            leg = self._legs.get(key)
+            if leg is not None:
+                entry, index = leg
+                payload = size - packets * entry.header_bytes
+                self._core.credit(entry.endpoint, index, packets, payload, now)
 
     async def _removals(self) -> str:
         script = []
@@ -220,9 +247,13 @@ class KernelFastPath:
             allocation = entry.endpoint.allocation
             if self._core.endpoint(allocation.vni) is not entry.endpoint:
                 script.append(
-                    nftables.remove_endpoint(self.table, allocation.vni, allocation.lamport_id)
+                    nftables.remove_endpoint(
+                        self.table, allocation.vni, allocation.lamport_id, entry.senders
+                    )
                 )
                 del self._installed[chain]
+                for sender in entry.senders:
+                    self._legs.pop((allocation.vni, *sender), None)
             if done % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
         return "".join(script)
@@ -230,14 +261,16 @@ class KernelFastPath:
     async def _installs(self) -> str:
         bound, self._newly_bound[:] = list(self._newly_bound), []
         wanted: list[tuple[Endpoint, tuple[str, int], tuple[str, int]]] = []
-        for endpoint in bound:
+        for done, endpoint in enumerate(bound, 1):
+            if done % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
             if self._core.endpoint(endpoint.allocation.vni) is not endpoint:
                 continue
             if len(self._installed) + len(wanted) >= self.max_endpoints:
                 self.not_installed += 1
                 continue
             a, b = (client_address(client.addr) for client in endpoint.clients)
-            if a is None or b is None or nftables.family(a[0]) != nftables.family(b[0]):
+            if a is None or b is None or a == b or nftables.family(a[0]) != nftables.family(b[0]):
                 self.not_installed += 1
                 continue
             wanted.append((endpoint, a, b))
@@ -245,7 +278,9 @@ class KernelFastPath:
             return ""
         routes = await self._routes({ip for _, a, b in wanted for ip in (a[0], b[0])})
         script = []
-        for endpoint, a, b in wanted:
+        for done, (endpoint, a, b) in enumerate(wanted, 1):
+            if done % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
             if a[0] not in routes or b[0] not in routes:
                 self.not_installed += 1
                 continue
@@ -262,9 +297,10 @@ class KernelFastPath:
                 )
             )
             chain = nftables.chain_name(allocation.vni, allocation.lamport_id)
-            self._installed[chain] = Installed(
-                endpoint, nftables.header_bytes(a[0]), [(0, 0), (0, 0)]
-            )
+            entry = Installed(endpoint, (a, b), nftables.header_bytes(a[0]))
+            self._installed[chain] = entry
+            for index, sender in enumerate((a, b)):
+                self._legs[(allocation.vni, *sender)] = (entry, index)
         return "".join(script)
 
     def _hook(self, device: str) -> str:

@@ -5,15 +5,21 @@ is relay/fastpath.py. One table per relay, named for its UDP port so that
 relays sharing a network namespace keep apart::
 
     table netdev relayfleet_<port>
+      set legs4, legs6          VNI . client ip . client port of every bound
+                                client, each element with its own counter
       map vnis                  VNI -> jump to the endpoint's chain
       chain in_<n>              one per network device, at its ingress hook:
                                 UDP to the relay's port with the Geneve control
-                                bit clear (PROTOCOL.md data) -> look up the VNI
+                                bit clear (PROTOCOL.md data), from a bound
+                                client (counted) -> look up the VNI
       chain e<vni>_<lamport>    one rule per client of a bound endpoint: from the
-                                client's bound ip:port -> count, rewrite source
-                                and destination, forward out of the other
-                                client's device
-      counter c<vni>_<lamport>_<0|1>   packets and bytes from client 0 or 1
+                                client's bound ip:port -> rewrite source and
+                                destination, forward out of the other client's
+                                device
+
+The counters live in the sets rather than in named counters because ``nft``
+lists a set without reading every chain: at 10 000 endpoints, reading the sets
+takes a tenth of a second, reading named counters most of a second.
 
 Whatever no rule takes (control packets, unknown VNIs, endpoints not yet
 bound, any other source, devices not hooked) goes on to the socket and is
@@ -24,15 +30,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 from dataclasses import dataclass
 
 TABLE_PREFIX = "relayfleet_"
 VNI_MAP = "vnis"
+LEG_SETS = {"ip": "legs4", "ip6": "legs6"}
 _VNI_FIELD = "@th,96,24"  # Geneve bytes 4-6, after the 8-byte UDP header
 _DATA_PACKET = "@th,72,1 0"  # Geneve byte 1, top bit (O, control) clear
 _HEADER_BYTES = {"ip": 20 + 8, "ip6": 40 + 8}
-_COUNTER_NAME = re.compile(r"c(\d+)_(\d+)_([01])\Z")
 
 
 @dataclass(frozen=True)
@@ -71,19 +76,6 @@ def chain_name(vni: int, lamport_id: int) -> str:
     return f"e{vni}_{lamport_id}"
 
 
-def counter_name(vni: int, lamport_id: int, index: int) -> str:
-    return f"c{vni}_{lamport_id}_{index}"
-
-
-def parse_counter_name(name: str) -> tuple[int, int, int] | None:
-    """``(vni, lamport_id, client index)`` of one of our counters; None for any other name."""
-    match = _COUNTER_NAME.match(name)
-    if match is None:
-        return None
-    vni, lamport_id, index = match.groups()
-    return int(vni), int(lamport_id), int(index)
-
-
 def create_table(table: str) -> str:
     """A fresh, empty table: one left by an earlier process with this name is replaced."""
     return (
@@ -91,6 +83,11 @@ def create_table(table: str) -> str:
         f"delete table netdev {table}\n"
         f"add table netdev {table}\n"
         f"add map netdev {table} {VNI_MAP} {{ typeof {_VNI_FIELD} : verdict ; }}\n"
+        + "".join(
+            f"add set netdev {table} {legs} "
+            f"{{ typeof {_VNI_FIELD} . {name} saddr . udp sport ; counter ; }}\n"
+            for name, legs in LEG_SETS.items()
+        )
     )
 
 
@@ -113,51 +110,59 @@ def hook_device(table: str, chain: str, device: str, port: int, listen: str | No
         to = f"{name} daddr {listen} " if listen is not None else ""
         lines.append(
             f"add rule netdev {table} {chain} meta protocol {name} {to}udp dport {port} "
-            f"{_DATA_PACKET} {_VNI_FIELD} vmap @{VNI_MAP}"
+            f"{_DATA_PACKET} {_VNI_FIELD} . {name} saddr . udp sport @{LEG_SETS[name]} "
+            f"{_VNI_FIELD} vmap @{VNI_MAP}"
         )
     return "\n".join(lines) + "\n"
+
+
+def _leg_element(vni: int, sender: tuple[str, int]) -> str:
+    return f"{LEG_SETS[family(sender[0])]} {{ {vni} . {sender[0]} . {sender[1]} }}"
 
 
 def install_endpoint(
     table: str, vni: int, lamport_id: int, port: int, legs: tuple[Leg, Leg]
 ) -> str:
-    """Relay one bound endpoint in the kernel: a chain with a rule per client, and its VNI."""
+    """Relay one bound endpoint in the kernel: its clients, its VNI, a chain with a rule each."""
     chain = chain_name(vni, lamport_id)
     lines = [f"add chain netdev {table} {chain}"]
-    for index, leg in enumerate(legs):
-        counter = counter_name(vni, lamport_id, index)
+    for leg in legs:
         name = family(leg.sender[0])
-        lines.insert(0, f"add counter netdev {table} {counter}")
         lines.append(
             f"add rule netdev {table} {chain} "
             f"{name} saddr {leg.sender[0]} udp sport {leg.sender[1]} "
-            f'counter name "{counter}" '
             f"{name} saddr set {leg.route.source} udp sport set {port} "
             f"{name} daddr set {leg.receiver[0]} udp dport set {leg.receiver[1]} "
             f'fwd {name} to {leg.route.next_hop} device "{leg.route.device}"'
         )
+        element = _leg_element(vni, leg.sender).replace(" }", " counter }")
+        lines.append(f"add element netdev {table} {element}")
     lines.append(f"add element netdev {table} {VNI_MAP} {{ {vni} : jump {chain} }}")
     return "\n".join(lines) + "\n"
 
 
-def remove_endpoint(table: str, vni: int, lamport_id: int) -> str:
-    """Undo :func:`install_endpoint`; its packets go to user space again."""
-    return (
-        f"delete element netdev {table} {VNI_MAP} {{ {vni} }}\n"
-        f"delete chain netdev {table} {chain_name(vni, lamport_id)}\n"
-        f"delete counter netdev {table} {counter_name(vni, lamport_id, 0)}\n"
-        f"delete counter netdev {table} {counter_name(vni, lamport_id, 1)}\n"
-    )
+def remove_endpoint(
+    table: str, vni: int, lamport_id: int, senders: tuple[tuple[str, int], tuple[str, int]]
+) -> str:
+    """Undo :func:`install_endpoint`; the endpoint's packets go to user space again."""
+    lines = [f"delete element netdev {table} {VNI_MAP} {{ {vni} }}"]
+    lines += [f"delete element netdev {table} {_leg_element(vni, sender)}" for sender in senders]
+    lines.append(f"delete chain netdev {table} {chain_name(vni, lamport_id)}")
+    return "\n".join(lines) + "\n"
 
 
-def parse_counters(text: str) -> dict[str, tuple[int, int]]:
-    """``{name: (packets, bytes)}`` from ``nft -j list counters``."""
-    counters: dict[str, tuple[int, int]] = {}
+def parse_legs(text: str) -> dict[tuple[int, str, int], tuple[int, int]]:
+    """``{(vni, client ip, client port): (packets, bytes)}`` from ``nft -j list set``."""
+    legs: dict[tuple[int, str, int], tuple[int, int]] = {}
     for item in json.loads(text).get("nftables", []):
-        counter = item.get("counter")
-        if counter is not None:
-            counters[counter["name"]] = (int(counter["packets"]), int(counter["bytes"]))
-    return counters
+        for element in (item.get("set") or {}).get("elem", ()):
+            entry = element.get("elem") if isinstance(element, dict) else None
+            if not entry or "counter" not in entry:
+                continue
+            vni, ip, port = entry["val"]["concat"]
+            counter = entry["counter"]
+            legs[int(vni), str(ip), int(port)] = (int(counter["packets"]), int(counter["bytes"]))
+    return legs
 
 
 def parse_routes(text: str) -> dict[str, Route]:

@@ -40,6 +40,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "relays.shutdownTimeout": "20s",
         "relays.terminationGracePeriodSeconds": 45,
     },
+    "fast-path": {"relays.fastPath": "auto", "relays.fastPathMaxEndpoints": 500},
 }
 
 POD_KINDS = ("Deployment", "StatefulSet")
@@ -70,10 +71,15 @@ def test_every_container_is_hardened(name: str) -> None:
         for container in pod["containers"] + pod.get("initContainers", []):
             sc = container["securityContext"]
             where = f"{workload['metadata']['name']}/{container['name']}"
-            assert sc["runAsNonRoot"] is True, where
+            if name == "fast-path" and container["name"] == "relay":
+                assert (sc["runAsNonRoot"], sc["runAsUser"]) == (False, 0), where
+                assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}, where
+            else:
+                assert sc["runAsNonRoot"] is True, where
+                assert sc["capabilities"] == {"drop": ["ALL"]}, where
             assert sc["readOnlyRootFilesystem"] is True, where
             assert sc["allowPrivilegeEscalation"] is False, where
-            assert sc["capabilities"] == {"drop": ["ALL"]}, where
+            assert sc["privileged"] is False, where
             assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, where
             assert container["resources"]["requests"], where
             assert "livenessProbe" in container, where
@@ -266,6 +272,7 @@ def test_metrics_and_network_policies() -> None:
         ({"operator.logFormat": "xml"}, "at '/operator/logFormat'"),
         ({"relays.shutdownTimeout": "soon"}, "at '/relays/shutdownTimeout'"),
         ({"relays.apiToken.existingSecretKey": ""}, "at '/relays/apiToken/existingSecretKey'"),
+        ({"relays.fastPath": "on"}, "at '/relays/fastPath'"),
     ],
 )
 def test_wrong_value_fails_with_clear_message(values: dict[str, Any], message: str) -> None:

@@ -230,3 +230,24 @@ def test_hosts_helper_cleans_up():
     assert hosts.relay not in listed
     with pytest.raises(FileNotFoundError), netns.inside(hosts.relay):
         socket.socket()
+
+
+async def test_a_restarted_relay_replaces_the_rules_a_killed_one_left(hosts):
+    with netns.inside(hosts.relay), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("0.0.0.0", 0))
+        port = probe.getsockname()[1]
+    relay = await start_relay(hosts, "--port", str(port))
+    pair = BoundPair(hosts, relay)
+    try:
+        await asyncio.to_thread(pair.bind)
+        await until(lambda: metric(hosts, relay, "fast_path_endpoints") == 1, "rules installed")
+        await relay.stop(signal.SIGKILL)
+        stale = chain_name(pair.vni, pair.lamport_id)
+        assert stale in chains(hosts, relay), "a killed relay cannot clean up"
+        relay = await start_relay(hosts, "--port", str(port))
+        assert stale not in chains(hosts, relay), "the new relay starts from an empty table"
+        pair.send(0, b"to a relay that forgot the endpoint")
+        assert pair.silent(1)
+    finally:
+        pair.close()
+        await relay.stop()

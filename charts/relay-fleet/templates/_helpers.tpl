@@ -52,6 +52,23 @@ seccompProfile:
   type: RuntimeDefault
 {{- end }}
 
+{{- /* The relay with the kernel fast path: nft needs CAP_NET_ADMIN in its effective set,
+which Kubernetes gives a container only when it runs as root. NET_ADMIN is its one capability,
+in the pod's own network namespace. */ -}}
+{{- define "relay-fleet.fastPathSecurityContext" -}}
+runAsNonRoot: false
+runAsUser: 0
+runAsGroup: 0
+readOnlyRootFilesystem: true
+allowPrivilegeEscalation: false
+privileged: false
+capabilities:
+  drop: [ALL]
+  add: [NET_ADMIN]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
 {{- define "relay-fleet.podSecurityContext" -}}
 runAsNonRoot: true
 runAsUser: {{ . }}
