@@ -94,20 +94,51 @@ class ClientState:
         self.bytes = 0
 
 
+class _UntouchedClientState(ClientState):
+    """The state of a client that has sent nothing yet; shared, so it refuses writes."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("an untouched client's state is shared: Endpoint.touch() first")
+
+
+def _untouched() -> ClientState:
+    state = ClientState()
+    state.__class__ = _UntouchedClientState
+    return state
+
+
+_UNTOUCHED = (_untouched(), _untouched())
+
+
 class Endpoint:
     """The live state of one allocation.
 
     ``clients[0]`` and ``clients[1]`` follow ``allocation.disco_keys`` (raw-byte order).
+    Most allocations wait for their clients, and many never see one: until the
+    first control packet for an endpoint, its clients' state is one shared,
+    read-only default, which saves two objects per endpoint.
     """
 
-    __slots__ = ("allocation", "bound", "bound_at", "clients", "deadline")
+    __slots__ = ("_clients", "allocation", "bound", "bound_at", "deadline")
 
     def __init__(self, allocation: Allocation) -> None:
         self.allocation = allocation
-        self.clients = (ClientState(), ClientState())
+        self._clients: tuple[ClientState, ClientState] | None = None
         self.bound = False
         self.bound_at: float | None = None
         self.deadline = allocation.allocated_at
+
+    @property
+    def clients(self) -> tuple[ClientState, ClientState]:
+        return _UNTOUCHED if self._clients is None else self._clients
+
+    def touch(self) -> tuple[ClientState, ClientState]:
+        """The clients' own state, made on first use; what the core writes to."""
+        if self._clients is None:
+            self._clients = (ClientState(), ClientState())
+        return self._clients
 
 
 class RelayCore:
@@ -210,7 +241,7 @@ class RelayCore:
         packet up to :attr:`last_seen_lag` after it passed, and steady-state
         expiry waits that much longer so that it never comes early.
         """
-        client = endpoint.clients[index]
+        client = endpoint.touch()[index]
         client.last_seen = now
         client.packets += packets
         client.bytes += size
@@ -280,7 +311,7 @@ class RelayCore:
         if not endpoint.bound:
             self.drops[Drop.DATA_BEFORE_BOUND] += 1
             return None
-        a, b = endpoint.clients
+        a, b = endpoint._clients  # bound: both clients were touched
         if source == a.addr:
             sender, destination = a, b.addr
         elif source == b.addr:
@@ -348,7 +379,7 @@ class RelayCore:
         return None
 
     def _on_bind(self, endpoint: Endpoint, index: int, source: Address, now: float) -> Send | None:
-        client = endpoint.clients[index]
+        client = endpoint.touch()[index]
         if client.handshake is Handshake.INIT:
             client.addr = source
             client.challenged_at = now
@@ -363,7 +394,7 @@ class RelayCore:
     def _on_answer(
         self, endpoint: Endpoint, index: int, source: Address, answer: bytes, now: float
     ) -> None:
-        client = endpoint.clients[index]
+        client = endpoint.touch()[index]
         if client.handshake is not Handshake.CHALLENGE_SENT:
             self.drops[Drop.UNEXPECTED_MESSAGE] += 1
             return

@@ -49,18 +49,10 @@ class Allocator:
         self._clock = clock
         self._placed: dict[str, tuple[float, int]] = {}
         self.last_relays: dict[str, RelayRecord] = {}
-        self._relays_read_at = float("-inf")
 
-    async def live_relays(self, max_age: float = 0.0) -> dict[str, RelayRecord]:
-        """Every registered relay by name (``alive`` tells which); kept as ``last_relays``.
-
-        ``max_age`` lets a caller take a reading at most that many seconds old
-        instead of asking the store again (the per-resource relay checks).
-        """
-        if max_age and self._clock() - self._relays_read_at <= max_age:
-            return self.last_relays
+    async def live_relays(self) -> dict[str, RelayRecord]:
+        """Every registered relay by name (``alive`` tells which); kept as ``last_relays``."""
         self.last_relays = {r.name: r for r in await self._store.relays()}
-        self._relays_read_at = self._clock()
         return self.last_relays
 
     async def holding(

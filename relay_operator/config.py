@@ -105,7 +105,8 @@ def add_operator_arguments(parser: argparse.ArgumentParser, environ: Mapping[str
     env.add_duration(
         "--relay-check-interval",
         DEFAULT_RELAY_CHECK_INTERVAL,
-        "how often each endpoint's relay is checked for a live heartbeat",
+        "how often the relays' heartbeats are checked, once for the whole fleet; the "
+        "endpoints of a relay found dead are placed on live ones",
     )
     env.add(
         "--liveness",

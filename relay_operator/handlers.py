@@ -6,11 +6,15 @@ allocation went to (the relay label, or the store holding the pair) and asks
 it again for the same pair, which gives the same allocation back. Only one
 resource per pair of keys is allocated (a kopf index by pair). Delete frees
 the allocation before the finalizer lets the resource go. The
-``relayfleet.io/reallocate`` annotation allocates afresh.
+``relayfleet.io/reallocate`` annotation allocates afresh; the
+``relayfleet.io/relay-dead`` annotation, set by the fleet-wide relay check
+(relay_operator/relay_check.py), places a resource whose relay died.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from datetime import datetime
 from typing import Any
@@ -19,6 +23,7 @@ import kopf
 
 from relay.keys import DiscoPublicKey, InvalidKey
 from relay.store import StoreUnavailable, VNIExhausted
+from relay_operator import relay_check
 from relay_operator.allocating import Allocator, CurrentAllocation, NoRelayAvailable, Placement
 from relay_operator.metrics import OperatorMetrics
 from relay_operator.status import allocated_status, expired_status, pending_status
@@ -31,7 +36,6 @@ PROGRESS_PREFIX = "kopf.relayfleet.io"
 MAX_RETRY_DELAY = 30.0
 PAIR_IN_USE = "PairInUse"
 PAIR_IN_USE_RETRY = 30.0
-RELAY_READING_MAX_AGE = 1.0
 TAKE_UP_AFTER = 30.0
 
 
@@ -167,8 +171,12 @@ def register_handlers(
     allocator: Allocator,
     metrics: OperatorMetrics,
     relay_check_interval: float = 5.0,
+    relay_mark: relay_check.Mark | None = None,
 ) -> None:
-    """Register every RelayEndpoint handler on ``registry`` (one registry per operator)."""
+    """Register every RelayEndpoint handler on ``registry`` (one registry per operator).
+
+    ``relay_mark`` sets the relay-dead annotation (default: the kubernetes client).
+    """
 
     @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="pairs")
     async def pairs(spec, meta, status, **_) -> dict[str, tuple[bool, str, str]] | None:
@@ -256,30 +264,57 @@ def register_handlers(
                 raise kopf.TemporaryError(str(exc), delay=retry_delay(retry)) from None
         await place(allocator, metrics, body, spec, status, meta, patch, retry, None)
 
-    @kopf.timer(
+    @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="by_relay")
+    async def by_relay(status, meta, **_) -> dict[str, tuple[str, str, str | None]] | None:
+        return relay_check.index_entry(status, meta)
+
+    checks: list[asyncio.Task[None]] = []
+
+    @kopf.on.startup(registry=registry, id="relay-check")
+    async def start_relay_check(by_relay, **_) -> None:
+        mark = relay_mark or relay_check.kubernetes_mark()
+        checks.append(
+            asyncio.create_task(
+                relay_check.run_relay_check(by_relay, allocator, mark, relay_check_interval),
+                name="relay-check",
+            )
+        )
+
+    @kopf.on.cleanup(registry=registry, id="relay-check")
+    async def stop_relay_check(**_) -> None:
+        for task in checks:
+            task.cancel()
+        for task in checks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        checks.clear()
+
+    @kopf.on.field(
         GROUP,
         VERSION,
         PLURAL,
-        interval=relay_check_interval,
+        field=("metadata", "annotations", relay_check.RELAY_DEAD),
         registry=registry,
-        id="watch-relay",
-        field="status.relay",
-        value=kopf.PRESENT,
+        id="relay-dead",
     )
-    async def watch_relay(body, spec, status, meta, patch, retry, **_) -> None:
+    async def relay_dead(body, spec, status, meta, patch, retry, new, **_) -> None:
+        """The relay check marked this resource's relay dead: place it on a live one."""
+        if new is None:
+            return
         current = current_allocation(status)
-        if current is None or status.get("phase") not in ("Allocated", "Bound"):
-            return
-        relays = await allocator.live_relays(max_age=RELAY_READING_MAX_AGE)
-        relay = relays.get(current.relay)
-        if relay is not None and relay.alive:
-            return
-        kopf.warn(
-            body,
-            reason="RelayDead",
-            message=f"relay {current.relay} stopped heart-beating; placing on another relay",
-        )
-        await place(allocator, metrics, body, spec, status, meta, patch, retry, current)
+        if (
+            current is not None
+            and current.relay == new
+            and status.get("phase") in ("Allocated", "Bound")
+            and not await allocator.relay_alive(current.relay)
+        ):
+            kopf.warn(
+                body,
+                reason="RelayDead",
+                message=f"relay {current.relay} stopped heart-beating; placing on another relay",
+            )
+            await place(allocator, metrics, body, spec, status, meta, patch, retry, current)
+        patch.metadata.annotations[relay_check.RELAY_DEAD] = None
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, id="free")
     async def free(status, retry, logger, **_) -> None:

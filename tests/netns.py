@@ -4,6 +4,7 @@ A relay host and two client hosts, each a network namespace this module
 creates, joined by veth pairs::
 
     client a  10.77.1.2 --- 10.77.1.1  relay  10.77.2.1 --- 10.77.2.2  client b
+              fd77:1::2     fd77:1::1         fd77:2::1     fd77:2::2
 
 Nothing is added to the machine's own namespace, so runs side by side do not
 collide. The test process opens sockets inside a namespace (``setns`` around
@@ -26,6 +27,8 @@ from collections.abc import Iterator
 CLONE_NEWNET = 0x40000000
 RELAY_SIDE = {"a": "10.77.1.1", "b": "10.77.2.1"}
 CLIENT_IP = {"a": "10.77.1.2", "b": "10.77.2.2"}
+RELAY_SIDE6 = {"a": "fd77:1::1", "b": "fd77:2::1"}
+CLIENT_IP6 = {"a": "fd77:1::2", "b": "fd77:2::2"}
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -85,6 +88,8 @@ class Hosts:
                 "peer", "name", outer, "netns", namespace)  # fmt: skip
             _ip("-n", self.relay, "addr", "add", f"{RELAY_SIDE[side]}/24", "dev", inner)
             _ip("-n", namespace, "addr", "add", f"{CLIENT_IP[side]}/24", "dev", outer)
+            _ip("-n", self.relay, "addr", "add", f"{RELAY_SIDE6[side]}/64", "dev", inner, "nodad")
+            _ip("-n", namespace, "addr", "add", f"{CLIENT_IP6[side]}/64", "dev", outer, "nodad")
             _ip("-n", self.relay, "link", "set", inner, "up")
             _ip("-n", namespace, "link", "set", outer, "up")
 
@@ -96,11 +101,12 @@ class Hosts:
         """The prefix that runs a command in ``namespace``."""
         return ["ip", "netns", "exec", namespace]
 
-    def udp_socket(self, side: str) -> socket.socket:
-        """A UDP socket on client ``side``'s address, any port."""
+    def udp_socket(self, side: str, ipv6: bool = False) -> socket.socket:
+        """A UDP socket on client ``side``'s address (IPv4 or IPv6), any port."""
+        family = socket.AF_INET6 if ipv6 else socket.AF_INET
         with inside(self.clients[side]):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind((CLIENT_IP[side], 0))
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.bind(((CLIENT_IP6 if ipv6 else CLIENT_IP)[side], 0))
         return sock
 
     def relay_http(self, port: int, method: str, path: str, body: object = None) -> tuple[int, str]:

@@ -1,8 +1,9 @@
 """Fault: a relay process is killed (SIGKILL) while both relays carry traffic.
 
 Issue 8's second fault. When a relay stops heart-beating, the operator's
-watch-relay timer places its endpoints on a live relay with new allocations,
-and nothing on the surviving relay may notice: its bound endpoints keep
+fleet-wide relay check (relay_operator/relay_check.py) has its endpoints
+placed on a live relay with new allocations, and nothing on the surviving
+relay may notice: its bound endpoints keep
 relaying without a lost packet and keep their allocations. This module
 kills one of two relays while a bound endpoint on each makes round trips,
 waits for the re-placement, binds the moved endpoint's clients again on the

@@ -37,12 +37,12 @@ def hosts():
 
 
 async def start_relay(
-    hosts: netns.Hosts, *args: str, wrapper: tuple[str, ...] = ()
+    hosts: netns.Hosts, *args: str, wrapper: tuple[str, ...] = (), listen: str = "0.0.0.0"
 ) -> RelayProcess:
     return await RelayProcess.start(
         "--fast-path", "auto", *args,
         wrapper=(*hosts.exec(hosts.relay), *wrapper),
-        listen="0.0.0.0",
+        listen=listen,
     )  # fmt: skip
 
 
@@ -79,7 +79,7 @@ def endpoints(hosts: netns.Hosts, relay: RelayProcess) -> list[dict]:
 class BoundPair:
     """Two clients in their namespaces, bound to one endpoint of the relay."""
 
-    def __init__(self, hosts: netns.Hosts, relay: RelayProcess) -> None:
+    def __init__(self, hosts: netns.Hosts, relay: RelayProcess, ipv6: bool = False) -> None:
         self.keys = [DiscoPrivateKey.generate(), DiscoPrivateKey.generate()]
         status, text = hosts.relay_http(
             api_port(relay), "POST", "/v0/relay/endpoint",
@@ -91,8 +91,9 @@ class BoundPair:
         self.lamport_id = allocation["LamportID"]
         server = DiscoPublicKey.parse(allocation["ServerDisco"])
         self.clients = [RelayClient(k, server, self.vni) for k in self.keys]
-        self.sockets = [hosts.udp_socket("a"), hosts.udp_socket("b")]
-        self.relay = [(netns.RELAY_SIDE[side], relay.ready["udp_port"]) for side in "ab"]
+        self.sockets = [hosts.udp_socket("a", ipv6), hosts.udp_socket("b", ipv6)]
+        sides = netns.RELAY_SIDE6 if ipv6 else netns.RELAY_SIDE
+        self.relay = [(sides[side], relay.ready["udp_port"]) for side in "ab"]
         for sock in self.sockets:
             sock.settimeout(5)
 
@@ -128,9 +129,10 @@ def chains(hosts: netns.Hosts, relay: RelayProcess) -> str:
     return hosts.nft("list", "table", "netdev", table_name(relay.ready["udp_port"]))
 
 
-async def test_bound_pair_is_relayed_by_the_kernel_with_counts_and_last_seen(hosts):
-    relay = await start_relay(hosts)
-    pair = BoundPair(hosts, relay)
+@pytest.mark.parametrize("ipv6", [False, True], ids=["ipv4", "ipv6"])
+async def test_bound_pair_is_relayed_by_the_kernel_with_counts_and_last_seen(hosts, ipv6):
+    relay = await start_relay(hosts, listen="::")
+    pair = BoundPair(hosts, relay, ipv6)
     try:
         await asyncio.to_thread(pair.bind)
         await until(lambda: metric(hosts, relay, "fast_path_endpoints") == 1, "rules installed")
@@ -143,7 +145,7 @@ async def test_bound_pair_is_relayed_by_the_kernel_with_counts_and_last_seen(hos
                     pair.send(sender, payload)
                     got, source = pair.receive(1 - sender)
                     assert got == payload
-                    assert source == pair.relay[1 - sender], "source is the relay's side"
+                    assert source[:2] == pair.relay[1 - sender], "source is the relay's side"
         finally:
             relay.process.send_signal(signal.SIGCONT)
         size = len(pair.clients[0].data(b"0:0" * 10))

@@ -63,7 +63,7 @@ async def test_an_endpoint_relabelled_from_another_relay_gets_no_report():
     to relay-x, whose own VNI 1 has LamportID 1 too: relay-x must not write its clients'
     addresses and counts into the stranger's status."""
     core = new_core()
-    core.install(allocation(vni=1, lamport_id=1)).clients[0].packets = 1
+    core.install(allocation(vni=1, lamport_id=1)).touch()[0].packets = 1
     api = RecordingApiServer([resource("mine", 1, 1), resource("stranger", 1, 1, "relay-y")])
     reporter = StatusReporter(core, "relay-x", api, interval=3600)
     await reporter.report_once()
@@ -77,7 +77,7 @@ async def test_an_untouched_endpoint_is_not_reported_over_the_operators_write():
     reporter = StatusReporter(core, "relay-x", api, interval=3600)
     await reporter.report_once()
     assert api.patches == []
-    core.endpoint(1).clients[0].packets = 1
+    core.endpoint(1).touch()[0].packets = 1
     await reporter.report_once()
     assert [name for name, _ in api.patches] == ["fresh"]
 
@@ -92,7 +92,7 @@ async def test_the_last_report_gives_up_at_its_timeout():
 async def test_the_last_report_writes_live_and_expired_endpoints_within_the_deadline():
     core = new_core()
     live = allocation(vni=1)
-    core.install(live).clients[0].packets = 1
+    core.install(live).touch()[0].packets = 1
     expired = Endpoint(allocation(vni=2))
     api = RecordingApiServer([resource("live", 1, 1), resource("gone", 2, 1)])
     reporter = StatusReporter(core, "relay-x", api, interval=3600)

@@ -125,15 +125,3 @@ async def test_holding_finds_an_allocation_a_crash_left_on_a_live_relay(store, c
     await allocator.allocate(pair, "b")
     assert await allocator.holding(pair) == "b"
     assert await allocator.holding(pair, exclude="b") is None
-
-
-async def test_a_recent_relay_reading_is_reused_only_when_asked(store, clock):
-    await register(store, "a")
-    allocator = Allocator(store, clock)
-    assert set(await allocator.live_relays(max_age=1.0)) == {"a"}
-    await register(store, "b")
-    assert set(await allocator.live_relays(max_age=1.0)) == {"a"}
-    assert set(await allocator.live_relays()) == {"a", "b"}
-    await register(store, "c")
-    clock.now += 2
-    assert set(await allocator.live_relays(max_age=1.0)) == {"a", "b", "c"}

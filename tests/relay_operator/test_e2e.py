@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from relay.client import RelayClient
 from relay.keys import DiscoPublicKey
 from relay.peer import UdpPeer
+from relay_operator.relay_check import RELAY_DEAD
 from tests.relay.relay_process import RelayProcess
 from tests.relay_operator.e2e_support import (
     RELAYFLEET,
@@ -242,6 +243,12 @@ async def test_a_dead_relays_endpoints_are_placed_again_with_an_event(
         assert any(
             e["reason"] == "RelayDead" and first["relay"] in e["message"] for e in events["items"]
         )
+
+        def unmarked():
+            annotations = get(crd, kube_namespace, "moving")["metadata"].get("annotations", {})
+            return RELAY_DEAD not in annotations
+
+        await wait_for(unmarked, "the relay-dead mark removed once placed", log=operator.log)
     finally:
         for relay in relays.values():
             if relay.process.returncode is None:

@@ -1,0 +1,98 @@
+"""The fleet-wide relay check: one loop over the relays, not one timer per RelayEndpoint.
+
+A timer per resource costs the operator work in proportion to the number of
+resources, every interval, even while every relay is alive (at 10 000
+resources and 5 s, 2 000 handler runs a second). This loop reads the relays'
+heartbeats once per ``--relay-check-interval`` and, only for a relay that
+stopped heart-beating, marks each RelayEndpoint allocated there with the
+:data:`RELAY_DEAD` annotation (the relay's name). The ``relay-dead`` handler
+(relay_operator/handlers.py) then warns and places the resource again, through
+kopf like every other change, and removes the annotation once it has.
+
+Which resources sit on which relay comes from a kopf index (``by_relay``),
+which kopf keeps current from its watch: no listing. A standby replica (kopf
+peering) runs the check too; the mark is the same whoever sets it, and only
+the active replica's handler acts on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from relay.store import StoreUnavailable
+from relay_operator.allocating import Allocator
+
+log = logging.getLogger(__name__)
+
+RELAY_DEAD = "relayfleet.io/relay-dead"
+GROUP, VERSION, PLURAL = "relayfleet.io", "v1alpha1", "relayendpoints"
+
+Mark = Callable[[str, str, str], Awaitable[None]]
+
+
+def index_entry(status: Any, meta: Any) -> dict[str, tuple[str, str, str | None]] | None:
+    """``{relay: (namespace, name, relay-dead annotation)}`` for a resource served by a relay."""
+    relay = status.get("relay")
+    if not relay or status.get("phase") not in ("Allocated", "Bound"):
+        return None
+    marked = (meta.get("annotations") or {}).get(RELAY_DEAD)
+    return {relay: (meta.get("namespace") or "", meta["name"], marked)}
+
+
+async def check_relays(by_relay: Any, allocator: Allocator, mark: Mark) -> int:
+    """One pass: mark every resource on a relay that is not alive; how many were marked."""
+    relays = await allocator.live_relays()
+    marked = 0
+    for relay in list(by_relay):
+        record = relays.get(relay)
+        if record is not None and record.alive:
+            continue
+        for namespace, name, already in list(by_relay.get(relay, ())):
+            if already == relay:
+                continue
+            try:
+                await mark(namespace, name, relay)
+                marked += 1
+            except Exception as exc:  # the next pass tries again
+                log.warning("could not mark %s/%s (relay %s dead): %s", namespace, name, relay, exc)
+    return marked
+
+
+async def run_relay_check(by_relay: Any, allocator: Allocator, mark: Mark, interval: float) -> None:
+    """:func:`check_relays` every ``interval`` seconds, until cancelled."""
+    unreachable = False
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await check_relays(by_relay, allocator, mark)
+            unreachable = False
+        except StoreUnavailable as exc:
+            if not unreachable:
+                log.warning("relay check: store unavailable (%s); retrying", exc)
+            unreachable = True
+
+
+def kubernetes_mark() -> Mark:
+    """Sets the annotation with the kubernetes client (KUBECONFIG, or the service account)."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from relay.kube import api_client
+
+    api = client.CustomObjectsApi(api_client())
+
+    def patch(namespace: str, name: str, relay: str) -> None:
+        body = {"metadata": {"annotations": {RELAY_DEAD: relay}}}
+        try:
+            api.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, body)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    async def mark(namespace: str, name: str, relay: str) -> None:
+        await asyncio.to_thread(patch, namespace, name, relay)
+
+    return mark
