@@ -4,7 +4,7 @@ Once both clients of an endpoint are bound, PROTOCOL.md's data rule is a
 fixed rewrite: a datagram with this VNI, the control bit clear and this
 source ip:port goes, unchanged, from the relay's port to the other client.
 The kernel can do that at its ingress hook (relay/nftables.py has the rules),
-so with ``--fast-path auto`` the relay installs one chain per bound endpoint
+so with ``--fast-path auto`` the relay installs rules for each bound endpoint
 and its data packets no longer cost a system call, a copy or a Python loop.
 
 What stays in user space: the handshake, expiry, the allocation API and
@@ -46,26 +46,29 @@ class FastPathError(Exception):
     """An ``nft`` or ``ip`` command failed; the message says which and why."""
 
 
-LegKey = tuple[int, str, int]  # VNI, client ip, client port: one set element
+LegKey = tuple[int, str, int]  # VNI, client ip, client port: one map element
 Counts = dict[LegKey, tuple[int, int]]
 
 
 @dataclass
 class Installed:
-    """One endpoint relayed by the kernel: its clients' addresses as the rules name them."""
+    """One endpoint relayed by the kernel (by VNI and LamportID): its clients' addresses as
+    the rules name them."""
 
     endpoint: Endpoint
     senders: tuple[tuple[str, int], tuple[str, int]]
     header_bytes: int
 
 
-def count_changes(text: str, before: Counts) -> tuple[Counts, list[tuple[LegKey, int, int]]]:
+def count_changes(
+    text: str, table: str, before: Counts
+) -> tuple[Counts, list[tuple[LegKey, int, int]]]:
     """The legs' counts now, and ``(leg, new packets, new bytes)`` for each that moved.
 
     Pure, so that it runs off the event loop: at 10 000 endpoints the JSON is
     megabytes. A count below the last one belongs to a leg installed afresh.
     """
-    now = nftables.parse_legs(text)
+    now = nftables.parse_legs(text, table)
     moved = []
     for key, (packets, size) in now.items():
         seen_packets, seen_bytes = before.get(key, (0, 0))
@@ -133,7 +136,7 @@ class KernelFastPath:
         self._run = run
         self.table = nftables.table_name(port)
         self._newly_bound = core.watch_bound()
-        self._installed: dict[str, Installed] = {}
+        self._installed: dict[tuple[int, int], Installed] = {}
         self._legs: dict[LegKey, tuple[Installed, int]] = {}
         self._counts: Counts = {}
         self._hooked: dict[str, str] = {}
@@ -184,7 +187,7 @@ class KernelFastPath:
 
     async def _poll(self) -> None:
         """Sync every :data:`POLL_INTERVAL`, or less often where a sync takes long (``nft``
-        lists 20 000 counters in about 0.4 s), so that polling stays under :data:`POLL_SHARE`."""
+        lists 20 000 counters in about 0.5 s), so that polling stays under :data:`POLL_SHARE`."""
         interval = POLL_INTERVAL
         while True:
             await asyncio.sleep(interval)
@@ -231,8 +234,8 @@ class KernelFastPath:
     async def _read_counters(self) -> None:
         if not self._installed:
             return
-        text = await self._run(["nft", "-j", "list", "sets", "table", "netdev", self.table])
-        self._counts, moved = await asyncio.to_thread(count_changes, text, self._counts)
+        text = await self._run(["nft", "-j", "list", "maps", "netdev"])
+        self._counts, moved = await asyncio.to_thread(count_changes, text, self.table, self._counts)
         now = self._clock()
         for key, packets, size in moved:
             leg = self._legs.get(key)
@@ -243,7 +246,7 @@ class KernelFastPath:
 
     async def _removals(self) -> str:
         script = []
-        for done, (chain, entry) in enumerate(list(self._installed.items()), 1):
+        for done, (key, entry) in enumerate(list(self._installed.items()), 1):
             allocation = entry.endpoint.allocation
             if self._core.endpoint(allocation.vni) is not entry.endpoint:
                 script.append(
@@ -251,7 +254,7 @@ class KernelFastPath:
                         self.table, allocation.vni, allocation.lamport_id, entry.senders
                     )
                 )
-                del self._installed[chain]
+                del self._installed[key]
                 for sender in entry.senders:
                     self._legs.pop((allocation.vni, *sender), None)
             if done % YIELD_EVERY == 0:
@@ -296,9 +299,8 @@ class KernelFastPath:
                     self.table, allocation.vni, allocation.lamport_id, self._port, legs
                 )
             )
-            chain = nftables.chain_name(allocation.vni, allocation.lamport_id)
             entry = Installed(endpoint, (a, b), nftables.header_bytes(a[0]))
-            self._installed[chain] = entry
+            self._installed[(allocation.vni, allocation.lamport_id)] = entry
             for index, sender in enumerate((a, b)):
                 self._legs[(allocation.vni, *sender)] = (entry, index)
         return "".join(script)

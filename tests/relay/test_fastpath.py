@@ -136,7 +136,7 @@ async def test_bound_pair_is_relayed_by_the_kernel_with_counts_and_last_seen(hos
     try:
         await asyncio.to_thread(pair.bind)
         await until(lambda: metric(hosts, relay, "fast_path_endpoints") == 1, "rules installed")
-        assert chain_name(pair.vni, pair.lamport_id) in chains(hosts, relay)
+        assert chain_name(pair.vni, pair.lamport_id, 0) in chains(hosts, relay)
         relay.process.send_signal(signal.SIGSTOP)
         try:
             for i in range(50):
@@ -191,7 +191,7 @@ async def test_kernel_traffic_keeps_the_endpoint_alive_and_expiry_removes_the_ru
         await until(lambda: not endpoints(hosts, relay), "endpoint expired after silence",
                     timeout=lifetime + 4 * POLL_INTERVAL + DEADLINE)  # fmt: skip
         await until(
-            lambda: chain_name(pair.vni, pair.lamport_id) not in chains(hosts, relay),
+            lambda: chain_name(pair.vni, pair.lamport_id, 0) not in chains(hosts, relay),
             "rules removed after expiry",
         )
         assert metric(hosts, relay, "fast_path_endpoints") == 0
@@ -244,7 +244,7 @@ async def test_a_restarted_relay_replaces_the_rules_a_killed_one_left(hosts):
         await asyncio.to_thread(pair.bind)
         await until(lambda: metric(hosts, relay, "fast_path_endpoints") == 1, "rules installed")
         await relay.stop(signal.SIGKILL)
-        stale = chain_name(pair.vni, pair.lamport_id)
+        stale = chain_name(pair.vni, pair.lamport_id, 0)
         assert stale in chains(hosts, relay), "a killed relay cannot clean up"
         relay = await start_relay(hosts, "--port", str(port))
         assert stale not in chains(hosts, relay), "the new relay starts from an empty table"
