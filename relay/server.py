@@ -46,6 +46,11 @@ def advertised_ips(config: RelayConfig) -> tuple[str, ...]:
     return ("127.0.0.1",)
 
 
+def remaining(deadline: float) -> float:
+    """Seconds left until a ``time.monotonic()`` deadline, never negative."""
+    return max(0.0, deadline - time.monotonic())
+
+
 class RelayServer:
     def __init__(
         self,
@@ -214,10 +219,11 @@ class RelayServer:
     async def close(self) -> None:
         """Shut down within ``--shutdown-timeout``, leaving the store and status up to date.
 
-        New allocations get 503 at once; relaying stops, so that the state is
-        final; bound and expired endpoints are written to the store, then a
-        last status report to Kubernetes (when reporting), each given what is
-        left of the timeout; the API goes last.
+        New allocations get 503 at once; the kernel fast path's last counts are
+        read and its rules removed; relaying stops, so that the state is final;
+        bound and expired endpoints are written to the store, then a last
+        status report to Kubernetes (when reporting), each given what is left
+        of the timeout; the API goes last.
         """
         self.closed = True
         deadline = time.monotonic() + self.config.shutdown_timeout
@@ -226,15 +232,18 @@ class RelayServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reporting
         if self.fast_path is not None:
-            await self.fast_path.close()
+            try:
+                await asyncio.wait_for(self.fast_path.close(), remaining(deadline))
+            except TimeoutError:
+                log.warning("shutdown: kernel fast path rules not removed in time; left in place")
         if self._transport is not None:
             self._transport.close()
         if self.agent is not None:
             try:
-                await asyncio.wait_for(self.agent.close(), max(0.0, deadline - time.monotonic()))
+                await asyncio.wait_for(self.agent.close(), remaining(deadline))
             except TimeoutError:
                 log.warning("shutdown: pending store writes not done in time; dropped")
         if self.reporter is not None:
-            await self.reporter.close(max(0.0, deadline - time.monotonic()))
+            await self.reporter.close(remaining(deadline))
         if self._api is not None:
             await self._api.cleanup()
