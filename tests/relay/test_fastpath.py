@@ -253,3 +253,32 @@ async def test_a_restarted_relay_replaces_the_rules_a_killed_one_left(hosts):
     finally:
         pair.close()
         await relay.stop()
+
+
+async def test_many_endpoints_bound_at_once_are_all_relayed_by_the_kernel(hosts):
+    count = 40
+    relay = await start_relay(hosts)
+    pairs = [BoundPair(hosts, relay) for _ in range(count)]
+    try:
+        for pair in pairs:
+            await asyncio.to_thread(pair.bind)
+        await until(lambda: metric(hosts, relay, "fast_path_endpoints") == count, "all installed")
+        relay.process.send_signal(signal.SIGSTOP)
+        try:
+            for i, pair in enumerate(pairs):
+                for sender in (0, 1):
+                    pair.send(sender, f"endpoint {i} from {sender}".encode())
+            for i, pair in enumerate(pairs):
+                for sender in (0, 1):
+                    got, _ = pair.receive(1 - sender)
+                    assert got == f"endpoint {i} from {sender}".encode()
+        finally:
+            relay.process.send_signal(signal.SIGCONT)
+        await until(
+            lambda: metric(hosts, relay, "forwarded_packets_total") == 2 * count,
+            "every kernel-relayed packet credited",
+        )
+    finally:
+        for pair in pairs:
+            pair.close()
+        await relay.stop()
