@@ -379,7 +379,7 @@ def add_relay_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
         type=_max_endpoints,
         metavar="N",
         help="at most this many endpoints relayed by the kernel at once; more are relayed "
-        "in user space",
+        "in user space until room frees",
         shown=str(DEFAULT_FAST_PATH_MAX),
     )
     env.add(

@@ -13,9 +13,9 @@ every packet the rules do not take. The relay polls the kernel every
 :meth:`KernelFastPath._poll`): it credits the rules' counters to the core
 (packets, bytes, last seen), so status, metrics and steady-state expiry see
 kernel traffic as if the core had relayed it, and it removes the rules of
-endpoints that expired or were removed. When ``nft`` is missing, not
-permitted or fails, the relay logs why and relays in user space; nothing
-else changes.
+endpoints that expired or were removed. When ``nft`` is missing or not
+permitted, the relay logs why and relays in user space; when it fails later,
+user space relays until the next successful poll puts the endpoints back.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 FAST_PATH_MODES = ("off", "auto")
 POLL_INTERVAL = 1.0
 POLL_SHARE = 0.1  # at most this share of wall time goes to polling the kernel
+MAX_RETRY_INTERVAL = 30.0
 DEFAULT_MAX_ENDPOINTS = 10_000
 COMMAND_TIMEOUT = 30.0
 YIELD_EVERY = 256
@@ -136,6 +137,8 @@ class KernelFastPath:
         self._run = run
         self.table = nftables.table_name(port)
         self._newly_bound = core.watch_bound()
+        self._waiting: list[Endpoint] = []
+        self._prune_waiting_at = max_endpoints
         self._installed: dict[tuple[int, int], Installed] = {}
         self._legs: dict[LegKey, tuple[Installed, int]] = {}
         self._counts: Counts = {}
@@ -199,7 +202,10 @@ class KernelFastPath:
                 log.exception("kernel fast path: unexpected error; endpoints go back to user space")
                 await self._reset()
             spent = time.monotonic() - started
-            interval = max(POLL_INTERVAL, spent / POLL_SHARE)
+            if self._failing:
+                interval = min(MAX_RETRY_INTERVAL, 2 * interval)
+            else:
+                interval = max(POLL_INTERVAL, spent / POLL_SHARE)
             self._core.last_seen_lag = interval + spent
 
     async def sync(self) -> None:
@@ -220,11 +226,13 @@ class KernelFastPath:
             await self._reset()
 
     async def _reset(self) -> None:
-        """Start from an empty table; every endpoint is relayed in user space until bound anew."""
+        """Start from an empty table: user space relays every endpoint until the next
+        successful poll puts them back in the kernel (polls back off while failing)."""
+        self._waiting.extend(entry.endpoint for entry in self._installed.values())
         self._installed.clear()
         self._legs.clear()
         self._hooked.clear()
-        self._newly_bound.clear()
+        self._counts = {}
         with contextlib.suppress(FastPathError):
             await self._nft(nftables.create_table(self.table))
 
@@ -236,6 +244,8 @@ class KernelFastPath:
             return
         text = await self._run(["nft", "-j", "list", "maps", "netdev"])
         self._counts, moved = await asyncio.to_thread(count_changes, text, self.table, self._counts)
+        if not self._counts:
+            raise FastPathError(f"nftables table netdev {self.table} is gone or was emptied")
         now = self._clock()
         for key, packets, size in moved:
             leg = self._legs.get(key)
@@ -262,7 +272,14 @@ class KernelFastPath:
         return "".join(script)
 
     async def _installs(self) -> str:
+        """Rules for endpoints bound since the last poll, and for those that waited: for room
+        under ``max_endpoints``, or for the kernel after a failure."""
         bound, self._newly_bound[:] = list(self._newly_bound), []
+        if len(self._waiting) > self._prune_waiting_at:
+            self._waiting = [e for e in self._waiting if self._core.endpoint(e.allocation.vni) is e]
+            self._prune_waiting_at = max(self.max_endpoints, 2 * len(self._waiting))
+        if self._waiting and len(self._installed) < self.max_endpoints:
+            bound, self._waiting = self._waiting + bound, []
         wanted: list[tuple[Endpoint, tuple[str, int], tuple[str, int]]] = []
         for done, endpoint in enumerate(bound, 1):
             if done % YIELD_EVERY == 0:
@@ -270,7 +287,7 @@ class KernelFastPath:
             if self._core.endpoint(endpoint.allocation.vni) is not endpoint:
                 continue
             if len(self._installed) + len(wanted) >= self.max_endpoints:
-                self.not_installed += 1
+                self._waiting.append(endpoint)
                 continue
             a, b = (client_address(client.addr) for client in endpoint.clients)
             if a is None or b is None or a == b or nftables.family(a[0]) != nftables.family(b[0]):

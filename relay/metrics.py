@@ -111,13 +111,14 @@ class RelayCollector(Collector):
         )
         yield CounterMetricFamily(
             f"{PREFIX}_fast_path_errors",
-            "Failed nft runs; each sends every endpoint back to user space until bound anew",
+            "Failed nft runs, and tables found gone; each sends every endpoint to user space "
+            "until the next successful poll",
             value=fast_path.errors if fast_path else 0,
         )
         yield CounterMetricFamily(
             f"{PREFIX}_fast_path_not_installed",
-            "Bound endpoints left in user space: over --fast-path-max-endpoints, no route, "
-            "or clients of different address families",
+            "Bound endpoints the kernel cannot relay (no route, scoped IPv6, or clients of "
+            "different address families), left in user space",
             value=fast_path.not_installed if fast_path else 0,
         )
         yield CounterMetricFamily(

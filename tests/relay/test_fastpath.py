@@ -282,3 +282,60 @@ async def test_many_endpoints_bound_at_once_are_all_relayed_by_the_kernel(hosts)
         for pair in pairs:
             pair.close()
         await relay.stop()
+
+
+async def test_a_table_deleted_behind_the_relays_back_is_rebuilt(hosts):
+    relay = await start_relay(hosts)
+    pair = BoundPair(hosts, relay)
+    try:
+        await asyncio.to_thread(pair.bind)
+        await until(lambda: metric(hosts, relay, "fast_path_endpoints") == 1, "rules installed")
+        hosts.nft("delete", "table", "netdev", table_name(relay.ready["udp_port"]))
+        pair.send(0, b"relayed by user space meanwhile")
+        assert pair.receive(1)[0] == b"relayed by user space meanwhile"
+        await until(lambda: metric(hosts, relay, "fast_path_errors_total") >= 1, "noticed")
+        await until(
+            lambda: chain_name(pair.vni, pair.lamport_id, 0) in chains(hosts, relay),
+            "the endpoint back in the kernel",
+            timeout=DEADLINE + 30,
+        )
+        relay.process.send_signal(signal.SIGSTOP)
+        try:
+            pair.send(1, b"relayed by the kernel again")
+            assert pair.receive(0)[0] == b"relayed by the kernel again"
+        finally:
+            relay.process.send_signal(signal.SIGCONT)
+    finally:
+        pair.close()
+        await relay.stop()
+
+
+async def test_endpoints_over_the_limit_wait_for_room_in_the_kernel(hosts):
+    lifetime = 3.0
+    relay = await start_relay(
+        hosts, "--fast-path-max-endpoints", "1", "--steady-state-lifetime", f"{lifetime:g}s"
+    )
+    first, second = BoundPair(hosts, relay), BoundPair(hosts, relay)
+    try:
+        await asyncio.to_thread(first.bind)
+        await until(lambda: metric(hosts, relay, "fast_path_endpoints") == 1, "first installed")
+        await asyncio.to_thread(second.bind)
+        waiting = chain_name(second.vni, second.lamport_id, 0)
+        assert waiting not in chains(hosts, relay), "no room for the second"
+        deadline = time.monotonic() + lifetime + DEADLINE
+        while waiting not in chains(hosts, relay):  # the first expires; the second stays busy
+            assert time.monotonic() < deadline, "the second never got the first's room"
+            second.send(0, b"keepalive")
+            assert second.receive(1)[0] == b"keepalive"
+            await asyncio.sleep(0.3)
+        assert [e["VNI"] for e in endpoints(hosts, relay)] == [second.vni]
+        relay.process.send_signal(signal.SIGSTOP)
+        try:
+            second.send(1, b"now in the kernel")
+            assert second.receive(0)[0] == b"now in the kernel"
+        finally:
+            relay.process.send_signal(signal.SIGCONT)
+    finally:
+        first.close()
+        second.close()
+        await relay.stop()
