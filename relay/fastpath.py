@@ -127,14 +127,12 @@ class KernelFastPath:
         listen: str,
         max_endpoints: int = DEFAULT_MAX_ENDPOINTS,
         clock: Callable[[], float] = time.time,
-        run: Callable[..., object] = run_command,
     ) -> None:
         self._core = core
         self._port = port
         self._listen = None if listen in ("::", "0.0.0.0") else listen
         self.max_endpoints = max_endpoints
         self._clock = clock
-        self._run = run
         self.table = nftables.table_name(port)
         self._newly_bound = core.watch_bound()
         self._waiting: list[Endpoint] = []
@@ -237,12 +235,12 @@ class KernelFastPath:
             await self._nft(nftables.create_table(self.table))
 
     async def _nft(self, script: str) -> None:
-        await self._run(["nft", "-f", "-"], script)
+        await run_command(["nft", "-f", "-"], script)
 
     async def _read_counters(self) -> None:
         if not self._installed:
             return
-        text = await self._run(["nft", "-j", "list", "maps", "netdev"])
+        text = await run_command(["nft", "-j", "list", "maps", "netdev"])
         self._counts, moved = await asyncio.to_thread(count_changes, text, self.table, self._counts)
         if not self._counts:
             raise FastPathError(f"nftables table netdev {self.table} is gone or was emptied")
@@ -332,5 +330,5 @@ class KernelFastPath:
     async def _routes(self, ips: set[str]) -> dict[str, nftables.Route]:
         """Routes to ``ips``; one that has none (unreachable) is left out."""
         lines = "".join(f"route get {ip}\n" for ip in sorted(ips))
-        text = await self._run(["ip", "-j", "-force", "-batch", "-"], lines, check=False)
+        text = await run_command(["ip", "-j", "-force", "-batch", "-"], lines, check=False)
         return nftables.parse_routes(text)
