@@ -208,11 +208,15 @@ class KernelFastPath:
 
     async def sync(self) -> None:
         """Credit the counters, drop rules of endpoints gone, add rules for endpoints bound."""
+        fresh: list[Installed] = []
         try:
             await self._read_counters()
-            script = await self._removals() + await self._installs()
-            if script:
-                await self._nft(script)
+            removals = await self._removals()
+            installs, fresh = await self._installs()
+            if removals or installs:
+                await self._nft(removals + installs)
+            for entry in fresh:
+                self._record(entry)
             if self._failing:
                 log.info("kernel fast path working again")
                 self._failing = False
@@ -221,6 +225,7 @@ class KernelFastPath:
             if not self._failing:
                 log.warning("kernel fast path failed, endpoints go back to user space: %s", exc)
                 self._failing = True
+            self._waiting.extend(entry.endpoint for entry in fresh)
             await self._reset()
 
     async def _reset(self) -> None:
@@ -269,7 +274,7 @@ class KernelFastPath:
                 await asyncio.sleep(0)
         return "".join(script)
 
-    async def _installs(self) -> str:
+    async def _installs(self) -> tuple[str, list[Installed]]:
         """Rules for endpoints bound since the last poll, and for those that waited: for room
         under ``max_endpoints``, or for the kernel after a failure."""
         bound, self._newly_bound[:] = list(self._newly_bound), []
@@ -293,9 +298,14 @@ class KernelFastPath:
                 continue
             wanted.append((endpoint, a, b))
         if not wanted:
-            return ""
-        routes = await self._routes({ip for _, a, b in wanted for ip in (a[0], b[0])})
-        script = []
+            return "", []
+        try:
+            routes = await self._routes({ip for _, a, b in wanted for ip in (a[0], b[0])})
+        except FastPathError:
+            self._waiting.extend(endpoint for endpoint, _, _ in wanted)
+            raise
+        script: list[str] = []
+        fresh: list[Installed] = []
         for done, (endpoint, a, b) in enumerate(wanted, 1):
             if done % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
@@ -314,11 +324,16 @@ class KernelFastPath:
                     self.table, allocation.vni, allocation.lamport_id, self._port, legs
                 )
             )
-            entry = Installed(endpoint, (a, b), nftables.header_bytes(a[0]))
-            self._installed[(allocation.vni, allocation.lamport_id)] = entry
-            for index, sender in enumerate((a, b)):
-                self._legs[(allocation.vni, *sender)] = (entry, index)
-        return "".join(script)
+            fresh.append(Installed(endpoint, (a, b), nftables.header_bytes(a[0])))
+        return "".join(script), fresh
+
+    def _record(self, entry: Installed) -> None:
+        """Count an endpoint as the kernel's once its rules are in (not before: the metric
+        and the counters must never claim rules that a failed or unfinished ``nft`` lacks)."""
+        allocation = entry.endpoint.allocation
+        self._installed[(allocation.vni, allocation.lamport_id)] = entry
+        for index, sender in enumerate(entry.senders):
+            self._legs[(allocation.vni, *sender)] = (entry, index)
 
     def _hook(self, device: str) -> str:
         """The script that hooks ``device``'s ingress, the first time it is needed."""

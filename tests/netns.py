@@ -23,6 +23,7 @@ import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 CLONE_NEWNET = 0x40000000
 RELAY_SIDE = {"a": "10.77.1.1", "b": "10.77.2.1"}
@@ -67,6 +68,7 @@ class Hosts:
         self.tag = tag
         self.relay = f"rf{tag}r"
         self.clients = {"a": f"rf{tag}a", "b": f"rf{tag}b"}
+        self.logs: Path | None = None  # where a test keeps the logs of what runs inside
 
     @classmethod
     def create(cls, tag: str | None = None) -> Hosts:

@@ -30,19 +30,24 @@ DEADLINE = 20.0
 
 
 @pytest.fixture
-def hosts():
+def hosts(tmp_path):
     hosts = netns.Hosts.create()
+    hosts.logs = tmp_path
     yield hosts
     hosts.close()
+    for log in sorted(tmp_path.glob("relay-*.log")):
+        print(f"--- {log.name}\n{log.read_text()}")  # shown when the test fails
 
 
 async def start_relay(
     hosts: netns.Hosts, *args: str, wrapper: tuple[str, ...] = (), listen: str = "0.0.0.0"
 ) -> RelayProcess:
+    log = hosts.logs / f"relay-{len(list(hosts.logs.glob('relay-*.log')))}.log"
     return await RelayProcess.start(
-        "--fast-path", "auto", *args,
+        "--fast-path", "auto", "--log-level", "debug", *args,
         wrapper=(*hosts.exec(hosts.relay), *wrapper),
         listen=listen,
+        log=log,
     )  # fmt: skip
 
 
