@@ -69,9 +69,8 @@ from forwarders import (
     BENCH_CPU,
     FORWARDER_CPU,
     RELAYFLEET,
+    Forwarder,
     compile_forwarder,
-    forwarder_sockets,
-    set_buffers,
     stop_on_sigterm,
     table,
 )
@@ -259,17 +258,16 @@ def delivered(hosts: netns.Hosts, sink: tuple[str, str]) -> int:
 
 
 class Setup:
-    """One forwarder in the relay namespace with a bound pair whose a-side socket is freed."""
+    """A forwarder in the relay namespace (none: "arrival only") with a bound pair whose
+    a-side socket is freed for the sender."""
 
-    def __init__(
-        self, hosts: netns.Hosts, name: str, process: subprocess.Popen | None, ready: dict
-    ) -> None:
-        self.hosts, self.name, self.process, self.ready = hosts, name, process, ready
+    def __init__(self, hosts: netns.Hosts, name: str, forwarder: Forwarder | None) -> None:
+        self.hosts, self.name, self.forwarder = hosts, name, forwarder
+        self.ready = forwarder.ready if forwarder else {"udp_port": FLOOR_PORT}
         self.sink = (hosts.clients["b"], "cb")
         self.vni = 1
         self.a_port = self.b_port = 0
         self.b_socket: socket.socket | None = None
-        self.sockets: list[socket.socket] = []
 
     @property
     def api_port(self) -> int:
@@ -284,40 +282,25 @@ class Setup:
 
     def enlarge_buffers(self, size: int) -> None:
         """The same forced receive and send buffers for every forwarder's socket."""
-        if self.process is None:
-            return
-        self.sockets = forwarder_sockets(self.process.pid, self.ready["udp_port"])
-        for sock in self.sockets:
-            set_buffers(sock, size)
+        if self.forwarder is not None:
+            self.forwarder.take_sockets(size)
 
     def stop(self) -> None:
-        for sock in [*self.sockets, *([self.b_socket] if self.b_socket else [])]:
-            sock.close()
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.b_socket is not None:
+            self.b_socket.close()
+        if self.forwarder is not None:
+            self.forwarder.stop()
 
 
 def start(hosts: netns.Hosts, name: str, argv: list[str]) -> Setup:
-    process = subprocess.Popen(
-        in_namespace(hosts, hosts.relay, FORWARDER_CPU, *argv),
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    line = process.stdout.readline()
-    if not line:
-        raise RuntimeError(f"{name} did not start (exit {process.wait(10)})")
-    return Setup(hosts, name, process, json.loads(line))
+    """``argv`` in the relay namespace, pinned to the forwarder CPU (bench/forwarders.py)."""
+    return Setup(hosts, name, Forwarder.start(name, [*hosts.exec(hosts.relay), *argv], []))
 
 
 def arrival_floor(hosts: netns.Hosts) -> Setup:
     """No forwarder: the packets are counted and dropped as they arrive at the relay's device.
     What CPU 1 spends on that, any relay spends too."""
-    setup = Setup(hosts, FLOOR, None, {"udp_port": FLOOR_PORT})
+    setup = Setup(hosts, FLOOR, None)
     setup.sink = (hosts.relay, "ra")
     setup.a_port, setup.b_port = FLOOR_PORT, FLOOR_PORT
     return setup

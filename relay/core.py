@@ -166,8 +166,8 @@ class RelayCore:
         self._by_vni: dict[int, Endpoint] = {}
         self._shared_keys: dict[DiscoPublicKey, bytes] = {}
         self._deadlines: list[tuple[float, int]] = []
-        self._newly_bound: list[Allocation] = []
         self._bound_watchers: list[list[Endpoint]] = []
+        self._bound_for_store = self.watch_bound()
         self.last_seen_lag = 0.0
         self.bound_count = 0
         self.forwarded_packets = 0
@@ -229,7 +229,7 @@ class RelayCore:
 
     def watch_bound(self) -> list[Endpoint]:
         """A list the core appends each endpoint to once both its clients are bound;
-        the caller empties it as it goes (the kernel fast path does)."""
+        the caller empties it as it goes (the store write-back and the kernel fast path)."""
         watcher: list[Endpoint] = []
         self._bound_watchers.append(watcher)
         return watcher
@@ -250,7 +250,8 @@ class RelayCore:
 
     def take_bound(self) -> list[Allocation]:
         """Allocations bound by both clients since the last call, for the store to record."""
-        bound, self._newly_bound = self._newly_bound, []
+        bound = [endpoint.allocation for endpoint in self._bound_for_store]
+        self._bound_for_store.clear()
         return bound
 
     # -- expiry ------------------------------------------------------------
@@ -415,7 +416,6 @@ class RelayCore:
             endpoint.bound_at = now
             self.bound_count += 1
             self._arm(endpoint, now + self.steady_state_lifetime)
-            self._newly_bound.append(endpoint.allocation)
             for watcher in self._bound_watchers:
                 watcher.append(endpoint)
 

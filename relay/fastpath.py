@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from relay import nftables
 from relay.addresses import sockaddr_host_port
+from relay.agent import YIELD_EVERY
 from relay.core import Endpoint, RelayCore
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,6 @@ POLL_SHARE = 0.1  # at most this share of wall time goes to polling the kernel
 MAX_RETRY_INTERVAL = 30.0
 DEFAULT_MAX_ENDPOINTS = 10_000
 COMMAND_TIMEOUT = 30.0
-YIELD_EVERY = 256
 
 
 class FastPathError(Exception):
@@ -277,7 +277,8 @@ class KernelFastPath:
     async def _installs(self) -> tuple[str, list[Installed]]:
         """Rules for endpoints bound since the last poll, and for those that waited: for room
         under ``max_endpoints``, or for the kernel after a failure."""
-        bound, self._newly_bound[:] = list(self._newly_bound), []
+        bound = self._newly_bound[:]
+        self._newly_bound.clear()
         if len(self._waiting) > self._prune_waiting_at:
             self._waiting = [e for e in self._waiting if self._core.endpoint(e.allocation.vni) is e]
             self._prune_waiting_at = max(self.max_endpoints, 2 * len(self._waiting))

@@ -6,8 +6,8 @@ and this collector turns them into metric families when Prometheus asks.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -49,12 +49,10 @@ class RelayCollector(Collector):
         yield CounterMetricFamily(
             f"{PREFIX}_forwarded_bytes", "Bytes of data packets relayed", value=core.forwarded_bytes
         )
-        drops = CounterMetricFamily(
-            f"{PREFIX}_dropped_packets", "Datagrams dropped, by reason", labels=["reason"]
-        )
-        for reason, count in core.drops.items():
-            drops.add_metric([reason.value], count)
-        yield drops
+        yield _by_label(
+            "dropped_packets", "Datagrams dropped, by reason", "reason",
+            {reason.value: count for reason, count in core.drops.items()},
+        )  # fmt: skip
         endpoints = GaugeMetricFamily(
             f"{PREFIX}_endpoints", "Endpoints served, by state", labels=["state"]
         )
@@ -76,28 +74,17 @@ class RelayCollector(Collector):
         yield CounterMetricFamily(
             f"{PREFIX}_allocations", "New allocations made", value=server.allocations_created
         )
-        expired = CounterMetricFamily(
-            f"{PREFIX}_expired_endpoints", "Endpoints expired, by lifetime", labels=["lifetime"]
+        yield _by_label(
+            "expired_endpoints", "Endpoints expired, by lifetime", "lifetime", core.expired
         )
-        for lifetime, count in core.expired.items():
-            expired.add_metric([lifetime], count)
-        yield expired
-        store_errors = CounterMetricFamily(
-            f"{PREFIX}_store_errors",
-            "Store (Redis) operations that failed, by operation",
-            labels=["operation"],
-        )
-        for operation, count in sorted(server.store_errors.items()):
-            store_errors.add_metric([operation], count)
-        yield store_errors
-        api_errors = CounterMetricFamily(
-            f"{PREFIX}_api_errors",
-            "HTTP API answers of 400 and above, by status code",
-            labels=["code"],
-        )
-        for code, count in sorted(server.api_errors.items()):
-            api_errors.add_metric([str(code)], count)
-        yield api_errors
+        yield _by_label(
+            "store_errors", "Store (Redis) operations that failed, by operation", "operation",
+            server.store_errors,
+        )  # fmt: skip
+        yield _by_label(
+            "api_errors", "HTTP API answers of 400 and above, by status code", "code",
+            server.api_errors,
+        )  # fmt: skip
         yield GaugeMetricFamily(
             f"{PREFIX}_pending_store_writes",
             "Bound marks and frees not yet written to the store (grows while it is down)",
@@ -131,6 +118,14 @@ class RelayCollector(Collector):
             "Datagrams the socket refused to send",
             value=server.send_errors,
         )
+
+
+def _by_label(name: str, text: str, label: str, counts: Mapping[Any, int]) -> CounterMetricFamily:
+    """A counter with one sample per key of ``counts``, in key order."""
+    family = CounterMetricFamily(f"{PREFIX}_{name}", text, labels=[label])
+    for key, count in sorted(counts.items()):
+        family.add_metric([str(key)], count)
+    return family
 
 
 def relay_registry(server: RelayServer) -> CollectorRegistry:

@@ -25,11 +25,10 @@ from typing import Any
 from relay.config import RelayConfig
 from relay.core import Endpoint, RelayCore
 from relay.kube import api_client
-from relay_operator.status import expired_status, live_status
+from relay_operator.status import GROUP, PLURAL, VERSION, expired_status, live_status
 
 log = logging.getLogger(__name__)
 
-GROUP, VERSION, PLURAL = "relayfleet.io", "v1alpha1", "relayendpoints"
 RELAY_LABEL = "relayfleet.io/relay"
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 REQUEST_TIMEOUT = 10.0

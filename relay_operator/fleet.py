@@ -11,9 +11,9 @@ from collections import Counter
 from typing import Any
 
 from relay.store import Store
+from relay_operator.status import GROUP, PLURAL, VERSION
 
 PHASES = ("Pending", "Allocated", "Bound", "Expired", "Failed")
-GROUP, VERSION, PLURAL = "relayfleet.io", "v1alpha1", "relayendpoints"
 
 
 async def list_endpoints(kubeconfig: str | None) -> list[dict[str, Any]]:

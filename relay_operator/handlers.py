@@ -26,9 +26,15 @@ from relay.store import StoreUnavailable, VNIExhausted
 from relay_operator import relay_check
 from relay_operator.allocating import Allocator, CurrentAllocation, NoRelayAvailable, Placement
 from relay_operator.metrics import OperatorMetrics
-from relay_operator.status import allocated_status, expired_status, pending_status
+from relay_operator.status import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    allocated_status,
+    expired_status,
+    pending_status,
+)
 
-GROUP, VERSION, PLURAL = "relayfleet.io", "v1alpha1", "relayendpoints"
 REALLOCATE = "relayfleet.io/reallocate"
 RELAY_LABEL = "relayfleet.io/relay"
 FINALIZER = "relayfleet.io/free-allocation"

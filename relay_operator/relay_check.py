@@ -24,11 +24,11 @@ from typing import Any
 
 from relay.store import StoreUnavailable
 from relay_operator.allocating import Allocator
+from relay_operator.status import GROUP, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 
 RELAY_DEAD = "relayfleet.io/relay-dead"
-GROUP, VERSION, PLURAL = "relayfleet.io", "v1alpha1", "relayendpoints"
 
 Mark = Callable[[str, str, str], Awaitable[None]]
 

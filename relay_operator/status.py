@@ -20,6 +20,9 @@ from relay.store import Allocation, RelayRecord
 ALLOCATED = "Allocated"
 BOUND = "Bound"
 
+# The RelayEndpoint resource: its API group, version and plural name.
+GROUP, VERSION, PLURAL = "relayfleet.io", "v1alpha1", "relayendpoints"
+
 
 def timestamp(seconds: float) -> str:
     """RFC 3339 in UTC with second precision, as Kubernetes writes times."""

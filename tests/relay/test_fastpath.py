@@ -8,12 +8,14 @@ data flows, so any packet that arrives was relayed by the kernel's rules.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -53,6 +55,16 @@ async def start_relay(
 
 def api_port(relay: RelayProcess) -> int:
     return int(relay.ready["api"].rsplit(":", 1)[1])
+
+
+@contextlib.contextmanager
+def stopped(relay: RelayProcess) -> Iterator[None]:
+    """The relay process stopped (SIGSTOP) for the block: only the kernel can relay then."""
+    relay.process.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        relay.process.send_signal(signal.SIGCONT)
 
 
 async def until(condition, what: str, timeout: float = DEADLINE):
@@ -142,8 +154,7 @@ async def test_bound_pair_is_relayed_by_the_kernel_with_counts_and_last_seen(hos
         await asyncio.to_thread(pair.bind)
         await until(lambda: metric(hosts, relay, "fast_path_endpoints") == 1, "rules installed")
         assert chain_name(pair.vni, pair.lamport_id, 0) in chains(hosts, relay)
-        relay.process.send_signal(signal.SIGSTOP)
-        try:
+        with stopped(relay):
             for i in range(50):
                 for sender in (0, 1):
                     payload = f"{sender}:{i}".encode() * 10
@@ -151,8 +162,6 @@ async def test_bound_pair_is_relayed_by_the_kernel_with_counts_and_last_seen(hos
                     got, source = pair.receive(1 - sender)
                     assert got == payload
                     assert source[:2] == pair.relay[1 - sender], "source is the relay's side"
-        finally:
-            relay.process.send_signal(signal.SIGCONT)
         size = len(pair.clients[0].data(b"0:0" * 10))
 
         def counted():
@@ -200,12 +209,9 @@ async def test_kernel_traffic_keeps_the_endpoint_alive_and_expiry_removes_the_ru
             "rules removed after expiry",
         )
         assert metric(hosts, relay, "fast_path_endpoints") == 0
-        relay.process.send_signal(signal.SIGSTOP)
-        try:
+        with stopped(relay):
             pair.send(0, b"after expiry")
             assert pair.silent(1), "the kernel relays nothing for an expired endpoint"
-        finally:
-            relay.process.send_signal(signal.SIGCONT)
     finally:
         pair.close()
         await relay.stop()
@@ -268,8 +274,7 @@ async def test_many_endpoints_bound_at_once_are_all_relayed_by_the_kernel(hosts)
         for pair in pairs:
             await asyncio.to_thread(pair.bind)
         await until(lambda: metric(hosts, relay, "fast_path_endpoints") == count, "all installed")
-        relay.process.send_signal(signal.SIGSTOP)
-        try:
+        with stopped(relay):
             for i, pair in enumerate(pairs):
                 for sender in (0, 1):
                     pair.send(sender, f"endpoint {i} from {sender}".encode())
@@ -277,8 +282,6 @@ async def test_many_endpoints_bound_at_once_are_all_relayed_by_the_kernel(hosts)
                 for sender in (0, 1):
                     got, _ = pair.receive(1 - sender)
                     assert got == f"endpoint {i} from {sender}".encode()
-        finally:
-            relay.process.send_signal(signal.SIGCONT)
         await until(
             lambda: metric(hosts, relay, "forwarded_packets_total") == 2 * count,
             "every kernel-relayed packet credited",
@@ -304,12 +307,9 @@ async def test_a_table_deleted_behind_the_relays_back_is_rebuilt(hosts):
             "the endpoint back in the kernel",
             timeout=DEADLINE + 30,
         )
-        relay.process.send_signal(signal.SIGSTOP)
-        try:
+        with stopped(relay):
             pair.send(1, b"relayed by the kernel again")
             assert pair.receive(0)[0] == b"relayed by the kernel again"
-        finally:
-            relay.process.send_signal(signal.SIGCONT)
     finally:
         pair.close()
         await relay.stop()
@@ -334,12 +334,9 @@ async def test_endpoints_over_the_limit_wait_for_room_in_the_kernel(hosts):
             assert second.receive(1)[0] == b"keepalive"
             await asyncio.sleep(0.3)
         assert [e["VNI"] for e in endpoints(hosts, relay)] == [second.vni]
-        relay.process.send_signal(signal.SIGSTOP)
-        try:
+        with stopped(relay):
             second.send(1, b"now in the kernel")
             assert second.receive(0)[0] == b"now in the kernel"
-        finally:
-            relay.process.send_signal(signal.SIGCONT)
     finally:
         first.close()
         second.close()
