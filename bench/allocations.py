@@ -78,7 +78,7 @@ import aiohttp
 import redis
 import uvloop
 
-from relay.keys import DiscoPublicKey
+from relay.protocol.keys import DiscoPublicKey
 from relay.store.redis import RedisStore
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -131,7 +131,7 @@ from forwarders import (
     table,
 )
 
-from relay import geneve
+from relay.protocol import geneve
 
 ROUND_DEADLINE = 30.0
 QUIET = 0.5

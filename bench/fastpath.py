@@ -11,7 +11,7 @@ user space) does on one core. This runs, from one script on one machine:
   (a) C: the C forwarder, user space;
   (b) ours, user space: `relayfleet relay --fast-path off`;
   (c) ours, kernel: `relayfleet relay --fast-path auto` (nftables rules,
-      relay/nftables.py), once the measured endpoint is bound.
+      relay/fastpath/rules.py), once the measured endpoint is bound.
 
 How:
   1. Three network namespaces (tests/netns.py): client a, the relay, client
@@ -76,8 +76,8 @@ from forwarders import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from relay.client import RelayClient
-from relay.keys import DiscoPrivateKey, DiscoPublicKey
+from relay.protocol.client import RelayClient
+from relay.protocol.keys import DiscoPrivateKey, DiscoPublicKey
 from tests import netns
 
 C, USER, KERNEL = "C (user space)", "ours, user space", "ours, kernel fast path"

@@ -51,7 +51,7 @@ import uvloop
 from nacl import bindings
 from nacl.exceptions import CryptoError
 
-from relay import disco, geneve
+from relay.protocol import disco, geneve
 
 ROOT = Path(__file__).resolve().parents[1]
 RELAYFLEET = str(Path(sys.executable).parent / "relayfleet")

@@ -143,7 +143,7 @@ def summarise(outcomes: list[Outcome], elapsed: float, args: argparse.Namespace)
 
 
 def print_core_stats(outcome: Outcome) -> None:
-    from relay.core import Drop
+    from relay.protocol.core import Drop
 
     stats = outcome.stats
     total = max(1, outcome.cases)

@@ -12,7 +12,7 @@ a flood of control packets, ours beside the reference Go server
 (.dev/bin/refserver, scripts/build-go-helpers) from the same run. Every
 handshake message costs the relay public-key crypto, and the design says
 control packets must not starve data; ours limits handshake messages per
-source and in total (relay/ratelimit.py), the reference has no limit.
+source and in total (relay/protocol/ratelimit.py), the reference has no limit.
 
 Both parts run on loopback with the server pinned to CPU 1 and this script
 (and the flooder) on CPU 0, and give each server's UDP socket the same 4 MiB
@@ -100,7 +100,7 @@ from forwarders import (
     table,
 )
 
-from relay import geneve
+from relay.protocol import geneve
 
 SERVER_BUFFER = 4 << 20
 WARMUP = 100

@@ -34,7 +34,7 @@ from pathlib import Path
 import aiohttp
 import redis.asyncio as aioredis
 
-from relay.keys import DiscoPublicKey
+from relay.protocol.keys import DiscoPublicKey
 from relay.store.redis import RedisStore
 
 ROOT = Path(__file__).resolve().parents[1]

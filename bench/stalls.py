@@ -8,8 +8,8 @@ that expiry never scan all endpoints in one go and that no stall exceed 10 ms
 at 1 000 000 endpoints. The reference Go server's GC scans every endpoint
 under its one lock each tick instead; it has no event loop to measure.
 
-How: one process runs the relay's own core and agent (relay/core.py,
-relay/agent.py) over a memory store or a private redis-server, with a clock
+How: one process runs the relay's own core and agent (relay/protocol/core.py,
+relay/shells/agent.py) over a memory store or a private redis-server, with a clock
 the bench moves. `--endpoints` allocations are made through the store and
 installed; a monitor task sleeps 1 ms in a loop and records how late each
 wake-up is (the stall). Then:
@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import contextlib
 
-from relay.agent import RelayAgent
-from relay.core import RelayCore
-from relay.keys import DiscoPrivateKey, sorted_pair
-from relay.secrets import RelaySecrets
+from relay.protocol.core import RelayCore
+from relay.protocol.keys import DiscoPrivateKey, sorted_pair
+from relay.shells.agent import RelayAgent
+from relay.shells.keyfile import RelaySecrets
 from relay.store import MemoryStore, RelayRecord, Store
 from relay.store.redis import RedisStore
 from tests.redis_server import RedisServer

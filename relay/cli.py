@@ -1,8 +1,13 @@
 """``relayfleet``: the one command of relay-fleet, with a subcommand per part.
 
-relayfleet relay    run a standalone relay with its HTTP allocation API
-relayfleet demo     run a relay and two clients on loopback, print a summary
-relayfleet keygen   print a new disco key pair, or write a relay key file
+relayfleet relay     run a standalone relay with its HTTP allocation API
+relayfleet demo      run a relay and two clients on loopback, print a summary
+relayfleet operator  run the Kubernetes operator
+relayfleet status    show the fleet at a glance
+relayfleet keygen    print a new disco key pair, or write a relay key file
+
+It is the only module that imports both the relay and the operator: each
+part below it stands on its own (the import contracts in pyproject.toml).
 """
 
 from __future__ import annotations
@@ -17,20 +22,30 @@ import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import uvloop
 
 from relay import __version__
-from relay.api_token import ApiTokenError, read_token_file
-from relay.config import EnvArguments, RelayConfig, add_relay_arguments, store_url
+from relay.config import RelayConfig
 from relay.demo import DemoFailed, print_report, run_demo
-from relay.keys import DiscoPrivateKey
-from relay.secrets import KeyFileError, RelaySecrets, load_or_create
+from relay.flags import add_arguments, from_args, store_flag, store_prefix_flag
+from relay.protocol.keys import DiscoPrivateKey
 from relay.server import RelayServer
-from relay.store import DEFAULT_PREFIX, StoreError, open_store, redact_url
-from relay_operator.config import add_operator_arguments
+from relay.shells.api_token import ApiTokenError, read_token_file
+from relay.shells.keyfile import KeyFileError, RelaySecrets, load_or_create
+from relay.store import StoreError, open_store, redact_url
+from relay_operator.config import OperatorConfig
 
 log = logging.getLogger("relayfleet")
+
+
+@dataclass(frozen=True)
+class StatusConfig:
+    """What ``relayfleet status`` reads: the fleet's Redis (the Kubernetes side is flags)."""
+
+    store: str | None = store_flag(None)
+    store_prefix: str = store_prefix_flag()
 
 
 class _JsonFormatter(logging.Formatter):
@@ -91,7 +106,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def _relay(args: argparse.Namespace) -> int:
-    config = RelayConfig.from_args(args)
+    config = from_args(RelayConfig, args)
     _configure_logging(config.log_level, config.log_format)
     api_token = read_token_file(config.api_token_file) if config.api_token_file else None
     if api_token is None and not _is_loopback(config.api_listen[0]):
@@ -144,13 +159,12 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _operator(args: argparse.Namespace) -> int:
-    from relay_operator.config import OperatorConfig
     from relay_operator.main import run_operator
 
     if args.store is None:
         print("relayfleet operator: --store (or RELAYFLEET_STORE) is required", file=sys.stderr)
         return 2
-    config = OperatorConfig.from_args(args)
+    config = from_args(OperatorConfig, args)
     _configure_logging(config.log_level, config.log_format)
     uvloop.run(run_operator(config))
     return 0
@@ -196,7 +210,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "(POST /v0/relay/endpoint, GET /v0/relay/endpoints, /healthz, /metrics). "
         "When ready it prints one JSON line to stdout with the bound ports; logs go to stderr.",
     )
-    add_relay_arguments(relay, environ)
+    add_arguments(relay, RelayConfig, environ)
     relay.set_defaults(func=_relay)
 
     demo = commands.add_parser(
@@ -218,7 +232,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "deletion. Talks to the cluster with its service account in a pod, else the "
         "kubeconfig (KUBECONFIG).",
     )
-    add_operator_arguments(operator, environ)
+    add_arguments(operator, OperatorConfig, environ)
     operator.set_defaults(func=_operator)
 
     status = commands.add_parser(
@@ -227,11 +241,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         description="Read the relay registry from the fleet's Redis and the RelayEndpoints "
         "from Kubernetes (KUBECONFIG, or --kubeconfig), and print them.",
     )
-    status_env = EnvArguments(status, environ)
-    status_env.add("--store", default=None, type=store_url, metavar="URL", help="the fleet's Redis")
-    status_env.add(
-        "--store-prefix", default=DEFAULT_PREFIX, metavar="PREFIX", help="prefix of every Redis key"
-    )
+    add_arguments(status, StatusConfig, environ)
     status.add_argument("--kubeconfig", metavar="PATH", help="kubeconfig (default: as kubectl)")
     status.add_argument("-o", "--output", choices=["text", "json"], default="text")
     status.set_defaults(func=_status)

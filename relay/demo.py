@@ -14,14 +14,14 @@ from typing import TextIO
 
 import aiohttp
 
-from relay.addresses import parse_host_port
-from relay.client import RelayClient
 from relay.config import RelayConfig
-from relay.keys import DiscoPrivateKey
-from relay.peer import UdpPeer
-from relay.secrets import RelaySecrets
+from relay.protocol.addresses import parse_host_port
+from relay.protocol.client import RelayClient
+from relay.protocol.keys import DiscoPrivateKey
+from relay.protocol.server_endpoint import ServerEndpoint
 from relay.server import RelayServer
-from relay.server_endpoint import ServerEndpoint
+from relay.shells.keyfile import RelaySecrets
+from relay.shells.peer import UdpPeer
 from relay.store import MemoryStore
 
 HANDSHAKE_ATTEMPTS = 3

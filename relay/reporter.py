@@ -6,7 +6,7 @@ RelayEndpoints placed on this relay (label ``relayfleet.io/relay``, checked
 against ``status.relay``, since a tenant may edit labels but not status), and
 at most once per interval patches the status of those whose state changed.
 Kubernetes calls run in a thread (the kubernetes client is synchronous) and
-never on the packet path; each has a timeout (REQUEST_TIMEOUT), so that a
+never on the packet path; each has a timeout (``--report-timeout``), so that a
 silent API server neither stalls reporting nor holds up the process's exit for
 longer, and a failed patch is retried at the next interval. On shutdown,
 :meth:`StatusReporter.close` writes a last report within a given time, so that
@@ -19,61 +19,16 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from relay.config import RelayConfig
-from relay.core import Endpoint, RelayCore
-from relay.kube import api_client
-from relay_operator.status import GROUP, PLURAL, VERSION, expired_status, live_status
+from relay.protocol.core import Endpoint, RelayCore
+from relay.resource.client import RelayEndpointsApi
+from relay.resource.definition import EXPIRED
+from relay.resource.status import expired_status, live_status
 
 log = logging.getLogger(__name__)
 
-RELAY_LABEL = "relayfleet.io/relay"
-SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
-REQUEST_TIMEOUT = 10.0
-
-
-def reporting_enabled(config: RelayConfig) -> bool:
-    """``--report-status``: on, off, or auto (in a pod, or given a kubeconfig)."""
-    if config.report_status == "auto":
-        return config.kubeconfig is not None or SERVICE_ACCOUNT_TOKEN.exists()
-    return config.report_status == "on"
-
-
-class KubernetesEndpoints:
-    """RelayEndpoints on the API server, through the kubernetes client."""
-
-    def __init__(self, kubeconfig: str | None) -> None:
-        from kubernetes import client
-
-        self._api = client.CustomObjectsApi(api_client(kubeconfig, retries=0))
-
-    async def on_relay(self, relay: str, timeout: float = REQUEST_TIMEOUT) -> list[dict[str, Any]]:
-        listing = await asyncio.to_thread(
-            self._api.list_custom_object_for_all_namespaces,
-            GROUP,
-            VERSION,
-            PLURAL,
-            label_selector=f"{RELAY_LABEL}={relay}",
-            _request_timeout=timeout,
-        )
-        return listing["items"]
-
-    async def patch_status(
-        self, namespace: str, name: str, status: dict[str, Any], timeout: float = REQUEST_TIMEOUT
-    ) -> None:
-        await asyncio.to_thread(
-            self._api.patch_namespaced_custom_object_status,
-            GROUP,
-            VERSION,
-            namespace,
-            PLURAL,
-            name,
-            {"status": status},
-            _content_type="application/merge-patch+json",
-            _request_timeout=timeout,
-        )
+DEFAULT_REQUEST_TIMEOUT = 10.0
 
 
 class StatusReporter:
@@ -81,20 +36,22 @@ class StatusReporter:
         self,
         core: RelayCore,
         relay: str,
-        endpoints: KubernetesEndpoints,
+        endpoints: RelayEndpointsApi,
         clock: Callable[[], float] = time.time,
         interval: float = 2.0,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     ) -> None:
         self._core = core
         self._relay = relay
         self._endpoints = endpoints
         self._clock = clock
         self.interval = interval
+        self.request_timeout = request_timeout
         self._reported: dict[tuple[str, str], Any] = {}
         self._expired: dict[tuple[int, int], str] = {}
         self.patches = 0
 
-    def expired(self, endpoints: list[Endpoint]) -> None:
+    def note_expired(self, endpoints: list[Endpoint]) -> None:
         """Endpoints the agent expired, to report at the next pass."""
         for endpoint in endpoints:
             lifetime = "steady-state" if endpoint.bound else "bind"
@@ -123,11 +80,11 @@ class StatusReporter:
 
     async def report_once(self, deadline: float | None = None) -> None:
         """Patch the status of every endpoint whose state changed; each Kubernetes call
-        has REQUEST_TIMEOUT, or what is left until ``deadline`` (``time.monotonic()``)."""
+        has ``request_timeout``, or what is left until ``deadline`` (``time.monotonic()``)."""
 
         def timeout() -> float:
             if deadline is None:
-                return REQUEST_TIMEOUT
+                return self.request_timeout
             return max(0.001, deadline - time.monotonic())
 
         now = self._clock()
@@ -138,7 +95,7 @@ class StatusReporter:
             status = resource.get("status") or {}
             meta = resource["metadata"]
             key = (meta["namespace"], meta["name"])
-            if status.get("vni") is None or status.get("phase") == "Expired":
+            if status.get("vni") is None or status.get("phase") == EXPIRED:
                 continue
             if status.get("relay") != self._relay:  # relabelled by someone who may patch labels
                 continue

@@ -8,7 +8,6 @@ store does not: it moves datagrams, times and allocations between them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import time
@@ -18,19 +17,21 @@ from collections.abc import Callable
 from aiohttp import web
 
 from relay import __version__
-from relay.addresses import format_host_port, ipv6_available
-from relay.agent import RelayAgent
-from relay.api import InvalidRequest, ServerClosed, make_app
+from relay.aio import stop_tasks
 from relay.config import RelayConfig
-from relay.core import Endpoint, RelayCore
-from relay.fastpath import KernelFastPath
-from relay.keys import DiscoPublicKey
-from relay.metrics import relay_registry
-from relay.reporter import KubernetesEndpoints, StatusReporter, reporting_enabled
-from relay.secrets import RelaySecrets
-from relay.server_endpoint import ServerEndpoint
-from relay.store import RelayRecord, Store, StoreUnavailable
-from relay.transport import BatchedUdpTransport, open_udp_socket
+from relay.fastpath.kernel import KernelFastPath
+from relay.protocol.addresses import format_host_port, ipv6_available
+from relay.protocol.core import RelayCore
+from relay.protocol.keys import DiscoPublicKey
+from relay.protocol.server_endpoint import ServerEndpoint
+from relay.reporter import StatusReporter
+from relay.resource.client import RelayEndpointsApi
+from relay.shells.agent import RelayAgent
+from relay.shells.api import InvalidRequest, ServerClosed, make_app
+from relay.shells.keyfile import RelaySecrets
+from relay.shells.metrics import relay_registry
+from relay.shells.transport import BatchedUdpTransport, open_udp_socket
+from relay.store import RelayRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,6 @@ class RelayServer:
         )
         self._clock = clock
         self.metrics = relay_registry(self)
-        self.allocations_created = 0
         self.api_errors: Counter[int] = Counter()
         self.closed = False
         self.udp_port = 0
@@ -94,8 +94,8 @@ class RelayServer:
         return self._transport.receive_errors if self._transport else 0
 
     @property
-    def store_errors(self) -> dict[str, int]:
-        return dict(self.agent.store_errors) if self.agent else {}
+    def name(self) -> str:
+        return self.config.name
 
     async def start(self) -> None:
         """Bind the UDP socket and the API, and start expiring endpoints."""
@@ -132,15 +132,16 @@ class RelayServer:
             resync_interval=self.config.resync_interval,
         )
         self.agent.start()
-        if reporting_enabled(self.config):
+        if self.config.reports_status():
             self.reporter = StatusReporter(
                 self.core,
                 self.config.name,
-                KubernetesEndpoints(self.config.kubeconfig),
+                RelayEndpointsApi(self.config.kubeconfig),
                 self._clock,
                 self.config.report_interval,
+                self.config.report_timeout,
             )
-            self.agent.on_expired = self.reporter.expired
+            self.agent.on_expired = self.reporter.note_expired
             self._reporting = asyncio.create_task(self.reporter.run(), name="status-reports")
         log.info(
             "relay %s serving UDP port %d as %s; API on http://%s",
@@ -173,21 +174,7 @@ class RelayServer:
             raise InvalidRequest("DiscoKeys must name two different keys")
         if self.core.server_key in (a, b):
             raise InvalidRequest("a client disco key equals the server's disco key")
-        try:
-            await self.agent.flush_bound()
-            result = await self.store.allocate(self.config.name, (a, b), self._clock())
-            while self.agent.expired_unfreed(result.allocation):
-                await self.agent.free_now(result.allocation)
-                result = await self.store.allocate(self.config.name, (a, b), self._clock())
-        except StoreUnavailable:
-            self.agent.store_errors["allocate"] += 1
-            raise
-        if result.replaced is not None:
-            self.core.remove(result.replaced.vni, result.replaced.lamport_id)
-        allocation = result.allocation
-        self.agent.install(allocation)
-        if result.created:
-            self.allocations_created += 1
+        allocation = await self.agent.allocate((a, b))
         return ServerEndpoint(
             server_disco=self.core.server_key,
             lamport_id=allocation.lamport_id,
@@ -196,12 +183,6 @@ class RelayServer:
             bind_lifetime=self.core.bind_lifetime,
             steady_state_lifetime=self.core.steady_state_lifetime,
         )
-
-    def expires_at(self, endpoint: Endpoint) -> float:
-        if endpoint.bound:
-            quiet_since = min(client.last_seen for client in endpoint.clients)
-            return quiet_since + self.core.steady_state_lifetime
-        return endpoint.deadline
 
     def registry_record(self) -> RelayRecord:
         return RelayRecord(
@@ -227,10 +208,7 @@ class RelayServer:
         """
         self.closed = True
         deadline = time.monotonic() + self.config.shutdown_timeout
-        if self._reporting is not None:
-            self._reporting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reporting
+        await stop_tasks(self._reporting)
         if self.fast_path is not None:
             try:
                 await asyncio.wait_for(self.fast_path.close(), remaining(deadline))

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from relay.keys import DiscoPublicKey, sorted_pair
+from relay.protocol.keys import DiscoPublicKey, sorted_pair
 from relay.store import Allocation, RelayRecord, Store
 from relay_operator.placement import choose_relay
 

@@ -10,17 +10,15 @@ import asyncio
 from collections import Counter
 from typing import Any
 
+from relay.resource.definition import GROUP, PHASES, PLURAL, VERSION
 from relay.store import Store
-from relay_operator.status import GROUP, PLURAL, VERSION
-
-PHASES = ("Pending", "Allocated", "Bound", "Expired", "Failed")
 
 
 async def list_endpoints(kubeconfig: str | None) -> list[dict[str, Any]]:
     """Every RelayEndpoint in the cluster, through the kubernetes client."""
     from kubernetes import client
 
-    from relay.kube import api_client
+    from relay.resource.client import api_client
 
     api = client.CustomObjectsApi(api_client(kubeconfig))
     listing = await asyncio.to_thread(

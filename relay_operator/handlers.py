@@ -21,23 +21,22 @@ from typing import Any
 
 import kopf
 
-from relay.keys import DiscoPublicKey, InvalidKey
+from relay.protocol.keys import DiscoPublicKey, InvalidKey
+from relay.resource.definition import (
+    GROUP,
+    PLURAL,
+    RELAY_LABEL,
+    VERSION,
+)
+from relay.resource.definition import (
+    REALLOCATE_ANNOTATION as REALLOCATE,
+)
+from relay.resource.status import allocated_status, expired_status, pending_status
 from relay.store import StoreUnavailable, VNIExhausted
 from relay_operator import relay_check
 from relay_operator.allocating import Allocator, CurrentAllocation, NoRelayAvailable, Placement
 from relay_operator.metrics import OperatorMetrics
-from relay_operator.status import (
-    GROUP,
-    PLURAL,
-    VERSION,
-    allocated_status,
-    expired_status,
-    pending_status,
-)
 
-REALLOCATE = "relayfleet.io/reallocate"
-RELAY_LABEL = "relayfleet.io/relay"
-FINALIZER = "relayfleet.io/free-allocation"
 PROGRESS_PREFIX = "kopf.relayfleet.io"
 MAX_RETRY_DELAY = 30.0
 PAIR_IN_USE = "PairInUse"

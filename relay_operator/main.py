@@ -13,12 +13,13 @@ from typing import Any
 
 import kopf
 
-from relay.geneve import MAX_VNI
-from relay.kube import api_client
+from relay.protocol.geneve import MAX_VNI
+from relay.resource.client import api_client
+from relay.resource.definition import FINALIZER, RELAY_LABEL
 from relay.store import open_store, redact_url
 from relay_operator.allocating import Allocator
 from relay_operator.config import OperatorConfig
-from relay_operator.handlers import FINALIZER, PROGRESS_PREFIX, RELAY_LABEL, register_handlers
+from relay_operator.handlers import PROGRESS_PREFIX, register_handlers
 from relay_operator.metrics import OperatorMetrics
 
 log = logging.getLogger(__name__)

@@ -22,13 +22,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from relay.resource.definition import GROUP, PLURAL, RELAY_DEAD_ANNOTATION, VERSION
 from relay.store import StoreUnavailable
 from relay_operator.allocating import Allocator
-from relay_operator.status import GROUP, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 
-RELAY_DEAD = "relayfleet.io/relay-dead"
+RELAY_DEAD = RELAY_DEAD_ANNOTATION
 
 Mark = Callable[[str, str, str], Awaitable[None]]
 
@@ -80,7 +80,7 @@ def kubernetes_mark() -> Mark:
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
-    from relay.kube import api_client
+    from relay.resource.client import api_client
 
     api = client.CustomObjectsApi(api_client())
 

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from relay.config import RelayConfig, add_relay_arguments, env_name
-from relay.secrets import RelaySecrets
+from relay.config import RelayConfig
+from relay.flags import add_arguments, env_name
 from relay.server import RelayServer
+from relay.shells.keyfile import RelaySecrets
 from relay.store import MemoryStore
-from relay_operator.config import add_operator_arguments
+from relay_operator.config import OperatorConfig
 from relay_operator.metrics import OperatorMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,9 +45,9 @@ def flag_rows(table: str) -> dict[str, str]:
     return rows
 
 
-def parser_flags(add_arguments) -> set[str]:
+def parser_flags(config: type) -> set[str]:
     parser = argparse.ArgumentParser()
-    add_arguments(parser, {})
+    add_arguments(parser, config, {})
     return {
         option
         for action in parser._actions
@@ -56,16 +57,16 @@ def parser_flags(add_arguments) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    ("heading", "add_arguments"),
+    ("heading", "config"),
     [
-        ("### `relayfleet relay`", add_relay_arguments),
-        ("### `relayfleet operator`", add_operator_arguments),
+        ("### `relayfleet relay`", RelayConfig),
+        ("### `relayfleet operator`", OperatorConfig),
     ],
     ids=["relay", "operator"],
 )
-def test_flag_tables_list_exactly_the_flags_with_their_environment(heading, add_arguments):
+def test_flag_tables_list_exactly_the_flags_with_their_environment(heading, config):
     rows = flag_rows(section(OPERATIONS.read_text(), heading))
-    assert set(rows) == parser_flags(add_arguments)
+    assert set(rows) == parser_flags(config)
     for flag, environment in rows.items():
         assert f"`{env_name(flag)}`" in environment, flag
 

@@ -2,18 +2,22 @@
 
 A store owns allocations: which VNI of which relay serves which pair of disco
 keys, under which LamportID, since when, and whether both clients have bound.
-It applies PROTOCOL.md's allocation rules atomically, so that the callers never
+It applies docs/protocol.md's allocation rules atomically, so that the callers never
 know which implementation they talk to.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from relay.keys import DiscoPublicKey
-from relay.lifetimes import DEFAULT_BIND_LIFETIME, DEFAULT_STEADY_STATE_LIFETIME
+from relay.protocol.allocation import (
+    DEFAULT_BIND_LIFETIME,
+    DEFAULT_STEADY_STATE_LIFETIME,
+    Allocation,
+)
+from relay.protocol.keys import DiscoPublicKey
 
 SCAN_SLICE = 256
 
@@ -28,21 +32,6 @@ class VNIExhausted(StoreError):
 
 class StoreUnavailable(StoreError):
     """The store cannot be reached; the caller may retry later."""
-
-
-@dataclass(frozen=True, slots=True)
-class Allocation:
-    """One endpoint of one relay: the allocation half of PROTOCOL.md's ServerEndpoint."""
-
-    relay: str
-    vni: int
-    lamport_id: int
-    disco_keys: tuple[DiscoPublicKey, DiscoPublicKey]
-    allocated_at: float
-    bound: bool = False
-
-    def as_bound(self) -> Allocation:
-        return replace(self, bound=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +78,7 @@ class Store(Protocol):
         now: float,
         max_vni: int | None = None,
     ) -> AllocationResult:
-        """Allocate for an unordered pair, as PROTOCOL.md "Allocation" says.
+        """Allocate for an unordered pair, as docs/protocol.md "Allocation" says.
 
         The same pair not yet bound gets its allocation back unchanged; the same
         pair already bound is freed and allocated afresh with a new LamportID.

@@ -12,8 +12,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
-from relay.geneve import MAX_VNI
-from relay.keys import DiscoPublicKey, sorted_pair
+from relay.protocol.geneve import MAX_VNI
+from relay.protocol.keys import DiscoPublicKey, sorted_pair
 from relay.store.interface import (
     SCAN_SLICE,
     SUBSCRIBED,

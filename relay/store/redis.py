@@ -52,9 +52,9 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
-from relay.geneve import MAX_VNI
-from relay.keys import DiscoPublicKey, sorted_pair
-from relay.lifetimes import DEFAULT_BIND_LIFETIME, DEFAULT_STEADY_STATE_LIFETIME
+from relay.protocol.allocation import DEFAULT_BIND_LIFETIME, DEFAULT_STEADY_STATE_LIFETIME
+from relay.protocol.geneve import MAX_VNI
+from relay.protocol.keys import DiscoPublicKey, sorted_pair
 from relay.store.interface import (
     SCAN_SLICE,
     SUBSCRIBED,

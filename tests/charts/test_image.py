@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 from relay.cli import build_parser
-from relay.reporter import REQUEST_TIMEOUT
 from tests.charts.helm import ROOT, find, template
 from tests.charts.test_render import VALUE_SETS
 from tests.paths import RELAYFLEET
@@ -97,13 +96,13 @@ def test_rendered_containers_parse_with_the_cli(name: str) -> None:
         if part == "relay":
             assert parsed.name == "rf-relay-fleet-relay-1"
             assert parsed.key_file == "/etc/relayfleet/keys/rf-relay-fleet-relay-1.key"
-            assert parsed.addr and parsed.store.startswith("redis://")
+            assert parsed.addrs and parsed.store.startswith("redis://")
             assert parsed.api_listen[1] == 8080
             mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
             assert str(Path(parsed.key_file).parent) in mounts
-            # a status call in flight at SIGTERM may take REQUEST_TIMEOUT to give up
+            # a status call in flight at SIGTERM may take --report-timeout to give up
             grace = pod["terminationGracePeriodSeconds"]
-            assert parsed.shutdown_timeout + REQUEST_TIMEOUT < grace
+            assert parsed.shutdown_timeout + parsed.report_timeout < grace
             token_secret = VALUE_SETS[name].get("relays.apiToken.existingSecret")
             assert (parsed.api_token_file is not None) == bool(token_secret)
             if token_secret:

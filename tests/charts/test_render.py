@@ -183,7 +183,7 @@ def test_defaults() -> None:
 def test_generated_relay_keys_load() -> None:
     import base64
 
-    from relay.secrets import RelaySecrets
+    from relay.shells.keyfile import RelaySecrets
 
     keys = find(template(), "Secret", "rf-relay-fleet-relay-keys")
     texts = [base64.b64decode(v).decode() for v in keys["data"].values()]

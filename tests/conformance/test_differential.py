@@ -1,8 +1,8 @@
 """The same scripted packets to both servers must give the same replies and forwarding.
 
-Each step is one datagram that PROTOCOL.md has a rule for; the sentinel
+Each step is one datagram that docs/protocol.md has a rule for; the sentinel
 technique of :mod:`wire_script` makes "nothing came back" an exact observation.
-The one rule on which the reference's v1.84.0 code departs from PROTOCOL.md
+The one rule on which the reference's v1.84.0 code departs from docs/protocol.md
 (re-allocating a bound pair) is checked per server at the end.
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 from nacl import bindings
 
-from relay import disco, geneve
-from relay.client import RelayClient
-from relay.keys import DiscoPrivateKey
+from relay.protocol import disco, geneve
+from relay.protocol.client import RelayClient
+from relay.protocol.keys import DiscoPrivateKey
 from tests.conformance.servers import ServerProcess
 from tests.conformance.wire_script import Conversation, post_allocation
 
@@ -151,7 +151,7 @@ def test_the_script_exercises_replies_forwarding_and_silence(both_traces):
 
 
 def test_reallocating_a_bound_pair(both_traces):
-    """PROTOCOL.md: a new allocation with a larger LamportID. v1.84.0: the same one back."""
+    """docs/protocol.md: a new allocation with a larger LamportID. v1.84.0: the same one back."""
     status, response, first = both_traces["ours"][1]["realloc_after_bind"]
     assert status == 200
     assert response["LamportID"] > first["LamportID"] and response["VNI"] != first["VNI"]

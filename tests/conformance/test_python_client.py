@@ -1,13 +1,13 @@
 """Our Python client (the one the rest of the suite uses) against both servers.
 
 Passing against the reference proves the client itself, so the tests built on
-it cannot share a misreading of PROTOCOL.md with our server.
+it cannot share a misreading of docs/protocol.md with our server.
 """
 
-from relay import disco
-from relay.client import RelayClient
-from relay.keys import DiscoPrivateKey, DiscoPublicKey
-from relay.server_endpoint import ServerEndpoint
+from relay.protocol import disco
+from relay.protocol.client import RelayClient
+from relay.protocol.keys import DiscoPrivateKey, DiscoPublicKey
+from relay.protocol.server_endpoint import ServerEndpoint
 from tests.conformance.wire_script import Socket, post_allocation
 
 

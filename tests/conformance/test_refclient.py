@@ -6,7 +6,7 @@ import subprocess
 from tests.conformance.servers import REFCLIENT
 
 # tailscale.com v1.84.0 returns the existing endpoint when a bound pair asks
-# again; PROTOCOL.md (and so relay-fleet) discards it and allocates afresh.
+# again; docs/protocol.md (and so relay-fleet) discards it and allocates afresh.
 REALLOC_AFTER_BIND = {"ours": "new", "reference": "same"}
 
 

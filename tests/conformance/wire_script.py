@@ -18,9 +18,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
-from relay import disco, geneve
-from relay.client import RelayClient
-from relay.keys import DiscoPrivateKey, DiscoPublicKey
+from relay.protocol import disco, geneve
+from relay.protocol.client import RelayClient
+from relay.protocol.keys import DiscoPrivateKey, DiscoPublicKey
 
 REPLY_TIMEOUT = 5.0
 

@@ -31,8 +31,8 @@ from typing import Any, TypeVar
 import aiohttp
 import redis
 
-from relay.client import RelayClient
-from relay.keys import DiscoPrivateKey, DiscoPublicKey
+from relay.protocol.client import RelayClient
+from relay.protocol.keys import DiscoPrivateKey, DiscoPublicKey
 from relay.store.redis import RedisStore
 from tests.controlplane import ControlPlane
 from tests.relay.relay_process import RelayProcess

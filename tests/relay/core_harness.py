@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relay.client import RelayClient
-from relay.core import RelayCore, Send
-from relay.keys import DiscoPrivateKey
-from relay.ratelimit import DEFAULT_HANDSHAKE_LIMITS, HandshakeLimits
-from relay.secrets import RelaySecrets
+from relay.protocol.client import RelayClient
+from relay.protocol.core import RelayCore, Send
+from relay.protocol.keys import DiscoPrivateKey
+from relay.protocol.ratelimit import DEFAULT_HANDSHAKE_LIMITS, HandshakeLimits
+from relay.shells.keyfile import RelaySecrets
 from relay.store import Allocation
 
 A_ADDR = ("192.0.2.1", 40001)

@@ -7,7 +7,7 @@ and fields, plus plain random input) with a check that raises on the first
 broken property: an exception other than the entry point's documented error,
 a result that contradicts its input, a secret in an error message, or, for the
 relay core, any change to an endpoint that the datagram did not earn under
-PROTOCOL.md. Generators draw from a seeded ``random.Random`` (the plain loop)
+docs/protocol.md. Generators draw from a seeded ``random.Random`` (the plain loop)
 or from :class:`ByteRandom` over a coverage-guided fuzzer's bytes (atheris),
 so both engines share them. :func:`run` is the plain loop; :data:`KNOWN_BUGS`
 lists what the fuzzing found in product code and is not fixed yet.
@@ -35,17 +35,17 @@ from typing import Any, ClassVar, NamedTuple, Protocol
 import redis.asyncio as aioredis
 from nacl import bindings
 
-from relay import disco, geneve
-from relay.addresses import format_address, parse_host_port, parse_ip, sockaddr_host_port
-from relay.api import InvalidRequest, parse_allocation_request
-from relay.api_token import refusal
-from relay.client import RelayClient
-from relay.core import Drop, Handshake, RelayCore
-from relay.durations import format_duration, parse_duration
-from relay.keys import DiscoPrivateKey, DiscoPublicKey, InvalidKey
-from relay.ratelimit import HandshakeLimits
-from relay.secrets import KeyFileError, RelaySecrets
-from relay.server_endpoint import ServerEndpoint
+from relay.protocol import disco, geneve
+from relay.protocol.addresses import format_address, parse_host_port, parse_ip, sockaddr_host_port
+from relay.protocol.client import RelayClient
+from relay.protocol.core import Drop, Handshake, RelayCore
+from relay.protocol.durations import format_duration, parse_duration
+from relay.protocol.keys import DiscoPrivateKey, DiscoPublicKey, InvalidKey
+from relay.protocol.ratelimit import HandshakeLimits
+from relay.protocol.server_endpoint import ServerEndpoint
+from relay.shells.api import InvalidRequest, parse_allocation_request
+from relay.shells.api_token import refusal
+from relay.shells.keyfile import KeyFileError, RelaySecrets
 from relay.store import Allocation, RelayRecord, check_store_url, open_store
 from relay.store import redis as redis_store
 
@@ -270,7 +270,7 @@ def _smaller(value: Any) -> Iterator[Any]:
 
 class GeneveDecode(Target):
     name = "geneve_decode"
-    entry = "relay.geneve.decode"
+    entry = "relay.protocol.geneve.decode"
 
     def generate(self, rng: Rng) -> bytes:
         if rng.randrange(4) == 0:
@@ -297,7 +297,7 @@ class GeneveDecode(Target):
                 bool(b[1] & 0x80),
                 b[0] >> 6,
             ),
-            "fields differ from PROTOCOL.md's decode rules",
+            "fields differ from docs/protocol.md's decode rules",
             repr(header),
         )
         normal = bytes((b[0] & 0xC0, b[1] & 0x80, b[2], b[3], b[4], b[5], b[6], 0))
@@ -306,7 +306,7 @@ class GeneveDecode(Target):
 
 class GeneveEncode(Target):
     name = "geneve_encode"
-    entry = "relay.geneve.encode"
+    entry = "relay.protocol.geneve.encode"
     EDGES = (0, 1, 3, 4, 0xFFFF, 0x10000, geneve.MAX_VNI, geneve.MAX_VNI + 1, -1, 2**32, 2**64)
 
     def _int(self, rng: Rng, limit: int) -> int:
@@ -364,7 +364,7 @@ def _payload_seeds(rng: Rng) -> list[bytes]:
 
 class DiscoParse(Target):
     name = "disco_parse"
-    entry = "relay.disco.parse"
+    entry = "relay.protocol.disco.parse"
 
     def generate(self, rng: Rng) -> bytes:
         if rng.randrange(5) == 0:
@@ -401,7 +401,7 @@ class DiscoFrame(Target):
     """Frames from one sender to one receiver: magic and sender check, box opening, parsing."""
 
     name = "disco_frame"
-    entry = "relay.disco.frame_sender/open_frame/parse"
+    entry = "relay.protocol.disco.frame_sender/open_frame/parse"
 
     def __init__(self, seed: int) -> None:
         super().__init__(seed)
@@ -489,7 +489,7 @@ class _KeyText(TextTarget):
 
 class PublicKeyText(_KeyText):
     name = "key_public"
-    entry = "relay.keys.DiscoPublicKey.parse"
+    entry = "relay.protocol.keys.DiscoPublicKey.parse"
     prefix = "discokey:"
     alternatives = ("DiscoKey:", "discokey", "nodekey:", "privkey:")
 
@@ -505,7 +505,7 @@ class PublicKeyText(_KeyText):
 
 class PrivateKeyText(_KeyText):
     name = "key_private"
-    entry = "relay.keys.DiscoPrivateKey.parse"
+    entry = "relay.protocol.keys.DiscoPrivateKey.parse"
     prefix = "privkey:"
     alternatives = ("PrivKey:", "privkey", "discokey:", "privkey: ")
 
@@ -523,7 +523,7 @@ class PrivateKeyText(_KeyText):
 
 class SecretsText(TextTarget):
     name = "secrets_text"
-    entry = "relay.secrets.RelaySecrets.from_text"
+    entry = "relay.shells.keyfile.RelaySecrets.from_text"
 
     def __init__(self, seed: int) -> None:
         super().__init__(seed)
@@ -570,7 +570,7 @@ class SecretsText(TextTarget):
 
 class Durations(TextTarget):
     name = "durations"
-    entry = "relay.durations.parse_duration"
+    entry = "relay.protocol.durations.parse_duration"
     UNITS = ("ns", "us", "µs", "μs", "ms", "s", "m", "h", "sec", "M", "H", "µ", "")
     NUMBERS = ("0", "1", "1.5", ".5", "5.", ".", "007", "9" * 30, "9" * 320, "1" + "0" * 400)
 
@@ -607,7 +607,7 @@ class Durations(TextTarget):
 
 class HostPort(TextTarget):
     name = "host_port"
-    entry = "relay.addresses.parse_host_port"
+    entry = "relay.protocol.addresses.parse_host_port"
     HOSTS = (
         "192.0.2.1",
         "[2001:db8::1]",
@@ -653,7 +653,7 @@ class HostPort(TextTarget):
 
 class IpText(TextTarget):
     name = "ip"
-    entry = "relay.addresses.parse_ip"
+    entry = "relay.protocol.addresses.parse_ip"
     SEEDS = ("192.0.2.1", "2001:db8::1", "::ffff:192.0.2.1", "fe80::1%eth0", "::", "0.0.0.0")
 
     def generate(self, rng: Rng) -> str:
@@ -782,7 +782,7 @@ class Sockaddr(Target):
     """Raw ``sockaddr_in``/``sockaddr_in6`` bytes, as the batched transport passes sources."""
 
     name = "sockaddr"
-    entry = "relay.addresses.sockaddr_host_port / format_address"
+    entry = "relay.protocol.addresses.sockaddr_host_port / format_address"
 
     def generate(self, rng: Rng) -> bytes:
         if rng.randrange(6) == 0:
@@ -824,7 +824,7 @@ class ApiToken(TextTarget):
     """Authorization headers as aiohttp hands them over (invalid UTF-8 as lone surrogates)."""
 
     name = "api_token"
-    entry = "relay.api_token.refusal"
+    entry = "relay.shells.api_token.refusal"
 
     def generate(self, rng: Rng) -> str:
         if rng.randrange(8) == 0:
@@ -854,7 +854,7 @@ class ApiToken(TextTarget):
 
 class ApiRequest(Target):
     name = "api_request"
-    entry = "relay.api.parse_allocation_request"
+    entry = "relay.shells.api.parse_allocation_request"
     MAX_BODY = 4096
 
     def _key(self, rng: Rng) -> Any:
@@ -1010,7 +1010,7 @@ class ServerEndpointJson(TextTarget):
     """Allocation answers as JSON text; ``from_json`` promises ValueError or KeyError only."""
 
     name = "server_endpoint"
-    entry = "relay.server_endpoint.ServerEndpoint.from_json"
+    entry = "relay.protocol.server_endpoint.ServerEndpoint.from_json"
     FIELDS = ("ServerDisco", "LamportID", "AddrPorts", "VNI", "BindLifetime", "SteadyStateLifetime")
 
     def generate(self, rng: Rng) -> str:
@@ -1313,7 +1313,7 @@ _FRAME_MIN = geneve.HEADER_LEN + disco.MIN_FRAME_LEN
 
 
 def expect(world: World, datagram: bytes, source: Any) -> Expect:
-    """What PROTOCOL.md says ``datagram`` from ``source`` does to the world's baseline."""
+    """What docs/protocol.md says ``datagram`` from ``source`` does to the world's baseline."""
     if len(datagram) < geneve.HEADER_LEN:
         return DROP
     vni = int.from_bytes(datagram[4:7], "big")
@@ -1385,12 +1385,12 @@ class CorePackets(Target):
     transport reuses its slots. Per datagram: no exception; exactly one drop
     counted, or an answer; the state after equals the oracle's (:func:`expect`).
     From these sources the oracle only allows a replayed, authentic bind to an
-    Init client (PROTOCOL.md records the first source); such a change is
+    Init client (docs/protocol.md records the first source); such a change is
     undone before the next datagram. Handshake limits are out of reach here.
     """
 
     name = "core"
-    entry = "relay.core.RelayCore.handle (attacker sources)"
+    entry = "relay.protocol.core.RelayCore.handle (attacker sources)"
     weight = 6.0
     spoofing = False
     limited = False
@@ -1523,7 +1523,7 @@ class CorePackets(Target):
                 )
             return "drop" if verdict.kind == "drop" else "rate_limited_work"
         if verdict.kind == "drop":
-            require(out is None, "answered a datagram PROTOCOL.md drops", repr(out)[:200])
+            require(out is None, "answered a datagram docs/protocol.md drops", repr(out)[:200])
             require(
                 len(dropped) == 1 and dropped[0][1] == 1,
                 "a drop is not counted exactly once",
@@ -1532,7 +1532,9 @@ class CorePackets(Target):
             if after != before:
                 raise PropertyFailure("a dropped datagram changed the state", _diff(before, after))
             return "drop"
-        require(not dropped, "counted a drop for a datagram PROTOCOL.md accepts", repr(dropped))
+        require(
+            not dropped, "counted a drop for a datagram docs/protocol.md accepts", repr(dropped)
+        )
         vni, index = verdict.vni, verdict.index
         endpoint = view(before.endpoints[vni])
         client = endpoint.clients[index]
@@ -1640,7 +1642,7 @@ class CoreSpoofed(CorePackets):
     """
 
     name = "core_spoofed"
-    entry = "relay.core.RelayCore.handle (spoofed client sources)"
+    entry = "relay.protocol.core.RelayCore.handle (spoofed client sources)"
     weight = 4.0
     spoofing = True
 
@@ -1654,7 +1656,7 @@ class CoreLimited(CoreSpoofed):
     """
 
     name = "core_limited"
-    entry = "relay.core.RelayCore.handle (tight handshake limits)"
+    entry = "relay.protocol.core.RelayCore.handle (tight handshake limits)"
     weight = 3.0
     limited = True
     LIMITS = HandshakeLimits(

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from relay.addresses import format_address, parse_host_port, sockaddr_host_port
+from relay.protocol.addresses import format_address, parse_host_port, sockaddr_host_port
 
 ORDER = "<" if sys.byteorder == "little" else ">"
 

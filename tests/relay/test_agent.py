@@ -2,9 +2,9 @@
 
 import asyncio
 
-from relay.agent import EXPIRY_BATCH
-from relay.core import Drop
-from relay.keys import DiscoPrivateKey, sorted_pair
+from relay.protocol.core import Drop
+from relay.protocol.keys import DiscoPrivateKey, sorted_pair
+from relay.shells.agent import EXPIRY_BATCH
 from relay.store import Allocation
 from relay.store.interface import SCAN_SLICE
 from tests.relay.udp_harness import wait_until

@@ -1,12 +1,13 @@
 """The HTTP API: the reference's allocation JSON, refusals, the endpoint table, health, metrics."""
 
 import re
+from datetime import datetime
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay.core import Drop
-from relay.keys import DiscoPrivateKey
+from relay.protocol.core import Drop
+from relay.protocol.keys import DiscoPrivateKey
 
 KEY_RE = re.compile(r"^discokey:[0-9a-f]{64}$")
 
@@ -171,3 +172,23 @@ async def test_metrics_count_relaying_and_drops(relay):
     async with relay.session.get(f"{relay.api}/metrics") as response:
         text = await response.text()
     assert 'relayfleet_relay_api_errors_total{code="400"} 1.0' in text
+
+
+async def test_expires_at_of_a_bound_endpoint_waits_for_the_kernel_counts(relay):
+    """With the kernel fast path on, the core learns of packets up to ``last_seen_lag``
+    late and expires that much later; the table shows the deadline expiry really keeps
+    (it once left the lag out and showed ExpiresAt too early)."""
+    pair = await relay.bound_pair()
+    core = relay.server.core
+    core.last_seen_lag = 7.0
+    endpoint = core.endpoint(pair.endpoint.vni)
+    quiet_since = min(client.last_seen for client in endpoint.clients)
+    async with relay.session.get(f"{relay.api}/v0/relay/endpoints") as response:
+        table = await response.json()
+    (shown,) = [e["ExpiresAt"] for e in table["Endpoints"] if e["VNI"] == pair.endpoint.vni]
+    expected = quiet_since + core.steady_state_lifetime + 7.0
+    assert datetime.fromisoformat(shown.replace("Z", "+00:00")).timestamp() == pytest.approx(
+        expected, abs=0.001
+    )
+    assert core.expire(expected - 0.001) == []
+    assert core.expire(expected + 0.001) == [endpoint]

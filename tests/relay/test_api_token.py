@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from relay.api_token import refusal
-from relay.config import RelayConfig, add_relay_arguments
-from relay.keys import DiscoPrivateKey
+from relay.config import RelayConfig
+from relay.flags import add_arguments
+from relay.protocol.keys import DiscoPrivateKey
+from relay.shells.api_token import refusal
 from tests.relay.relay_process import RelayProcess
 from tests.relay.test_cli import run
 
@@ -34,7 +35,7 @@ def test_the_api_listens_on_loopback_by_default():
     import argparse
 
     parser = argparse.ArgumentParser()
-    add_relay_arguments(parser, {})
+    add_arguments(parser, RelayConfig, {})
     assert parser.parse_args([]).api_listen == ("127.0.0.1", 8080)
     assert RelayConfig().api_listen == ("127.0.0.1", 8080)
     assert parser.parse_args([]).api_token_file is None

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from relay.keys import DiscoPrivateKey
+from relay.protocol.keys import DiscoPrivateKey
 from tests.relay.relay_process import RELAYFLEET, RelayProcess
 
 

@@ -1,11 +1,11 @@
-"""Every rule of PROTOCOL.md against the sans-I/O core, with a fake clock."""
+"""Every rule of docs/protocol.md against the sans-I/O core, with a fake clock."""
 
 import pytest
 from nacl import bindings
 
-from relay import disco, geneve
-from relay.core import Drop, Handshake
-from relay.ratelimit import HandshakeLimits
+from relay.protocol import disco, geneve
+from relay.protocol.core import Drop, Handshake
+from relay.protocol.ratelimit import HandshakeLimits
 from relay.store import Allocation
 from tests.relay.core_harness import A_ADDR, B_ADDR, STRANGER_ADDR, CoreHarness
 
@@ -440,7 +440,7 @@ def test_a_rate_limited_source_binds_again_once_its_bucket_refills():
 def test_one_client_key_on_many_endpoints_binds_on_each_and_the_key_cache_stays_bounded(
     monkeypatch,
 ):
-    monkeypatch.setattr("relay.core.SHARED_KEY_CACHE_SIZE", 3)
+    monkeypatch.setattr("relay.protocol.core.SHARED_KEY_CACHE_SIZE", 3)
     h = CoreHarness()
     pairs = [h.allocate(vni=vni, lamport_id=vni) for vni in range(1, 6)]
     for pair in pairs + pairs[:2]:

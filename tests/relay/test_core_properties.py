@@ -11,8 +11,8 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay import disco, geneve
-from relay.core import Handshake
+from relay.protocol import disco, geneve
+from relay.protocol.core import Handshake
 from tests.relay.core_harness import A_ADDR, B_ADDR, STRANGER_ADDR, CoreHarness
 
 X_ADDR = ("192.0.2.10", 50010)

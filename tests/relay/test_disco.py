@@ -1,10 +1,10 @@
-"""Disco frames and the three bind messages, byte for byte (PROTOCOL.md "Control packets")."""
+"""Disco frames and the three bind messages, byte for byte (docs/protocol.md "Control packets")."""
 
 import pytest
 from nacl.public import Box, PrivateKey, PublicKey
 
-from relay import disco
-from relay.keys import DiscoPrivateKey
+from relay.protocol import disco
+from relay.protocol.keys import DiscoPrivateKey
 
 NONCE = bytes(range(24))
 CHALLENGE = bytes(range(100, 132))

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.durations import format_duration, parse_duration
+from relay.protocol.durations import format_duration, parse_duration
 
 
 @pytest.mark.parametrize(

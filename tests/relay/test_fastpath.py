@@ -19,10 +19,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from relay.client import RelayClient
-from relay.fastpath import POLL_INTERVAL
-from relay.keys import DiscoPrivateKey, DiscoPublicKey
-from relay.nftables import chain_name, table_name
+from relay.fastpath.kernel import POLL_INTERVAL
+from relay.fastpath.rules import chain_name, table_name
+from relay.protocol.client import RelayClient
+from relay.protocol.keys import DiscoPrivateKey, DiscoPublicKey
 from tests import netns
 from tests.relay.relay_process import RelayProcess
 

@@ -15,7 +15,7 @@ import random
 
 import pytest
 
-from relay.core import Drop, RelayCore
+from relay.protocol.core import Drop, RelayCore
 from tests.relay import fuzzing
 
 SEED = 20261125

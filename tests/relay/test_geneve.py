@@ -1,11 +1,11 @@
-"""The Geneve fixed header, byte for byte (PROTOCOL.md "Underlay")."""
+"""The Geneve fixed header, byte for byte (docs/protocol.md "Underlay")."""
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay import geneve
-from relay.geneve import GeneveHeader
+from relay.protocol import geneve
+from relay.protocol.geneve import GeneveHeader
 
 
 def test_control_header_vector():

@@ -3,7 +3,7 @@
 import pytest
 from nacl.public import PrivateKey
 
-from relay.keys import DiscoPrivateKey, DiscoPublicKey, InvalidKey, sorted_pair
+from relay.protocol.keys import DiscoPrivateKey, DiscoPublicKey, InvalidKey, sorted_pair
 
 HEX = "0123456789abcdef" * 4
 

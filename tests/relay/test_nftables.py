@@ -9,16 +9,16 @@ import json
 
 import pytest
 
-from relay import nftables
-from relay.fastpath import client_address, count_changes
-from relay.nftables import Leg, Route
+from relay.fastpath import rules as nft_rules
+from relay.fastpath.kernel import client_address, count_changes
+from relay.fastpath.rules import Leg, Route
 
 
 def test_endpoint_rules_send_each_bound_client_to_the_other():
     route_b = Route(device="rb", source="10.0.2.1", next_hop="10.0.2.2")
     route_a = Route(device="ra", source="10.0.1.1", next_hop="10.0.1.254")
     a, b = ("10.0.1.2", 1000), ("10.0.2.2", 2000)
-    script = nftables.install_endpoint("t", 7, 9, 7000, (Leg(a, b, route_b), Leg(b, a, route_a)))
+    script = nft_rules.install_endpoint("t", 7, 9, 7000, (Leg(a, b, route_b), Leg(b, a, route_a)))
     lines = script.splitlines()
     assert lines[:4] == [
         "add chain netdev t e7_9_0",
@@ -32,7 +32,7 @@ def test_endpoint_rules_send_each_bound_client_to_the_other():
         "add element netdev t legs4 { 7 . 10.0.1.2 . 1000 counter : jump e7_9_0 }",
         "add element netdev t legs4 { 7 . 10.0.2.2 . 2000 counter : jump e7_9_1 }",
     ], "the map points at chains only once they exist"
-    assert nftables.remove_endpoint("t", 7, 9, (a, b)).splitlines() == [
+    assert nft_rules.remove_endpoint("t", 7, 9, (a, b)).splitlines() == [
         "delete element netdev t legs4 { 7 . 10.0.1.2 . 1000 }",
         "delete element netdev t legs4 { 7 . 10.0.2.2 . 2000 }",
         "delete chain netdev t e7_9_0",
@@ -43,21 +43,21 @@ def test_endpoint_rules_send_each_bound_client_to_the_other():
 def test_ipv6_endpoints_use_ip6_matches():
     route = Route(device="eth0", source="fd00::1", next_hop="fd00::3")
     a, b = ("fd00::2", 1), ("fd00::3", 2)
-    script = nftables.install_endpoint("t", 1, 1, 7000, (Leg(a, b, route), Leg(b, a, route)))
+    script = nft_rules.install_endpoint("t", 1, 1, 7000, (Leg(a, b, route), Leg(b, a, route)))
     assert (
         "ip6 saddr set fd00::1 udp sport set 7000 ip6 daddr set fd00::3 udp dport set 2" in script
     )
     assert "fwd ip6 to fd00::3" in script
     assert "add element netdev t legs6 { 1 . fd00::2 . 1 counter : jump e1_1_0 }" in script
-    assert nftables.header_bytes("fd00::2") == 48
-    assert nftables.header_bytes("10.0.0.1") == 28
+    assert nft_rules.header_bytes("fd00::2") == 48
+    assert nft_rules.header_bytes("10.0.0.1") == 28
 
 
 @pytest.mark.parametrize(
     ("listen", "families"), [(None, ["ip", "ip6"]), ("10.0.0.1", ["ip"]), ("fd00::1", ["ip6"])]
 )
 def test_device_hook_takes_only_data_packets_to_the_relay_port(listen, families):
-    script = nftables.hook_device("t", "in_0", "eth0", 7000, listen)
+    script = nft_rules.hook_device("t", "in_0", "eth0", 7000, listen)
     assert 'hook ingress device "eth0"' in script
     rules = [line for line in script.splitlines() if line.startswith("add rule")]
     assert [rule.split("meta protocol ")[1].split()[0] for rule in rules] == families
@@ -71,7 +71,7 @@ def test_device_hook_takes_only_data_packets_to_the_relay_port(listen, families)
 
 
 def test_table_is_replaced_not_merged():
-    script = nftables.create_table("relayfleet_7000")
+    script = nft_rules.create_table("relayfleet_7000")
     assert script.splitlines()[:3] == [
         "add table netdev relayfleet_7000",
         "delete table netdev relayfleet_7000",
@@ -124,11 +124,11 @@ def test_parse_legs_reads_the_maps_counters():
             ]
         }
     )
-    assert nftables.parse_legs(text, "t") == {
+    assert nft_rules.parse_legs(text, "t") == {
         (5, "10.0.0.1", 1000): (2, 272),
         (6, "fd00::1", 7): (0, 0),
     }, "only this table's leg maps"
-    assert nftables.parse_legs('{"nftables": []}', "t") == {}
+    assert nft_rules.parse_legs('{"nftables": []}', "t") == {}
 
 
 def test_count_changes_reports_only_legs_that_moved_and_survives_reinstalls():
@@ -151,11 +151,11 @@ def test_parse_routes_reads_a_batch_and_skips_failures():
         '[{"dst":"8.8.8.8","gateway":"10.0.0.1","dev":"eth0","prefsrc":"10.0.0.5"}]\n'
         '[{"type":"unreachable","dst":"10.9.9.9"}]\n'
     )
-    assert nftables.parse_routes(text) == {
+    assert nft_rules.parse_routes(text) == {
         "10.0.2.2": Route("rb", "10.0.2.1", "10.0.2.2"),
         "8.8.8.8": Route("eth0", "10.0.0.5", "10.0.0.1"),
     }
-    assert nftables.parse_routes("") == {}
+    assert nft_rules.parse_routes("") == {}
 
 
 def test_client_addresses_are_unmapped_and_scoped_ones_refused():

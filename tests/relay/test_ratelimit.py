@@ -2,7 +2,7 @@
 
 import pytest
 
-from relay.ratelimit import HandshakeLimiter, HandshakeLimits
+from relay.protocol.ratelimit import HandshakeLimiter, HandshakeLimits
 
 
 def admitted(limiter: HandshakeLimiter, source: str, now: float, tries: int) -> int:

@@ -14,9 +14,9 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay.client import RelayClient
-from relay.keys import DiscoPrivateKey, DiscoPublicKey
-from relay.peer import UdpPeer
+from relay.protocol.client import RelayClient
+from relay.protocol.keys import DiscoPrivateKey, DiscoPublicKey
+from relay.shells.peer import UdpPeer
 from relay.store.redis import RedisStore
 from tests.redis_server import RedisServer
 from tests.relay.relay_process import RelayProcess

@@ -10,9 +10,9 @@ import signal
 import socket
 import time
 
-from relay.core import Endpoint, RelayCore
-from relay.keys import DiscoPrivateKey
-from relay.reporter import REQUEST_TIMEOUT, StatusReporter
+from relay.protocol.core import Endpoint, RelayCore
+from relay.protocol.keys import DiscoPrivateKey
+from relay.reporter import StatusReporter
 from relay.store import Allocation
 from tests.relay.relay_process import RelayProcess
 
@@ -96,7 +96,7 @@ async def test_the_last_report_writes_live_and_expired_endpoints_within_the_dead
     expired = Endpoint(allocation(vni=2))
     api = RecordingApiServer([resource("live", 1, 1), resource("gone", 2, 1)])
     reporter = StatusReporter(core, "relay-x", api, interval=3600)
-    reporter.expired([expired])
+    reporter.note_expired([expired])
     assert await reporter.close(5.0) is True
     assert {name: status["phase"] for name, status in api.patches} == {
         "live": "Allocated",
@@ -108,7 +108,7 @@ async def test_the_last_report_writes_live_and_expired_endpoints_within_the_dead
 async def test_an_expiry_whose_patch_failed_is_reported_at_the_next_pass():
     api = RecordingApiServer([resource("gone", 2, 1)], failures=1)
     reporter = StatusReporter(new_core(), "relay-x", api, interval=3600)
-    reporter.expired([Endpoint(allocation(vni=2))])
+    reporter.note_expired([Endpoint(allocation(vni=2))])
     assert await reporter.close(5.0) is False
     assert api.patches == []
     assert await reporter.close(5.0) is True
@@ -137,17 +137,24 @@ current-context: silent
 
 async def test_a_silent_api_server_does_not_hold_up_the_exit(tmp_path):
     """The API server accepts connections and never answers: the relay still exits, with 0,
-    within --shutdown-timeout, or REQUEST_TIMEOUT for a call it had in flight."""
+    within --shutdown-timeout plus --report-timeout for a call it had in flight."""
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
         kubeconfig = silent_kubeconfig(tmp_path, silent.getsockname()[1])
         relay = await RelayProcess.start(
-            "--report-status", "on", "--kubeconfig", str(kubeconfig), "--shutdown-timeout", "1s"
+            "--report-status",
+            "on",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--shutdown-timeout",
+            "1s",
+            "--report-timeout",
+            "1s",
         )
         started = time.monotonic()
         code, log = await relay.stop(signal.SIGTERM)
         elapsed = time.monotonic() - started
     assert code == 0, log
-    assert elapsed < max(1.0, REQUEST_TIMEOUT) + 4.0, log
+    assert elapsed < 1.0 + 1.0 + 4.0, log
     assert re.search(r"final status report not done in [01]\.\ds", log), log

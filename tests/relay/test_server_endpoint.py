@@ -2,8 +2,8 @@
 
 import pytest
 
-from relay.keys import DiscoPublicKey
-from relay.server_endpoint import ServerEndpoint
+from relay.protocol.keys import DiscoPublicKey
+from relay.protocol.server_endpoint import ServerEndpoint
 
 ANSWER = {
     "ServerDisco": "discokey:" + "ab" * 32,

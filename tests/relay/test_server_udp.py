@@ -1,4 +1,4 @@
-"""Every rule of PROTOCOL.md again, over real UDP sockets on loopback, IPv4 and IPv6.
+"""Every rule of docs/protocol.md again, over real UDP sockets on loopback, IPv4 and IPv6.
 
 Drops are observed two ways: the relay's per-reason counter moves, and a
 sentinel sent right after shows that nothing else was forwarded or answered.
@@ -9,11 +9,10 @@ import socket
 
 import pytest
 
-from relay import disco, geneve
-from relay.client import RelayClient
-from relay.core import Drop, Handshake
-from relay.keys import DiscoPrivateKey
-from relay.ratelimit import HandshakeLimits
+from relay.protocol import disco, geneve
+from relay.protocol.client import RelayClient
+from relay.protocol.core import Drop, Handshake
+from relay.protocol.keys import DiscoPrivateKey
 from tests.relay.udp_harness import wait_until
 
 
@@ -266,8 +265,7 @@ async def test_a_handshake_flood_neither_stops_relaying_nor_blocks_other_handsha
     every data packet of a bound pair sent during the flood is relayed, and another
     pair binds in the middle of it; the forged binds then hit a bound endpoint.
     """
-    limits = HandshakeLimits(rate_per_source=1, burst_per_source=20)
-    h = await relay_factory("127.0.0.1", handshake_limits=limits)
+    h = await relay_factory("127.0.0.1", handshake_rate=1, handshake_burst=20)
     bound = await h.bound_pair()
     victim = await h.pair()
     flooder = await h.pair()

@@ -10,14 +10,14 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from relay.client import RelayClient
 from relay.config import RelayConfig
-from relay.core import Drop
-from relay.keys import DiscoPrivateKey
-from relay.peer import UdpPeer
-from relay.secrets import RelaySecrets
+from relay.protocol.client import RelayClient
+from relay.protocol.core import Drop
+from relay.protocol.keys import DiscoPrivateKey
+from relay.protocol.server_endpoint import ServerEndpoint
 from relay.server import RelayServer
-from relay.server_endpoint import ServerEndpoint
+from relay.shells.keyfile import RelaySecrets
+from relay.shells.peer import UdpPeer
 from relay.store import MemoryStore
 
 

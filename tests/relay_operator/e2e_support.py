@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from relay.keys import DiscoPrivateKey
+from relay.protocol.keys import DiscoPrivateKey
 from tests.paths import RELAYFLEET
 from tests.relay.relay_process import RelayProcess
 

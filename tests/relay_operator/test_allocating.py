@@ -2,7 +2,7 @@
 
 import pytest
 
-from relay.keys import DiscoPrivateKey, sorted_pair
+from relay.protocol.keys import DiscoPrivateKey, sorted_pair
 from relay.store import MemoryStore, RelayRecord, VNIExhausted
 from relay_operator.allocating import Allocator, CurrentAllocation, NoRelayAvailable
 

@@ -17,9 +17,9 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay.client import RelayClient
-from relay.keys import DiscoPublicKey
-from relay.peer import UdpPeer
+from relay.protocol.client import RelayClient
+from relay.protocol.keys import DiscoPublicKey
+from relay.shells.peer import UdpPeer
 from relay_operator.relay_check import RELAY_DEAD
 from tests.relay.relay_process import RelayProcess
 from tests.relay_operator.e2e_support import (

@@ -1,6 +1,6 @@
 """`relayfleet status`'s data and its terminal view, from a memory store and listed resources."""
 
-from relay.keys import DiscoPrivateKey
+from relay.protocol.keys import DiscoPrivateKey
 from relay.store import MemoryStore, RelayRecord
 from relay_operator.fleet import format_fleet, gather_fleet, summarise_endpoints
 
@@ -22,7 +22,6 @@ def test_endpoints_are_counted_by_phase_and_relay():
         "Allocated": 1,
         "Bound": 2,
         "Expired": 0,
-        "Failed": 0,
     }
     assert summary["byRelay"] == {"a": {"Allocated": 1, "Bound": 1}, "b": {"Bound": 1}}
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import signal
 import time
 
-from relay.client import RelayClient
-from relay.keys import DiscoPublicKey
-from relay.peer import UdpPeer
+from relay.protocol.client import RelayClient
+from relay.protocol.keys import DiscoPublicKey
+from relay.shells.peer import UdpPeer
 from tests.relay_operator.e2e_support import (
     endpoint_yaml,
     get,

@@ -1,6 +1,6 @@
 """Placement chooses a live relay with room, least loaded first, or the pinned one."""
 
-from relay.keys import DiscoPrivateKey
+from relay.protocol.keys import DiscoPrivateKey
 from relay.store import RelayRecord
 from relay_operator.placement import choose_relay
 

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from relay.client import RelayClient
-from relay.keys import DiscoPublicKey
-from relay.peer import UdpPeer
+from relay.protocol.client import RelayClient
+from relay.protocol.keys import DiscoPublicKey
+from relay.shells.peer import UdpPeer
 from tests.relay.relay_process import RelayProcess
 from tests.relay_operator.e2e_support import endpoint_yaml, get, new_keys, wait_for
 

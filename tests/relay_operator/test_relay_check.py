@@ -4,7 +4,7 @@ The annotation's real path (kubernetes patch, kopf handler, new allocation) is
 tested end to end in test_e2e.py and tests/faults/test_relay_kill.py.
 """
 
-from relay.keys import DiscoPrivateKey
+from relay.protocol.keys import DiscoPrivateKey
 from relay.store import MemoryStore, RelayRecord
 from relay_operator.allocating import Allocator
 from relay_operator.relay_check import RELAY_DEAD, check_relays, index_entry

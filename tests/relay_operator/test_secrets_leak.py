@@ -24,10 +24,10 @@ from pathlib import Path
 import aiohttp
 import redis
 
-from relay.client import RelayClient
-from relay.keys import DiscoPrivateKey, DiscoPublicKey
-from relay.peer import UdpPeer
-from relay.secrets import RelaySecrets
+from relay.protocol.client import RelayClient
+from relay.protocol.keys import DiscoPrivateKey, DiscoPublicKey
+from relay.shells.keyfile import RelaySecrets
+from relay.shells.peer import UdpPeer
 from tests.relay.relay_process import RelayProcess
 from tests.relay_operator.e2e_support import (
     RELAYFLEET,

@@ -2,9 +2,9 @@
 
 import re
 
-from relay.keys import DiscoPrivateKey, sorted_pair
+from relay.protocol.keys import DiscoPrivateKey, sorted_pair
+from relay.resource.status import allocated_status, pending_status, set_condition
 from relay.store import Allocation, RelayRecord
-from relay_operator.status import allocated_status, pending_status, set_condition
 
 KEYS = sorted_pair(DiscoPrivateKey.generate().public, DiscoPrivateKey.generate().public)
 SERVER = DiscoPrivateKey.generate().public

@@ -2,7 +2,7 @@ import uuid
 
 import pytest
 
-from relay.geneve import MAX_VNI
+from relay.protocol.geneve import MAX_VNI
 from relay.store import MemoryStore
 from relay.store.redis import RedisStore
 from tests.redis_cluster import LocalCluster, LocalSentinel

@@ -17,7 +17,7 @@ from collections import deque
 import pytest
 from redis.crc import key_slot
 
-from relay.keys import DiscoPublicKey
+from relay.protocol.keys import DiscoPublicKey
 from relay.store import SUBSCRIBED, Allocation, Change, RelayRecord, StoreUnavailable
 from relay.store.redis import RedisStore
 from tests.redis_cluster import LocalCluster

@@ -5,8 +5,8 @@ The allocation rules every store shares are tested in test_rules.py.
 
 import tracemalloc
 
-from relay.geneve import MAX_VNI
-from relay.keys import DiscoPrivateKey
+from relay.protocol.geneve import MAX_VNI
+from relay.protocol.keys import DiscoPrivateKey
 from relay.store import MemoryStore
 
 

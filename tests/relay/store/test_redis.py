@@ -16,8 +16,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from relay.geneve import MAX_VNI
-from relay.keys import DiscoPublicKey
+from relay.protocol.geneve import MAX_VNI
+from relay.protocol.keys import DiscoPublicKey
 from relay.store import (
     SUBSCRIBED,
     Allocation,

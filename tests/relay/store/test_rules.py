@@ -1,4 +1,4 @@
-"""PROTOCOL.md's allocation rules, VNI choice and LamportIDs, against every store."""
+"""docs/protocol.md's allocation rules, VNI choice and LamportIDs, against every store."""
 
 import asyncio
 import time
@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from relay.geneve import MAX_VNI
-from relay.keys import DiscoPrivateKey
+from relay.protocol.geneve import MAX_VNI
+from relay.protocol.keys import DiscoPrivateKey
 from relay.store import SUBSCRIBED, Change, MemoryStore, RelayRecord, VNIExhausted
 from relay.store.redis import RedisStore
 

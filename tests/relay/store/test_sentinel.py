@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from relay.keys import DiscoPublicKey
+from relay.protocol.keys import DiscoPublicKey
 from relay.store import SUBSCRIBED, Change, StoreUnavailable
 from relay.store.redis import RedisStore
 from tests.redis_cluster import LocalSentinel

@@ -412,7 +412,7 @@ func (h *harness) checkReallocAfterBind() (string, error) {
 	return reallocNew(s, al)
 }
 
-// reallocNew: PROTOCOL.md's rule. The bound endpoint is discarded and a new
+// reallocNew: docs/protocol.md's rule. The bound endpoint is discarded and a new
 // one with a larger LamportID replaces it.
 func reallocNew(s *session, al allocation) (string, error) {
 	if al.ep.LamportID <= s.ep.LamportID {

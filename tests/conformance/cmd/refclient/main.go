@@ -1,10 +1,10 @@
 // Command refclient is a reference client driver for a UDP relay server.
 //
 // It exists because a relay tested only by its own project's client proves
-// little: a misreading of PROTOCOL.md would be shared by both sides. This
+// little: a misreading of docs/protocol.md would be shared by both sides. This
 // driver is built from the reference implementation's own packages
 // (tailscale.com disco, net/packet and types/key), so every byte it sends
-// and every check it makes on a reply comes from the code PROTOCOL.md was
+// and every check it makes on a reply comes from the code the protocol was
 // written from. It talks to any server exposing the allocation API
 // (POST /v0/relay/endpoint): relay-fleet's and cmd/refserver alike.
 //
@@ -57,7 +57,7 @@ func parseFlags() (options, error) {
 	flag.DurationVar(&o.silence, "timeout", 300*time.Millisecond, "how long to wait before concluding that nothing arrives")
 	flag.DurationVar(&o.replyTimeout, "reply-timeout", 2*time.Second, "how long to wait for an expected reply or relayed packet")
 	flag.StringVar(&o.reallocAfterBind, "realloc-after-bind", "new",
-		`what re-allocating a bound pair must give: "new" (PROTOCOL.md: larger LamportID, old endpoint discarded) or "same" (tailscale.com v1.84.0: the existing endpoint, unchanged)`)
+		`what re-allocating a bound pair must give: "new" (docs/protocol.md: larger LamportID, old endpoint discarded) or "same" (tailscale.com v1.84.0: the existing endpoint, unchanged)`)
 	flag.Usage = func() {
 		fmt.Fprint(flag.CommandLine.Output(), checksUsage)
 		flag.PrintDefaults()

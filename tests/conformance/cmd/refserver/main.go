@@ -5,7 +5,7 @@
 // It exists so that the conformance tests can run one test suite against
 // both servers: whatever passes against relay-fleet must also pass against
 // the reference implementation, and vice versa. One known difference:
-// PROTOCOL.md was written from an earlier revision of this code, and at
+// the protocol relay-fleet follows (docs/protocol.md) discards that endpoint, but at
 // v1.84.0 re-allocating a pair that is already bound returns the existing
 // endpoint instead of a new one (refclient --realloc-after-bind=same).
 //

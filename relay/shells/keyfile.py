@@ -13,8 +13,8 @@ import secrets as _random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from relay.core import CHALLENGE_SECRET_LEN
-from relay.keys import DiscoPrivateKey, InvalidKey
+from relay.protocol.core import CHALLENGE_SECRET_LEN
+from relay.protocol.keys import DiscoPrivateKey, InvalidKey
 
 _PRIVATE_KEY = "disco-private-key"
 _CHALLENGE_SECRET = "challenge-secret"

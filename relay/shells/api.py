@@ -3,27 +3,26 @@
 ``POST /v0/relay/endpoint`` takes ``{"DiscoKeys": [A, B]}`` and answers a
 ServerEndpoint. Bad requests get 400 with a one-line reason; no free VNI, a
 closed server or an unreachable store get 503. With an API token
-(:mod:`relay.api_token`), all but ``/healthz`` and ``/metrics`` need it (401).
+(:mod:`relay.shells.api_token`), all but ``/healthz`` and ``/metrics`` need it (401).
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from relay.addresses import format_address
-from relay.api_token import bearer_middleware
-from relay.core import Endpoint
-from relay.keys import DiscoPublicKey, InvalidKey
+from relay.protocol.addresses import format_address
+from relay.protocol.core import Endpoint, RelayCore
+from relay.protocol.keys import DiscoPublicKey, InvalidKey
+from relay.protocol.server_endpoint import ServerEndpoint
+from relay.shells.api_token import bearer_middleware
 from relay.store import StoreUnavailable, VNIExhausted
-
-if TYPE_CHECKING:
-    from relay.server import RelayServer
 
 MAX_REQUEST_BYTES = 4096
 
@@ -99,7 +98,23 @@ def _text_error(status: type[web.HTTPException], reason: str) -> web.HTTPExcepti
     return status(text=reason.replace("\n", " ") + "\n", content_type="text/plain")
 
 
-def _counting_errors(server: RelayServer) -> Callable[..., Awaitable[web.StreamResponse]]:
+class ApiHost(Protocol):
+    """What the API serves from: a relay's core, its allocation step and its metrics.
+
+    A RelayServer is one; :meth:`allocate` raises InvalidRequest, ServerClosed,
+    VNIExhausted or StoreUnavailable, which the API turns into 400 and 503.
+    """
+
+    core: RelayCore
+    metrics: CollectorRegistry
+    api_token: str | None
+    api_errors: Counter[int]
+    closed: bool
+
+    async def allocate(self, a: DiscoPublicKey, b: DiscoPublicKey) -> ServerEndpoint: ...
+
+
+def _counting_errors(server: ApiHost) -> Callable[..., Awaitable[web.StreamResponse]]:
     """Counts every answer of 400 or above by its status code, for /metrics."""
 
     @web.middleware
@@ -116,7 +131,7 @@ def _counting_errors(server: RelayServer) -> Callable[..., Awaitable[web.StreamR
     return count
 
 
-def make_app(server: RelayServer) -> web.Application:
+def make_app(server: ApiHost) -> web.Application:
     routes = web.RouteTableDef()
 
     @routes.post("/v0/relay/endpoint")
@@ -141,7 +156,7 @@ def make_app(server: RelayServer) -> web.Application:
             {
                 "ServerDisco": str(server.core.server_key),
                 "Endpoints": [
-                    endpoint_json(e, server.expires_at(e)) for e in server.core.endpoints()
+                    endpoint_json(e, server.core.expires_at(e)) for e in server.core.endpoints()
                 ],
             }
         )

@@ -1,7 +1,7 @@
 """The Geneve fixed header (RFC 8926) that starts every relay datagram.
 
 Eight bytes, no options: version and option length, the control bit, the
-protocol type and the 24-bit VNI. See PROTOCOL.md "Underlay".
+protocol type and the 24-bit VNI. See docs/protocol.md "Underlay".
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The kernel fast path: bound endpoints relayed by nftables, their data never reaching Python.
 
-Once both clients of an endpoint are bound, PROTOCOL.md's data rule is a
+Once both clients of an endpoint are bound, docs/protocol.md's data rule is a
 fixed rewrite: a datagram with this VNI, the control bit clear and this
 source ip:port goes, unchanged, from the relay's port to the other client.
-The kernel can do that at its ingress hook (relay/nftables.py has the rules),
+The kernel can do that at its ingress hook (relay/fastpath/rules.py has the rules),
 so with ``--fast-path auto`` the relay installs rules for each bound endpoint
 and its data packets no longer cost a system call, a copy or a Python loop.
 
@@ -28,10 +28,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from relay import nftables
-from relay.addresses import sockaddr_host_port
-from relay.agent import YIELD_EVERY
-from relay.core import Endpoint, RelayCore
+from relay.aio import in_turns, stop_tasks
+from relay.fastpath import rules
+from relay.protocol.addresses import sockaddr_host_port
+from relay.protocol.core import Endpoint, RelayCore
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def count_changes(
     Pure, so that it runs off the event loop: at 10 000 endpoints the JSON is
     megabytes. A count below the last one belongs to a leg installed afresh.
     """
-    now = nftables.parse_legs(text, table)
+    now = rules.parse_legs(text, table)
     moved = []
     for key, (packets, size) in now.items():
         seen_packets, seen_bytes = before.get(key, (0, 0))
@@ -133,7 +133,7 @@ class KernelFastPath:
         self._listen = None if listen in ("::", "0.0.0.0") else listen
         self.max_endpoints = max_endpoints
         self._clock = clock
-        self.table = nftables.table_name(port)
+        self.table = rules.table_name(port)
         self._newly_bound = core.watch_bound()
         self._waiting: list[Endpoint] = []
         self._prune_waiting_at = max_endpoints
@@ -155,7 +155,7 @@ class KernelFastPath:
     async def start(self) -> bool:
         """Create this relay's table and start polling; False (logged) where nftables fails."""
         try:
-            await self._nft(nftables.create_table(self.table))
+            await self._nft(rules.create_table(self.table))
         except FastPathError as exc:
             log.warning("kernel fast path unavailable, relaying in user space: %s", exc)
             self._newly_bound.clear()
@@ -169,9 +169,7 @@ class KernelFastPath:
     async def close(self) -> None:
         """Credit the last counts, then remove the table: the socket gets every packet again."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_tasks(self._task)
             self._task = None
         if not self.active:
             return
@@ -179,7 +177,7 @@ class KernelFastPath:
         with contextlib.suppress(FastPathError):
             await self._read_counters()
         try:
-            await self._nft(nftables.delete_table(self.table))
+            await self._nft(rules.delete_table(self.table))
         except FastPathError as exc:
             log.warning("could not remove nftables table %s: %s", self.table, exc)
         self._installed.clear()
@@ -237,7 +235,7 @@ class KernelFastPath:
         self._hooked.clear()
         self._counts = {}
         with contextlib.suppress(FastPathError):
-            await self._nft(nftables.create_table(self.table))
+            await self._nft(rules.create_table(self.table))
 
     async def _nft(self, script: str) -> None:
         await run_command(["nft", "-f", "-"], script)
@@ -259,19 +257,17 @@ class KernelFastPath:
 
     async def _removals(self) -> str:
         script = []
-        for done, (key, entry) in enumerate(list(self._installed.items()), 1):
+        async for key, entry in in_turns(list(self._installed.items())):
             allocation = entry.endpoint.allocation
             if self._core.endpoint(allocation.vni) is not entry.endpoint:
                 script.append(
-                    nftables.remove_endpoint(
+                    rules.remove_endpoint(
                         self.table, allocation.vni, allocation.lamport_id, entry.senders
                     )
                 )
                 del self._installed[key]
                 for sender in entry.senders:
                     self._legs.pop((allocation.vni, *sender), None)
-            if done % YIELD_EVERY == 0:
-                await asyncio.sleep(0)
         return "".join(script)
 
     async def _installs(self) -> tuple[str, list[Installed]]:
@@ -285,16 +281,14 @@ class KernelFastPath:
         if self._waiting and len(self._installed) < self.max_endpoints:
             bound, self._waiting = self._waiting + bound, []
         wanted: list[tuple[Endpoint, tuple[str, int], tuple[str, int]]] = []
-        for done, endpoint in enumerate(bound, 1):
-            if done % YIELD_EVERY == 0:
-                await asyncio.sleep(0)
+        async for endpoint in in_turns(bound):
             if self._core.endpoint(endpoint.allocation.vni) is not endpoint:
                 continue
             if len(self._installed) + len(wanted) >= self.max_endpoints:
                 self._waiting.append(endpoint)
                 continue
             a, b = (client_address(client.addr) for client in endpoint.clients)
-            if a is None or b is None or a == b or nftables.family(a[0]) != nftables.family(b[0]):
+            if a is None or b is None or a == b or rules.family(a[0]) != rules.family(b[0]):
                 self.not_installed += 1
                 continue
             wanted.append((endpoint, a, b))
@@ -307,25 +301,23 @@ class KernelFastPath:
             raise
         script: list[str] = []
         fresh: list[Installed] = []
-        for done, (endpoint, a, b) in enumerate(wanted, 1):
-            if done % YIELD_EVERY == 0:
-                await asyncio.sleep(0)
+        async for endpoint, a, b in in_turns(wanted):
             if a[0] not in routes or b[0] not in routes:
                 self.not_installed += 1
                 continue
             for address in (a, b):
                 script.append(self._hook(routes[address[0]].device))
             legs = (
-                nftables.Leg(sender=a, receiver=b, route=routes[b[0]]),
-                nftables.Leg(sender=b, receiver=a, route=routes[a[0]]),
+                rules.Leg(sender=a, receiver=b, route=routes[b[0]]),
+                rules.Leg(sender=b, receiver=a, route=routes[a[0]]),
             )
             allocation = endpoint.allocation
             script.append(
-                nftables.install_endpoint(
+                rules.install_endpoint(
                     self.table, allocation.vni, allocation.lamport_id, self._port, legs
                 )
             )
-            fresh.append(Installed(endpoint, (a, b), nftables.header_bytes(a[0])))
+            fresh.append(Installed(endpoint, (a, b), rules.header_bytes(a[0])))
         return "".join(script), fresh
 
     def _record(self, entry: Installed) -> None:
@@ -341,10 +333,10 @@ class KernelFastPath:
         if device in self._hooked:
             return ""
         chain = self._hooked[device] = f"in_{len(self._hooked)}"
-        return nftables.hook_device(self.table, chain, device, self._port, self._listen)
+        return rules.hook_device(self.table, chain, device, self._port, self._listen)
 
-    async def _routes(self, ips: set[str]) -> dict[str, nftables.Route]:
+    async def _routes(self, ips: set[str]) -> dict[str, rules.Route]:
         """Routes to ``ips``; one that has none (unreachable) is left out."""
         lines = "".join(f"route get {ip}\n" for ip in sorted(ips))
         text = await run_command(["ip", "-j", "-force", "-batch", "-"], lines, check=False)
-        return nftables.parse_routes(text)
+        return rules.parse_routes(text)

@@ -1,7 +1,7 @@
 """The kernel fast path's nftables rules as text, and parsers of what ``nft`` and ``ip`` print.
 
 Pure functions only: the shell that runs ``nft -f -`` and ``ip route get``
-is relay/fastpath.py. One table per relay, named for its UDP port so that
+is relay/fastpath/kernel.py. One table per relay, named for its UDP port so that
 relays sharing a network namespace keep apart::
 
     table netdev relayfleet_<port>
@@ -10,7 +10,7 @@ relays sharing a network namespace keep apart::
                                 element counts the packets it matched
       chain in_<n>              one per network device, at its ingress hook:
                                 UDP to the relay's port with the Geneve control
-                                bit clear (PROTOCOL.md data) -> look the leg up
+                                bit clear (docs/protocol.md data) -> look the leg up
       chain e<vni>_<lamport>_<i>   one per client i of a bound endpoint, one
                                 rule: rewrite source and destination to the
                                 other client, forward out of its device

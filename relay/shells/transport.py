@@ -9,7 +9,7 @@ once at start:
 * each received datagram lands in its own slot of one anonymous mapping;
 * a relayed datagram is sent from that same slot: user space never copies it;
 * a source address is the kernel's ``sockaddr`` bytes, which the core only
-  compares and hands back as a destination; :func:`relay.addresses.format_address`
+  compares and hands back as a destination; :func:`relay.protocol.addresses.format_address`
   turns them into text for status and the API.
 
 Each datagram goes to :meth:`RelayCore.handle` as a memoryview of its slot,
@@ -25,7 +25,7 @@ import mmap
 import socket
 from collections.abc import Callable
 
-from relay.core import RelayCore
+from relay.protocol.core import RelayCore
 
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 BATCH = 64

@@ -18,8 +18,10 @@ import logging
 from collections import Counter, deque
 from collections.abc import Callable
 
-from relay import heap
-from relay.core import Endpoint, RelayCore
+from relay.aio import SLICE, in_turns, stop_tasks
+from relay.protocol.core import Endpoint, RelayCore
+from relay.protocol.keys import DiscoPublicKey
+from relay.shells import gc_freeze
 from relay.store import SUBSCRIBED, Allocation, Change, RelayRecord, Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -27,7 +29,6 @@ log = logging.getLogger(__name__)
 MAX_EXPIRY_TICK = 1.0
 MAX_BACKOFF = 5.0
 EXPIRY_BATCH = 256
-YIELD_EVERY = 256
 
 
 class Backoff:
@@ -108,9 +109,34 @@ class RelayAgent:
         self._tasks: list[asyncio.Task[None]] = []
         self.resyncs = 0
         self.store_errors: Counter[str] = Counter()
+        self.allocations_created = 0
         self.on_expired: Callable[[list[Endpoint]], None] | None = None
 
     # -- what the server calls ---------------------------------------------
+
+    async def allocate(self, disco_keys: tuple[DiscoPublicKey, DiscoPublicKey]) -> Allocation:
+        """Allocate for a pair in the store (the allocation API's request) and serve it.
+
+        Bound marks are written first, so that a pair that has bound gets a
+        fresh allocation. An allocation the core has expired but the store has
+        not yet freed is freed now and allocated afresh, never handed out.
+        Raises StoreUnavailable (counted) and VNIExhausted.
+        """
+        try:
+            await self.flush_bound()
+            result = await self._store.allocate(self.name, disco_keys, self._clock())
+            while self.expired_unfreed(result.allocation):
+                await self.free_now(result.allocation)
+                result = await self._store.allocate(self.name, disco_keys, self._clock())
+        except StoreUnavailable:
+            self.store_errors["allocate"] += 1
+            raise
+        if result.replaced is not None:
+            self._core.remove(result.replaced.vni, result.replaced.lamport_id)
+        self.install(result.allocation)
+        if result.created:
+            self.allocations_created += 1
+        return result.allocation
 
     def install(self, allocation: Allocation) -> None:
         """Serve an allocation now (the allocation API made it, or the store announced it)."""
@@ -140,7 +166,7 @@ class RelayAgent:
                 await self._store.free(self.name, *key)
                 pending.discard(key)
                 written += 1
-                if written % YIELD_EVERY == 0:
+                if written % SLICE == 0:
                     await asyncio.sleep(0)
             pending.order.popleft()
 
@@ -162,12 +188,12 @@ class RelayAgent:
 
         Works in slices, yielding to the event loop between them, so a resync
         of a million endpoints never stalls relaying; one resync at a time.
-        Afterwards the endpoints are exempt from garbage collection (relay/heap.py).
+        Afterwards the endpoints are exempt from garbage collection (relay/shells/gc_freeze.py).
         """
         async with self._resyncing:
-            with heap.paused():
+            with gc_freeze.paused():
                 await self._resync()
-                heap.exempt_survivors()
+                gc_freeze.exempt_survivors()
 
     async def _resync(self) -> None:
         self._installed_during_resync = set()
@@ -182,12 +208,10 @@ class RelayAgent:
                         self.install(allocation)
                 await asyncio.sleep(0)
             fresh = self._installed_during_resync
-            for done, endpoint in enumerate(self._core.endpoints(), 1):
+            async for endpoint in in_turns(list(self._core.endpoints())):
                 key = (endpoint.allocation.vni, endpoint.allocation.lamport_id)
                 if key not in wanted and key[0] not in fresh:
                     self._core.remove(*key)
-                if done % YIELD_EVERY == 0:
-                    await asyncio.sleep(0)
         finally:
             self._installed_during_resync = None
             self._removed_during_resync = None
@@ -205,11 +229,7 @@ class RelayAgent:
             self._tasks.append(asyncio.create_task(loop(), name=f"agent-{loop.__name__}"))
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(*self._tasks)
         self._tasks.clear()
         with contextlib.suppress(StoreUnavailable):
             await self.flush()
@@ -260,7 +280,7 @@ class RelayAgent:
                     await self._apply(change)
                     backoff.succeeded()
                     applied += 1
-                    if applied % YIELD_EVERY == 0:
+                    if applied % SLICE == 0:
                         await asyncio.sleep(0)
             except StoreUnavailable as error:
                 await asyncio.sleep(backoff.failed(error))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from relay.transport import open_udp_socket
+from relay.shells.transport import open_udp_socket
 
 
 class _QueueProtocol(asyncio.DatagramProtocol):

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from relay.durations import format_duration, parse_duration
-from relay.keys import DiscoPublicKey
+from relay.protocol.durations import format_duration, parse_duration
+from relay.protocol.keys import DiscoPublicKey
 
 _T = TypeVar("_T")
 

@@ -1,7 +1,7 @@
 """A fixed-bucket histogram of plain integers, which the core keeps without a metrics library.
 
 The relay core must not import a metrics library (it is sans-I/O and on the
-hot path); it observes into this, and relay/metrics.py exports it at scrape time.
+hot path); it observes into this, and relay/shells/metrics.py exports it at scrape time.
 """
 
 from __future__ import annotations

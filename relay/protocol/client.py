@@ -1,4 +1,4 @@
-"""The client side of PROTOCOL.md, sans-I/O: what a peer sends to bind and relay.
+"""The client side of docs/protocol.md, sans-I/O: what a peer sends to bind and relay.
 
 The demo and the test suite use it; it builds datagrams and reads replies, and
 leaves sockets to its caller. It is checked against the reference's own Go
@@ -7,8 +7,8 @@ client in the conformance tests, so it cannot hide a misreading of the protocol.
 
 from __future__ import annotations
 
-from relay import disco, geneve
-from relay.keys import DiscoPrivateKey, DiscoPublicKey
+from relay.protocol import disco, geneve
+from relay.protocol.keys import DiscoPrivateKey, DiscoPublicKey
 
 
 class RelayClient:

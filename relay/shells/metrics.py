@@ -7,7 +7,7 @@ and this collector turns them into metric families when Prometheus asks.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -19,15 +19,42 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from relay import __version__
-
-if TYPE_CHECKING:
-    from relay.server import RelayServer
+from relay.protocol.core import RelayCore
+from relay.shells.agent import RelayAgent
 
 PREFIX = "relayfleet_relay"
 
 
+class FastPathCounts(Protocol):
+    installed: int
+    errors: int
+    not_installed: int
+
+
+class RelayState(Protocol):
+    """What the collector reads from a running relay at scrape time; a RelayServer is one."""
+
+    core: RelayCore
+    api_errors: Mapping[int, int]
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def agent(self) -> RelayAgent | None: ...
+
+    @property
+    def fast_path(self) -> FastPathCounts | None: ...
+
+    @property
+    def receive_errors(self) -> int: ...
+
+    @property
+    def send_errors(self) -> int: ...
+
+
 class RelayCollector(Collector):
-    def __init__(self, server: RelayServer) -> None:
+    def __init__(self, server: RelayState) -> None:
         self._server = server
 
     def collect(self) -> Iterator:
@@ -37,7 +64,7 @@ class RelayCollector(Collector):
         info.add_metric(
             [],
             {
-                "name": server.config.name,
+                "name": server.name,
                 "server_disco": str(core.server_key),
                 "version": __version__,
             },
@@ -72,14 +99,16 @@ class RelayCollector(Collector):
         )
         yield handshakes
         yield CounterMetricFamily(
-            f"{PREFIX}_allocations", "New allocations made", value=server.allocations_created
+            f"{PREFIX}_allocations",
+            "New allocations made",
+            value=server.agent.allocations_created if server.agent else 0,
         )
         yield _by_label(
             "expired_endpoints", "Endpoints expired, by lifetime", "lifetime", core.expired
         )
         yield _by_label(
             "store_errors", "Store (Redis) operations that failed, by operation", "operation",
-            server.store_errors,
+            server.agent.store_errors if server.agent else {},
         )  # fmt: skip
         yield _by_label(
             "api_errors", "HTTP API answers of 400 and above, by status code", "code",
@@ -128,7 +157,7 @@ def _by_label(name: str, text: str, label: str, counts: Mapping[Any, int]) -> Co
     return family
 
 
-def relay_registry(server: RelayServer) -> CollectorRegistry:
+def relay_registry(server: RelayState) -> CollectorRegistry:
     """A registry of its own per relay, so several relays can share one process (tests)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RelayCollector(server))

@@ -2,7 +2,7 @@
 
 A frame is ``magic | sender public key | nonce | NaCl box``; the opened box
 holds ``type | version | body``. Only the three bind messages matter to the
-relay (PROTOCOL.md "Control packets"); everything here is pure bytes in,
+relay (docs/protocol.md "Control packets"); everything here is pure bytes in,
 bytes out.
 """
 

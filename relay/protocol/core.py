@@ -1,4 +1,4 @@
-"""The sans-I/O relay core: PROTOCOL.md's endpoint table, bind handshake, relaying and expiry.
+"""The sans-I/O relay core: docs/protocol.md's endpoint table, bind handshake, relaying and expiry.
 
 :class:`RelayCore` takes ``(datagram, source, now)`` and answers with at most
 one ``(datagram, destination)`` to send. It opens no socket, reads no clock
@@ -8,7 +8,7 @@ transport uses (``sockaddr`` bytes from the UDP transport, tuples in tests);
 the core only compares them.
 
 Handshake messages cost public-key crypto, so they pass a per-source and a
-total rate limit (relay/ratelimit.py) before any of it is done; a flood of
+total rate limit (relay/protocol/ratelimit.py) before any of it is done; a flood of
 binds is dropped cheaply and counted, and data relaying goes on.
 
 Challenges are not stored: each is a keyed BLAKE2s MAC over the endpoint's
@@ -25,12 +25,15 @@ import hmac
 import struct
 from collections.abc import Hashable, Iterator
 
-from relay import disco, geneve
-from relay.histogram import Histogram
-from relay.keys import DiscoPrivateKey, DiscoPublicKey
-from relay.lifetimes import DEFAULT_BIND_LIFETIME, DEFAULT_STEADY_STATE_LIFETIME
-from relay.ratelimit import DEFAULT_HANDSHAKE_LIMITS, HandshakeLimiter, HandshakeLimits
-from relay.store.interface import Allocation
+from relay.protocol import disco, geneve
+from relay.protocol.allocation import (
+    DEFAULT_BIND_LIFETIME,
+    DEFAULT_STEADY_STATE_LIFETIME,
+    Allocation,
+)
+from relay.protocol.histogram import Histogram
+from relay.protocol.keys import DiscoPrivateKey, DiscoPublicKey
+from relay.protocol.ratelimit import DEFAULT_HANDSHAKE_LIMITS, HandshakeLimiter, HandshakeLimits
 
 Address = Hashable
 Send = tuple[bytes, Address]
@@ -48,7 +51,7 @@ _unpack_header = struct.Struct(">xBxxI").unpack_from  # (flags byte, VNI << 8 | 
 
 
 class Handshake(enum.IntEnum):
-    """A client's bind handshake state (PROTOCOL.md: Init -> ChallengeSent -> AnswerReceived)."""
+    """A client's bind handshake state: Init -> ChallengeSent -> AnswerReceived."""
 
     INIT = 0
     CHALLENGE_SENT = 1
@@ -260,6 +263,18 @@ class RelayCore:
         """When ``expire`` may next have work; None when nothing is allocated."""
         return self._deadlines[0][0] if self._deadlines else None
 
+    def expires_at(self, endpoint: Endpoint) -> float:
+        """When the endpoint expires unless a packet comes first.
+
+        Until bound, its bind deadline; once bound, its quieter client's last
+        packet plus the steady-state lifetime and :attr:`last_seen_lag`, the
+        very rule :meth:`expire` applies.
+        """
+        if not endpoint.bound:
+            return endpoint.deadline
+        a, b = endpoint.clients
+        return min(a.last_seen, b.last_seen) + self.steady_state_lifetime + self.last_seen_lag
+
     def expire(self, now: float, budget: int = 10_000) -> list[Endpoint]:
         """Remove and return endpoints whose lifetime has passed (``bound`` tells which).
 
@@ -279,9 +294,7 @@ class RelayCore:
             if endpoint is None or endpoint.deadline != deadline:
                 continue
             if endpoint.bound:
-                a, b = endpoint.clients
-                quiet_since = min(a.last_seen, b.last_seen)
-                steady_deadline = quiet_since + self.steady_state_lifetime + self.last_seen_lag
+                steady_deadline = self.expires_at(endpoint)
                 if steady_deadline >= now:
                     self._arm(endpoint, steady_deadline)
                     continue

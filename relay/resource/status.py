@@ -13,15 +13,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from relay.addresses import format_address
-from relay.durations import format_duration
+from relay.protocol.addresses import format_address
+from relay.protocol.durations import format_duration
+from relay.resource.definition import (
+    ALLOCATED,
+    ALLOCATED_CONDITION,
+    BOUND,
+    BOUND_CONDITION,
+    EXPIRED,
+    PENDING,
+    REALLOCATE_ANNOTATION,
+)
 from relay.store import Allocation, RelayRecord
-
-ALLOCATED = "Allocated"
-BOUND = "Bound"
-
-# The RelayEndpoint resource: its API group, version and plural name.
-GROUP, VERSION, PLURAL = "relayfleet.io", "v1alpha1", "relayendpoints"
 
 
 def timestamp(seconds: float) -> str:
@@ -67,7 +70,7 @@ def allocated_status(
     """The status of a freshly allocated endpoint, waiting for its peers to bind."""
     conditions = set_condition(
         conditions,
-        ALLOCATED,
+        ALLOCATED_CONDITION,
         "True",
         "Allocated",
         f"VNI {allocation.vni} on relay {relay.name} (LamportID {allocation.lamport_id})",
@@ -76,7 +79,7 @@ def allocated_status(
     )
     conditions = set_condition(
         conditions,
-        BOUND,
+        BOUND_CONDITION,
         "False",
         "WaitingForPeers",
         "waiting for both peers to bind",
@@ -84,7 +87,7 @@ def allocated_status(
         now=now,
     )
     return {
-        "phase": "Allocated",
+        "phase": ALLOCATED,
         "relay": relay.name,
         "serverDisco": str(relay.server_disco),
         "addrPorts": list(relay.addr_ports),
@@ -127,12 +130,14 @@ def live_status(
         waiting = [c.handshake.label for c in endpoint.clients]
         bound = ("False", "WaitingForPeers", f"handshakes: {waiting[0]}, {waiting[1]}")
     return {
-        "phase": "Bound" if endpoint.bound else "Allocated",
+        "phase": BOUND if endpoint.bound else ALLOCATED,
         "clients": [
             client_status(key, client)
             for key, client in zip(endpoint.allocation.disco_keys, endpoint.clients, strict=True)
         ],
-        "conditions": set_condition(conditions, BOUND, *bound, generation=generation, now=now),
+        "conditions": set_condition(
+            conditions, BOUND_CONDITION, *bound, generation=generation, now=now
+        ),
     }
 
 
@@ -141,15 +146,15 @@ def expired_status(
 ) -> dict[str, Any]:
     """An endpoint whose bind or steady-state lifetime ran out; its VNI is free again."""
     message = (
-        f"the {lifetime} lifetime ran out; annotate relayfleet.io/reallocate to allocate afresh"
+        f"the {lifetime} lifetime ran out; annotate {REALLOCATE_ANNOTATION} to allocate afresh"
     )
     conditions = set_condition(
-        conditions, ALLOCATED, "False", "Expired", message, generation=generation, now=now
+        conditions, ALLOCATED_CONDITION, "False", "Expired", message, generation=generation, now=now
     )
     conditions = set_condition(
-        conditions, BOUND, "False", "Expired", message, generation=generation, now=now
+        conditions, BOUND_CONDITION, "False", "Expired", message, generation=generation, now=now
     )
-    return {"phase": "Expired", "conditions": conditions}
+    return {"phase": EXPIRED, "conditions": conditions}
 
 
 def pending_status(
@@ -162,9 +167,15 @@ def pending_status(
 ) -> dict[str, Any]:
     """The status of an endpoint still waiting for an allocation (e.g. NoRelayAvailable)."""
     return {
-        "phase": "Pending",
+        "phase": PENDING,
         "observedGeneration": generation,
         "conditions": set_condition(
-            conditions, ALLOCATED, "False", reason, message, generation=generation, now=now
+            conditions,
+            ALLOCATED_CONDITION,
+            "False",
+            reason,
+            message,
+            generation=generation,
+            now=now,
         ),
     }
