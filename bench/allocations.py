@@ -27,7 +27,7 @@ server .dev/bin/refserver (scripts/build-go-helpers), all on loopback:
 Ratios are ours / reference from the same run.
 
 Operator (--part operator). In a temporary directory: etcd and kube-apiserver
-from .dev/bin (tests/controlplane.py, as scripts/local-fleet runs them), the
+from .dev/bin (tests/support/controlplane.py, as scripts/local-fleet runs them), the
 CRD, a redis-server, --relays `relayfleet relay` processes on Redis reporting
 status as in a pod (--kubeconfig; --no-report turns that off), and one
 `relayfleet operator --standalone` logging at its default level (info), as
@@ -83,7 +83,7 @@ from relay.store.redis import RedisStore
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.controlplane import ControlPlane, Process, free_port, wait_for  # noqa: E402
+from tests.support.controlplane import ControlPlane, Process, free_port, wait_for  # noqa: E402
 
 RELAYFLEET = str(Path(sys.executable).parent / "relayfleet")
 PY_SPY = str(Path(sys.executable).parent / "py-spy")

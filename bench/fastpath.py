@@ -14,7 +14,7 @@ user space) does on one core. This runs, from one script on one machine:
       relay/fastpath/rules.py), once the measured endpoint is bound.
 
 How:
-  1. Three network namespaces (tests/netns.py): client a, the relay, client
+  1. Three network namespaces (tests/support/netns.py): client a, the relay, client
      b, joined by veth pairs. Packets cross real devices, which the kernel
      path needs (it hooks a device's ingress) and loopback would hide.
   2. All relaying work goes to CPU 1, the load to CPU 0: the forwarder
@@ -78,7 +78,7 @@ from forwarders import (
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from relay.protocol.client import RelayClient
 from relay.protocol.keys import DiscoPrivateKey, DiscoPublicKey
-from tests import netns
+from tests.support import netns
 
 C, USER, KERNEL = "C (user space)", "ours, user space", "ours, kernel fast path"
 FLOOR = "arrival only"

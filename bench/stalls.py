@@ -41,7 +41,7 @@ from relay.shells.agent import RelayAgent
 from relay.shells.keyfile import RelaySecrets
 from relay.store import MemoryStore, RelayRecord, Store
 from relay.store.redis import RedisStore
-from tests.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 
 BIND_LIFETIME = 30.0
 PHASE_DEADLINE = 1800.0

@@ -1,6 +1,6 @@
 """Fixtures shared by every test package: a real Kubernetes control plane for the session.
 
-The ``control_plane`` fixture (etcd and kube-apiserver from tests/controlplane.py)
+The ``control_plane`` fixture (etcd and kube-apiserver from tests/support/controlplane.py)
 costs a build the first time and a few seconds per session after that, so only
 sessions that select a test using it pay: the build runs once, after collection
 and before any test's timeout starts, and nothing here imports the control
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from tests.controlplane import ControlPlane
+    from tests.support.controlplane import ControlPlane
 
 _BUILD_ERROR = pytest.StashKey[str]()
 
@@ -27,7 +27,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     if not any("control_plane" in getattr(item, "fixturenames", ()) for item in session.items):
         return
-    from tests import controlplane
+    from tests.support import controlplane
 
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
@@ -44,12 +44,12 @@ def control_plane(
 ) -> Iterator[ControlPlane]:
     """A real etcd and kube-apiserver on loopback for the whole session.
 
-    Yields the :class:`tests.controlplane.ControlPlane`: ``kubeconfig`` (admin),
+    Yields the :class:`tests.support.controlplane.ControlPlane`: ``kubeconfig`` (admin),
     ``kubectl(*args)``, ``kubeconfig_for_user(user, groups)``,
     ``kubeconfig_for_service_account(namespace, name)`` and ``request(...)``.
     Tests share it, so each should work in a namespace of its own.
     """
-    from tests import controlplane
+    from tests.support import controlplane
 
     error = request.config.stash.get(_BUILD_ERROR, None)
     if error is not None:

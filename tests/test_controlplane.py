@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.controlplane import ControlPlane, wait_for
+from tests.support.controlplane import ControlPlane, wait_for
 
 GO_MOD = Path(__file__).resolve().parents[1] / "tools" / "controlplane" / "go.mod"
 GROUP = "smoke.relayfleet.test"

@@ -19,7 +19,7 @@ import pytest
 from relay.cli import build_parser
 from tests.charts.helm import ROOT, find, template
 from tests.charts.test_render import VALUE_SETS
-from tests.paths import RELAYFLEET
+from tests.support.paths import RELAYFLEET
 
 
 def _instruction(name: str) -> list[str]:

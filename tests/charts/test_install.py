@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 from tests.charts.helm import CHART, helm
-from tests.controlplane import ControlPlane
+from tests.support.controlplane import ControlPlane
 
 CRDS = ("relayendpoints.relayfleet.io", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev")
 NAMESPACED = (

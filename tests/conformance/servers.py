@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.paths import RELAYFLEET
+from tests.support.paths import RELAYFLEET
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".dev" / "bin"

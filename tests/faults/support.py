@@ -34,8 +34,8 @@ import redis
 from relay.protocol.client import RelayClient
 from relay.protocol.keys import DiscoPrivateKey, DiscoPublicKey
 from relay.store.redis import RedisStore
-from tests.controlplane import ControlPlane
 from tests.relay.relay_process import RelayProcess
+from tests.support.controlplane import ControlPlane
 
 T = TypeVar("T")
 

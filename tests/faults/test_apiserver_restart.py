@@ -23,8 +23,6 @@ from pathlib import Path
 
 import pytest
 
-from tests import controlplane
-from tests.controlplane import ControlPlane
 from tests.faults.support import (
     ChangeLog,
     Checks,
@@ -43,6 +41,8 @@ from tests.faults.support import (
 )
 from tests.relay.relay_process import RelayProcess
 from tests.relay_operator.e2e_support import Operator
+from tests.support import controlplane
+from tests.support.controlplane import ControlPlane
 
 COUNT = 100
 RESTART_AFTER = 30

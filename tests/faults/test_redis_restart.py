@@ -34,8 +34,8 @@ from tests.faults.support import (
     stop_relays,
     store_count,
 )
-from tests.redis_server import RedisServer
 from tests.relay.relay_process import RelayProcess
+from tests.support.redis_server import RedisServer
 
 COUNT = 100
 RESTART_AFTER = 30

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.paths import RELAYFLEET
+from tests.support.paths import RELAYFLEET
 
 READY_TIMEOUT = 20
 

@@ -23,8 +23,8 @@ from relay.fastpath.kernel import POLL_INTERVAL
 from relay.fastpath.rules import chain_name, table_name
 from relay.protocol.client import RelayClient
 from relay.protocol.keys import DiscoPrivateKey, DiscoPublicKey
-from tests import netns
 from tests.relay.relay_process import RelayProcess
+from tests.support import netns
 
 pytestmark = pytest.mark.skipif(netns.unavailable() is not None, reason=str(netns.unavailable()))
 

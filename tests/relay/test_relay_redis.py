@@ -18,9 +18,9 @@ from relay.protocol.client import RelayClient
 from relay.protocol.keys import DiscoPrivateKey, DiscoPublicKey
 from relay.shells.peer import UdpPeer
 from relay.store.redis import RedisStore
-from tests.redis_server import RedisServer
 from tests.relay.relay_process import RelayProcess
 from tests.relay.udp_harness import wait_until
+from tests.support.redis_server import RedisServer
 
 AOF = ("--save", "", "--appendonly", "yes", "--appendfsync", "always")
 

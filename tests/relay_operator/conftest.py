@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from relay.store.redis import RedisStore
-from tests.redis_server import RedisServer
 from tests.relay.relay_process import RelayProcess
 from tests.relay_operator.e2e_support import Operator
+from tests.support.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "relayendpoint.yaml"

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from relay.protocol.keys import DiscoPrivateKey
-from tests.paths import RELAYFLEET
 from tests.relay.relay_process import RelayProcess
+from tests.support.paths import RELAYFLEET
 
 DEADLINE = 30.0
 

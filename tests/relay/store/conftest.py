@@ -5,8 +5,8 @@ import pytest
 from relay.protocol.geneve import MAX_VNI
 from relay.store import MemoryStore
 from relay.store.redis import RedisStore
-from tests.redis_cluster import LocalCluster, LocalSentinel
-from tests.redis_server import RedisServer
+from tests.support.redis_cluster import LocalCluster, LocalSentinel
+from tests.support.redis_server import RedisServer
 
 PASSWORD = "pw with spaces/and:colons"
 DB = 3

@@ -20,8 +20,8 @@ from redis.crc import key_slot
 from relay.protocol.keys import DiscoPublicKey
 from relay.store import SUBSCRIBED, Allocation, Change, RelayRecord, StoreUnavailable
 from relay.store.redis import RedisStore
-from tests.redis_cluster import LocalCluster
-from tests.redis_server import free_port
+from tests.support.redis_cluster import LocalCluster
+from tests.support.redis_server import free_port
 
 KEY_NAMES = ("lamport", "endpoints", "pairs", "cursor")
 

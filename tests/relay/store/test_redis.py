@@ -27,8 +27,8 @@ from relay.store import (
     StoreUnavailable,
 )
 from relay.store.redis import RedisStore, _parse_change
-from tests.redis_server import RedisServer, self_signed_certificate
 from tests.relay.store.conftest import DB
+from tests.support.redis_server import RedisServer, self_signed_certificate
 
 KEY_NAMES = ("lamport", "endpoints", "pairs", "cursor")
 

@@ -15,8 +15,8 @@ import pytest
 from relay.protocol.keys import DiscoPublicKey
 from relay.store import SUBSCRIBED, Change, StoreUnavailable
 from relay.store.redis import RedisStore
-from tests.redis_cluster import LocalSentinel
 from tests.relay.store.conftest import DB, PASSWORD
+from tests.support.redis_cluster import LocalSentinel
 
 
 def pair():

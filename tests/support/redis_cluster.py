@@ -23,7 +23,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from tests.redis_server import RedisServer, free_port
+from tests.support.redis_server import RedisServer, free_port
 
 REDIS_CLI_MISSING = (
     "redis-cli is not installed: run scripts/setup (it comes with Debian's redis-tools, "

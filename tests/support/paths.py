@@ -3,5 +3,5 @@
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RELAYFLEET = str(Path(sys.executable).parent / "relayfleet")

@@ -2,7 +2,7 @@
 
 Issue 5 asks for one command that gives a new user (and the end-to-end tests)
 a real fleet to ``kubectl apply`` against: etcd and kube-apiserver
-(tests/controlplane.py), a redis-server with AOF, two relay agents, and the
+(tests/support/controlplane.py), a redis-server with AOF, two relay agents, and the
 operator once it exists, all detached processes that outlive this command.
 Everything lives under ``.dev/local-fleet/`` (pid files, logs/, data), and the
 admin kubeconfig is written to ``.dev/kubeconfig``. There is no kubelet: the
@@ -26,7 +26,7 @@ import urllib.request
 
 import redis
 
-from tests.controlplane import (
+from tests.support.controlplane import (
     ROOT,
     ControlPlane,
     ControlPlaneError,
@@ -36,7 +36,7 @@ from tests.controlplane import (
     port_free,
     wait_for,
 )
-from tests.paths import RELAYFLEET
+from tests.support.paths import RELAYFLEET
 
 HOME = ROOT / ".dev" / "local-fleet"
 KUBECONFIG = ROOT / ".dev" / "kubeconfig"

@@ -1,0 +1,6 @@
+"""What the tests (and bench/) start and wait on: real parts, run on this machine.
+
+controlplane (etcd and kube-apiserver), local_fleet (scripts/local-fleet),
+redis_server and redis_cluster (real redis-server processes), netns (network
+namespaces), paths (where things are).
+"""
