@@ -12,16 +12,8 @@ from relay.store.interface import (
     VNIExhausted,
 )
 from relay.store.memory import MemoryStore
+from relay.store.urls import REDIS_SCHEMES, check_store_url, redact_url
 
-REDIS_SCHEMES = (
-    "redis://",
-    "rediss://",
-    "unix://",
-    "redis+cluster://",
-    "rediss+cluster://",
-    "redis+sentinel://",
-    "rediss+sentinel://",
-)
 DEFAULT_PREFIX = "relayfleet:"
 
 
@@ -39,32 +31,6 @@ def open_store(url: str, *, max_vni: int, prefix: str = DEFAULT_PREFIX) -> Store
         return RedisStore.from_url(url, prefix=prefix, max_vni=max_vni)
     schemes = ", ".join(REDIS_SCHEMES)
     raise ValueError(f"unknown store {redact_url(url)!r}: use 'memory' or a URL of {schemes}")
-
-
-def check_store_url(url: str) -> None:
-    """Raise ValueError, naming the problem but never the password, unless ``url`` opens a store."""
-    if url == "memory":
-        return
-    if not url.startswith(REDIS_SCHEMES):
-        schemes = ", ".join(REDIS_SCHEMES)
-        raise ValueError(f"unknown store {redact_url(url)!r}: use 'memory' or a URL of {schemes}")
-    from relay.store.redis import check_url
-
-    check_url(url)
-
-
-def redact_url(url: str) -> str:
-    """A store URL fit for logs: any password replaced by ``***``.
-
-    Whatever precedes the last '@' is taken for credentials, even in a URL
-    without '://' (a mistyped scheme), and all after their first ':' is hidden.
-    """
-    credentials, at, host = url.rpartition("@")
-    if not at:
-        return url
-    start = credentials.find("://") + 3 if "://" in credentials else 0
-    user, colon, _ = credentials[start:].partition(":")
-    return f"{credentials[:start]}{user}{':***' if colon else ''}@{host}"
 
 
 __all__ = [

@@ -4,8 +4,9 @@ The operator allocates, the relay pods serve and free, and any of them may die
 at any moment; Redis keeps what must survive them. This module implements the
 store interface (:mod:`relay.store.interface`) over Redis with exactly the
 rules of :class:`relay.store.memory.MemoryStore`. Allocation, freeing and
-binding are each one Lua script, so concurrent callers never hand out a VNI
-twice and LamportIDs never repeat or go backwards.
+binding are each one Lua script (:mod:`relay.store.scripts`), so concurrent
+callers never hand out a VNI twice and LamportIDs never repeat or go
+backwards. Store URLs are parsed and redacted in :mod:`relay.store.urls`.
 
 Every key of one relay carries the relay's name as its hash tag, so each
 script touches one slot and runs unchanged on Redis Cluster::
@@ -35,26 +36,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import inspect
 import json
-import re
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, unquote, unquote_plus
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.backoff import NoBackoff
 
 from relay.protocol.allocation import DEFAULT_BIND_LIFETIME, DEFAULT_STEADY_STATE_LIFETIME
 from relay.protocol.geneve import MAX_VNI
 from relay.protocol.keys import DiscoPublicKey, sorted_pair
+from relay.store import scripts, urls
 from relay.store.interface import (
     SCAN_SLICE,
     SUBSCRIBED,
@@ -82,132 +80,7 @@ _UNAVAILABLE = (
     redis_errors.SlotNotCoveredError,
 )
 
-# KEYS: lamport, endpoints, pairs, cursor
-# ARGV: sorted raw pair (64 bytes), allocation time (8 bytes), max VNI, channel
-# Returns {0, vni, record} for the pair's unbound allocation, {1, vni, record}
-# or {1, vni, record, replaced vni, replaced record} for a new one, {2} when full.
-_ALLOCATE = """
-local lamport_key, endpoints, pairs, cursor_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local pair, allocated_at, max_vni, channel = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-
-local result = {1}
-local old_field = redis.call('HGET', pairs, pair)
-if old_field then
-    local old = redis.call('HGET', endpoints, old_field)
-    local old_vni = struct.unpack('>I3', old_field)
-    if string.byte(old, 81) == 0 then
-        return {0, old_vni, old}
-    end
-    redis.call('HDEL', endpoints, old_field)
-    redis.call('HDEL', pairs, pair)
-    redis.call('PUBLISH', channel,
-        string.format('free %d %d', old_vni, struct.unpack('>I8', old)))
-    result[4], result[5] = old_vni, old
-end
-
-if redis.call('HLEN', endpoints) >= max_vni then
-    return {2}
-end
-local vni = tonumber(redis.call('GET', cursor_key) or '1')
-if vni < 1 or vni > max_vni then
-    vni = 1
-end
-local field = struct.pack('>I3', vni)
-local tried = 1
-while redis.call('HEXISTS', endpoints, field) == 1 do
-    if tried >= max_vni then
-        return {2}
-    end
-    vni = vni % max_vni + 1
-    field = struct.pack('>I3', vni)
-    tried = tried + 1
-end
-redis.call('SET', cursor_key, vni % max_vni + 1)
-
-local lamport = redis.call('INCR', lamport_key)
-local record = struct.pack('>I8', lamport) .. pair .. allocated_at .. '\\0'
-redis.call('HSET', endpoints, field, record)
-redis.call('HSET', pairs, pair, field)
-redis.call('PUBLISH', channel, string.format('alloc %d %d', vni, lamport))
-result[2], result[3] = vni, record
-return result
-"""
-
-# KEYS: endpoints, pairs
-# ARGV: VNI (3 bytes), LamportID (8 bytes), channel, change message
-_FREE = """
-local endpoints, pairs = KEYS[1], KEYS[2]
-local record = redis.call('HGET', endpoints, ARGV[1])
-if not record or string.sub(record, 1, 8) ~= ARGV[2] then
-    return 0
-end
-redis.call('HDEL', endpoints, ARGV[1])
-redis.call('HDEL', pairs, string.sub(record, 9, 72))
-redis.call('PUBLISH', ARGV[3], ARGV[4])
-return 1
-"""
-
-# KEYS: endpoints
-# ARGV: VNI (3 bytes), LamportID (8 bytes), channel, change message
-_MARK_BOUND = """
-local endpoints = KEYS[1]
-local record = redis.call('HGET', endpoints, ARGV[1])
-if not record or string.sub(record, 1, 8) ~= ARGV[2] then
-    return 0
-end
-if string.byte(record, 81) == 0 then
-    redis.call('HSET', endpoints, ARGV[1], string.sub(record, 1, 80) .. '\\1')
-end
-redis.call('PUBLISH', ARGV[3], ARGV[4])
-return 1
-"""
-
-# KEYS: registry
-# ARGV: relay name, time to live (ms), JSON record
-_REGISTER = """
-local now = redis.call('TIME')
-local expires = now[1] * 1000 + math.floor(now[2] / 1000) + tonumber(ARGV[2])
-redis.call('HSET', KEYS[1], ARGV[1], string.format('%d ', expires) .. ARGV[3])
-"""
-
-# KEYS: registry
-# Returns {seconds, microseconds, {name, value, ...}}: the registry and the
-# clock that judges its heartbeats, read on the one node that holds it.
-_RELAYS = """
-local now = redis.call('TIME')
-return {now[1], now[2], redis.call('HGETALL', KEYS[1])}
-"""
-
-# KEYS: endpoints, then every other key of the relay
-# Returns {endpoint count, bytes used by the keys}.
-_MEMORY = """
-local used = 0
-for _, key in ipairs(KEYS) do
-    used = used + (redis.call('MEMORY', 'USAGE', key, 'SAMPLES', 0) or 0)
-end
-return {redis.call('HLEN', KEYS[1]), used}
-"""
-
 _CHANGE_KINDS = frozenset({"alloc", "bound", "free"})
-
-
-class _Script:
-    """A Lua script run by its SHA1, and sent whole (EVAL) to a server that lacks it.
-
-    EVAL goes where the keys are. redis-py's own fallback (SCRIPT LOAD) goes
-    to every primary of a cluster instead, and fails while any one is down.
-    """
-
-    def __init__(self, client: aioredis.Redis | RedisCluster, source: str) -> None:
-        self._client = client
-        self._source = source
-        self._sha = hashlib.sha1(source.encode()).hexdigest()
-
-    async def __call__(self, keys: Sequence[str], args: Sequence[Any] = ()) -> Any:
-        try:
-            return await self._client.evalsha(self._sha, len(keys), *keys, *args)
-        except redis_errors.NoScriptError:
-            return await self._client.eval(self._source, len(keys), *keys, *args)
 
 
 def _vni_field(vni: int) -> bytes:
@@ -266,208 +139,6 @@ def _decode_relay(name: bytes, value: bytes, now_ms: int) -> RelayRecord:
     )
 
 
-_TOPOLOGIES = {
-    "redis+cluster": ("cluster", False),
-    "rediss+cluster": ("cluster", True),
-    "redis+sentinel": ("sentinel", False),
-    "rediss+sentinel": ("sentinel", True),
-}
-_DEFAULT_PORTS = {"cluster": 6379, "sentinel": 26379}
-_TIMEOUT_OPTIONS = ("socket_connect_timeout", "socket_timeout")
-_TLS_OPTIONS = (
-    "ssl_ca_certs",
-    "ssl_certfile",
-    "ssl_keyfile",
-    "ssl_cert_reqs",
-    "ssl_check_hostname",
-)
-_CERT_REQS = ("none", "optional", "required")
-_WORD = re.compile(r"\w+")
-_URL_DROPPED = str.maketrans("", "", "\t\r\n")
-_BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
-
-
-@dataclass(frozen=True)
-class _Topology:
-    """What a ``redis+cluster://`` or ``redis+sentinel://`` URL says."""
-
-    kind: str  # "cluster" or "sentinel"
-    tls: bool
-    nodes: tuple[tuple[str, int], ...]
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    service: str | None = None
-    db: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-def check_url(url: str) -> None:
-    """Raise ValueError naming the problem (never the password) unless ``url`` is usable here."""
-    if url.partition("://")[0] in _TOPOLOGIES:
-        _parse_topology(url)
-    else:
-        _redis_client(url)
-
-
-def _redis_client(url: str, **options: Any) -> aioredis.Redis:
-    """``Redis.from_url`` (nothing connects); a ValueError names the problem, not the password."""
-    try:
-        return aioredis.Redis.from_url(url, **options)
-    except ValueError as exc:
-        scheme = url.partition("://")[0]
-        raise ValueError(f"bad {scheme}:// store URL: {_without_password(str(exc), url)}") from None
-
-
-def _without_password(message: str, url: str) -> str:
-    """``message`` with each word of ``url``'s password replaced by ``***``.
-
-    In a malformed URL (an unencoded '?' or '/' in the password, say) parsers
-    take part of the password for a host, a port or an option, and may quote
-    it: percent-decoded, as a repr, or without tabs and newlines (urllib). So
-    the password is all from the first ':' after '://' to the last '@', and its
-    words are looked for in each of those forms.
-    """
-    credentials = url.partition("://")[2].rpartition("@")[0]
-    password = credentials.partition(":")[2]
-    if not password:
-        return message
-    forms = {password, password.translate(_URL_DROPPED)}
-    forms |= {unquote_plus(form) for form in forms}
-    forms |= {repr(form) for form in forms}
-    words = {word for form in forms for word in _WORD.findall(form)}
-    return _WORD.sub(lambda m: "***" if m[0] in words else m[0], message)
-
-
-def _parse_topology(url: str) -> _Topology:
-    """Parse a cluster or sentinel URL; errors name the problem, never the password."""
-    scheme, _, rest = url.partition("://")
-    kind, tls = _TOPOLOGIES[scheme]
-
-    def bad(problem: str) -> ValueError:
-        return ValueError(f"bad {scheme}:// store URL: {_without_password(problem, url)}")
-
-    if "#" in url:
-        raise bad("'#' is not allowed; percent-encode it (%23) in a password or name")
-    rest, _, query = rest.partition("?")
-    credentials, at, rest = rest.rpartition("@")
-    hosts, _, path = rest.partition("/")
-    username = password = None
-    if at:
-        user, colon, secret = credentials.partition(":")
-        if not colon:
-            raise bad("give credentials as ':password@' or 'user:password@', percent-encoded")
-        username, password = unquote(user) or None, unquote(secret) or None
-
-    default_port = _DEFAULT_PORTS[kind]
-    if not hosts:
-        raise bad(f"no host: list one or more as host:port[,host:port...] after {scheme}://")
-    nodes = tuple(_parse_node(entry, default_port, bad) for entry in hosts.split(","))
-
-    service, db = None, 0
-    if kind == "cluster":
-        if path not in ("", "0"):
-            raise bad(f"a Redis Cluster has database 0 only, not {path!r}: drop the path")
-    else:
-        name, _, db_text = path.partition("/")
-        service = unquote(name)
-        if not service:
-            raise bad(f"no service name: {scheme}://host:port[,host:port...]/<service>[/<db>]")
-        if db_text:
-            if not (db_text.isascii() and db_text.isdigit()):
-                raise bad(f"the database must be a number, not {db_text!r}")
-            db = int(db_text)
-
-    options: dict[str, Any] = {}
-    for name, value in parse_qsl(query, keep_blank_values=True):
-        if name in _TIMEOUT_OPTIONS:
-            try:
-                seconds = float(value)
-            except ValueError:
-                seconds = -1.0
-            if not 0 < seconds < float("inf"):
-                raise bad(f"{name} must be a positive number of seconds, not {value!r}")
-            options[name] = seconds
-        elif name in _TLS_OPTIONS:
-            if not tls:
-                raise bad(f"{name} needs TLS: use {scheme.replace('redis+', 'rediss+')}://")
-            if name == "ssl_cert_reqs" and value not in _CERT_REQS:
-                raise bad(f"ssl_cert_reqs must be one of {', '.join(_CERT_REQS)}, not {value!r}")
-            if name == "ssl_check_hostname":
-                if value.lower() not in _BOOLEANS:
-                    raise bad(f"ssl_check_hostname must be true or false, not {value!r}")
-                options[name] = _BOOLEANS[value.lower()]
-            else:
-                options[name] = value
-        else:
-            known = ", ".join((*_TIMEOUT_OPTIONS, *_TLS_OPTIONS))
-            raise bad(f"unknown option {name!r} (known: {known})")
-    return _Topology(kind, tls, nodes, username, password, service, db, options)
-
-
-def _parse_node(entry: str, default_port: int, bad: Callable[[str], ValueError]) -> tuple[str, int]:
-    if not entry:
-        raise bad("an empty entry in the host list")
-    if entry.startswith("["):
-        host, bracket, tail = entry[1:].partition("]")
-        if not bracket or not host:
-            raise bad(f"{entry!r}: an IPv6 address goes in brackets, as [::1]:{default_port}")
-        if tail and not tail.startswith(":"):
-            raise bad(f"{entry!r}: expected ':port' after ']'")
-        port_text = tail[1:] if tail else None
-    else:
-        host, colon, port_text = entry.partition(":")
-        if ":" in port_text:
-            raise bad(f"{entry!r}: an IPv6 address goes in brackets, as [::1]:{default_port}")
-        if not host:
-            raise bad(f"{entry!r}: no host name")
-        if not colon:
-            port_text = None
-    if port_text is None:
-        return host, default_port
-    if not (port_text.isascii() and port_text.isdigit() and 1 <= int(port_text) <= 65535):
-        raise bad(f"{entry!r}: the port must be a number from 1 to 65535")
-    return host, int(port_text)
-
-
-def _connect_topology(
-    topology: _Topology, connect_timeout: float, timeout: float, retry: Retry
-) -> aioredis.Redis | RedisCluster:
-    options: dict[str, Any] = {
-        "socket_connect_timeout": connect_timeout,
-        "socket_timeout": timeout,
-        **topology.options,
-    }
-    if topology.tls:
-        options["ssl"] = True
-    auth = {"username": topology.username, "password": topology.password}
-    if topology.kind == "cluster":
-        nodes = [ClusterNode(host, port) for host, port in topology.nodes]
-        return RedisCluster(startup_nodes=nodes, retry=retry, **auth, **options)
-    sentinel = Sentinel(topology.nodes, sentinel_kwargs={"retry": retry, **options})
-    return sentinel.master_for(topology.service, db=topology.db, retry=retry, **auth, **options)
-
-
-def _address(kwargs: dict[str, Any]) -> str:
-    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
-
-
-def _describe(client: aioredis.Redis | RedisCluster) -> str:
-    """Where the client connects, without credentials."""
-    if isinstance(client, RedisCluster):
-        return "Redis Cluster at " + ",".join(node.name for node in client.startup_nodes)
-    pool = client.connection_pool
-    if isinstance(pool, SentinelConnectionPool):
-        sentinels = ",".join(
-            _address(sentinel.connection_pool.connection_kwargs)
-            for sentinel in pool.sentinel_manager.sentinels
-        )
-        return f"Redis master {pool.service_name!r} via Sentinel at {sentinels}"
-    kwargs = pool.connection_kwargs
-    if "path" in kwargs:
-        return f"Redis at unix:{kwargs['path']}"
-    return f"Redis at {_address(kwargs)}"
-
-
 class RedisStore:
     """The store interface over Redis, Redis Cluster or Redis Sentinel; closed by ``close``.
 
@@ -491,13 +162,13 @@ class RedisStore:
         self._max_vni = max_vni
         self._keepalive = keepalive
         self._reply_timeout = client.get_connection_kwargs().get("socket_timeout") or 2.0
-        self._where = _describe(client)
-        self._allocate = _Script(client, _ALLOCATE)
-        self._free = _Script(client, _FREE)
-        self._mark_bound = _Script(client, _MARK_BOUND)
-        self._register = _Script(client, _REGISTER)
-        self._relays = _Script(client, _RELAYS)
-        self._memory = _Script(client, _MEMORY)
+        self._where = urls.describe(client)
+        self._allocate = scripts.Script(client, scripts.ALLOCATE)
+        self._free = scripts.Script(client, scripts.FREE)
+        self._mark_bound = scripts.Script(client, scripts.MARK_BOUND)
+        self._register = scripts.Script(client, scripts.REGISTER)
+        self._relays = scripts.Script(client, scripts.RELAYS)
+        self._memory = scripts.Script(client, scripts.MEMORY)
 
     @classmethod
     def from_url(
@@ -550,14 +221,7 @@ class RedisStore:
         """
         _check_options(prefix, max_vni)
         retry = Retry(NoBackoff(), 1, supported_errors=(redis_errors.ConnectionError,))
-        scheme = url.partition("://")[0]
-        client: aioredis.Redis | RedisCluster
-        if scheme in _TOPOLOGIES:
-            client = _connect_topology(_parse_topology(url), connect_timeout, timeout, retry)
-        else:
-            client = _redis_client(
-                url, socket_connect_timeout=connect_timeout, socket_timeout=timeout, retry=retry
-            )
+        client = urls.connect(url, connect_timeout=connect_timeout, timeout=timeout, retry=retry)
         return cls(client, prefix=prefix, max_vni=max_vni, keepalive=keepalive)
 
     @property
