@@ -1,6 +1,6 @@
 """Allocations per second and latency: the HTTP API beside the reference, the operator on targets.
 
-    .venv/bin/python bench/allocations.py [--part all|http|operator]
+    .venv/bin/python -m bench.allocations [--part all|http|operator]
                                           [--allocations 10000] [--clients 32]
                                           [--endpoints 1000] [--relays 2] [--no-report]
                                           [--profile DIR] [--timeout 300] [--idle 10]
@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
+import contextlib
 import json
 import os
 import shutil
@@ -70,84 +70,45 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-import redis
 import uvloop
 
-from relay.protocol.keys import DiscoPublicKey
+from bench.clients import random_pair, request_body
+from bench.processes import (
+    BENCH_CPU,
+    FORWARDER_CPU,
+    REFSERVER,
+    REFSERVER_MISSING,
+    Forwarder,
+    cpu_seconds,
+    machine_busy_seconds,
+    ours_command,
+    pin,
+    reference_command,
+    stop_all,
+)
+from bench.report import percentile, ratio
+from relay.resource.definition import GROUP, PLURAL, VERSION
 from relay.store.redis import RedisStore
+from tests.support.controlplane import ControlPlane, Process
+from tests.support.paths import RELAYFLEET, ROOT
+from tests.support.ports import free_port
+from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_until, wait_until_sync
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from tests.support.controlplane import ControlPlane, Process, free_port, wait_for  # noqa: E402
-
-RELAYFLEET = str(Path(sys.executable).parent / "relayfleet")
 PY_SPY = str(Path(sys.executable).parent / "py-spy")
-REFSERVER = ROOT / ".dev" / "bin" / "refserver"
 CRD = ROOT / "crds" / "relayendpoint.yaml"
-SERVER_CPU, BENCH_CPU = 1, 0
 WARMUP = 200
 CREATE_CONNECTIONS = 32
-GROUP_VERSION = "relayfleet.io/v1alpha1"
+GROUP_VERSION = f"{GROUP}/{VERSION}"
 NAMESPACE, WARMUP_NAMESPACE = "bench", "bench-warmup"
-CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 PROFILE_RATE = 100
 IDLE_SETTLE = 5.0
-PR_SET_PDEATHSIG = 1
-
-
-# -- measuring -----------------------------------------------------------------
-
-
-def cpu_seconds(pid: int | None) -> float:
-    """utime + stime of a process, 0 once it is gone."""
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds every core of the machine spent busy since boot (all processes)."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]
-    return (sum(values[:8]) - idle) / CLOCK_TICK
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile of ``values``."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
-
-
-def random_pair() -> tuple[str, str]:
-    """Two distinct public keys without the cost of X25519: random bytes are valid keys here."""
-    return str(DiscoPublicKey(os.urandom(32))), str(DiscoPublicKey(os.urandom(32)))
-
-
-def redis_answers(url: str) -> bool:
-    try:
-        with redis.Redis.from_url(url, socket_timeout=1) as client:
-            return bool(client.ping())
-    except redis.RedisError:
-        return False
-
-
-def pin_to(cpu: int) -> Callable[[], None]:
-    """For preexec_fn: the child runs on ``cpu`` only, and gets SIGTERM if this script dies."""
-
-    def child() -> None:
-        os.sched_setaffinity(0, {cpu})
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-    return child
+MEMORY, REDIS, REFERENCE = "ours, memory store", "ours, Redis store", "reference Go server"
 
 
 # -- part 1: the HTTP API ----------------------------------------------------------
@@ -162,66 +123,13 @@ class HttpResult:
     client_cpu: float
 
 
-@dataclass
-class Server:
-    """A relay process (and its redis-server) started for one measurement."""
-
-    processes: list[subprocess.Popen] = field(default_factory=list)
-    api: str = ""
-
-    def cpu(self) -> float:
-        return sum(cpu_seconds(p.pid) for p in self.processes)
-
-    def stop(self) -> None:
-        for process in reversed(self.processes):
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-
-
-def start_redis(directory: Path, cpu: int) -> tuple[subprocess.Popen, str]:
-    """A throw-away redis-server on loopback without persistence, on ``cpu``; it and its URL."""
-    executable = shutil.which("redis-server")
-    if executable is None:
-        sys.exit("bench/allocations.py: redis-server is missing: run scripts/setup")
-    port = free_port()
-    process = subprocess.Popen(
-        [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(directory)],
-        stdout=subprocess.DEVNULL,
-        preexec_fn=pin_to(cpu),
-    )  # fmt: skip
-    url = f"redis://127.0.0.1:{port}/0"
-    wait_for(lambda: redis_answers(url), 10, "redis-server")
-    return process, url
-
-
-def start_server(command: list[str], server: Server) -> None:
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-        preexec_fn=pin_to(SERVER_CPU),
-    )
-    server.processes.append(process)
-    line = process.stdout.readline()
-    if not line:
-        raise RuntimeError(f"{command[0]} exited before its ready line")
-    server.api = json.loads(line)["api"]
-
-
 async def allocate_all(
     session: aiohttp.ClientSession, api: str, count: int, clients: int
 ) -> list[float]:
     """``count`` allocations from ``clients`` concurrent workers; each one's latency."""
     url = f"http://{api}/v0/relay/endpoint"
     headers = {"Content-Type": "application/json"}
-    bodies = iter([json.dumps({"DiscoKeys": random_pair()}).encode() for _ in range(count)])
+    bodies = iter([request_body(random_pair()) for _ in range(count)])
     latencies: list[float] = []
 
     async def worker() -> None:
@@ -237,47 +145,55 @@ async def allocate_all(
     return latencies
 
 
-async def measure_http(name: str, server: Server, count: int, clients: int) -> HttpResult:
+async def measure_http(
+    name: str, api: str, pids: list[int], count: int, clients: int
+) -> HttpResult:
+    """Warm up, then time ``count`` allocations; ``pids`` is the server and its redis-server."""
+
+    def server_cpu() -> float:
+        return sum(cpu_seconds(pid) for pid in pids)
+
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=connector) as session:
-        await allocate_all(session, server.api, WARMUP, clients)
-        server_before, client_before = server.cpu(), time.process_time()
+        await allocate_all(session, api, WARMUP, clients)
+        server_before, client_before = server_cpu(), time.process_time()
         started = time.perf_counter()
-        latencies = await allocate_all(session, server.api, count, clients)
+        latencies = await allocate_all(session, api, count, clients)
         elapsed = time.perf_counter() - started
-        server_cpu, client_cpu = server.cpu() - server_before, time.process_time() - client_before
-    return HttpResult(name, count / elapsed, latencies, server_cpu / count, client_cpu / elapsed)
+        server_cpu_used = server_cpu() - server_before
+        client_cpu = time.process_time() - client_before
+    return HttpResult(
+        name, count / elapsed, latencies, server_cpu_used / count, client_cpu / elapsed
+    )
+
+
+def measure_server(name: str, directory: Path, count: int, clients: int) -> HttpResult:
+    """Start server ``name`` (with a redis-server for ours on Redis), both pinned; measure it."""
+    with contextlib.ExitStack() as stack:
+        command, pids = ours_command("--log-level", "error"), []
+        if name == REDIS:
+            redis_server = stack.enter_context(RedisServer(directory))
+            pin(redis_server.process.pid, FORWARDER_CPU)
+            pids.append(redis_server.process.pid)
+            command += ["--store", redis_server.url(), "--name", "bench"]
+        elif name == REFERENCE:
+            command = reference_command()
+        started: list[Forwarder] = []
+        stack.callback(stop_all, started)
+        server = Forwarder.start(name, command, started)
+        pids.append(server.process.pid)
+        return uvloop.run(measure_http(name, server.api, pids, count, clients))
 
 
 def http_part(count: int, clients: int) -> None:
-    os.sched_setaffinity(0, {BENCH_CPU})
-    relay = [
-        RELAYFLEET, "relay", "--listen", "127.0.0.1", "--port", "0",
-        "--api-listen", "127.0.0.1:0", "--addr", "127.0.0.1", "--log-level", "error",
-    ]  # fmt: skip
+    pin(0, BENCH_CPU)
     results: list[HttpResult] = []
     with tempfile.TemporaryDirectory(prefix="bench-allocations-") as directory:
-        for name in ("ours, memory store", "ours, Redis store", "reference Go server"):
-            server = Server()
-            try:
-                if name == "ours, memory store":
-                    start_server(relay, server)
-                elif name == "ours, Redis store":
-                    redis_process, url = start_redis(Path(directory), SERVER_CPU)
-                    server.processes.append(redis_process)
-                    start_server([*relay, "--store", url, "--name", "bench"], server)
-                elif REFSERVER.exists():
-                    start_server(
-                        [str(REFSERVER), "--port", "0", "--api-listen", "127.0.0.1:0",
-                         "--addr", "127.0.0.1"],
-                        server,
-                    )  # fmt: skip
-                else:
-                    print("  reference: .dev/bin/refserver missing (run scripts/build-go-helpers)")
-                    continue
-                results.append(uvloop.run(measure_http(name, server, count, clients)))
-            finally:
-                server.stop()
+        for name in (MEMORY, REDIS, REFERENCE):
+            if name == REFERENCE and not REFSERVER.exists():
+                print(f"  {REFSERVER_MISSING}")
+                continue
+            results.append(measure_server(name, Path(directory), count, clients))
     os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     print_http(results, count, clients)
 
@@ -285,9 +201,9 @@ def http_part(count: int, clients: int) -> None:
 def print_http(results: list[HttpResult], count: int, clients: int) -> None:
     print(
         f"HTTP allocation API: {count:,} allocations, {clients} concurrent aiohttp clients, "
-        f"loopback; server (and its redis-server) on CPU {SERVER_CPU}, client on CPU {BENCH_CPU}"
+        f"loopback; server (and its redis-server) on CPU {FORWARDER_CPU}, client on CPU {BENCH_CPU}"
     )
-    reference = next((r for r in results if r.name.startswith("reference")), None)
+    reference = next((r for r in results if r.name == REFERENCE), None)
     header = (
         f"  {'':22}{'alloc/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
         f"{'server CPU':>12}{'client':>8}{'x ref':>7}{'x ref':>7}"
@@ -297,7 +213,9 @@ def print_http(results: list[HttpResult], count: int, clients: int) -> None:
     for r in results:
         ratios = ""
         if reference is not None:
-            ratios = f"{r.rate / reference.rate:7.2f}{r.server_cpu / reference.server_cpu:7.2f}"
+            ratios = (
+                f"{ratio(r.rate, reference.rate):>7}{ratio(r.server_cpu, reference.server_cpu):>7}"
+            )
         print(
             f"  {r.name:22}{r.rate:9,.0f}{percentile(r.latencies, 0.5) * 1e3:9.2f}"
             f"{percentile(r.latencies, 0.99) * 1e3:9.2f}{max(r.latencies) * 1e3:9.2f}"
@@ -322,6 +240,7 @@ class Fleet:
     operator_log_level: str = "info"
     control_plane: ControlPlane = field(init=False)
     processes: dict[str, Process] = field(default_factory=dict)
+    redis: RedisServer | None = None
     redis_url: str = ""
 
     def __post_init__(self) -> None:
@@ -332,7 +251,7 @@ class Fleet:
         plane.start()
         plane.kubectl("apply", "-f", str(CRD))
         plane.kubectl(
-            "wait", "--for=condition=Established", "crd/relayendpoints.relayfleet.io",
+            "wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}",
             "--timeout=60s", timeout=90,
         )  # fmt: skip
         for namespace in (NAMESPACE, WARMUP_NAMESPACE):
@@ -342,7 +261,11 @@ class Fleet:
         env.pop("RELAYFLEET_STORE", None)
         for index in range(1, self.relays + 1):
             self._start_relay(f"relay-{index}", env)
-        asyncio.run(self._wait_registered())
+        asyncio.run(
+            wait_until(
+                self._registered, "the relays to register in Redis", timeout=30, interval=0.1
+            )
+        )
         port = free_port()
         operator = self._process("operator")
         operator.start(
@@ -353,14 +276,14 @@ class Fleet:
         )  # fmt: skip
 
         def healthy() -> bool:
+            self._alive(operator)
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
                     return r.status == 200
             except OSError:
                 return False
 
-        wait_for(healthy, 60, "the operator's liveness endpoint", interval=0.2,
-                 check=lambda: self._alive(operator))  # fmt: skip
+        wait_until_sync(healthy, "the operator's liveness endpoint", timeout=60, interval=0.2)
 
     def _process(self, name: str) -> Process:
         process = Process(name, self.directory, self.directory / "logs")
@@ -372,18 +295,11 @@ class Fleet:
             raise RuntimeError(f"{process.name} exited; {process.log}:\n{process.log_tail()}")
 
     def _start_redis(self) -> None:
-        executable = shutil.which("redis-server")
-        if executable is None:
-            sys.exit("bench/allocations.py: redis-server is missing: run scripts/setup")
-        port = free_port()
         data = self.directory / "redis"
         data.mkdir()
-        self._process("redis").start(
-            [executable, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data),
-             "--save", "", "--appendonly", "no", "--daemonize", "no"],
-        )  # fmt: skip
-        self.redis_url = f"redis://127.0.0.1:{port}/0"
-        wait_for(lambda: redis_answers(self.redis_url), 10, "redis-server")
+        self.redis = RedisServer(data)
+        self.redis.start()
+        self.redis_url = self.redis.url()
 
     def _start_relay(self, name: str, env: dict[str, str]) -> None:
         relay = self._process(name)
@@ -400,21 +316,18 @@ class Fleet:
         relay.start(command, env=env, separate_stdout=True)
 
         def ready() -> bool:
+            self._alive(relay)
             try:
                 return '"ready": true' in relay.stdout_log.read_text()
             except OSError:
                 return False
 
-        wait_for(ready, 60, f"{name}'s ready line", check=lambda: self._alive(relay))
+        wait_until_sync(ready, f"{name}'s ready line", timeout=60)
 
-    async def _wait_registered(self) -> None:
+    async def _registered(self) -> bool:
         store = RedisStore.from_url(self.redis_url)
         try:
-            deadline = time.monotonic() + 30
-            while sum(r.alive for r in await store.relays()) < self.relays:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the relays did not register in Redis")
-                await asyncio.sleep(0.1)
+            return sum(r.alive for r in await store.relays()) >= self.relays
         finally:
             await store.close()
 
@@ -423,15 +336,20 @@ class Fleet:
         return {
             "kube-apiserver": plane.apiserver.pid(),
             "etcd": plane.etcd.pid(),
+            "redis": self.redis.process.pid if self.redis and self.redis.process else None,
             **{name: process.pid() for name, process in self.processes.items()},
         }
 
     def stop(self, logs: Path | None = None) -> None:
         for process in reversed(self.processes.values()):
             process.stop()
+        if self.redis is not None:
+            self.redis.stop()
         self.control_plane.close()
         if logs is not None:
             shutil.copytree(self.directory / "logs", logs, dirs_exist_ok=True)
+            if self.redis is not None:
+                shutil.copy(self.redis.log, logs / "redis.log")
             shutil.copytree(self.control_plane.log_dir, logs / "controlplane", dirs_exist_ok=True)
 
 
@@ -456,7 +374,7 @@ def endpoint_body(name: str) -> dict:
         "apiVersion": GROUP_VERSION,
         "kind": "RelayEndpoint",
         "metadata": {"name": name},
-        "spec": {"discoKeys": list(random_pair())},
+        "spec": {"discoKeys": [str(key) for key in random_pair()]},
     }
 
 
@@ -480,7 +398,7 @@ class Api:
         )
 
     def collection(self, namespace: str) -> str:
-        return f"{self.server}/apis/{GROUP_VERSION}/namespaces/{namespace}/relayendpoints"
+        return f"{self.server}/apis/{GROUP_VERSION}/namespaces/{namespace}/{PLURAL}"
 
     async def create(self, namespace: str, body: dict) -> None:
         async with self.session.post(self.collection(namespace), json=body) as response:
@@ -546,17 +464,17 @@ class Api:
 
 
 async def wait_allocated(api: Api, namespace: str, name: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
     url = f"{api.collection(namespace)}/{name}"
-    while not is_allocated(json.loads(await api.get(url))):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{namespace}/{name} not Allocated after {timeout} s")
-        await asyncio.sleep(0.1)
+
+    async def allocated() -> bool:
+        return is_allocated(json.loads(await api.get(url)))
+
+    await wait_until(allocated, f"{namespace}/{name} Allocated", timeout=timeout, interval=0.1)
 
 
 def start_profiler(pid: int, output: Path) -> subprocess.Popen:
     if not Path(PY_SPY).exists():
-        sys.exit("bench/allocations.py: --profile needs py-spy: .venv/bin/pip install py-spy")
+        sys.exit("bench.allocations: --profile needs py-spy: .venv/bin/pip install py-spy")
     process = subprocess.Popen(
         [PY_SPY, "record", "--pid", str(pid), "--rate", str(PROFILE_RATE), "--format", "raw",
          "--nonblocking", "--output", str(output)],

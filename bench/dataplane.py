@@ -1,6 +1,6 @@
 """Data plane: packets/s, loss and one-way latency, ours beside the reference and a C forwarder.
 
-    .venv/bin/python bench/dataplane.py [--endpoints 1,1000] [--sizes 64,200,1400]
+    .venv/bin/python -m bench.dataplane [--endpoints 1,1000] [--sizes 64,200,1400]
                                         [--packets 100000] [--rounds 5]
                                         [--latency-packets 20000] [--latency-load 0.2]
                                         [--latency-rate R] [--bind-all]
@@ -17,8 +17,9 @@ measures, on loopback, three forwarders side by side:
   (a) ours: `relayfleet relay` (memory store);
   (b) the reference Go server, .dev/bin/refserver (scripts/build-go-helpers);
   (c) a minimal C forwarder (recvmmsg/sendmmsg, batches of 64, source checked
-      against the two client addresses it is given), compiled here with gcc
-      into a temporary directory: the practical limit of user space.
+      against the two client addresses it is given, bench/c/forwarder.c),
+      compiled here with gcc into a temporary directory: the practical limit
+      of user space.
 For every (endpoints, size) it prints each one's packets/s, loss and how busy
 it was, the ratios ours/reference and ours/C (above 1: ours is faster; the
 targets are ours/C >= 0.9 and ours/reference >= 1.2), the same per CPU-second,
@@ -28,7 +29,7 @@ How, endpoints (one forwarder process per endpoint count, reused for every size)
   1. Start the forwarder pinned to one core (CPU 1); this script runs on CPU 0.
   2. Allocate N-1 extra endpoints through the HTTP API (POST /v0/relay/endpoint,
      8 keep-alive connections with 32 pipelined requests each, in chunks of
-     5 000; key pairs from ~sqrt(2N) client keys, see bench/forwarders.py),
+     5 000; key pairs from ~sqrt(2N) client keys, see bench/clients.py),
      then the measured one, and bind the measured one from the two measuring
      client sockets. Allocation time and rate, and the server's CPU time per
      extra endpoint, are printed.
@@ -105,32 +106,25 @@ from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from forwarders import (
+from bench.binder import Binder, client_of, refresh
+from bench.c import build_program
+from bench.clients import KeySet, allocate
+from bench.processes import (
     BENCH_CPU,
     FORWARDER_CPU,
-    POOL_BUFFER,
     RAISED_LIMIT,
     RAISED_LIMITS,
     REFSERVER,
-    Binder,
+    REFSERVER_MISSING,
     Forwarder,
-    KeySet,
-    allocate,
-    client_of,
-    client_socket,
-    compile_forwarder,
-    drain,
-    meminfo,
     ours_command,
-    percentile,
-    pin_to_bench_cpu,
+    pin,
     reference_command,
-    refresh,
     stop_all,
     stop_on_sigterm,
-    table,
 )
-
+from bench.report import percentile, ratio, table
+from bench.sockets import POOL_BUFFER, client_socket, drain, meminfo
 from relay.protocol import geneve
 
 ROUND_DEADLINE = 30.0
@@ -273,7 +267,7 @@ def one_way_latency(
                 received += 1
     finally:
         receiver.setblocking(True)
-    measured = sorted(d / 1000 for d in delays[packets // 10 :] if d >= 0)
+    measured = [d / 1000 for d in delays[packets // 10 :] if d >= 0]
     if not measured:
         raise RuntimeError("no latency sample arrived")
     return {
@@ -368,7 +362,7 @@ def populate(forwarder: Forwarder, keys: KeySet, extras: Extras, bind_all: bool)
         stop = min(count, first + ALLOCATION_CHUNK)
         cpu = forwarder.scheduled_ns()[0]
         started = time.monotonic()
-        vnis = allocate(forwarder.api, keys, first, stop)
+        vnis = allocate(forwarder.api, keys.request_bodies(first, stop))
         allocating += time.monotonic() - started
         allocating_cpu += forwarder.scheduled_ns()[0] - cpu
         started = time.monotonic()
@@ -450,7 +444,7 @@ def run_relay(name: str, command: list[str], count: int, args, started, cells) -
         forwarder.take_sockets(args.buffer)
         keys = KeySet(count)
         populate(forwarder, keys, extras, bind_all)
-        vni = allocate(forwarder.api, keys, count - 1, count)[0]
+        vni = allocate(forwarder.api, keys.request_bodies(count - 1, count))[0]
         outcome = Binder(
             forwarder.udp, forwarder.server_key, keys, [(count - 1, vni)], sockets
         ).run(window=1, retry=0.5, timeout=10)
@@ -488,9 +482,10 @@ def run_c(binary: Path, args, started, cells) -> None:
 # -- report --------------------------------------------------------------------
 
 
-def ratio(cell: Cell, key: str, other: str) -> str:
+def capacity_ratio(cell: Cell, key: str, other: str) -> str:
+    """Ours / ``other`` for one capacity figure of ``cell``, "-" when either is missing."""
     ours, theirs = cell.capacity.get(OURS), cell.capacity.get(other)
-    return f"{ours[key] / theirs[key]:.2f}" if ours and theirs else "-"
+    return ratio(ours[key], theirs[key]) if ours and theirs else "-"
 
 
 def print_matrix(results: dict[int, dict[int, Cell]], args) -> None:
@@ -511,7 +506,7 @@ def print_matrix(results: dict[int, dict[int, Cell]], args) -> None:
                     if figures
                     else "-"
                 )
-            row += [ratio(cell, "rate", REFERENCE), ratio(cell, "rate", C)]
+            row += [capacity_ratio(cell, "rate", REFERENCE), capacity_ratio(cell, "rate", C)]
             rows.append(row)
     table(rows)
     print()
@@ -526,7 +521,10 @@ def print_matrix(results: dict[int, dict[int, Cell]], args) -> None:
             for name in forwarders:
                 figures = cell.capacity.get(name)
                 row.append(f"{figures['per_cpu']:,.0f}" if figures else "-")
-            row += [ratio(cell, "per_cpu", REFERENCE), ratio(cell, "per_cpu", C)]
+            row += [
+                capacity_ratio(cell, "per_cpu", REFERENCE),
+                capacity_ratio(cell, "per_cpu", C),
+            ]
             rows.append(row)
     table(rows)
     print()
@@ -569,7 +567,7 @@ def print_matrix(results: dict[int, dict[int, Cell]], args) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    pin_to_bench_cpu()
+    pin(0, BENCH_CPU)
     # large enough for a whole round of queued packets at up to ~4 KiB truesize each
     args.buffer = min(max(args.packets * 4096, 16 << 20), 1 << 30)
     ours_flags = ["--bind-lifetime", OURS_BIND_LIFETIME]
@@ -603,7 +601,7 @@ def main(args: argparse.Namespace) -> None:
     started: list[Forwarder] = []
     try:
         with tempfile.TemporaryDirectory() as directory:
-            binary = compile_forwarder(directory)
+            binary = build_program("forwarder", directory)
             for count in args.endpoints:
                 cells = results[count] = {size: Cell() for size in args.sizes}
                 print(f"\n{count:,} endpoint(s) allocated")
@@ -615,7 +613,7 @@ def main(args: argparse.Namespace) -> None:
                     print("  reference Go server:")
                     run_relay(REFERENCE, reference_command(), count, args, started, cells)
                 else:
-                    print("  reference: .dev/bin/refserver missing (run scripts/build-go-helpers)")
+                    print(f"  {REFSERVER_MISSING}")
     finally:
         stop_all(started)
     print_matrix(results, args)

@@ -1,12 +1,12 @@
 """Kernel fast path: packets relayed per second of the relaying core, kernel vs C vs ours.
 
-    .venv/bin/python bench/fastpath.py [--packets 1000000] [--sizes 64,200,1400] [--rounds 1]
+    .venv/bin/python -m bench.fastpath [--packets 1000000] [--sizes 64,200,1400] [--rounds 1]
                                        [--max-loss 0.001] [--search-steps 7]
 
 Needs root, nft and ip (scripts/setup installs them). About 2 minutes.
 
 Why: issue 7's optional kernel fast path must relay at least twice what the
-C recvmmsg/sendmmsg forwarder (bench/forwarders.py, the practical limit of
+C recvmmsg/sendmmsg forwarder (bench/c/forwarder.c, the practical limit of
 user space) does on one core. This runs, from one script on one machine:
   (a) C: the C forwarder, user space;
   (b) ours, user space: `relayfleet relay --fast-path off`;
@@ -27,8 +27,8 @@ How:
   3. Ours: allocate through the API, both clients bind (RelayClient); for (c)
      wait until /metrics shows the endpoint in the kernel.
      Every forwarder's socket gets the same forced --buffer (SO_RCVBUFFORCE
-     on a pidfd_getfd duplicate, as bench/dataplane.py does).
-  4. Load: a C sender (compiled here) in client a's namespace, pinned to
+     on a pidfd_getfd duplicate, as bench.dataplane does).
+  4. Load: a C sender (bench/c/sender.c) in client a's namespace, pinned to
      CPU 0, sends data packets of the endpoint's VNI from a's bound address
      with sendmmsg, batches of 64, unpaced or at a fixed rate.
   5. Throughput, RFC 2544 style: the highest offered rate relayed with at
@@ -60,25 +60,17 @@ import socket
 import statistics
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from forwarders import (
-    BENCH_CPU,
-    FORWARDER_CPU,
-    RELAYFLEET,
-    Forwarder,
-    compile_forwarder,
-    stop_on_sigterm,
-    table,
-)
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.c import build_program
+from bench.processes import BENCH_CPU, FORWARDER_CPU, RELAYFLEET, Forwarder, stop_on_sigterm
+from bench.report import table
 from relay.protocol.client import RelayClient
 from relay.protocol.keys import DiscoPrivateKey, DiscoPublicKey
 from tests.support import netns
+from tests.support.waiting import wait_until_sync
 
 C, USER, KERNEL = "C (user space)", "ours, user space", "ours, kernel fast path"
 FLOOR = "arrival only"
@@ -87,68 +79,6 @@ SINK_TABLE = "bench_sink"
 BACKLOG_SYSCTL = Path("/proc/sys/net/core/netdev_max_backlog")
 SETTLE = 0.3
 ROUND_DEADLINE = 60.0
-
-SENDER_C = r"""
-#define _GNU_SOURCE
-#include <arpa/inet.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <time.h>
-
-#define BATCH 64
-
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec / 1e9;
-}
-
-/* sender SRC_IP SRC_PORT DST_IP DST_PORT VNI SIZE COUNT RATE: COUNT Geneve data
-   packets of SIZE bytes for VNI, sendmmsg in batches of 64, RATE packets/s on
-   a fixed schedule (a late batch does not delay the next; 0: no pacing). */
-int main(int argc, char **argv) {
-    if (argc != 9) {
-        fprintf(stderr, "usage: sender SRC_IP SRC_PORT DST_IP DST_PORT VNI SIZE COUNT RATE\n");
-        return 2;
-    }
-    double rate = atof(argv[8]);
-    int fd = socket(AF_INET, SOCK_DGRAM, 0);
-    int buffer = 4 << 20;
-    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buffer, sizeof buffer);
-    struct sockaddr_in src = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
-    struct sockaddr_in dst = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[4]))};
-    inet_pton(AF_INET, argv[1], &src.sin_addr);
-    inet_pton(AF_INET, argv[3], &dst.sin_addr);
-    if (bind(fd, (struct sockaddr *)&src, sizeof src) < 0) { perror("bind"); return 1; }
-    unsigned vni = atoi(argv[5]);
-    int size = atoi(argv[6]);
-    long count = atol(argv[7]);
-    static char data[65536];
-    data[2] = 0x7a; data[3] = 0x12;
-    data[4] = vni >> 16; data[5] = vni >> 8; data[6] = vni;
-    static struct iovec iov[BATCH];
-    static struct mmsghdr msgs[BATCH];
-    for (int i = 0; i < BATCH; i++) {
-        iov[i] = (struct iovec){data, size};
-        msgs[i].msg_hdr = (struct msghdr){.msg_name = &dst, .msg_namelen = sizeof dst,
-                                          .msg_iov = &iov[i], .msg_iovlen = 1};
-    }
-    long sent = 0;
-    double start = now();
-    while (sent < count) {
-        if (rate > 0)
-            while (now() - start < sent / rate)
-                ;
-        int n = count - sent < BATCH ? count - sent : BATCH;
-        int r = sendmmsg(fd, msgs, n, 0);
-        if (r > 0) sent += r;
-    }
-    printf("%ld %.6f\n", sent, now() - start);
-    return 0;
-}
-"""
 
 
 class IdleMeter:
@@ -191,34 +121,6 @@ class IdleMeter:
         self._process.wait()
         self._map.close()
         os.close(self._fd)
-
-
-SPINNER_C = r"""
-#define _GNU_SOURCE
-#include <fcntl.h>
-#include <sched.h>
-#include <sys/mman.h>
-
-/* spinner FILE: at SCHED_IDLE, counts spins of 4096 into FILE's first 8 bytes. */
-int main(int argc, char **argv) {
-    struct sched_param none = {0};
-    sched_setscheduler(0, SCHED_IDLE, &none);
-    int fd = open(argv[1], O_RDWR);
-    volatile unsigned long *spins = mmap(0, 8, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    for (;;) {
-        for (volatile int i = 0; i < 4096; i++)
-            ;
-        *spins += 1;
-    }
-}
-"""
-
-
-def compile_c(directory: str, name: str, source: str) -> Path:
-    path = Path(directory) / name
-    path.with_suffix(".c").write_text(source)
-    subprocess.run(["gcc", "-O2", "-o", str(path), str(path.with_suffix(".c"))], check=True)
-    return path
 
 
 def in_namespace(hosts: netns.Hosts, namespace: str, cpu: int, *argv: str) -> list[str]:
@@ -293,7 +195,7 @@ class Setup:
 
 
 def start(hosts: netns.Hosts, name: str, argv: list[str]) -> Setup:
-    """``argv`` in the relay namespace, pinned to the forwarder CPU (bench/forwarders.py)."""
+    """``argv`` in the relay namespace, pinned to the forwarder CPU (bench/processes.py)."""
     return Setup(hosts, name, Forwarder.start(name, [*hosts.exec(hosts.relay), *argv], []))
 
 
@@ -342,11 +244,11 @@ def start_ours(hosts: netns.Hosts, name: str, fast_path: str) -> Setup:
     sockets[0].close()
     setup.b_socket = sockets[1]
     if fast_path != "off":
-        deadline = time.monotonic() + 10
-        while setup.metric("fast_path_endpoints") != 1:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the endpoint never reached the kernel")
-            time.sleep(0.05)
+        wait_until_sync(
+            lambda: setup.metric("fast_path_endpoints") == 1,
+            "the endpoint in the kernel",
+            timeout=10,
+        )
     return setup
 
 
@@ -410,7 +312,7 @@ def lossless(setup: Setup, sender: Path, size: int, args, meter: IdleMeter) -> d
 def main(args: argparse.Namespace) -> None:
     stop_on_sigterm()
     if reason := netns.unavailable():
-        raise SystemExit(f"bench/fastpath.py: {reason}")
+        raise SystemExit(f"bench.fastpath: {reason}")
     hosts = netns.Hosts.create(f"b{os.getpid()}")
     results: dict[str, dict[int, dict]] = {}
     backlog = BACKLOG_SYSCTL.read_text()
@@ -418,9 +320,9 @@ def main(args: argparse.Namespace) -> None:
         BACKLOG_SYSCTL.write_text(str(args.backlog))
         steer_to_forwarder_cpu(hosts)
         with tempfile.TemporaryDirectory() as directory, contextlib.ExitStack() as stack:
-            forwarder = compile_forwarder(directory)
-            sender = compile_c(directory, "sender", SENDER_C)
-            meter = IdleMeter(compile_c(directory, "spinner", SPINNER_C), directory)
+            forwarder = build_program("forwarder", directory)
+            sender = build_program("sender", directory)
+            meter = IdleMeter(build_program("spinner", directory), directory)
             stack.callback(meter.close)
             print(f"CPU {FORWARDER_CPU} idle: {meter.calibrate():,.0f} spins/s")
             for name, make in (

@@ -1,12 +1,12 @@
 """Long fuzzing of every parser and of RelayCore.handle (issue 8): a million cases by default.
 
-    .venv/bin/python bench/fuzz.py [--cases 1000000] [--seed 1] [--max-seconds 3600]
+    .venv/bin/python -m bench.fuzz [--cases 1000000] [--seed 1] [--max-seconds 3600]
                                    [--engine mutate|atheris] [--targets core,durations,...]
                                    [--ignore-known]
-    .venv/bin/python bench/fuzz.py --seed S --replay TARGET HEX
+    .venv/bin/python -m bench.fuzz --seed S --replay TARGET HEX
 
 The targets, their structure-aware generators and their properties live in
-tests/relay/fuzzing.py, which the short CI run (tests/relay/test_fuzz.py)
+tests.relay.fuzzing, which the short CI run (tests/relay/test_fuzz.py)
 uses too. Cases are split across targets by weight: the packet entry point
 RelayCore.handle weighs 8 (attacker sources, target ``core``) and 5 (spoofed
 client sources, ``core_spoofed``), every parser 1; ``--targets`` restricts
@@ -38,9 +38,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from tests.support.paths import ROOT
 
 if TYPE_CHECKING:
     from tests.relay.fuzzing import Outcome
@@ -131,7 +129,7 @@ def summarise(outcomes: list[Outcome], elapsed: float, args: argparse.Namespace)
         print(f"\n{tag} {failure.target}: {failure.signature} ({failure.count:,} inputs)")
         print(f"  input ({len(failure.data)} bytes, hex): {failure.data.hex()}")
         print(f"  input: {failure.description}")
-        print(f"  replay: .venv/bin/python bench/fuzz.py --seed {args.seed} --replay", end=" ")
+        print(f"  replay: .venv/bin/python -m bench.fuzz --seed {args.seed} --replay", end=" ")
         print(f"{failure.target} {failure.data.hex()}")
         print("  " + failure.error.replace("\n", "\n  "))
     if not failures:
@@ -190,7 +188,8 @@ def run_atheris(name: str, cases: int, seed: int, max_seconds: float) -> Outcome
         report = Path(work) / "report.json"
         command = [
             sys.executable,
-            str(Path(__file__).resolve()),
+            "-m",
+            "bench.fuzz",
             "--atheris-child",
             name,
             "--seed",
@@ -212,7 +211,9 @@ def run_atheris(name: str, cases: int, seed: int, max_seconds: float) -> Outcome
         ]
         log = Path(work) / "libfuzzer.log"
         with log.open("w") as stream:
-            process = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT, check=False)
+            process = subprocess.run(
+                command, stdout=stream, stderr=subprocess.STDOUT, cwd=ROOT, check=False
+            )
         ended = time.time()
         text = log.read_text(errors="replace")
         data: dict[str, Any] = json.loads(report.read_text()) if report.exists() else {}

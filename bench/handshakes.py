@@ -1,6 +1,6 @@
 """Handshakes per second, and the data plane during a flood of binds: ours beside the reference.
 
-    .venv/bin/python bench/handshakes.py [--part all|handshakes|flood]
+    .venv/bin/python -m bench.handshakes [--part all|handshakes|flood]
                                          [--endpoints 2000] [--sockets 256] [--window 256]
                                          [--data-rate 20000] [--duration 5]
                                          [--flood-rates 50000,0] [--flood-sockets 64]
@@ -27,7 +27,7 @@ so hold up when other work shares the machine.
 Part 1, handshakes per second (--part handshakes), for ours with its default
 limits, ours with its limits raised to 1e9, and the reference:
   1. allocate 100 warm-up endpoints and --endpoints measured ones through the
-     HTTP API (pipelined keep-alive connections, bench/forwarders.py), and
+     HTTP API (pipelined keep-alive connections, bench/clients.py), and
      bind the warm-up ones;
   2. seal every bind datagram in advance, then complete both clients' 3-way
      handshakes (bind -> challenge -> answer) of all measured endpoints with
@@ -77,29 +77,24 @@ import socket
 import time
 from multiprocessing.connection import Connection
 
-from forwarders import (
+from bench.binder import Binder, bind_datagram, forged_bind
+from bench.clients import KeySet, allocate
+from bench.processes import (
     BENCH_CPU,
     FORWARDER_CPU,
-    POOL_BUFFER,
     RAISED_LIMIT,
     RAISED_LIMITS,
     REFSERVER,
-    Binder,
+    REFSERVER_MISSING,
     Forwarder,
-    KeySet,
-    allocate,
-    bind_datagram,
-    client_socket,
-    drain,
-    forged_bind,
     ours_command,
-    pin_to_bench_cpu,
+    pin,
     reference_command,
     stop_all,
     stop_on_sigterm,
-    table,
 )
-
+from bench.report import ratio, table
+from bench.sockets import POOL_BUFFER, client_socket, drain
 from relay.protocol import geneve
 
 SERVER_BUFFER = 4 << 20
@@ -127,7 +122,7 @@ def handshake_rate(name: str, command: list[str], args, started: list[Forwarder]
     pool = [client_socket(POOL_BUFFER) for _ in range(args.sockets)]
     try:
         keys = KeySet(WARMUP + args.endpoints)
-        vnis = allocate(forwarder.api, keys, 0, WARMUP + args.endpoints)
+        vnis = allocate(forwarder.api, keys.request_bodies(0, WARMUP + args.endpoints))
         endpoints = list(zip(range(len(vnis)), vnis, strict=True))
         server = forwarder.udp
         warmup = Binder(server, forwarder.server_key, keys, endpoints[:WARMUP], pool).run()
@@ -177,7 +172,7 @@ def part_handshakes(args, started: list[Forwarder]) -> None:
     if REFSERVER.exists():
         servers.append((REFERENCE, reference_command()))
     else:
-        print("  reference: .dev/bin/refserver missing (run scripts/build-go-helpers)")
+        print(f"  {REFSERVER_MISSING}")
     results = {name: handshake_rate(name, command, args, started) for name, command in servers}
     rows = [
         [
@@ -206,8 +201,8 @@ def part_handshakes(args, started: list[Forwarder]) -> None:
         for name in (OURS_DEFAULT, OURS_RAISED):
             ours = results[name]
             print(
-                f"  {name} / reference: {ours['rate'] / reference['rate']:.2f} handshakes/s, "
-                f"{ours['per_cpu'] / reference['per_cpu']:.2f} per CPU-second"
+                f"  {name} / reference: {ratio(ours['rate'], reference['rate'])} handshakes/s, "
+                f"{ratio(ours['per_cpu'], reference['per_cpu'])} per CPU-second"
             )
     print(
         f"  (ours' default limits: per source 50/s, burst 200; total 10 000/s; raised: all "
@@ -224,25 +219,21 @@ def offered_load(
     """A sends ``datagram`` at --data-rate for --duration s on a fixed schedule; B counts."""
     total = int(args.data_rate * args.duration)
     drain(b)
-    b.setblocking(False)
     sent = received = 0
     scheduled = forwarder.scheduled_ns()
     start = time.perf_counter()
-    try:
-        while sent < total:
-            due = min(total, int((time.perf_counter() - start) * args.data_rate) + 1)
-            while sent < due:
-                a.send(datagram)
-                sent += 1
-            received += _count(b)
-            time.sleep(0.0002)
-        sending = time.perf_counter() - start
-        tail = time.perf_counter() + DATA_TAIL
-        while received < sent and time.perf_counter() < tail:
-            received += _count(b)
-            time.sleep(0.001)
-    finally:
-        b.setblocking(True)
+    while sent < total:
+        due = min(total, int((time.perf_counter() - start) * args.data_rate) + 1)
+        while sent < due:
+            a.send(datagram)
+            sent += 1
+        received += drain(b)
+        time.sleep(0.0002)
+    sending = time.perf_counter() - start
+    tail = time.perf_counter() + DATA_TAIL
+    while received < sent and time.perf_counter() < tail:
+        received += drain(b)
+        time.sleep(0.001)
     after = forwarder.scheduled_ns()
     return {
         "sent_rate": sent / sending,
@@ -253,21 +244,11 @@ def offered_load(
     }
 
 
-def _count(sock: socket.socket) -> int:
-    count = 0
-    try:
-        while True:
-            sock.recv(4096)
-            count += 1
-    except BlockingIOError:
-        return count
-
-
 def flood(
     server: tuple[str, int], datagrams: list[bytes], rate: float, limit: float, control: Connection
 ) -> None:
     """The flooder process: send ``datagrams`` round robin from one socket per pair until told."""
-    pin_to_bench_cpu()
+    pin(0, BENCH_CPU)
     os.nice(FLOOD_NICE)
     sockets = []
     for _ in range(len(datagrams) // 2):
@@ -303,7 +284,7 @@ def flood_run(forwarder: Forwarder, keys: KeySet, first: int, rate: float, socke
     allocated here, just before it starts.
     """
     a, b, datagram = sockets
-    flood_vnis = allocate(forwarder.api, keys, first, first + args.flood_sockets)
+    flood_vnis = allocate(forwarder.api, keys.request_bodies(first, first + args.flood_sockets))
     datagrams = []
     for index, vni in enumerate(flood_vnis, start=first):
         one, other = keys.pair(index)
@@ -343,7 +324,7 @@ def flood_effect(name: str, command: list[str], args, started: list[Forwarder]) 
     a, b = client_socket(), client_socket()
     try:
         keys = KeySet(1 + args.flood_sockets * len(args.flood_rates))
-        vni = allocate(forwarder.api, keys, 0, 1)[0]
+        vni = allocate(forwarder.api, keys.request_bodies(0, 1))[0]
         outcome = Binder(forwarder.udp, forwarder.server_key, keys, [(0, vni)], (a, b)).run(
             window=1, retry=0.5, timeout=10
         )
@@ -376,7 +357,7 @@ def part_flood(args, started: list[Forwarder]) -> None:
     if REFSERVER.exists():
         servers.append((REFERENCE, reference_command()))
     else:
-        print("  reference: .dev/bin/refserver missing (run scripts/build-go-helpers)")
+        print(f"  {REFSERVER_MISSING}")
     results = {name: flood_effect(name, command, args, started) for name, command in servers}
     rows = [
         [
@@ -393,7 +374,7 @@ def part_flood(args, started: list[Forwarder]) -> None:
                     name if rate == "quiet" else "",
                     "no flood" if rate == "quiet" else f"{r['flood_rate']:,.0f}",
                     f"{r['relayed']:,.0f}",
-                    f"{r['relayed'] / max(quiet['relayed'], 1e-9):.2f}",
+                    ratio(r["relayed"], quiet["relayed"]),
                     f"{r['loss']:.2f}%",
                     f"{r['sent_rate']:,.0f}",
                     f"{r['busy']:.0f}%",
@@ -413,7 +394,7 @@ def part_flood(args, started: list[Forwarder]) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    pin_to_bench_cpu()
+    pin(0, BENCH_CPU)
     print(
         f"loopback; server on CPU {FORWARDER_CPU}, this script on CPU {BENCH_CPU}; every "
         f"server's UDP receive buffer set to {SERVER_BUFFER >> 20} MiB (SO_RCVBUFFORCE)"

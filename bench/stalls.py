@@ -1,6 +1,6 @@
 """Event-loop stalls of a relay holding many endpoints: mass expiry and full resync.
 
-    .venv/bin/python bench/stalls.py [--endpoints 1000000] [--store memory|redis]
+    .venv/bin/python -m bench.stalls [--endpoints 1000000] [--store memory|redis]
 
 Why: the relay's data plane, API and agent share one event loop, so any step
 that runs long without yielding stops relaying for that long. Issue 7 asks
@@ -25,16 +25,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
-import sys
+import contextlib
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import contextlib
-
+from bench.report import percentile
 from relay.protocol.core import RelayCore
 from relay.protocol.keys import DiscoPrivateKey, sorted_pair
 from relay.shells.agent import RelayAgent
@@ -79,9 +75,8 @@ class StallMonitor:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        late = sorted(self.late) or [0.0]
-        p99 = statistics.quantiles(late, n=100)[98] if len(late) >= 100 else late[-1]
-        return late[-1], p99
+        late = self.late or [0.0]
+        return max(late), percentile(late, 0.99)
 
 
 async def fill(store: Store, count: int, clock: Clock) -> None:

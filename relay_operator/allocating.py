@@ -50,8 +50,8 @@ class Allocator:
         self._placed: dict[str, tuple[float, int]] = {}
         self.last_relays: dict[str, RelayRecord] = {}
 
-    async def live_relays(self) -> dict[str, RelayRecord]:
-        """Every registered relay by name (``alive`` tells which); kept as ``last_relays``."""
+    async def relays(self) -> dict[str, RelayRecord]:
+        """Every registered relay by name, dead ones too; kept as ``last_relays``."""
         self.last_relays = {r.name: r for r in await self._store.relays()}
         return self.last_relays
 
@@ -59,7 +59,7 @@ class Allocator:
         self, keys: tuple[DiscoPublicKey, DiscoPublicKey], exclude: str | None = None
     ) -> str | None:
         """A live relay (not ``exclude``) already holding the pair: an attempt a crash cut short."""
-        live = [name for name, r in (await self.live_relays()).items() if r.alive]
+        live = [name for name, r in (await self.relays()).items() if r.alive]
         return await self._store.holding([name for name in live if name != exclude], keys)
 
     async def current(
@@ -68,7 +68,7 @@ class Allocator:
         """The resource's allocation if it still stands: its relay alive and the store agreeing."""
         if current is None:
             return None
-        relay = (await self.live_relays()).get(current.relay)
+        relay = (await self.relays()).get(current.relay)
         if relay is None or not relay.alive:
             return None
         allocation = await self._store.allocation(current.relay, current.vni)
@@ -81,12 +81,12 @@ class Allocator:
         return Placement(allocation, relay, created=False)
 
     async def relay_alive(self, name: str) -> bool:
-        relay = (await self.live_relays()).get(name)
+        relay = (await self.relays()).get(name)
         return relay is not None and relay.alive
 
     async def choose(self, pinned: str | None) -> RelayRecord:
         """The relay a new allocation goes to; raises NoRelayAvailable."""
-        relays = await self.live_relays()
+        relays = await self.relays()
         relay = choose_relay(relays.values(), pinned, self._placed_since_heartbeat(relays))
         if relay is not None:
             self._count(relay)
@@ -107,7 +107,7 @@ class Allocator:
         The same pair on the same relay, not yet bound, gets its allocation
         back (the store's rule), so a retry after a crash allocates nothing new.
         """
-        relays = await self.live_relays()
+        relays = await self.relays()
         relay = relays.get(relay_name)
         if relay is None or not relay.alive:
             raise NoRelayAvailable(f"relay {relay_name!r} is no longer alive")

@@ -10,7 +10,7 @@ import asyncio
 from collections import Counter
 from typing import Any
 
-from relay.resource.definition import GROUP, PHASES, PLURAL, VERSION
+from relay.resource.definition import GROUP, PENDING, PHASES, PLURAL, VERSION
 from relay.store import Store
 
 
@@ -32,7 +32,7 @@ def summarise_endpoints(items: list[dict[str, Any]]) -> dict[str, Any]:
     by_relay: dict[str, Counter[str]] = {}
     for item in items:
         status = item.get("status") or {}
-        phase = status.get("phase", "Pending")
+        phase = status.get("phase", PENDING)
         by_phase[phase] += 1
         if status.get("relay"):
             by_relay.setdefault(status["relay"], Counter())[phase] += 1

@@ -1,4 +1,4 @@
-"""Running the operator: a kopf operator with its own registry, settings and store.
+"""Running the operator: kopf with the handlers' registry, its settings, and the memo of parts.
 
 ``relayfleet operator`` calls :func:`run_operator`; the end-to-end tests call
 it too, in a process of their own, against a real kube-apiserver.
@@ -9,20 +9,22 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from typing import Any
 
 import kopf
 
 from relay.protocol.geneve import MAX_VNI
 from relay.resource.client import api_client
-from relay.resource.definition import FINALIZER, RELAY_LABEL
+from relay.resource.definition import FINALIZER, GROUP, RELAY_LABEL
 from relay.store import open_store, redact_url
 from relay_operator.allocating import Allocator
 from relay_operator.config import OperatorConfig
-from relay_operator.handlers import PROGRESS_PREFIX, register_handlers
+from relay_operator.handlers import OperatorMemo, registry
 from relay_operator.metrics import OperatorMetrics
 
 log = logging.getLogger(__name__)
+
+PROGRESS_PREFIX = f"kopf.{GROUP}"
+"""The prefix of the annotations kopf keeps its progress and last-handled state in."""
 
 
 def operator_settings(config: OperatorConfig) -> kopf.OperatorSettings:
@@ -42,11 +44,6 @@ def operator_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     settings.peering.lifetime = max(1, round(config.peering_lifetime))
     settings.posting.level = logging.INFO
     return settings
-
-
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """In a pod, the service account; elsewhere, the kubeconfig (KUBECONFIG or ~/.kube/config)."""
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
 
 def ensure_peering(config: OperatorConfig) -> None:
@@ -85,15 +82,14 @@ async def run_operator(
     log.info("store: %s", redact_url(config.store))
     if not config.standalone:
         await asyncio.to_thread(ensure_peering, config)
-    registry = kopf.OperatorRegistry()
-    kopf.on.login(registry=registry)(login)
     allocator = Allocator(store)
     metrics = OperatorMetrics(lambda: allocator.last_relays)
-    register_handlers(registry, allocator, metrics, config.relay_check_interval)
+    memo = OperatorMemo(allocator=allocator, metrics=metrics, config=config)
     metrics_server = await metrics.serve(*config.metrics_listen) if config.metrics_listen else None
     try:
         await kopf.operator(
             registry=registry,
+            memo=memo,
             settings=operator_settings(config),
             clusterwide=not config.namespaces,
             namespaces=config.namespaces,

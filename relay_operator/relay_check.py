@@ -5,46 +5,59 @@ resources, every interval, even while every relay is alive (at 10 000
 resources and 5 s, 2 000 handler runs a second). This loop reads the relays'
 heartbeats once per ``--relay-check-interval`` and, only for a relay that
 stopped heart-beating, marks each RelayEndpoint allocated there with the
-:data:`RELAY_DEAD` annotation (the relay's name). The ``relay-dead`` handler
+relay-dead annotation (the relay's name). The ``relay-dead`` handler
 (relay_operator/handlers.py) then warns and places the resource again, through
 kopf like every other change, and removes the annotation once it has.
 
 Which resources sit on which relay comes from a kopf index (``by_relay``),
 which kopf keeps current from its watch: no listing. A standby replica (kopf
 peering) runs the check too; the mark is the same whoever sets it, and only
-the active replica's handler acts on it.
+the active replica's handler acts on it. The operator's startup handler
+starts :func:`run_relay_check`, its cleanup handler stops it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
-from relay.resource.definition import GROUP, PLURAL, RELAY_DEAD_ANNOTATION, VERSION
+from relay.resource.definition import (
+    ALLOCATED,
+    BOUND,
+    GROUP,
+    PLURAL,
+    RELAY_DEAD_ANNOTATION,
+    VERSION,
+)
 from relay.store import StoreUnavailable
 from relay_operator.allocating import Allocator
 
 log = logging.getLogger(__name__)
 
-RELAY_DEAD = RELAY_DEAD_ANNOTATION
-
 Mark = Callable[[str, str, str], Awaitable[None]]
+"""Sets the relay-dead annotation: ``mark(namespace, name, relay)``."""
+
+Served = tuple[str, str, str | None]
+"""A resource a relay serves: (namespace, name, its relay-dead annotation if any)."""
+
+ByRelay = Mapping[str, Collection[Served]]
+"""The ``by_relay`` index: the resources each relay serves."""
 
 
-def index_entry(status: Any, meta: Any) -> dict[str, tuple[str, str, str | None]] | None:
+def index_entry(status: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Served] | None:
     """``{relay: (namespace, name, relay-dead annotation)}`` for a resource served by a relay."""
     relay = status.get("relay")
-    if not relay or status.get("phase") not in ("Allocated", "Bound"):
+    if not relay or status.get("phase") not in (ALLOCATED, BOUND):
         return None
-    marked = (meta.get("annotations") or {}).get(RELAY_DEAD)
+    marked = (meta.get("annotations") or {}).get(RELAY_DEAD_ANNOTATION)
     return {relay: (meta.get("namespace") or "", meta["name"], marked)}
 
 
-async def check_relays(by_relay: Any, allocator: Allocator, mark: Mark) -> int:
+async def check_relays(by_relay: ByRelay, allocator: Allocator, mark: Mark) -> int:
     """One pass: mark every resource on a relay that is not alive; how many were marked."""
-    relays = await allocator.live_relays()
+    relays = await allocator.relays()
     marked = 0
     for relay in list(by_relay):
         record = relays.get(relay)
@@ -61,7 +74,9 @@ async def check_relays(by_relay: Any, allocator: Allocator, mark: Mark) -> int:
     return marked
 
 
-async def run_relay_check(by_relay: Any, allocator: Allocator, mark: Mark, interval: float) -> None:
+async def run_relay_check(
+    by_relay: ByRelay, allocator: Allocator, mark: Mark, interval: float
+) -> None:
     """:func:`check_relays` every ``interval`` seconds, until cancelled."""
     unreachable = False
     while True:
@@ -85,7 +100,7 @@ def kubernetes_mark() -> Mark:
     api = client.CustomObjectsApi(api_client())
 
     def patch(namespace: str, name: str, relay: str) -> None:
-        body = {"metadata": {"annotations": {RELAY_DEAD: relay}}}
+        body = {"metadata": {"annotations": {RELAY_DEAD_ANNOTATION: relay}}}
         try:
             api.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, body)
         except ApiException as exc:

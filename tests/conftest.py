@@ -5,6 +5,12 @@ costs a build the first time and a few seconds per session after that, so only
 sessions that select a test using it pay: the build runs once, after collection
 and before any test's timeout starts, and nothing here imports the control
 plane's dependencies until then.
+
+It also marks what each test needs, so that a run can leave it out (markers in
+pyproject.toml): ``e2e`` every test using the control plane, ``faults`` and
+``charts`` the tests in those folders (``netns`` is set by the module that needs
+root). ``pytest -m "not e2e and not faults and not netns and not charts"`` is
+the quick inner loop.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import shutil
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -20,6 +27,19 @@ if TYPE_CHECKING:
     from tests.support.controlplane import ControlPlane
 
 _BUILD_ERROR = pytest.StashKey[str]()
+TESTS = Path(__file__).parent
+FOLDER_MARKS = {TESTS / "faults": pytest.mark.faults, TESTS / "charts": pytest.mark.charts}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with what it needs, before ``-m`` selects (see the module docstring)."""
+    for item in items:
+        if "control_plane" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.e2e)
+        for folder, mark in FOLDER_MARKS.items():
+            if item.path.is_relative_to(folder):
+                item.add_marker(mark)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

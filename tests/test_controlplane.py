@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.controlplane import ControlPlane, wait_for
+from tests.support.controlplane import ControlPlane
+from tests.support.waiting import wait_until_sync
 
 GO_MOD = Path(__file__).resolve().parents[1] / "tools" / "controlplane" / "go.mod"
 GROUP = "smoke.relayfleet.test"
@@ -107,7 +108,7 @@ def apply_until_served(control_plane: ControlPlane, manifest: dict) -> None:
             return False
         raise AssertionError(f"kubectl apply failed: {result.stderr}")
 
-    wait_for(attempt, 30, f"{manifest['kind']} to be served", interval=0.2)
+    wait_until_sync(attempt, f"{manifest['kind']} to be served", timeout=30, interval=0.2)
 
 
 def test_kubectl_version_talks_to_the_pinned_release(control_plane: ControlPlane) -> None:
@@ -217,8 +218,10 @@ def test_rbac_is_enforced_for_a_minted_user(
         "create", "rolebinding", "widget-getter", "-n", kube_namespace,
         "--role=widget-getter", f"--user={user}",
     )  # fmt: skip
-    granted = wait_for(
-        lambda: (r := get_widget()).returncode == 0 and r, 20, "the RoleBinding to take effect"
+    granted = wait_until_sync(
+        lambda: (r := get_widget()).returncode == 0 and r,
+        "the RoleBinding to take effect",
+        timeout=20,
     )
     assert granted.stdout.strip() == f"{plural}.{GROUP}/w"
 

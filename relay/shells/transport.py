@@ -220,3 +220,15 @@ class BatchedUdpTransport:
     def _send_one(self, payload: bytes, destination: bytes) -> None:
         if _sendto(self._fd, payload, len(payload), 0, destination, len(destination)) < 0:
             self.send_errors += 1
+
+
+def ipv6_available() -> bool:
+    """Whether this host can open an IPv6 UDP socket."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True

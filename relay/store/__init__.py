@@ -1,4 +1,14 @@
-"""Stores of allocations: one interface (:mod:`relay.store.interface`), several implementations."""
+"""Where a relay's allocations live, behind one interface, so no caller knows which store it has.
+
+:mod:`~relay.store.interface` is the interface every store offers the relay
+and the operator (allocate, mark bound, free, read, follow changes, the
+relay registry), applying docs/protocol.md "Allocation" atomically.
+:mod:`~relay.store.memory` keeps one process's allocations in dicts (the
+standalone relay, the tests); :mod:`~relay.store.redis` keeps a fleet's in
+Redis, with its Lua scripts in :mod:`~relay.store.scripts`;
+:mod:`~relay.store.urls` reads ``--store`` URLs and shows them without the
+password. :func:`open_store` picks the store a ``--store`` value names.
+"""
 
 from relay.store.interface import (
     SUBSCRIBED,

@@ -2,7 +2,7 @@
 
 A store owns allocations: which VNI of which relay serves which pair of disco
 keys, under which LamportID, since when, and whether both clients have bound.
-It applies docs/protocol.md's allocation rules atomically, so that the callers never
+It applies the rules of docs/protocol.md "Allocation" atomically, so that the callers never
 know which implementation they talk to.
 """
 

@@ -23,10 +23,10 @@ import struct
 import threading
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import redis
@@ -36,8 +36,7 @@ from relay.protocol.keys import DiscoPrivateKey, DiscoPublicKey
 from relay.store.redis import RedisStore
 from tests.relay.relay_process import RelayProcess
 from tests.support.controlplane import ControlPlane
-
-T = TypeVar("T")
+from tests.support.waiting import wait_until
 
 API = "/apis/relayfleet.io/v1alpha1"
 PREFIX = "relayfleet:"
@@ -46,6 +45,8 @@ BIND_LIFETIME = "10m"
 ROUND_TRIP_TIMEOUT = 5.0
 PROBE_INTERVAL = 0.02
 PROBE_LIMIT = 600.0
+# Between two listings of every resource (or every relay's table) while waiting on them.
+LIST_INTERVAL = 0.5
 
 
 # -- peers and resources ---------------------------------------------------------------------
@@ -145,26 +146,6 @@ class Endpoints:
         return time.monotonic() - started
 
 
-async def poll(
-    probe: Callable[[], Awaitable[T | None]],
-    what: str,
-    timeout: float,
-    *,
-    interval: float = 0.5,
-    log: Path | None = None,
-) -> T:
-    """Await ``probe`` until it returns something truthy; AssertionError after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = await probe()
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    tail = log.read_text(errors="replace")[-4000:] if log and log.exists() else ""
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{tail}")
-
-
 async def settled(
     endpoints: Endpoints,
     expected: Mapping[str, str],
@@ -193,8 +174,8 @@ async def settled(
     try:
         what = f"{len(expected)} resources in their phase"
         interval = 1.0 if len(expected) <= 200 else 2.0
-        return await poll(check, what, timeout, interval=interval, log=log)
-    except AssertionError as exc:
+        return await wait_until(check, what, timeout=timeout, interval=interval, log=log)
+    except TimeoutError as exc:
         raise AssertionError(f"{await describe()}\n{exc}") from None
 
 
@@ -393,7 +374,9 @@ class TrafficProbe:
             assert not report.lost, f"{self.peers.name} lost round trips: {report.lost}"
             return report.rounds >= rounds
 
-        await poll(done, f"{rounds} round trips through {self.peers.name}", timeout, interval=0.05)
+        await wait_until(
+            done, f"{rounds} round trips through {self.peers.name}", timeout=timeout, interval=0.05
+        )
 
     def finish(self, after: float | None = None) -> ProbeReport:
         """Stop, once a round trip has come back later than ``after`` (monotonic), if given."""
@@ -433,14 +416,16 @@ async def bound_probe(
         resource = (await endpoints.list()).get(peers.name, {})
         return resource["status"] if phase(resource) == "Allocated" else None
 
-    status = await poll(allocated, f"{peers.name} Allocated", timeout, log=log)
+    status = await wait_until(
+        allocated, f"{peers.name} Allocated", timeout=timeout, interval=LIST_INTERVAL, log=log
+    )
     probe = TrafficProbe(peers, status)
     await asyncio.to_thread(probe.bind)
 
     async def bound() -> bool:
         return phase((await endpoints.list()).get(peers.name, {})) == "Bound"
 
-    await poll(bound, f"{peers.name} Bound", timeout, log=log)
+    await wait_until(bound, f"{peers.name} Bound", timeout=timeout, interval=LIST_INTERVAL, log=log)
     return probe
 
 
@@ -563,7 +548,7 @@ class Checks:
         outcome = Outcome()
         try:
             yield outcome
-        except AssertionError as exc:
+        except (AssertionError, TimeoutError) as exc:
             message = str(exc) or "assertion failed"
             self.failures.append(f"{name}: {message}")
             self._record(f"FAILED {name}: {message.splitlines()[0][:400]}")
@@ -677,7 +662,12 @@ async def check_invariants(
                     return False
             return True
 
-        await poll(tables_agree, "every live relay serving exactly its allocations", 20)
+        await wait_until(
+            tables_agree,
+            "every live relay serving exactly its allocations",
+            timeout=20,
+            interval=LIST_INTERVAL,
+        )
         outcome.detail = ", ".join(sorted(live_relays))
 
 

@@ -32,7 +32,6 @@ from tests.faults.support import (
     check_no_outage,
     issued_total,
     operator_flags,
-    poll,
     settled,
     start_probes,
     start_relay,
@@ -43,6 +42,7 @@ from tests.relay.relay_process import RelayProcess
 from tests.relay_operator.e2e_support import Operator
 from tests.support import controlplane
 from tests.support.controlplane import ControlPlane
+from tests.support.waiting import wait_until, wait_until_sync
 
 COUNT = 100
 RESTART_AFTER = 30
@@ -96,7 +96,7 @@ def restart(plane: ControlPlane, timeout: float = 90.0) -> float:
         except OSError:
             return False
 
-    controlplane.wait_for(ready, timeout, "kube-apiserver ready again", interval=0.1)
+    wait_until_sync(ready, "kube-apiserver ready again", timeout=timeout, interval=0.1)
     return time.monotonic() - began
 
 
@@ -125,7 +125,7 @@ async def test_a_control_plane_restart_during_allocations_loses_nothing(
         async def allocations_under_way() -> bool:
             return await store_count(store, RELAYS) >= len(probe_peers) + RESTART_AFTER
 
-        await poll(allocations_under_way, "allocations under way", 60, interval=0.05)
+        await wait_until(allocations_under_way, "allocations under way", timeout=60)
         at_restart = await store_count(store, RELAYS)
         in_flight = not creating.done()
         fault_start = time.monotonic()

@@ -30,7 +30,6 @@ from tests.faults.support import (
     Peers,
     check_invariants,
     check_no_outage,
-    poll,
     settled,
     start_probes,
     start_relay,
@@ -38,6 +37,7 @@ from tests.faults.support import (
     store_count,
 )
 from tests.relay.relay_process import RelayProcess
+from tests.support.waiting import wait_until
 
 COUNT = 500
 KILL_AFTER = 20
@@ -88,7 +88,7 @@ async def test_operator_killed_during_500_concurrent_creations(
             async def allocated_more(target: int = target) -> bool:
                 return await store_count(store, RELAYS) >= target
 
-            await poll(allocated_more, f"{KILL_AFTER} more allocations", 90, interval=0.05)
+            await wait_until(allocated_more, f"{KILL_AFTER} more allocations", timeout=90)
             killed_at.append(time.monotonic())
             operator.process.kill()
             operator.process.wait(10)

@@ -27,7 +27,6 @@ from tests.faults.support import (
     check_invariants,
     check_no_outage,
     issued_total,
-    poll,
     settled,
     start_probes,
     start_relay,
@@ -36,6 +35,7 @@ from tests.faults.support import (
 )
 from tests.relay.relay_process import RelayProcess
 from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_until
 
 COUNT = 100
 RESTART_AFTER = 30
@@ -82,7 +82,7 @@ async def test_redis_restarted_during_allocations_loses_nothing(
         async def allocations_under_way() -> bool:
             return await store_count(store, RELAYS) >= len(probe_peers) + RESTART_AFTER
 
-        await poll(allocations_under_way, "allocations under way", 60, interval=0.05)
+        await wait_until(allocations_under_way, "allocations under way", timeout=60)
         before = {relay: await identities(store, relay) for relay in RELAYS}
         counters = await issued_total(store, RELAYS)
         fault_start = time.monotonic()

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.faults.support import (
+    LIST_INTERVAL,
     ChangeLog,
     Checks,
     Endpoints,
@@ -28,12 +29,12 @@ from tests.faults.support import (
     bound_probe,
     check_invariants,
     phase,
-    poll,
     settled,
     start_relay,
     stop_relays,
 )
 from tests.relay.relay_process import RelayProcess
+from tests.support.waiting import wait_until
 
 COUNT = 15
 VICTIM, SURVIVOR = "rk-north", "rk-south"
@@ -90,7 +91,12 @@ async def test_a_killed_relays_endpoints_move_and_the_other_relay_keeps_relaying
             )
             return resources if done else None
 
-        after = await poll(moved, f"{len(moving)} endpoints moved to {SURVIVOR}", 60)
+        after = await wait_until(
+            moved,
+            f"{len(moving)} endpoints moved to {SURVIVOR}",
+            timeout=60,
+            interval=LIST_INTERVAL,
+        )
         fault_end = time.monotonic()
         row.checked(f"re-placed {fault_end - fault_start:.1f} s after the kill")
         reports = {

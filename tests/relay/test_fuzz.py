@@ -1,4 +1,4 @@
-"""The short CI run of the fuzz targets in tests/relay/fuzzing.py; bench/fuzz.py is the long one.
+"""The short CI run of the fuzz targets in tests/relay/fuzzing/; bench/fuzz.py is the long one.
 
 A fixed seed and a few thousand cases per target keep this to seconds and make
 any failure reproducible (``bench/fuzz.py --seed 20261125 --targets NAME``).
@@ -107,9 +107,9 @@ def test_inputs_that_once_broke_a_property_keep_it(name: str, reproducer: bytes)
     target.check(target.from_bytes(reproducer))
 
 
-def mutant_runs(monkeypatch: pytest.MonkeyPatch, name: str, handle) -> set[str]:
+def mutant_runs(monkeypatch: pytest.MonkeyPatch, name: str, handle, cases: int = 500) -> set[str]:
     monkeypatch.setattr(RelayCore, "handle", handle)
-    result = fuzzing.run(fuzzing.BY_NAME[name], 500, SEED, shrink=False)
+    result = fuzzing.run(fuzzing.BY_NAME[name], cases, SEED, shrink=False)
     return {failure.kind for failure in result.failures.values()}
 
 
@@ -150,5 +150,5 @@ def test_oracle_notices_a_copied_relayed_datagram(monkeypatch: pytest.MonkeyPatc
             return bytes(datagram), out[1]
         return out
 
-    kinds = mutant_runs(monkeypatch, "core_spoofed", handle)
+    kinds = mutant_runs(monkeypatch, "core_spoofed", handle, cases=3000)
     assert "not relayed as the very datagram passed in, to the other client" in kinds

@@ -19,16 +19,11 @@ from relay.protocol.keys import DiscoPrivateKey, DiscoPublicKey
 from relay.shells.peer import UdpPeer
 from relay.store.redis import RedisStore
 from tests.relay.relay_process import RelayProcess
-from tests.relay.udp_harness import wait_until
+from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_until
 
 AOF = ("--save", "", "--appendonly", "yes", "--appendfsync", "always")
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -93,7 +88,7 @@ async def bound_in_redis(store: RedisStore, name: str, vni: int) -> bool:
 
 
 async def test_kill_9_and_restart_loses_nothing(redis_server, tmp_path):
-    key_file, port = tmp_path / "relay.key", free_udp_port()
+    key_file, port = tmp_path / "relay.key", free_port(socket.SOCK_DGRAM)
     store = RedisStore.from_url(redis_server.url())
     relay = await RelayProcess.start(*relay_args(redis_server, key_file, port))
     pairs = [await Pair.allocate(relay) for _ in range(3)]
@@ -101,7 +96,7 @@ async def test_kill_9_and_restart_loses_nothing(redis_server, tmp_path):
         bound, unbound = pairs[0], pairs[1:]
         await bound.bind(relay)
         assert await bound.relays(relay)
-        await wait_until(lambda: bound_in_redis(store, "relay-a", bound.body["VNI"]), what="bound")
+        await wait_until(lambda: bound_in_redis(store, "relay-a", bound.body["VNI"]), "bound")
         lamports = [p.body["LamportID"] for p in pairs]
 
         await relay.stop(signal.SIGKILL)
@@ -124,7 +119,7 @@ async def test_kill_9_and_restart_loses_nothing(redis_server, tmp_path):
 
 
 async def test_redis_outage_answers_503_keeps_relaying_and_recovers(redis_server, tmp_path):
-    key_file, port = tmp_path / "relay.key", free_udp_port()
+    key_file, port = tmp_path / "relay.key", free_port(socket.SOCK_DGRAM)
     relay = await RelayProcess.start(*relay_args(redis_server, key_file, port))
     pair = await Pair.allocate(relay)
     try:
@@ -143,11 +138,11 @@ async def test_redis_outage_answers_503_keeps_relaying_and_recovers(redis_server
         async def allocates() -> bool:
             return (await relay.allocate(keys))[0] == 200
 
-        await wait_until(allocates, timeout=15, what="allocation after Redis is back")
+        await wait_until(allocates, "allocation after Redis is back", timeout=15)
         store = RedisStore.from_url(redis_server.url())
         try:
             await wait_until(
-                lambda: _alive(store, "relay-a"), timeout=15, what="heartbeat after Redis is back"
+                lambda: _alive(store, "relay-a"), "heartbeat after Redis is back", timeout=15
             )
             assert (await store.allocation("relay-a", pair.body["VNI"])) is not None
         finally:

@@ -13,7 +13,7 @@ from relay.protocol import disco, geneve
 from relay.protocol.client import RelayClient
 from relay.protocol.core import Drop, Handshake
 from relay.protocol.keys import DiscoPrivateKey
-from tests.relay.udp_harness import wait_until
+from tests.support.waiting import wait_until
 
 
 async def test_allocate_handshake_and_relay_both_ways(relay):
@@ -122,7 +122,7 @@ async def test_bind_from_a_second_source_is_dropped(relay):
     pair.peers[0].send(pair.clients[0].answer(await pair.peers[0].receive()), relay.relay)
     endpoint = relay.server.core.endpoint(pair.endpoint.vni)
     await wait_until(
-        lambda: Handshake.BOUND in [c.handshake for c in endpoint.clients], what="first bound"
+        lambda: Handshake.BOUND in [c.handshake for c in endpoint.clients], "first bound"
     )
 
 
@@ -194,7 +194,7 @@ async def test_bind_lifetime_expires_and_frees_the_vni(relay_factory, host):
     pair = await h.pair()
     await pair.handshake(0)
     vni = pair.endpoint.vni
-    await wait_until(lambda: h.server.core.endpoint(vni) is None, what="bind expiry")
+    await wait_until(lambda: h.server.core.endpoint(vni) is None, "bind expiry")
     assert h.server.core.expired["bind"] == 1
     assert await h.server.store.allocations(h.server.config.name) == []
     pair.peers[1].send(pair.clients[1].bind(), h.relay)
@@ -208,7 +208,7 @@ async def test_steady_state_lifetime_expires_a_silent_endpoint(relay_factory, ho
     h = await relay_factory(host, bind_lifetime=60.0, steady_state_lifetime=0.3)
     pair = await h.bound_pair()
     vni = pair.endpoint.vni
-    await wait_until(lambda: h.server.core.endpoint(vni) is None, what="steady-state expiry")
+    await wait_until(lambda: h.server.core.endpoint(vni) is None, "steady-state expiry")
     assert h.server.core.expired == {"bind": 0, "steady_state": 1}
     assert await h.server.store.allocations(h.server.config.name) == []
     pair.peers[0].send(pair.clients[0].data(b"after expiry"), h.relay)
@@ -245,7 +245,7 @@ async def test_a_storm_of_random_and_mutated_packets_changes_nothing(relay):
         if rng.random() < 0.1:
             datagram = bytearray(rng.randbytes(rng.randrange(1, 64)))
         rng.choice(attackers).send(bytes(datagram), relay.relay)
-    await wait_until(lambda: relay.total_drops() - drops_before == 2000, what="all 2000 counted")
+    await wait_until(lambda: relay.total_drops() - drops_before == 2000, "all 2000 counted")
     after = {
         e.allocation.vni: [(c.handshake, c.addr, c.packets) for c in e.clients]
         for e in relay.server.core.endpoints()
@@ -288,8 +288,8 @@ async def test_a_handshake_flood_neither_stops_relaying_nor_blocks_other_handsha
         challenges.extend(attackers[0].pending())
         return h.total_drops() + len(challenges) == 4000
 
-    await wait_until(flood_accounted_for, what="every flood packet dropped or answered")
+    await wait_until(flood_accounted_for, "every flood packet dropped or answered")
     cheap_drops = drops[Drop.RATE_LIMITED] + drops[Drop.CONTROL_AFTER_BOUND]
     assert cheap_drops > 4000 - 2 * 20 - 2 * 60
     assert h.server.core.forwarded_packets == 20
-    await wait_until(lambda: h.server.core.endpoint(victim.endpoint.vni).bound, what="victim bound")
+    await wait_until(lambda: h.server.core.endpoint(victim.endpoint.vni).bound, "victim bound")

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import inspect
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -19,22 +15,7 @@ from relay.server import RelayServer
 from relay.shells.keyfile import RelaySecrets
 from relay.shells.peer import UdpPeer
 from relay.store import MemoryStore
-
-
-async def wait_until(condition: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:
-    """Poll ``condition`` (a function, sync or async) until it holds; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not await _holds(condition):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or condition}")
-        await asyncio.sleep(0.002)
-
-
-async def _holds(condition: Callable[[], object]) -> bool:
-    result = condition()
-    if inspect.isawaitable(result):
-        result = await result
-    return bool(result)
+from tests.support.waiting import wait_until
 
 
 @dataclass
@@ -88,11 +69,11 @@ class RelayHarness:
         pair = await self.pair()
         await pair.handshake(0)
         await pair.handshake(1)
-        await wait_until(lambda: self.server.core.endpoint(pair.endpoint.vni).bound, what="bound")
+        await wait_until(lambda: self.server.core.endpoint(pair.endpoint.vni).bound, "bound")
         return pair
 
     async def dropped(self, reason: Drop, count: int = 1) -> None:
-        await wait_until(lambda: self.server.core.drops[reason] >= count, what=f"drop {reason}")
+        await wait_until(lambda: self.server.core.drops[reason] >= count, f"drop {reason}")
         assert self.server.core.drops[reason] == count
 
     def total_drops(self) -> int:

@@ -1,20 +1,19 @@
-"""Helpers of the operator's end-to-end tests: processes, resources, polling."""
+"""Helpers of the operator's end-to-end tests: the operator process, resources, keys."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 from relay.protocol.keys import DiscoPrivateKey
 from tests.relay.relay_process import RelayProcess
 from tests.support.paths import RELAYFLEET
+from tests.support.ports import free_port
 
-DEADLINE = 30.0
+# The operator's tests call wait_until by its old name here; new code imports it from waiting.
+from tests.support.waiting import wait_until as wait_for  # noqa: F401
 
 
 class Operator:
@@ -33,9 +32,7 @@ class Operator:
         ``kubeconfig`` names another identity."""
         self._log = log.open("w")
         env = {**os.environ, "KUBECONFIG": str(kubeconfig or control_plane.kubeconfig)}
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            metrics_port = probe.getsockname()[1]
+        metrics_port = free_port()
         self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         self.process = subprocess.Popen(
             [
@@ -75,18 +72,6 @@ def endpoint_yaml(name: str, keys: list[str], relay: str | None = None) -> str:
 def get(control_plane, namespace: str, name: str) -> dict:
     result = control_plane.kubectl("-n", namespace, "get", "rep", name, "-o", "json", check=False)
     return json.loads(result.stdout) if result.returncode == 0 else {}
-
-
-async def wait_for(predicate, what: str, timeout: float = DEADLINE, log: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            tail = log.read_text()[-3000:] if log else ""
-            raise AssertionError(f"timed out waiting for {what}\n{tail}")
-        await asyncio.sleep(0.1)
 
 
 def new_keys() -> list[DiscoPrivateKey]:

@@ -19,8 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from relay.protocol.client import RelayClient
 from relay.protocol.keys import DiscoPublicKey
+from relay.resource.definition import RELAY_DEAD_ANNOTATION
 from relay.shells.peer import UdpPeer
-from relay_operator.relay_check import RELAY_DEAD
 from tests.relay.relay_process import RelayProcess
 from tests.relay_operator.e2e_support import (
     RELAYFLEET,
@@ -246,7 +246,7 @@ async def test_a_dead_relays_endpoints_are_placed_again_with_an_event(
 
         def unmarked():
             annotations = get(crd, kube_namespace, "moving")["metadata"].get("annotations", {})
-            return RELAY_DEAD not in annotations
+            return RELAY_DEAD_ANNOTATION not in annotations
 
         await wait_for(unmarked, "the relay-dead mark removed once placed", log=operator.log)
     finally:

@@ -5,9 +5,10 @@ tested end to end in test_e2e.py and tests/faults/test_relay_kill.py.
 """
 
 from relay.protocol.keys import DiscoPrivateKey
+from relay.resource.definition import RELAY_DEAD_ANNOTATION
 from relay.store import MemoryStore, RelayRecord
 from relay_operator.allocating import Allocator
-from relay_operator.relay_check import RELAY_DEAD, check_relays, index_entry
+from relay_operator.relay_check import check_relays, index_entry
 
 
 class Clock:
@@ -25,7 +26,7 @@ async def register(store, name, heartbeat_at):
 
 
 def test_index_holds_only_resources_a_relay_serves():
-    meta = {"namespace": "ns", "name": "e1", "annotations": {RELAY_DEAD: "r1"}}
+    meta = {"namespace": "ns", "name": "e1", "annotations": {RELAY_DEAD_ANNOTATION: "r1"}}
     assert index_entry({"relay": "r1", "phase": "Bound"}, meta) == {"r1": ("ns", "e1", "r1")}
     assert index_entry({"relay": "r1", "phase": "Allocated"}, {"name": "e2"}) == {
         "r1": ("", "e2", None)

@@ -2,5 +2,6 @@
 
 controlplane (etcd and kube-apiserver), local_fleet (scripts/local-fleet),
 redis_server and redis_cluster (real redis-server processes), netns (network
-namespaces), paths (where things are).
+namespaces), paths (where things are), ports (a free port), waiting (the one
+way to wait for something: poll with a deadline).
 """

@@ -47,6 +47,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until_sync
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".dev" / "bin"
 BUILD_SCRIPT = ROOT / "scripts" / "build-control-plane"
@@ -85,12 +88,6 @@ def kubectl_executable() -> str:
     return path
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
@@ -108,17 +105,15 @@ def wait_for(
     interval: float = 0.05,
     check: Callable[[], None] | None = None,
 ) -> object:
-    """Poll ``condition`` until it returns something truthy; ``check`` may raise to give up."""
-    deadline = time.monotonic() + timeout
-    while True:
+    """The older form of :func:`tests.support.waiting.wait_until_sync`, kept while bench/ calls
+    it (``check`` may raise to give up); new code calls wait_until_sync."""
+
+    def checked() -> object:
         if check is not None:
             check()
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+        return condition()
+
+    return wait_until_sync(checked, what, timeout=timeout, interval=interval)
 
 
 # -- PKI ---------------------------------------------------------------------
@@ -359,7 +354,9 @@ class Process:
                     break
             else:
                 try:
-                    wait_for(lambda: self.pid() is None, wait, f"{self.name} to exit")
+                    wait_until_sync(
+                        lambda: self.pid() is None, f"{self.name} to exit", timeout=wait
+                    )
                     break
                 except TimeoutError:
                     pass
@@ -545,6 +542,11 @@ class ControlPlane:
                 f"{process.log_tail()}"
             )
 
+    def _ready_while_running(self, process: Process, ready: Callable[[], bool]) -> bool:
+        """``ready()``, once sure that ``process`` has not exited (else ControlPlaneError)."""
+        self._raise_if_exited(process)
+        return ready()
+
     def _etcd_healthy(self) -> bool:
         context = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
         context.load_cert_chain(
@@ -571,20 +573,18 @@ class ControlPlane:
         try:
             if self.etcd.pid() is None:
                 self.etcd.start(self.etcd_argv(), detached=self.detached)
-            wait_for(
-                self._etcd_healthy,
-                deadline - time.monotonic(),
+            wait_until_sync(
+                lambda: self._ready_while_running(self.etcd, self._etcd_healthy),
                 "etcd /health",
-                check=lambda: self._raise_if_exited(self.etcd),
+                timeout=deadline - time.monotonic(),
             )
             if self.apiserver.pid() is None:
                 self.apiserver.start(self.apiserver_argv(), detached=self.detached)
-            wait_for(
-                self._apiserver_ready,
-                deadline - time.monotonic(),
+            wait_until_sync(
+                lambda: self._ready_while_running(self.apiserver, self._apiserver_ready),
                 "kube-apiserver /readyz and the default namespace",
+                timeout=deadline - time.monotonic(),
                 interval=0.1,
-                check=lambda: self._raise_if_exited(self.apiserver),
             )
         except BaseException:
             self.close()

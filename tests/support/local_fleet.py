@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Callable
 
 import redis
 
@@ -32,11 +33,11 @@ from tests.support.controlplane import (
     ControlPlaneError,
     Process,
     build,
-    free_port,
     port_free,
-    wait_for,
 )
 from tests.support.paths import RELAYFLEET
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until_sync
 
 HOME = ROOT / ".dev" / "local-fleet"
 KUBECONFIG = ROOT / ".dev" / "kubeconfig"
@@ -72,11 +73,13 @@ def _port(state: dict, name: str, running: bool) -> int:
     return port
 
 
-def _raise_if_exited(process: Process) -> None:
+def _ready_while_running(process: Process, ready: Callable[[], object]) -> object:
+    """``ready()``, once sure that ``process`` has not exited (else FleetError)."""
     if process.pid() is None:
         raise FleetError(
             f"{process.name} exited while starting; {process.log}:\n{process.log_tail()}"
         )
+    return ready()
 
 
 def _child_env() -> dict[str, str]:
@@ -164,7 +167,9 @@ class Fleet:
             except redis.RedisError:
                 return False
 
-        wait_for(answers, READY_TIMEOUT, "redis-server", check=lambda: _raise_if_exited(self.redis))
+        wait_until_sync(
+            lambda: _ready_while_running(self.redis, answers), "redis-server", timeout=READY_TIMEOUT
+        )
 
     def _apply_crds(self) -> None:
         files = sorted([*CRDS.glob("*.yaml"), *CRDS.glob("*.yml")]) if CRDS.is_dir() else []
@@ -197,11 +202,10 @@ class Fleet:
                 detached=True,
                 separate_stdout=True,
             )  # fmt: skip
-        wait_for(
-            lambda: self.relay_info(name),
-            READY_TIMEOUT,
+        wait_until_sync(
+            lambda: _ready_while_running(relay, lambda: self.relay_info(name)),
             f"{name}'s ready line",
-            check=lambda: _raise_if_exited(relay),
+            timeout=READY_TIMEOUT,
         )
 
     def relay_info(self, name: str) -> dict | None:
@@ -242,12 +246,11 @@ class Fleet:
             except OSError:
                 return False
 
-        wait_for(
-            healthy,
-            READY_TIMEOUT,
+        wait_until_sync(
+            lambda: _ready_while_running(self.operator, healthy),
             "the operator's liveness endpoint",
+            timeout=READY_TIMEOUT,
             interval=0.2,
-            check=lambda: _raise_if_exited(self.operator),
         )
 
     # -- status and down -----------------------------------------------------------

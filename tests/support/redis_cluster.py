@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote, urlencode
@@ -23,7 +22,9 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from tests.support.redis_server import RedisServer, free_port
+from tests.support.ports import free_port
+from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_until_sync
 
 REDIS_CLI_MISSING = (
     "redis-cli is not installed: run scripts/setup (it comes with Debian's redis-tools, "
@@ -39,21 +40,12 @@ def require_redis_cli() -> str:
     return path
 
 
-def poll(ready: Callable[[], bool], timeout: float, failure: Callable[[], str]) -> None:
-    """Call ``ready`` until it is true; RuntimeError with ``failure()`` after ``timeout`` s.
-
-    Connection errors and timeouts count as not ready yet.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if ready():
-                return
-        except (redis.ConnectionError, redis.TimeoutError):
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(failure())
-        time.sleep(0.01)
+def _answering(ready: Callable[[], bool]) -> bool:
+    """``ready()``, or False while the server does not answer."""
+    try:
+        return ready()
+    except (redis.ConnectionError, redis.TimeoutError):
+        return False
 
 
 class LocalCluster:
@@ -137,13 +129,15 @@ class LocalCluster:
     def wait_until_ok(self, timeout: float = 20.0) -> None:
         """Wait until every node reports cluster_state:ok and sees every other one, healthy."""
         for node in self.nodes:
-            poll(
-                lambda node=node: self._state(node) == "ok",
-                timeout,
-                lambda node=node: (
-                    f"cluster node 127.0.0.1:{node.port} is not ok: {self._describe_state(node)}"
-                ),
-            )
+            try:
+                wait_until_sync(
+                    lambda node=node: _answering(lambda: self._state(node) == "ok"),
+                    f"cluster node 127.0.0.1:{node.port} to be ok",
+                    timeout=timeout,
+                    interval=0.01,
+                )
+            except TimeoutError as exc:
+                raise TimeoutError(f"{exc}: {self._describe_state(node)}") from None
 
     def _describe_state(self, node: RedisServer) -> str:
         try:
@@ -282,12 +276,13 @@ class LocalSentinel:
             for replica in self.replicas:
                 replica.start()
                 with replica.client() as client:
-                    poll(
-                        lambda client=client: (
-                            client.info("replication")["master_link_status"] == "up"
+                    wait_until_sync(
+                        lambda client=client: _answering(
+                            lambda: client.info("replication")["master_link_status"] == "up"
                         ),
-                        timeout,
-                        lambda replica=replica: f"replica 127.0.0.1:{replica.port} never synced",
+                        f"replica 127.0.0.1:{replica.port} to sync",
+                        timeout=timeout,
+                        interval=0.01,
                     )
             self.sentinel.start(timeout)
         except BaseException:

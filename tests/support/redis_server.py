@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
@@ -20,6 +18,9 @@ import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until_sync
 
 NOT_INSTALLED = (
     "redis-server is not installed: run scripts/setup (it installs Debian's redis-server)"
@@ -32,12 +33,6 @@ def require_redis_server() -> str:
     if path is None:
         pytest.fail(NOT_INSTALLED, pytrace=False)
     return path
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
@@ -132,25 +127,30 @@ class RedisServer:
         self.process = subprocess.Popen(
             self._command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
-        deadline = time.monotonic() + timeout
         with self.client() as client:
-            while True:
-                if self.process.poll() is not None:
-                    stderr = self.process.stderr.read().decode(errors="replace")
-                    self.process = None
-                    raise RuntimeError(
-                        f"redis-server exited at start on port {self.port}:\n"
-                        f"{stderr}\n{self._log_tail()}"
-                    )
-                try:
-                    if self._ready(client):
-                        return
-                except (redis.ConnectionError, redis.TimeoutError):
-                    pass
-                if time.monotonic() > deadline:
-                    self.stop(signal.SIGKILL)
-                    raise RuntimeError(f"redis-server did not answer in {timeout} s")
-                time.sleep(0.005)
+            try:
+                wait_until_sync(
+                    lambda: self._ready_unless_exited(client),
+                    f"redis-server on port {self.port} to answer",
+                    timeout=timeout,
+                    interval=0.005,
+                )
+            except TimeoutError:
+                self.stop(signal.SIGKILL)
+                raise
+
+    def _ready_unless_exited(self, client: redis.Redis) -> bool:
+        """Whether the server is ready; RuntimeError with its stderr if it exited instead."""
+        if self.process.poll() is not None:
+            stderr = self.process.stderr.read().decode(errors="replace")
+            self.process = None
+            raise RuntimeError(
+                f"redis-server exited at start on port {self.port}:\n{stderr}\n{self._log_tail()}"
+            )
+        try:
+            return self._ready(client)
+        except (redis.ConnectionError, redis.TimeoutError):
+            return False
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 10.0) -> None:
         """Send ``sig`` and wait for the process to end; SIGKILL it if it will not."""

@@ -120,3 +120,32 @@ podAntiAffinity:
           matchLabels:
             {{- include "relay-fleet.selector" . | nindent 12 }}
 {{- end }}
+
+{{/* How clients reach the relays: hostNetwork, NodePort or LoadBalancer (one UDP Service per relay). */}}
+{{- define "relay-fleet.relayExposure" -}}
+{{- if .Values.relays.hostNetwork }}hostNetwork{{ else }}{{ .Values.relays.service.type }}{{ end -}}
+{{- end }}
+
+{{/* "true" when each relay advertises its own load balancer's address, read from the
+relay-addresses ConfigMap; empty otherwise. */}}
+{{- define "relay-fleet.perRelayAddresses" -}}
+{{- if and (eq (include "relay-fleet.relayExposure" .) "LoadBalancer") (not .Values.relays.addresses) }}true{{ end -}}
+{{- end }}
+
+{{/* The rules of one part's ClusterRole, from files/rbac.yaml: a symlink to deploy/rbac.yaml,
+the single source of each part's least privilege. include "relay-fleet.rbacRules" (list . "relay") */}}
+{{- define "relay-fleet.rbacRules" -}}
+{{- $root := index . 0 -}}
+{{- $source := printf "relayfleet-%s" (index . 1) -}}
+{{- $rules := dict -}}
+{{- range $doc := regexSplit "(?m)^---\\s*$" ($root.Files.Get "files/rbac.yaml") -1 }}
+{{- $role := fromYaml $doc }}
+{{- if and $role (eq (get $role "kind") "ClusterRole") }}
+{{- $_ := set $rules $role.metadata.name $role.rules }}
+{{- end }}
+{{- end }}
+{{- if not (hasKey $rules $source) }}
+{{- fail (printf "files/rbac.yaml (deploy/rbac.yaml) has no ClusterRole %s" $source) }}
+{{- end }}
+{{- toYaml (get $rules $source) }}
+{{- end }}

@@ -13,10 +13,11 @@ import time
 import pytest
 
 from relay.protocol.keys import DiscoPublicKey
-from relay.store import SUBSCRIBED, Change, StoreUnavailable
+from relay.store import SUBSCRIBED, Allocation, Change, StoreUnavailable
 from relay.store.redis import RedisStore
 from tests.relay.store.conftest import DB, PASSWORD
 from tests.support.redis_cluster import LocalSentinel
+from tests.support.waiting import wait_until
 
 
 def pair():
@@ -57,14 +58,13 @@ async def test_calls_and_changes_follow_a_failover_to_the_new_master(own_sentine
         with pytest.raises(StoreUnavailable, match="Redis master 'relayfleet' via Sentinel at"):
             await asyncio.wait_for(anext(changes), 5)
 
-        deadline = time.monotonic() + 15.0
-        while True:
+        async def allocated() -> Allocation | None:
             try:
-                second = (await store.allocate("r", pair(), 0.0)).allocation
-                break
+                return (await store.allocate("r", pair(), 0.0)).allocation
             except StoreUnavailable:
-                assert time.monotonic() < deadline, "the store never reached a new master"
-                await asyncio.sleep(0.05)
+                return None
+
+        second = await wait_until(allocated, "the store to reach a new master", timeout=15.0)
         assert setup.current_master() is replica
         assert (second.vni, second.lamport_id) == (2, 2)
         assert await store.allocations("r") == [first, second]

@@ -7,7 +7,7 @@ from relay.protocol.keys import DiscoPrivateKey, sorted_pair
 from relay.shells.agent import EXPIRY_BATCH
 from relay.store import Allocation
 from relay.store.interface import SCAN_SLICE
-from tests.relay.udp_harness import wait_until
+from tests.support.waiting import wait_until
 
 
 def new_pair():
@@ -18,7 +18,7 @@ async def test_an_allocation_made_elsewhere_is_installed_from_its_announcement(r
     server = relay.server
     result = await server.store.allocate(server.config.name, new_pair(), 0.0)
     vni = result.allocation.vni
-    await wait_until(lambda: server.core.endpoint(vni) is not None, what="installed")
+    await wait_until(lambda: server.core.endpoint(vni) is not None, "installed")
     assert server.core.endpoint(vni).allocation == result.allocation
 
 
@@ -26,7 +26,7 @@ async def test_an_allocation_freed_elsewhere_stops_being_served(relay):
     pair = await relay.bound_pair()
     vni, lamport_id = pair.endpoint.vni, pair.endpoint.lamport_id
     assert await relay.server.store.free(relay.server.config.name, vni, lamport_id)
-    await wait_until(lambda: relay.server.core.endpoint(vni) is None, what="removed")
+    await wait_until(lambda: relay.server.core.endpoint(vni) is None, "removed")
     pair.peers[0].send(pair.clients[0].data(b"after free"), relay.relay)
     await relay.dropped(Drop.UNKNOWN_VNI)
 
@@ -38,7 +38,7 @@ async def test_binding_is_written_back_so_the_next_allocation_is_new(relay):
     async def bound_in_store():
         return (await store.allocation(name, pair.endpoint.vni)).bound
 
-    await wait_until(bound_in_store, what="bound in the store")
+    await wait_until(bound_in_store, "bound in the store")
 
 
 async def test_resync_serves_exactly_the_stores_allocations(relay):
@@ -59,7 +59,7 @@ async def test_the_relay_registers_itself_with_a_heartbeat(relay):
     async def registered():
         return {r.name: r for r in await server.store.relays()}.get(server.config.name)
 
-    await wait_until(registered, what="registered")
+    await wait_until(registered, "registered")
     record = await registered()
     assert record.alive
     assert record.server_disco == server.core.server_key
@@ -77,11 +77,17 @@ async def test_a_mass_expiry_is_worked_off_in_slices_between_which_the_loop_runs
         )
     seen: set[int] = set()
 
+    async def watch() -> None:
+        while True:
+            seen.add(len(server.core))
+            await asyncio.sleep(0)
+
     async def all_freed() -> bool:
-        seen.add(len(server.core))
         return not await server.store.allocations(name)
 
-    await wait_until(all_freed, timeout=30, what="every endpoint expired and freed")
+    watcher = asyncio.create_task(watch())
+    await wait_until(all_freed, "every endpoint expired and freed", timeout=30)
+    watcher.cancel()
     assert server.core.expired["bind"] == total
     assert any(0 < left < total for left in seen), "the loop never ran in the middle of expiry"
 
@@ -91,7 +97,7 @@ async def test_a_resync_installs_in_slices_between_which_the_loop_runs(relay):
     total = 2 * SCAN_SLICE + 10
     for _ in range(total):
         await server.store.allocate(name, new_pair(), server._clock())
-    await wait_until(lambda: len(server.core) == total, what="announcements installed")
+    await wait_until(lambda: len(server.core) == total, "announcements installed")
     for endpoint in server.core.endpoints():
         server.core.remove(endpoint.allocation.vni, endpoint.allocation.lamport_id)
     seen: list[int] = []

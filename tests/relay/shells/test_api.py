@@ -37,6 +37,7 @@ async def test_allocation_answers_the_reference_json(api):
         body = await response.json()
     assert list(body) == [
         "ServerDisco",
+        "ClientDisco",
         "LamportID",
         "AddrPorts",
         "VNI",

@@ -1,0 +1,15 @@
+"""Benchmarks run by hand, never by CI: each prints our figure beside a reference from the same run.
+
+Run one from the repository root as a module, e.g. ``.venv/bin/python -m
+bench.dataplane --help``; docs/performance.md has the commands and figures.
+
+The benches (one module each): ``dataplane`` (packets/s, loss, latency),
+``handshakes`` (handshakes/s, relaying during a bind flood), ``allocations``
+(HTTP API and operator), ``memory`` (bytes per endpoint), ``stalls``
+(event-loop stalls), ``fastpath`` (the kernel fast path) and ``fuzz`` (long
+fuzzing). What they share: ``processes`` (starting, pinning, measuring and
+stopping servers), ``sockets`` (UDP sockets and queues), ``clients``
+(key pairs and allocation), ``binder`` (bind handshakes), ``report`` (tables,
+percentiles, ratios) and ``c`` (the C programs, built with gcc at run time).
+Test support code comes from ``tests.support``.
+"""

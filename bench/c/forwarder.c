@@ -1,0 +1,89 @@
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define BATCH 64
+#define SIZE 2048
+
+/* forwarder PORT A_PORT B_PORT [A_IP B_IP]: relays every datagram from A_IP:A_PORT
+   to B_IP:B_PORT and back; drops anything from elsewhere. Without IPs: loopback
+   only; with them: bound to any address. */
+int main(int argc, char **argv) {
+    if (argc != 4 && argc != 6) {
+        fprintf(stderr, "usage: forwarder PORT A_PORT B_PORT [A_IP B_IP]\n");
+        return 2;
+    }
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    int buffer = 4 << 20;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer, sizeof buffer);
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buffer, sizeof buffer);
+    struct sockaddr_in me = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[1]))};
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
+    struct sockaddr_in b = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[3]))};
+    me.sin_addr.s_addr = a.sin_addr.s_addr = b.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (argc == 6) {
+        me.sin_addr.s_addr = htonl(INADDR_ANY);
+        if (inet_pton(AF_INET, argv[4], &a.sin_addr) != 1
+            || inet_pton(AF_INET, argv[5], &b.sin_addr) != 1) {
+            fprintf(stderr, "bad IPv4 address\n");
+            return 2;
+        }
+    }
+    if (bind(fd, (struct sockaddr *)&me, sizeof me) < 0) {
+        perror("bind");
+        return 1;
+    }
+    socklen_t length = sizeof me;
+    getsockname(fd, (struct sockaddr *)&me, &length);
+    printf("{\"udp_port\": %d}\n", ntohs(me.sin_port));
+    fflush(stdout);
+
+    static char data[BATCH][SIZE];
+    static struct iovec in_iov[BATCH], out_iov[BATCH];
+    static struct sockaddr_in source[BATCH];
+    static struct mmsghdr in[BATCH], out[BATCH];
+    for (int i = 0; i < BATCH; i++) {
+        in_iov[i] = (struct iovec){data[i], SIZE};
+        in[i].msg_hdr.msg_iov = &in_iov[i];
+        in[i].msg_hdr.msg_iovlen = 1;
+        in[i].msg_hdr.msg_name = &source[i];
+    }
+    for (;;) {
+        for (int i = 0; i < BATCH; i++)
+            in[i].msg_hdr.msg_namelen = sizeof source[i];
+        int n = recvmmsg(fd, in, BATCH, MSG_WAITFORONE, NULL);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            perror("recvmmsg");
+            return 1;
+        }
+        int m = 0;
+        for (int i = 0; i < n; i++) {
+            struct sockaddr_in *to;
+            in_addr_t ip = source[i].sin_addr.s_addr;
+            if (source[i].sin_port == a.sin_port && ip == a.sin_addr.s_addr)
+                to = &b;
+            else if (source[i].sin_port == b.sin_port && ip == b.sin_addr.s_addr)
+                to = &a;
+            else
+                continue;
+            out_iov[m] = (struct iovec){data[i], in[i].msg_len};
+            out[m].msg_hdr = (struct msghdr){
+                .msg_name = to, .msg_namelen = sizeof *to, .msg_iov = &out_iov[m], .msg_iovlen = 1};
+            m++;
+        }
+        for (int sent = 0; sent < m;) {
+            int r = sendmmsg(fd, out + sent, m - sent, 0);
+            if (r < 0) {
+                if (errno == EINTR) continue;
+                break; /* dropped, counted as loss by the bench */
+            }
+            sent += r;
+        }
+    }
+}
