@@ -26,6 +26,7 @@ from relay.flags import (
     store_prefix_flag,
 )
 from relay.protocol.allocation import DEFAULT_BIND_LIFETIME, DEFAULT_STEADY_STATE_LIFETIME
+from relay.protocol.core import DEFAULT_CHALLENGE_ROTATION
 from relay.protocol.geneve import MAX_VNI
 from relay.protocol.ratelimit import (
     DEFAULT_BURST_PER_SOURCE,
@@ -137,6 +138,11 @@ class RelayConfig:
         "--handshake-total-rate", DEFAULT_TOTAL_RATE, parse=rate, metavar="N",
         help="handshake messages per second taken from all sources together (bounds the "
         "CPU a flood from many sources can take from relaying)", shown=f"{DEFAULT_TOTAL_RATE:g}",
+    )  # fmt: skip
+    challenge_rotation: float = flag(
+        "--challenge-rotation", DEFAULT_CHALLENGE_ROTATION, parse=duration, metavar="DUR",
+        help="how often the key of protocol version 1's challenges changes (derived from the "
+        "key file's challenge secret); a challenge is answerable for one to two periods",
     )  # fmt: skip
     fast_path: str = flag(
         "--fast-path", "off", choices=FAST_PATH_MODES,

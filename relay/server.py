@@ -20,7 +20,7 @@ from relay import __version__
 from relay.aio import stop_tasks
 from relay.config import RelayConfig
 from relay.fastpath.kernel import KernelFastPath
-from relay.protocol.addresses import format_host_port, ipv6_available
+from relay.protocol.addresses import format_host_port
 from relay.protocol.core import RelayCore
 from relay.protocol.keys import DiscoPublicKey
 from relay.protocol.server_endpoint import ServerEndpoint
@@ -30,7 +30,7 @@ from relay.shells.agent import RelayAgent
 from relay.shells.api import InvalidRequest, ServerClosed, make_app
 from relay.shells.keyfile import RelaySecrets
 from relay.shells.metrics import relay_registry
-from relay.shells.transport import BatchedUdpTransport, open_udp_socket
+from relay.shells.transport import BatchedUdpTransport, ipv6_available, open_udp_socket
 from relay.store import RelayRecord, Store
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ class RelayServer:
             config.bind_lifetime,
             config.steady_state_lifetime,
             config.handshake_limits,
+            config.challenge_rotation,
         )
         self._clock = clock
         self.metrics = relay_registry(self)
@@ -182,6 +183,7 @@ class RelayServer:
             vni=allocation.vni,
             bind_lifetime=self.core.bind_lifetime,
             steady_state_lifetime=self.core.steady_state_lifetime,
+            client_disco=allocation.disco_keys,
         )
 
     def registry_record(self) -> RelayRecord:

@@ -1,6 +1,6 @@
 """The kernel fast path: bound endpoints relayed by nftables, their data never reaching Python.
 
-Once both clients of an endpoint are bound, docs/protocol.md's data rule is a
+Once both clients of an endpoint are bound, the data rule of docs/protocol.md "Data packets" is a
 fixed rewrite: a datagram with this VNI, the control bit clear and this
 source ip:port goes, unchanged, from the relay's port to the other client.
 The kernel can do that at its ingress hook (relay/fastpath/rules.py has the rules),
@@ -135,6 +135,7 @@ class KernelFastPath:
         self._clock = clock
         self.table = rules.table_name(port)
         self._newly_bound = core.watch_bound()
+        self._moved = core.watch_moves()
         self._waiting: list[Endpoint] = []
         self._prune_waiting_at = max_endpoints
         self._installed: dict[tuple[int, int], Installed] = {}
@@ -158,7 +159,8 @@ class KernelFastPath:
             await self._nft(rules.create_table(self.table))
         except FastPathError as exc:
             log.warning("kernel fast path unavailable, relaying in user space: %s", exc)
-            self._newly_bound.clear()
+            self._core.unwatch(self._newly_bound)
+            self._core.unwatch(self._moved)
             return False
         self.active = True
         self._core.last_seen_lag = POLL_INTERVAL
@@ -256,10 +258,18 @@ class KernelFastPath:
                 self._core.credit(entry.endpoint, index, packets, payload, now)
 
     async def _removals(self) -> str:
+        """Rules to remove: of endpoints no longer served, and of endpoints a client moved
+        away from (a version 1 re-bind), which go back to be installed at their new address
+        in the same nft transaction."""
         script = []
+        moved = {id(endpoint) for endpoint in self._moved}
+        self._moved.clear()
         async for key, entry in in_turns(list(self._installed.items())):
             allocation = entry.endpoint.allocation
-            if self._core.endpoint(allocation.vni) is not entry.endpoint:
+            served = self._core.endpoint(allocation.vni) is entry.endpoint
+            if not served or id(entry.endpoint) in moved:
+                if served:
+                    self._newly_bound.append(entry.endpoint)
                 script.append(
                     rules.remove_endpoint(
                         self.table, allocation.vni, allocation.lamport_id, entry.senders

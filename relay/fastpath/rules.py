@@ -10,7 +10,7 @@ relays sharing a network namespace keep apart::
                                 element counts the packets it matched
       chain in_<n>              one per network device, at its ingress hook:
                                 UDP to the relay's port with the Geneve control
-                                bit clear (docs/protocol.md data) -> look the leg up
+                                bit clear (docs/protocol.md "Data packets") -> look the leg up
       chain e<vni>_<lamport>_<i>   one per client i of a bound endpoint, one
                                 rule: rewrite source and destination to the
                                 other client, forward out of its device

@@ -73,15 +73,3 @@ def parse_ip(text: str) -> str:
         return str(ipaddress.ip_address(text))
     except ValueError:
         raise ValueError(f"{text!r} is not an IP address") from None
-
-
-def ipv6_available() -> bool:
-    """Whether this host can open an IPv6 UDP socket."""
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True

@@ -27,7 +27,13 @@ class RelayClient:
         return geneve.control_header(self.vni) + frame
 
     def bind(self) -> bytes:
+        """A version 0 bind."""
         return self.control(disco.BindUDPRelayEndpoint())
+
+    def bind_v1(self, remote_key: DiscoPublicKey, generation: int) -> bytes:
+        """A version 1 bind: ``remote_key`` is the endpoint's other client, ``generation``
+        this handshake's number (new and non-zero for each)."""
+        return self.control(disco.BindV1(disco.TYPE_BIND, self.vni, generation, remote_key.raw))
 
     def read_control(self, datagram: bytes) -> disco.Message:
         """Open a control datagram from the server; raises ValueError if it is not one."""
@@ -42,8 +48,11 @@ class RelayClient:
         return disco.parse(disco.open_frame(frame, self._shared))
 
     def answer(self, challenge_datagram: bytes) -> bytes:
-        """The answer datagram for the server's challenge datagram."""
+        """The answer datagram for the server's challenge datagram, in its version."""
         message = self.read_control(challenge_datagram)
+        if isinstance(message, disco.BindV1) and message.type == disco.TYPE_CHALLENGE:
+            fields = (message.vni, message.generation, message.remote_key, message.challenge)
+            return self.control(disco.BindV1(disco.TYPE_ANSWER, *fields))
         if not isinstance(message, disco.BindUDPRelayEndpointChallenge):
             raise ValueError(f"expected a challenge, got {message!r}")
         return self.control(disco.BindUDPRelayEndpointAnswer(message.challenge))

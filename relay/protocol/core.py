@@ -11,9 +11,19 @@ Handshake messages cost public-key crypto, so they pass a per-source and a
 total rate limit (relay/protocol/ratelimit.py) before any of it is done; a flood of
 binds is dropped cheaply and counted, and data relaying goes on.
 
-Challenges are not stored: each is a keyed BLAKE2s MAC over the endpoint's
-identity (VNI, LamportID, client key) under a relay secret, indistinguishable
-from random to a client, stable across restarts, and free of per-endpoint memory.
+Both protocol versions are served on one socket, chosen per message by the
+length of its body (docs/protocol.md "Version 1"). Version 0 ignores a client
+once bound; version 1 lets a bound client run the handshake again, with a new
+generation, to move its address.
+
+Challenges are not stored: each is a keyed BLAKE2s MAC, indistinguishable
+from random to a client and free of per-endpoint memory. Version 0's covers
+the endpoint's identity (VNI, LamportID, client key) under the relay's
+challenge secret, so it survives restarts. Version 1's covers the bind (VNI,
+generation, other client's key) and its source address under a key that
+changes every ``challenge_rotation`` seconds: derived from the challenge
+secret and the number of the period, so that nothing is stored or lost on a
+restart; the current and the previous period's keys are accepted.
 """
 
 from __future__ import annotations
@@ -40,6 +50,9 @@ Send = tuple[bytes, Address]
 
 CHALLENGE_SECRET_LEN = 32
 _CHALLENGE_PERSON = b"rf-chal0"
+_PERIOD_KEY_PERSON = b"rf-per1"
+_CHALLENGE_V1_PERSON = b"rf-chal1"
+DEFAULT_CHALLENGE_ROTATION = 120.0
 SHARED_KEY_CACHE_SIZE = 65_536
 HANDSHAKE_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0)
 _DISCO_HI, _DISCO_LO = geneve.PROTOCOL_DISCO >> 8, geneve.PROTOCOL_DISCO & 0xFF
@@ -81,15 +94,32 @@ class Drop(enum.StrEnum):
     WRONG_SOURCE = "wrong_source"
     WRONG_ANSWER = "wrong_answer"
     RATE_LIMITED = "rate_limited"
+    WRONG_VNI = "wrong_vni"
+    WRONG_REMOTE_KEY = "wrong_remote_key"
+    ZERO_GENERATION = "zero_generation"
+    WRONG_GENERATION = "wrong_generation"
 
 
 class ClientState:
-    """One client's side of an endpoint: its handshake, address and counters."""
+    """One client's side of an endpoint: its handshake, address and counters.
 
-    __slots__ = ("addr", "bytes", "challenged_at", "handshake", "last_seen", "packets")
+    ``generation`` is the version 1 handshake in progress (0: none); a bound
+    client may have one while it re-binds, and keeps its address until it ends.
+    """
+
+    __slots__ = (
+        "addr",
+        "bytes",
+        "challenged_at",
+        "generation",
+        "handshake",
+        "last_seen",
+        "packets",
+    )
 
     def __init__(self) -> None:
         self.handshake = Handshake.INIT
+        self.generation = 0
         self.challenged_at: float | None = None
         self.addr: Address | None = None
         self.last_seen: float | None = None
@@ -154,11 +184,16 @@ class RelayCore:
         bind_lifetime: float = DEFAULT_BIND_LIFETIME,
         steady_state_lifetime: float = DEFAULT_STEADY_STATE_LIFETIME,
         handshake_limits: HandshakeLimits = DEFAULT_HANDSHAKE_LIMITS,
+        challenge_rotation: float = DEFAULT_CHALLENGE_ROTATION,
     ) -> None:
         if len(challenge_secret) != CHALLENGE_SECRET_LEN:
             raise ValueError(f"the challenge secret is {CHALLENGE_SECRET_LEN} bytes")
         if bind_lifetime <= 0 or steady_state_lifetime <= 0:
             raise ValueError("lifetimes must be positive")
+        if challenge_rotation <= 0:
+            raise ValueError("the challenge rotation must be positive")
+        self.challenge_rotation = challenge_rotation
+        self._period_keys: dict[int, bytes] = {}
         self._private_key = private_key
         self._challenge_secret = challenge_secret
         self.server_key = private_key.public
@@ -171,6 +206,7 @@ class RelayCore:
         self._deadlines: list[tuple[float, int]] = []
         self._bound_watchers: list[list[Endpoint]] = []
         self._bound_for_store = self.watch_bound()
+        self._move_watchers: list[list[Endpoint]] = []
         self.last_seen_lag = 0.0
         self.bound_count = 0
         self.forwarded_packets = 0
@@ -236,6 +272,19 @@ class RelayCore:
         watcher: list[Endpoint] = []
         self._bound_watchers.append(watcher)
         return watcher
+
+    def watch_moves(self) -> list[Endpoint]:
+        """A list the core appends a bound endpoint to whenever a client re-binds from a
+        new address (version 1); the caller empties it (the kernel fast path)."""
+        watcher: list[Endpoint] = []
+        self._move_watchers.append(watcher)
+        return watcher
+
+    def unwatch(self, watcher: list[Endpoint]) -> None:
+        """Stop appending to a list from :meth:`watch_bound` or :meth:`watch_moves`."""
+        for watchers in (self._bound_watchers, self._move_watchers):
+            if any(w is watcher for w in watchers):
+                watchers[:] = [w for w in watchers if w is not watcher]
 
     def credit(self, endpoint: Endpoint, index: int, packets: int, size: int, now: float) -> None:
         """Count packets relayed for one client outside this core (by the kernel fast path).
@@ -344,7 +393,8 @@ class RelayCore:
         self, endpoint: Endpoint, datagram: bytes, source: Address, now: float
     ) -> Send | None:
         datagram = bytes(datagram)
-        drop = self._check_control(endpoint, datagram)
+        v1 = disco.body_len(len(datagram) - _FRAME) >= disco.V1_BODY_LEN
+        drop = self._check_control(endpoint, datagram, v1)
         if drop is not None:
             self.drops[drop] += 1
             return None
@@ -357,7 +407,7 @@ class RelayCore:
         else:
             self.drops[Drop.FOREIGN_KEY] += 1
             return None
-        if endpoint.clients[index].handshake is Handshake.BOUND:
+        if not v1 and endpoint.clients[index].handshake is Handshake.BOUND:
             self.drops[Drop.CLIENT_ALREADY_BOUND] += 1
             return None
         if not self._handshake_limiter.allow(source, now):
@@ -373,6 +423,8 @@ class RelayCore:
         except disco.DiscoError:
             self.drops[Drop.MALFORMED_MESSAGE] += 1
             return None
+        if isinstance(message, disco.BindV1):
+            return self._on_v1(endpoint, index, message, source, now)
         if isinstance(message, disco.BindUDPRelayEndpoint):
             return self._on_bind(endpoint, index, source, now)
         if isinstance(message, disco.BindUDPRelayEndpointAnswer):
@@ -381,8 +433,8 @@ class RelayCore:
         self.drops[Drop.UNEXPECTED_MESSAGE] += 1
         return None
 
-    def _check_control(self, endpoint: Endpoint, datagram: bytes) -> Drop | None:
-        if endpoint.bound:
+    def _check_control(self, endpoint: Endpoint, datagram: bytes, v1: bool) -> Drop | None:
+        if endpoint.bound and not v1:
             return Drop.CONTROL_AFTER_BOUND
         if datagram[2] != _DISCO_HI or datagram[3] != _DISCO_LO:
             return Drop.CONTROL_NOT_DISCO
@@ -418,12 +470,24 @@ class RelayCore:
         if not hmac.compare_digest(answer, self.challenge(endpoint.allocation, index)):
             self.drops[Drop.WRONG_ANSWER] += 1
             return
+        self._bind_client(endpoint, index, source, now)
+
+    def _bind_client(self, endpoint: Endpoint, index: int, source: Address, now: float) -> None:
+        """A client's handshake is complete: it is bound at ``source``."""
+        client = endpoint.touch()[index]
+        moved = client.handshake is Handshake.BOUND and source != client.addr
+        client.addr = source
         client.handshake = Handshake.BOUND
         client.last_seen = now
         self.handshakes_completed += 1
         if client.challenged_at is not None:
             self.handshake_seconds.observe(now - client.challenged_at)
             client.challenged_at = None
+        if endpoint.bound:
+            if moved:
+                for watcher in self._move_watchers:
+                    watcher.append(endpoint)
+            return
         if endpoint.clients[1 - index].handshake is Handshake.BOUND:
             endpoint.bound = True
             endpoint.bound_at = now
@@ -431,6 +495,78 @@ class RelayCore:
             self._arm(endpoint, now + self.steady_state_lifetime)
             for watcher in self._bound_watchers:
                 watcher.append(endpoint)
+
+    def _on_v1(
+        self, endpoint: Endpoint, index: int, message: disco.BindV1, source: Address, now: float
+    ) -> Send | None:
+        """Version 1: answer every valid bind with a challenge; bind (or move) on an answer."""
+        allocation = endpoint.allocation
+        remote_key = allocation.disco_keys[1 - index].raw
+        if message.vni != allocation.vni:
+            self.drops[Drop.WRONG_VNI] += 1
+            return None
+        if message.remote_key != remote_key:
+            self.drops[Drop.WRONG_REMOTE_KEY] += 1
+            return None
+        if message.type == disco.TYPE_BIND:
+            if message.generation == 0:
+                self.drops[Drop.ZERO_GENERATION] += 1
+                return None
+            client = endpoint.touch()[index]
+            client.generation = message.generation
+            if client.handshake is not Handshake.BOUND:
+                client.handshake = Handshake.CHALLENGE_SENT
+            if client.challenged_at is None:
+                client.challenged_at = now
+            period = self._period(now)
+            challenge = disco.BindV1(
+                disco.TYPE_CHALLENGE,
+                allocation.vni,
+                message.generation,
+                remote_key,
+                self.challenge_v1(message, source, period),
+            )
+            frame = disco.seal(self._server_key_raw, self._shared_key(endpoint, index), challenge)
+            return geneve.control_header(allocation.vni) + frame, source
+        if message.type != disco.TYPE_ANSWER:
+            self.drops[Drop.UNEXPECTED_MESSAGE] += 1
+            return None
+        client = endpoint.clients[index]
+        if client.generation == 0 or message.generation != client.generation:
+            self.drops[Drop.WRONG_GENERATION] += 1
+            return None
+        period = self._period(now)
+        if not any(
+            hmac.compare_digest(message.challenge, self.challenge_v1(message, source, p))
+            for p in (period, period - 1)
+        ):
+            self.drops[Drop.WRONG_ANSWER] += 1
+            return None
+        endpoint.touch()[index].generation = 0
+        self._bind_client(endpoint, index, source, now)
+        return None
+
+    def _period(self, now: float) -> int:
+        return int(now // self.challenge_rotation)
+
+    def challenge_v1(self, message: disco.BindV1, source: Address, period: int) -> bytes:
+        """The version 1 challenge for a bind from ``source`` in rotation period ``period``."""
+        key = self._period_keys.get(period)
+        if key is None:
+            if len(self._period_keys) >= 4:
+                self._period_keys.clear()
+            key = self._period_keys[period] = hashlib.blake2s(
+                period.to_bytes(8, "big", signed=True),
+                key=self._challenge_secret,
+                person=_PERIOD_KEY_PERSON,
+            ).digest()
+        bind = (
+            message.vni.to_bytes(4, "big")
+            + message.generation.to_bytes(4, "big")
+            + message.remote_key
+            + _address_bytes(source)
+        )
+        return hashlib.blake2s(bind, key=key, person=_CHALLENGE_V1_PERSON).digest()
 
     def _shared_key(self, endpoint: Endpoint, index: int) -> bytes:
         """The box key shared with a client, cached by client key: a peer uses one disco
@@ -453,3 +589,11 @@ class RelayCore:
         return hashlib.blake2s(
             identity, key=self._challenge_secret, person=_CHALLENGE_PERSON, digest_size=32
         ).digest()
+
+
+def _address_bytes(address: Address) -> bytes:
+    """An address as bytes for a MAC: the transport's sockaddr bytes as they are (port and
+    IP included), any other address (tests use tuples) by its repr."""
+    if isinstance(address, bytes):
+        return address
+    return repr(address).encode()

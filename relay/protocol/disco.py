@@ -2,7 +2,10 @@
 
 A frame is ``magic | sender public key | nonce | NaCl box``; the opened box
 holds ``type | version | body``. Only the three bind messages matter to the
-relay (docs/protocol.md "Control packets"); everything here is pure bytes in,
+relay (docs/protocol.md "Control packets"). They come in two forms: version 0
+with a 32-byte body, and version 1 (docs/protocol.md "Version 1"), whose
+72-byte body carries the VNI, a handshake generation and the other client's
+key; the body's length tells them apart. Everything here is pure bytes in,
 bytes out.
 """
 
@@ -29,6 +32,9 @@ TYPE_CHALLENGE = 0x05
 TYPE_ANSWER = 0x06
 CHALLENGE_LEN = 32
 BIND_PADDING_LEN = 32
+V1_BODY_LEN = 4 + 4 + KEY_LEN + CHALLENGE_LEN
+"""A version 1 bind body: VNI, generation, the other client's key, challenge."""
+BIND_TYPES = (TYPE_BIND, TYPE_CHALLENGE, TYPE_ANSWER)
 
 
 class DiscoError(ValueError):
@@ -55,6 +61,23 @@ class BindUDPRelayEndpointAnswer:
 
 
 @dataclass(frozen=True, slots=True)
+class BindV1:
+    """One of the three bind messages in version 1 (``type``: 0x04, 0x05 or 0x06).
+
+    ``vni`` must equal the Geneve header's; ``generation`` is the client's
+    handshake, never 0; ``remote_key`` is the raw key of the endpoint's other
+    client; ``challenge`` is padding in a bind, the server's MAC in a
+    challenge, and its echo in an answer.
+    """
+
+    type: int
+    vni: int
+    generation: int
+    remote_key: bytes
+    challenge: bytes = bytes(CHALLENGE_LEN)
+
+
+@dataclass(frozen=True, slots=True)
 class OtherMessage:
     """A well-formed message of a type the relay does not act on (ping, pong, ...)."""
 
@@ -62,7 +85,11 @@ class OtherMessage:
 
 
 Message = (
-    BindUDPRelayEndpoint | BindUDPRelayEndpointChallenge | BindUDPRelayEndpointAnswer | OtherMessage
+    BindUDPRelayEndpoint
+    | BindUDPRelayEndpointChallenge
+    | BindUDPRelayEndpointAnswer
+    | BindV1
+    | OtherMessage
 )
 
 
@@ -75,6 +102,16 @@ def marshal(message: Message) -> bytes:
             return bytes((TYPE_CHALLENGE, MESSAGE_VERSION)) + _fixed(challenge)
         case BindUDPRelayEndpointAnswer(answer):
             return bytes((TYPE_ANSWER, MESSAGE_VERSION)) + _fixed(answer)
+        case BindV1(kind, vni, generation, remote_key, challenge):
+            if kind not in BIND_TYPES or len(remote_key) != KEY_LEN:
+                raise ValueError("a version 1 bind message needs a bind type and a 32-byte key")
+            return (
+                bytes((kind, MESSAGE_VERSION))
+                + vni.to_bytes(4, "big")
+                + generation.to_bytes(4, "big")
+                + bytes(remote_key)
+                + _fixed(challenge)
+            )
     raise TypeError(f"cannot marshal {message!r}")
 
 
@@ -85,10 +122,21 @@ def _fixed(value: bytes) -> bytes:
 
 
 def parse(payload: bytes) -> Message:
-    """Parse an opened payload; trailing bytes are ignored, a short body is an error."""
+    """Parse an opened payload; trailing bytes are ignored, a short body is an error.
+
+    A bind message whose body has :data:`V1_BODY_LEN` bytes or more is version 1.
+    """
     if len(payload) < 2:
         raise DiscoError("message shorter than its type and version")
     kind, body = payload[0], payload[2:]
+    if kind in BIND_TYPES and len(body) >= V1_BODY_LEN:
+        return BindV1(
+            kind,
+            int.from_bytes(body[0:4], "big"),
+            int.from_bytes(body[4:8], "big"),
+            bytes(body[8:40]),
+            bytes(body[40:72]),
+        )
     if kind == TYPE_BIND:
         return BindUDPRelayEndpoint()
     if kind in (TYPE_CHALLENGE, TYPE_ANSWER):
@@ -99,6 +147,12 @@ def parse(payload: bytes) -> Message:
             return BindUDPRelayEndpointChallenge(value)
         return BindUDPRelayEndpointAnswer(value)
     return OtherMessage(kind)
+
+
+def body_len(frame_len: int) -> int:
+    """The body length of the message in a frame of ``frame_len`` bytes, known before
+    opening the box (a box adds exactly its tag); negative for a frame too short."""
+    return frame_len - MIN_FRAME_LEN - 2
 
 
 def seal(sender: bytes, shared_key: bytes, message: Message, nonce: bytes | None = None) -> bytes:

@@ -1,7 +1,7 @@
 """Disco keys: Curve25519 key pairs, their text forms, ordering and shared secrets.
 
 A disco public key is written ``discokey:`` + 64 lower-case hex digits and is
-ordered by its 32 raw bytes (docs/protocol.md). A private key's text form, used
+ordered by its 32 raw bytes (docs/protocol.md "Keys"). A private key's text form, used
 only in key files, is ``privkey:`` + 64 hex digits.
 """
 

@@ -2,7 +2,8 @@
 
 The names and forms are the reference implementation's: ``ServerDisco`` as
 ``discokey:…``, ``AddrPorts`` as ``ip:port`` strings, lifetimes as Go duration
-strings (``30s``, ``5m0s``).
+strings (``30s``, ``5m0s``). ``ClientDisco``, the two clients' keys in sorted
+order, came with protocol version 1; readers take answers with or without it.
 """
 
 from __future__ import annotations
@@ -25,10 +26,15 @@ class ServerEndpoint:
     vni: int
     bind_lifetime: float
     steady_state_lifetime: float
+    client_disco: tuple[DiscoPublicKey, DiscoPublicKey] | None = None
 
     def to_json(self) -> dict[str, Any]:
+        clients = (
+            {} if self.client_disco is None else {"ClientDisco": list(map(str, self.client_disco))}
+        )
         return {
             "ServerDisco": str(self.server_disco),
+            **clients,
             "LamportID": self.lamport_id,
             "AddrPorts": list(self.addr_ports),
             "VNI": self.vni,
@@ -47,6 +53,7 @@ class ServerEndpoint:
             vni=_field(data, "VNI", _integer),
             bind_lifetime=_field(data, "BindLifetime", _duration),
             steady_state_lifetime=_field(data, "SteadyStateLifetime", _duration),
+            client_disco=_field(data, "ClientDisco", _key_pair) if "ClientDisco" in data else None,
         )
 
 
@@ -70,6 +77,13 @@ def _strings(value: Any) -> tuple[str, ...]:
         if type(item) is not str:
             raise ValueError(f"expected a list of strings, not one holding {_json_type(item)}")
     return tuple(value)
+
+
+def _key_pair(value: Any) -> tuple[DiscoPublicKey, DiscoPublicKey]:
+    keys = _strings(value)
+    if len(keys) != 2:
+        raise ValueError(f"expected two keys, not {len(keys)}")
+    return DiscoPublicKey.parse(keys[0]), DiscoPublicKey.parse(keys[1])
 
 
 def _duration(value: Any) -> float:

@@ -1,7 +1,10 @@
-"""The two servers under test, as processes: ``relayfleet relay`` and the reference's refserver.
+"""The servers under test, as processes: ``relayfleet relay`` and the reference's servers.
 
-Both print one JSON ready line (``udp_port``, ``api``, ``server_disco``) and
-serve the same allocation API, so every conformance test runs against both.
+``refserver`` is the reference's relay server at tailscale.com v1.84.0
+(protocol version 0), ``refserver-v1`` the one at v1.102.5 (version 1). All
+print one JSON ready line (``udp_port``, ``api``, ``server_disco``) and serve
+the same allocation API, so each conformance test runs against ours and the
+reference of its version.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".dev" / "bin"
 REFSERVER = BIN / "refserver"
 REFCLIENT = BIN / "refclient"
+REFSERVER_V1 = BIN / "refserver-v1"
+REFCLIENT_V1 = BIN / "refclient-v1"
 READY_TIMEOUT = 20
 
 COMMANDS = {
@@ -36,6 +41,15 @@ COMMANDS = {
     ],
     "reference": [
         str(REFSERVER),
+        "--port",
+        "0",
+        "--api-listen",
+        "127.0.0.1:0",
+        "--addr",
+        "127.0.0.1",
+    ],
+    "reference-v1": [
+        str(REFSERVER_V1),
         "--port",
         "0",
         "--api-listen",

@@ -64,13 +64,21 @@ func (c *apiClient) allocate(a, b key.DiscoPublic) (allocation, error) {
 	return al, nil
 }
 
-// wantAllocationKeys are the exact members of an allocation response.
+// wantAllocationKeys are the exact members of an allocation response at this
+// version. The API of later versions also answers ClientDisco (the two client
+// keys, sorted), which this version's clients ignore; it is checked apart.
 var wantAllocationKeys = []string{"AddrPorts", "BindLifetime", "LamportID", "ServerDisco", "SteadyStateLifetime", "VNI"}
 
 // validateAllocation checks the allocation's JSON forms and value ranges.
 func validateAllocation(al allocation) error {
 	var keys []string
 	for k := range al.raw {
+		if k == "ClientDisco" {
+			if err := validateClientDisco(al.raw[k]); err != nil {
+				return err
+			}
+			continue
+		}
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
@@ -132,6 +140,19 @@ func (c *apiClient) healthz() error {
 	b, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK || strings.TrimSpace(string(b)) != "ok" {
 		return fmt.Errorf("GET /healthz: status %d body %q, want 200 \"ok\"", resp.StatusCode, b)
+	}
+	return nil
+}
+
+// validateClientDisco checks a later version's ClientDisco member: two
+// different disco keys in sorted order.
+func validateClientDisco(raw json.RawMessage) error {
+	var keys []key.DiscoPublic
+	if err := json.Unmarshal(raw, &keys); err != nil {
+		return fmt.Errorf("ClientDisco %s: %v", raw, err)
+	}
+	if len(keys) != 2 || keys[0].Compare(keys[1]) >= 0 {
+		return fmt.Errorf("ClientDisco %s: want two different keys, sorted", raw)
 	}
 	return nil
 }

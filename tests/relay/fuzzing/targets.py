@@ -1,21 +1,16 @@
-"""Fuzz targets for every parser and for RelayCore.handle, shared by bench/fuzz.py and test_fuzz.py.
+"""The 21 fuzz targets: every parser, the API's request and token checks, and RelayCore.handle.
 
-The million-case bench run and the few-second CI run must check the same
-things, so the inputs and the properties live here, once. Each target pairs a
-structure-aware generator (valid inputs of its kind, mutated in bytes, lengths
-and fields, plus plain random input) with a check that raises on the first
-broken property: an exception other than the entry point's documented error,
-a result that contradicts its input, a secret in an error message, or, for the
+Each target generates valid inputs of its kind, mutated in bytes, lengths
+and fields, plus plain random input, and its check raises on the first broken
+property: an exception other than the entry point's documented error, a
+result that contradicts its input, a secret in an error message, or, for the
 relay core, any change to an endpoint that the datagram did not earn under
-docs/protocol.md. Generators draw from a seeded ``random.Random`` (the plain loop)
-or from :class:`ByteRandom` over a coverage-guided fuzzer's bytes (atheris),
-so both engines share them. :func:`run` is the plain loop; :data:`KNOWN_BUGS`
-lists what the fuzzing found in product code and is not fixed yet.
+docs/protocol.md (the model in model.py decides). :data:`KNOWN_BUGS` lists
+what the fuzzing found in product code and is not fixed yet.
 """
 
 from __future__ import annotations
 
-import copy
 import ipaddress
 import json
 import math
@@ -24,21 +19,16 @@ import re
 import socket
 import struct
 import sys
-import time
-import traceback
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar, NamedTuple, Protocol
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
 
 import redis.asyncio as aioredis
 from nacl import bindings
 
 from relay.protocol import disco, geneve
 from relay.protocol.addresses import format_address, parse_host_port, parse_ip, sockaddr_host_port
-from relay.protocol.client import RelayClient
-from relay.protocol.core import Drop, Handshake, RelayCore
+from relay.protocol.core import Drop, Handshake
 from relay.protocol.durations import format_duration, parse_duration
 from relay.protocol.keys import DiscoPrivateKey, DiscoPublicKey, InvalidKey
 from relay.protocol.ratelimit import HandshakeLimits
@@ -46,226 +36,40 @@ from relay.protocol.server_endpoint import ServerEndpoint
 from relay.shells.api import InvalidRequest, parse_allocation_request
 from relay.shells.api_token import refusal
 from relay.shells.keyfile import KeyFileError, RelaySecrets
-from relay.store import Allocation, RelayRecord, check_store_url, open_store
+from relay.store import RelayRecord, check_store_url, open_store
 from relay.store import redis as redis_store
-
-REPO = Path(__file__).resolve().parents[2]
-PRODUCT_DIR = REPO / "relay"
-
-
-class Rng(Protocol):
-    """The part of ``random.Random`` the generators use; :class:`ByteRandom` has it too."""
-
-    def randrange(self, start: int, stop: int | None = None) -> int: ...
-
-    def random(self) -> float: ...
-
-    def randbytes(self, n: int) -> bytes: ...
-
-    def choice(self, seq: Sequence[Any]) -> Any: ...
-
-
-class ByteRandom:
-    """Choices read from a fuzzer's input, so coverage guidance steers the generators.
-
-    Once the input runs out every choice is zero, so each generator ends.
-    """
-
-    __slots__ = ("_data", "_pos")
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._pos = 0
-
-    def _take(self, n: int) -> bytes:
-        chunk = self._data[self._pos : self._pos + n]
-        self._pos += n
-        return chunk.ljust(n, b"\0")
-
-    def randrange(self, start: int, stop: int | None = None) -> int:
-        if stop is None:
-            start, stop = 0, start
-        span = stop - start
-        if span <= 0:
-            raise ValueError("empty range")
-        return start + int.from_bytes(self._take((span.bit_length() + 7) // 8), "big") % span
-
-    def random(self) -> float:
-        return int.from_bytes(self._take(4), "big") / 2**32
-
-    def randbytes(self, n: int) -> bytes:
-        return self._take(n)
-
-    def choice(self, seq: Sequence[Any]) -> Any:
-        return seq[self.randrange(len(seq))]
-
-
-class PropertyFailure(AssertionError):
-    """A broken property; ``label`` names it stably, the rest of the message gives details."""
-
-    def __init__(self, label: str, detail: str = "") -> None:
-        super().__init__(f"{label}: {detail}" if detail else label)
-        self.label = label
-
-
-def require(condition: object, label: str, detail: str = "") -> None:
-    if not condition:
-        raise PropertyFailure(label, detail)
-
-
-# -- mutation ---------------------------------------------------------------
-
-INTERESTING_BYTES = bytes((0x00, 0x01, 0x04, 0x05, 0x06, 0x11, 0x12, 0x40, 0x7A, 0x7F, 0x80, 0xFF))
-TEXT_ALPHABET = (
-    "abcdefxyzABCDEFXYZ0123456789"
-    ":/@[]%?#&=.,;+-_~!*'() "
-    "\t\n\r\x00\x0b\x0c\x7f\x85"
-    "\u00b2\u00b5\u03bc\u0663\u06f5\u0967\u09e7\u0e51\uff10\uff19\u2460\u2170"
-    "\u00a0\u2028\u200b\ufeff\u0130\u017f\ufb01\udcff\U0001f4ac"
+from tests.relay.fuzzing.engine import (
+    KnownBug,
+    PropertyFailure,
+    Rng,
+    Target,
+    TextTarget,
+    mutate_bytes,
+    mutate_text,
+    nested_json,
+    random_json_value,
+    random_text,
+    require,
+    shrunk,
 )
-
-
-def _fresh_bytes(rng: Rng, n: int) -> bytes:
-    if rng.randrange(3) == 0:
-        return bytes(rng.choice(INTERESTING_BYTES) for _ in range(n))
-    return rng.randbytes(n)
-
-
-def _fresh_text(rng: Rng, n: int) -> str:
-    return "".join(rng.choice(TEXT_ALPHABET) for _ in range(n))
-
-
-def _mutate(rng: Rng, data: Any, fresh: Callable[[Rng, int], Any], tokens: Sequence[Any]) -> Any:
-    for _ in range(1 + rng.randrange(4)):
-        n = len(data)
-        at = rng.randrange(n + 1)
-        op = rng.randrange(9)
-        if op == 0 and n:
-            at %= n
-            data = data[:at] + fresh(rng, 1) + data[at + 1 :]
-        elif op == 1:
-            data = data[:at]
-        elif op == 2:
-            data = data[:at] + fresh(rng, 1 + rng.randrange(16)) + data[at:]
-        elif op == 3:
-            data = data[:at] + data[at + 1 + rng.randrange(16) :]
-        elif op == 4 and n:
-            chunk = data[at : at + 1 + rng.randrange(32)]
-            data = data[:at] + chunk + data[at:]
-        elif op in (5, 6) and tokens:
-            token = rng.choice(tokens)
-            tail = data[at + len(token) :] if op == 5 else data[at:]
-            data = data[:at] + token + tail
-        elif op == 7:
-            data = data + fresh(rng, 1 + rng.randrange(32))
-        elif op == 8 and n:
-            at %= n
-            data = data[:at] + data[at : at + 1].swapcase() + data[at + 1 :]
-    return data
-
-
-def mutate_bytes(rng: Rng, data: bytes, tokens: Sequence[bytes] = ()) -> bytes:
-    """One to four byte-level edits: replace, truncate, insert, delete, repeat, splice a token."""
-    if data and rng.randrange(4) == 0:
-        at = rng.randrange(len(data))
-        return data[:at] + bytes((data[at] ^ (1 << rng.randrange(8)),)) + data[at + 1 :]
-    return _mutate(rng, data, _fresh_bytes, tokens)
-
-
-def mutate_text(rng: Rng, text: str, tokens: Sequence[str] = ()) -> str:
-    """One to four character-level edits, with odd characters (Unicode digits, controls, ...)."""
-    return _mutate(rng, text, _fresh_text, tokens)
-
-
-def random_text(rng: Rng, max_len: int = 40) -> str:
-    return _fresh_text(rng, rng.randrange(max_len + 1))
-
-
-def random_json_value(rng: Rng, depth: int = 0) -> Any:
-    kind = rng.randrange(12 if depth < 3 else 8)
-    if kind == 0:
-        return None
-    if kind == 1:
-        return rng.randrange(2) == 1
-    if kind == 2:
-        return rng.choice((0, -1, 1, 2**24, 2**63, -(2**63) - 1, 2**64, 10**400))
-    if kind == 3:
-        return rng.choice((0.5, -0.0, 1e308, -1e-300, float("inf"), float("nan")))
-    if kind in (4, 5):
-        return random_text(rng, 20)
-    if kind == 6:
-        return rng.choice(("30s", "5m0s", "9" * 400 + "h", "-1s", "", "discokey:", "0"))
-    if kind == 7:
-        return rng.randrange(-5, 2**32)
-    if kind in (8, 9):
-        return [random_json_value(rng, depth + 1) for _ in range(rng.randrange(4))]
-    return {random_text(rng, 8): random_json_value(rng, depth + 1) for _ in range(rng.randrange(3))}
-
-
-def nested_json(rng: Rng, limit: int) -> str:
-    """An array or object nested up to ``limit`` characters deep: JSON parsers recurse."""
-    depth = 1 + rng.randrange(max(1, limit // 2))
-    opener, closer = rng.choice((("[", "]"), ('{"a":', "}")))
-    while depth > 1 and depth * (len(opener) + len(closer)) > limit:
-        depth //= 2
-    return opener * depth + "0" + closer * depth
-
-
-# -- targets ------------------------------------------------------------------
-
-
-class Target:
-    """One entry point: a seeded setup, a generator of inputs, and the properties to check."""
-
-    name: ClassVar[str]
-    entry: ClassVar[str]
-    weight: ClassVar[float] = 1.0
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-        self.stats: Counter[str] = Counter()
-
-    def generate(self, rng: Rng) -> Any:
-        raise NotImplementedError
-
-    def check(self, value: Any) -> None:
-        raise NotImplementedError
-
-    def to_bytes(self, value: Any) -> bytes:
-        """The input as bytes, printed in hex for a failure and read back by ``from_bytes``."""
-        return value
-
-    def from_bytes(self, data: bytes) -> Any:
-        return data
-
-    def describe(self, value: Any) -> str:
-        return repr(value)[:400]
-
-    def shrink(self, value: Any) -> Iterator[Any]:
-        """Smaller variants of a failing input, to try in turn."""
-        yield from _smaller(value)
-
-    def final_stats(self) -> Counter[str]:
-        return self.stats
-
-
-class TextTarget(Target):
-    """A target whose input is one ``str`` (lone surrogates allowed, as argv can carry them)."""
-
-    def to_bytes(self, value: str) -> bytes:
-        return value.encode("utf-8", "surrogatepass")
-
-    def from_bytes(self, data: bytes) -> str:
-        return data.decode("utf-8", "surrogatepass")
-
-
-def _smaller(value: Any) -> Iterator[Any]:
-    n = len(value)
-    size = n // 2
-    while size >= 1:
-        for start in range(0, n - size + 1, size):
-            yield value[:start] + value[start + size :]
-        size //= 2
+from tests.relay.fuzzing.model import (
+    ATTACKER_ADDRS,
+    CLIENTS,
+    ENDPOINT_PLAN,
+    GENEROUS_LIMITS,
+    CoreSnap,
+    Expect,
+    build_world,
+    client_addr,
+    diff,
+    expect,
+    payload_seeds,
+    snapshot,
+    sockaddr_in,
+    sockaddr_in6,
+    view,
+    with_client,
+)
 
 
 class GeneveDecode(Target):
@@ -345,23 +149,6 @@ class GeneveEncode(Target):
         return iter(())
 
 
-def _payload_seeds(rng: Rng) -> list[bytes]:
-    challenge = rng.randbytes(32)
-    return [
-        disco.marshal(disco.BindUDPRelayEndpoint()),
-        disco.marshal(disco.BindUDPRelayEndpointChallenge(challenge)),
-        disco.marshal(disco.BindUDPRelayEndpointAnswer(challenge)),
-        bytes((0x06, 0x00)) + challenge + rng.randbytes(rng.randrange(8)),
-        bytes((0x04, 0x07)),
-        bytes((0x01, 0x00)) + rng.randbytes(12) + rng.randbytes(32),
-        bytes((0x02, 0x00)) + rng.randbytes(12) + rng.randbytes(18),
-        bytes((0x03, 0x00)),
-        bytes((0x05, 0x00)) + challenge[:31],
-        bytes((0x06,)),
-        b"",
-    ]
-
-
 class DiscoParse(Target):
     name = "disco_parse"
     entry = "relay.protocol.disco.parse"
@@ -369,7 +156,7 @@ class DiscoParse(Target):
     def generate(self, rng: Rng) -> bytes:
         if rng.randrange(5) == 0:
             return rng.randbytes(rng.randrange(48))
-        seed = rng.choice(_payload_seeds(rng))
+        seed = rng.choice(payload_seeds(rng))
         return mutate_bytes(rng, seed) if rng.randrange(2) else seed
 
     def check(self, value: bytes) -> None:
@@ -381,7 +168,17 @@ class DiscoParse(Target):
             return
         require(len(value) >= 2, "accepted a message without type and version")
         kind = value[0]
-        if kind == disco.TYPE_BIND:
+        if kind in disco.BIND_TYPES and len(value) >= 2 + 72:
+            body = bytes(value[2:74])
+            expected_v1 = disco.BindV1(
+                kind,
+                int.from_bytes(body[:4], "big"),
+                int.from_bytes(body[4:8], "big"),
+                body[8:40],
+                body[40:72],
+            )
+            require(message == expected_v1, "a 72-byte bind body is not version 1's fields")
+        elif kind == disco.TYPE_BIND:
             require(message == disco.BindUDPRelayEndpoint(), "type 4 is not a bind")
         elif kind in (disco.TYPE_CHALLENGE, disco.TYPE_ANSWER):
             body = bytes(value[2:34])
@@ -415,7 +212,7 @@ class DiscoFrame(Target):
     def generate(self, rng: Rng) -> bytes:
         if rng.randrange(8) == 0:
             return rng.randbytes(rng.randrange(120))
-        payload = rng.choice(_payload_seeds(rng))
+        payload = rng.choice(payload_seeds(rng))
         nonce = rng.randbytes(disco.NONCE_LEN)
         frame = (
             disco.MAGIC
@@ -1051,331 +848,6 @@ class ServerEndpointJson(TextTarget):
         require(again.to_json() == endpoint.to_json(), "to_json does not round-trip")
 
 
-# -- the relay core -----------------------------------------------------------
-
-INIT, CHALLENGED, BOUND = "init", "challenged", "bound"
-
-# VNI -> (client number, handshake state) for both clients. Client 0 and client
-# 2 are in two endpoints each; VNIs share bytes so that a misread VNI shows.
-ENDPOINT_PLAN: tuple[tuple[int, tuple[tuple[int, str], tuple[int, str]]], ...] = (
-    (1, ((0, INIT), (1, INIT))),
-    (2, ((2, CHALLENGED), (3, INIT))),
-    (3, ((4, CHALLENGED), (5, CHALLENGED))),
-    (4, ((6, BOUND), (7, CHALLENGED))),
-    (5, ((8, BOUND), (9, BOUND))),
-    (0x000100, ((2, CHALLENGED), (10, BOUND))),
-    (0x010001, ((11, BOUND), (12, INIT))),
-    (0xFFFFFF, ((0, BOUND), (13, BOUND))),
-)
-CLIENTS = 14
-TUPLE_CLIENTS = 7  # clients 0-6 have (host, port) addresses, the others sockaddr bytes
-STATE_OF = {Handshake.INIT: INIT, Handshake.CHALLENGE_SENT: CHALLENGED, Handshake.BOUND: BOUND}
-GENEROUS_LIMITS = HandshakeLimits(1e15, 1e15, 1e15)
-
-
-def sockaddr_in(host: str, port: int) -> bytes:
-    family = socket.AF_INET.to_bytes(2, sys.byteorder)
-    return family + port.to_bytes(2, "big") + socket.inet_pton(socket.AF_INET, host) + bytes(8)
-
-
-def sockaddr_in6(host: str, port: int, flow: int = 0, scope: int = 0) -> bytes:
-    """A ``sockaddr_in6`` as the batched transport passes sources to the core."""
-    return (
-        socket.AF_INET6.to_bytes(2, sys.byteorder)
-        + port.to_bytes(2, "big")
-        + flow.to_bytes(4, "big")
-        + socket.inet_pton(socket.AF_INET6, host)
-        + scope.to_bytes(4, sys.byteorder)
-    )
-
-
-def client_addr(number: int) -> Any:
-    if number < TUPLE_CLIENTS:
-        return (f"192.0.2.{number + 1}", 40001 + number)
-    return sockaddr_in6(f"::ffff:192.0.2.{number + 1}", 40001 + number)
-
-
-# Never a client's address, some of them near misses of one.
-ATTACKER_ADDRS: tuple[Any, ...] = (
-    ("198.51.100.7", 4242),
-    ("203.0.113.9", 40001),
-    ("192.0.2.1", 40002),
-    ("::ffff:192.0.2.1", 40001),
-    ("192.0.2.1", 40001, 0, 0),
-    ("2001:db8::1", 40001, 0, 0),
-    sockaddr_in6("::ffff:198.51.100.7", 4242),
-    sockaddr_in6("::ffff:192.0.2.8", 40008, flow=1),
-    sockaddr_in6("::ffff:192.0.2.9", 40008),
-    sockaddr_in("192.0.2.8", 40008),
-)
-
-
-class ClientSnap(NamedTuple):
-    handshake: Handshake
-    addr: Any
-    last_seen: float | None
-    packets: int
-    bytes: int
-
-
-class EndpointSnap(NamedTuple):
-    lamport_id: int
-    bound: bool
-    bound_at: float | None
-    deadline: float
-    clients: tuple[ClientSnap, ClientSnap]
-
-
-class CoreSnap(NamedTuple):
-    """The core's state; each endpoint is a flat tuple (cheap to take), read through ``view``."""
-
-    endpoints: dict[int, tuple[Any, ...]]
-    size: int
-    bound_count: int
-    forwarded_packets: int
-    forwarded_bytes: int
-    handshakes_completed: int
-    next_deadline: float | None
-
-
-def snapshot(core: RelayCore) -> CoreSnap:
-    """Everything about the core that a datagram could change, drops apart."""
-    endpoints = {}
-    for e in core.endpoints():
-        a, b = e.clients
-        endpoints[e.allocation.vni] = (
-            e.allocation.lamport_id,
-            e.bound,
-            e.bound_at,
-            e.deadline,
-            a.handshake,
-            a.addr,
-            a.last_seen,
-            a.packets,
-            a.bytes,
-            b.handshake,
-            b.addr,
-            b.last_seen,
-            b.packets,
-            b.bytes,
-        )
-    return CoreSnap(
-        endpoints,
-        len(core),
-        core.bound_count,
-        core.forwarded_packets,
-        core.forwarded_bytes,
-        core.handshakes_completed,
-        core.next_deadline(),
-    )
-
-
-def view(flat: tuple[Any, ...]) -> EndpointSnap:
-    return EndpointSnap(*flat[:4], (ClientSnap(*flat[4:9]), ClientSnap(*flat[9:14])))
-
-
-def flatten(endpoint: EndpointSnap) -> tuple[Any, ...]:
-    return (*endpoint[:4], *endpoint.clients[0], *endpoint.clients[1])
-
-
-@dataclass
-class Member:
-    """One client of one endpoint as the oracle sees it: its own keys, never the core's."""
-
-    number: int
-    public: bytes
-    shared: bytes
-    addr: Any
-    challenge: bytes
-
-
-@dataclass
-class World:
-    """A core with endpoints in every state, built deterministically from a seed."""
-
-    core: RelayCore
-    pristine: RelayCore
-    baseline: CoreSnap
-    members: dict[int, tuple[Member, Member]]
-    corpus: list[bytes]
-    replays: list[tuple[Any, bytes]]
-    server_public: bytes
-    now: float
-    steady_state_lifetime: float
-    restores: int = 0
-
-    def restore(self) -> None:
-        """Undo every endpoint change; the handshake limiter's buckets live on, as they would."""
-        limiter = getattr(self.core, "_handshake_limiter", None)
-        self.core = copy.deepcopy(self.pristine)
-        if limiter is not None:
-            self.core._handshake_limiter = limiter
-        self.baseline = snapshot(self.core)
-        self.restores += 1
-
-
-def build_world(seed: int, limits: HandshakeLimits = GENEROUS_LIMITS) -> World:
-    rng = random.Random(f"core:{seed}")
-    server = DiscoPrivateKey(rng.randbytes(32))
-    core = RelayCore(server, rng.randbytes(32), 30.0, 300.0, handshake_limits=limits)
-    keys = [DiscoPrivateKey(rng.randbytes(32)) for _ in range(CLIENTS)]
-    allocated_at = 1_700_000_000.0
-    now = allocated_at + 1.0
-    members: dict[int, tuple[Member, Member]] = {}
-    corpus: list[bytes] = []
-    replays: list[tuple[Any, bytes]] = []
-    foreign = DiscoPrivateKey(rng.randbytes(32))
-    foreign_shared = foreign.shared(server.public)
-
-    def sealed(vni: int, sender: bytes, shared: bytes, payload: bytes) -> bytes:
-        nonce = rng.randbytes(disco.NONCE_LEN)
-        box = bindings.crypto_box_afternm(payload, nonce, shared)
-        return geneve.control_header(vni) + disco.MAGIC + sender + nonce + box
-
-    for lamport_id, (vni, plan) in enumerate(ENDPOINT_PLAN, 1):
-        ordered = sorted(plan, key=lambda entry: keys[entry[0]].public.raw)
-        allocation = Allocation(
-            "fuzz",
-            vni,
-            lamport_id,
-            (keys[ordered[0][0]].public, keys[ordered[1][0]].public),
-            allocated_at,
-        )
-        core.install(allocation)
-        pair = []
-        for index, (number, state) in enumerate(ordered):
-            key = keys[number]
-            shared = key.shared(server.public)
-            challenge = core.challenge(allocation, index)
-            member = Member(number, key.public.raw, shared, client_addr(number), challenge)
-            pair.append(member)
-            client = RelayClient(key, server.public, vni)
-            if state != INIT:
-                reply = core.handle(client.bind(), member.addr, now)
-                assert reply is not None, f"no challenge for client {number} of VNI {vni}"
-                if state == BOUND:
-                    assert core.handle(client.answer(reply[0]), member.addr, now) is None
-            for message in (
-                disco.BindUDPRelayEndpoint(),
-                disco.BindUDPRelayEndpointAnswer(challenge),
-            ):
-                replays.append(
-                    (member.addr, sealed(vni, member.public, shared, disco.marshal(message)))
-                )
-            for payload in _payload_seeds(rng):
-                corpus.append(sealed(vni, member.public, shared, payload))
-            for message in (
-                disco.BindUDPRelayEndpointAnswer(challenge),
-                disco.BindUDPRelayEndpointChallenge(challenge),
-            ):
-                corpus.append(sealed(vni, member.public, shared, disco.marshal(message)))
-                corpus.append(sealed(vni, server.public.raw, shared, disco.marshal(message)))
-            corpus.append(geneve.data_header(vni) + rng.randbytes(rng.randrange(64)))
-        members[vni] = (pair[0], pair[1])
-        endpoint = core.endpoint(vni)
-        assert endpoint is not None
-        assert [STATE_OF[c.handshake] for c in endpoint.clients] == [s for _, s in ordered]
-        if endpoint.bound:
-            for member in pair:
-                assert core.handle(geneve.data_header(vni) + b"warm", member.addr, now) is not None
-        bind = disco.marshal(disco.BindUDPRelayEndpoint())
-        corpus.append(sealed(vni, foreign.public.raw, foreign_shared, bind))
-    core.take_bound()
-    return World(
-        core=core,
-        pristine=copy.deepcopy(core),
-        baseline=snapshot(core),
-        members=members,
-        corpus=corpus,
-        replays=replays,
-        server_public=server.public.raw,
-        now=now,
-        steady_state_lifetime=core.steady_state_lifetime,
-    )
-
-
-class Expect(NamedTuple):
-    """The oracle's verdict: ``drop``, ``challenge``, ``bound`` or ``forward`` (and whose).
-
-    ``work`` tells that the datagram reached the handshake work (a control
-    message of a client not yet bound), which a rate limit may refuse instead.
-    """
-
-    kind: str
-    vni: int = 0
-    index: int = 0
-    work: bool = False
-
-
-DROP = Expect("drop")
-WORK_DROP = Expect("drop", work=True)
-_FRAME_MIN = geneve.HEADER_LEN + disco.MIN_FRAME_LEN
-
-
-def expect(world: World, datagram: bytes, source: Any) -> Expect:
-    """What docs/protocol.md says ``datagram`` from ``source`` does to the world's baseline."""
-    if len(datagram) < geneve.HEADER_LEN:
-        return DROP
-    vni = int.from_bytes(datagram[4:7], "big")
-    flat = world.baseline.endpoints.get(vni)
-    if flat is None:
-        return DROP
-    snap = view(flat)
-    if not datagram[1] & 0x80:
-        if not snap.bound:
-            return DROP
-        for index, client in enumerate(snap.clients):
-            if source == client.addr:
-                return Expect("forward", vni, index)
-        return DROP
-    if snap.bound or datagram[2:4] != b"\x7a\x11" or len(datagram) < _FRAME_MIN:
-        return DROP
-    if datagram[8:14] != disco.MAGIC:
-        return DROP
-    sender = datagram[14:46]
-    members = world.members[vni]
-    if sender == members[0].public:
-        index = 0
-    elif sender == members[1].public:
-        index = 1
-    else:
-        return DROP
-    member = members[index]
-    client = snap.clients[index]
-    if client.handshake is Handshake.BOUND:
-        return DROP
-    try:
-        payload = bindings.crypto_box_open_afternm(datagram[70:], datagram[46:70], member.shared)
-    except Exception:
-        return WORK_DROP
-    if len(payload) < 2:
-        return WORK_DROP
-    if payload[0] == disco.TYPE_BIND:
-        if client.handshake is Handshake.INIT or source == client.addr:
-            return Expect("challenge", vni, index, work=True)
-        return WORK_DROP
-    if (
-        payload[0] == disco.TYPE_ANSWER
-        and len(payload) >= 34
-        and client.handshake is Handshake.CHALLENGE_SENT
-        and source == client.addr
-        and payload[2:34] == member.challenge
-    ):
-        return Expect("bound", vni, index, work=True)
-    return WORK_DROP
-
-
-def _with_client(
-    snap: CoreSnap, vni: int, index: int, client: ClientSnap, **changes: Any
-) -> CoreSnap:
-    endpoint = view(snap.endpoints[vni])
-    clients = list(endpoint.clients)
-    clients[index] = client
-    endpoints = dict(snap.endpoints)
-    endpoints[vni] = flatten(endpoint._replace(clients=tuple(clients), **changes))
-    return snap._replace(endpoints=endpoints)
-
-
 class CorePackets(Target):
     """RelayCore.handle fed datagrams from attacker addresses (never a client's).
 
@@ -1519,7 +991,7 @@ class CorePackets(Target):
             require(verdict.work, "rate limited before the handshake work", repr(verdict))
             if after != before:
                 raise PropertyFailure(
-                    "a rate-limited datagram changed the state", _diff(before, after)
+                    "a rate-limited datagram changed the state", diff(before, after)
                 )
             return "drop" if verdict.kind == "drop" else "rate_limited_work"
         if verdict.kind == "drop":
@@ -1530,7 +1002,7 @@ class CorePackets(Target):
                 repr(dropped),
             )
             if after != before:
-                raise PropertyFailure("a dropped datagram changed the state", _diff(before, after))
+                raise PropertyFailure("a dropped datagram changed the state", diff(before, after))
             return "drop"
         require(
             not dropped, "counted a drop for a datagram docs/protocol.md accepts", repr(dropped)
@@ -1540,17 +1012,31 @@ class CorePackets(Target):
         client = endpoint.clients[index]
         if not self.spoofing:
             require(
-                verdict.kind == "challenge" and client.handshake is Handshake.INIT,
+                verdict.kind == "challenge_v1"
+                or (verdict.kind == "challenge" and client.handshake is Handshake.INIT),
                 "oracle: an attacker source earned more than a first bind",
                 repr(verdict),
             )
-        if verdict.kind == "challenge":
+        if verdict.kind == "challenge_v1":
+            handshake = (
+                client.handshake
+                if client.handshake is Handshake.BOUND
+                else Handshake.CHALLENGE_SENT
+            )
+            expected = with_client(before, vni, index, client._replace(handshake=handshake))
+            if after != expected:
+                raise PropertyFailure(
+                    "a version 1 bind changed more than its client", diff(expected, after)
+                )
+            require(out is not None and out[1] == source, "challenge not sent to the bind's source")
+            self._check_challenge_v1(out[0], vni, index, verdict.generation)
+        elif verdict.kind == "challenge":
             addr = source if client.handshake is Handshake.INIT else client.addr
-            expected = _with_client(
+            expected = with_client(
                 before, vni, index, client._replace(handshake=Handshake.CHALLENGE_SENT, addr=addr)
             )
             if after != expected:
-                raise PropertyFailure("a bind changed more than its client", _diff(expected, after))
+                raise PropertyFailure("a bind changed more than its client", diff(expected, after))
             require(out is not None and out[1] == source, "challenge not sent to the bind's source")
             self._check_challenge(out[0], vni, index)
         elif verdict.kind == "bound":
@@ -1559,7 +1045,7 @@ class CorePackets(Target):
             if bound_now:
                 deadline = now + self.world.steady_state_lifetime
                 changes = {"bound": True, "bound_at": now, "deadline": deadline}
-            expected = _with_client(
+            expected = with_client(
                 before,
                 vni,
                 index,
@@ -1576,11 +1062,11 @@ class CorePackets(Target):
             require(out is None, "an answer got a reply")
             if after != expected:
                 raise PropertyFailure(
-                    "an answer changed more than its client", _diff(expected, after)
+                    "an answer changed more than its client", diff(expected, after)
                 )
         else:
             other = endpoint.clients[1 - index]
-            expected = _with_client(
+            expected = with_client(
                 before,
                 vni,
                 index,
@@ -1599,7 +1085,7 @@ class CorePackets(Target):
             )
             if after != expected:
                 raise PropertyFailure(
-                    "forwarding changed more than counters", _diff(expected, after)
+                    "forwarding changed more than counters", diff(expected, after)
                 )
         return verdict.kind
 
@@ -1613,6 +1099,23 @@ class CorePackets(Target):
         require(
             message == disco.BindUDPRelayEndpointChallenge(member.challenge),
             "reply is not the client's challenge",
+        )
+
+    def _check_challenge_v1(self, reply: bytes, vni: int, index: int, generation: int) -> None:
+        members = self.world.members[vni]
+        header = geneve.decode(reply)
+        require(header == (geneve.PROTOCOL_DISCO, vni, True, 0), "challenge has a wrong header")
+        frame = reply[geneve.HEADER_LEN :]
+        require(disco.frame_sender(frame) == self.world.server_public, "challenge not from server")
+        message = disco.parse(disco.open_frame(frame, members[index].shared))
+        require(
+            isinstance(message, disco.BindV1)
+            and message.type == disco.TYPE_CHALLENGE
+            and (message.vni, message.generation, message.remote_key)
+            == (vni, generation, members[1 - index].public)
+            and message.challenge != bytes(disco.CHALLENGE_LEN),
+            "reply is not a version 1 challenge echoing the bind",
+            repr(message),
         )
 
     def final_stats(self) -> Counter[str]:
@@ -1630,7 +1133,7 @@ class CorePackets(Target):
         return f"source={self.sources[value[0]]!r} datagram ({form})={value[1].hex()}"
 
     def shrink(self, value: tuple[int, bytes, bool]) -> Iterator[Any]:
-        for smaller in _smaller(value[1]):
+        for smaller in shrunk(value[1]):
             yield value[0], smaller, value[2]
 
 
@@ -1669,23 +1172,6 @@ class CoreLimited(CoreSpoofed):
         return self.world.now
 
 
-def _diff(expected: CoreSnap, actual: CoreSnap) -> str:
-    lines = []
-    for name in CoreSnap._fields:
-        if name == "endpoints":
-            continue
-        if getattr(expected, name) != getattr(actual, name):
-            lines.append(
-                f"{name}: expected {getattr(expected, name)!r}, got {getattr(actual, name)!r}"
-            )
-    for vni in sorted(set(expected.endpoints) | set(actual.endpoints)):
-        want, got = expected.endpoints.get(vni), actual.endpoints.get(vni)
-        if want != got:
-            shown = [None if e is None else view(e) for e in (want, got)]
-            lines.append(f"VNI {vni}: expected {shown[0]!r}, got {shown[1]!r}")
-    return "; ".join(lines)
-
-
 TARGETS: tuple[type[Target], ...] = (
     CorePackets,
     CoreSpoofed,
@@ -1718,145 +1204,6 @@ def split(cases: int, targets: Sequence[type[Target]] = TARGETS) -> dict[str, in
     shares = {t.name: int(cases * t.weight / total) for t in targets}
     shares[targets[0].name] += cases - sum(shares.values())
     return shares
-
-
-# -- running ------------------------------------------------------------------
-
-
-@dataclass
-class Failure:
-    """The first (then shrunk) input that broke one property or raised one exception."""
-
-    target: str
-    kind: str
-    where: str
-    value: Any
-    data: bytes
-    description: str
-    error: str
-    count: int = 1
-
-    @property
-    def signature(self) -> str:
-        return f"{self.kind} at {self.where}"
-
-
-@dataclass
-class Outcome:
-    target: str
-    entry: str
-    cases: int
-    seconds: float
-    planned: int
-    failures: dict[str, Failure] = field(default_factory=dict)
-    stats: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def rate(self) -> float:
-        return self.cases / self.seconds if self.seconds > 0 else float("inf")
-
-
-def classify(exc: BaseException) -> tuple[str, str]:
-    """(kind, where): the property's label or the exception type, and the deepest product line."""
-    if isinstance(exc, PropertyFailure):
-        cause = exc.__cause__
-        return exc.label, "property" if cause is None else f"property, {classify(cause)[1]}"
-    frames = traceback.extract_tb(exc.__traceback__)
-    product = [f for f in frames if Path(f.filename).is_relative_to(PRODUCT_DIR)]
-    frame = (product or frames)[-1]
-    path = Path(frame.filename)
-    shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path.name
-    return type(exc).__name__, f"{shown}:{frame.lineno}"
-
-
-def attempt(target: Target, value: Any) -> BaseException | None:
-    try:
-        target.check(value)
-    except Exception as exc:
-        return exc
-    return None
-
-
-def minimise(target: Target, value: Any, signature: str, budget: int = 400) -> Any:
-    """Greedy shrinking: keep any smaller input that fails the same way."""
-    improved = True
-    while improved and budget > 0:
-        improved = False
-        for candidate in target.shrink(value):
-            budget -= 1
-            exc = attempt(target, candidate)
-            if exc is not None and "{} at {}".format(*classify(exc)) == signature:
-                value = candidate
-                improved = True
-                break
-            if budget <= 0:
-                break
-    return value
-
-
-def record(target: Target, value: Any, exc: BaseException, outcome: Outcome, shrink: bool) -> None:
-    kind, where = classify(exc)
-    signature = f"{kind} at {where}"
-    known = outcome.failures.get(signature)
-    if known is not None:
-        known.count += 1
-        return
-    if shrink:
-        value = minimise(target, value, signature)
-        exc = attempt(target, value) or exc
-    error = "".join(traceback.format_exception(exc)).rstrip()
-    outcome.failures[signature] = Failure(
-        target.name, kind, where, value, target.to_bytes(value), target.describe(value), error
-    )
-
-
-def run(
-    target_class: type[Target],
-    cases: int,
-    seed: int,
-    max_seconds: float | None = None,
-    shrink: bool = True,
-) -> Outcome:
-    """The plain engine: ``cases`` inputs from a seeded generator, at most ``max_seconds``."""
-    target = target_class(seed)
-    rng = random.Random(f"{target.name}:{seed}")
-    outcome = Outcome(target.name, target.entry, 0, 0.0, cases)
-    start = time.perf_counter()
-    deadline = None if max_seconds is None else start + max_seconds
-    check, generate = target.check, target.generate
-    done = 0
-    while done < cases:
-        batch = min(cases - done, 256)
-        for _ in range(batch):
-            value = generate(rng)
-            try:
-                check(value)
-            except Exception as exc:
-                failure = exc
-            else:
-                continue
-            record(target, value, failure, outcome, shrink)
-        done += batch
-        if deadline is not None and time.perf_counter() > deadline:
-            break
-    outcome.seconds = time.perf_counter() - start
-    outcome.cases = done
-    outcome.stats = target.final_stats()
-    return outcome
-
-
-@dataclass(frozen=True)
-class KnownBug:
-    """A failure the fuzzing found in product code, not fixed yet, with a small input showing it."""
-
-    target: str
-    kind: str
-    exception: type[BaseException]
-    reason: str
-    reproducer: bytes
-
-    def matches(self, failure: Failure) -> bool:
-        return failure.target == self.target and failure.kind == self.kind
 
 
 KNOWN_BUGS: tuple[KnownBug, ...] = ()

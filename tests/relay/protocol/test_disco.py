@@ -33,12 +33,32 @@ def test_message_payloads(message, payload):
     assert disco.parse(payload) == message
 
 
-def test_readers_ignore_trailing_bytes_and_accept_any_bind_padding():
+def test_readers_ignore_trailing_bytes_and_accept_any_bind_padding_below_version_1():
     assert disco.parse(bytes.fromhex("0600") + CHALLENGE + b"extra") == (
         disco.BindUDPRelayEndpointAnswer(CHALLENGE)
     )
     assert disco.parse(bytes.fromhex("0400")) == disco.BindUDPRelayEndpoint()
-    assert disco.parse(bytes.fromhex("0401") + bytes(100)) == disco.BindUDPRelayEndpoint()
+    padding = bytes(disco.V1_BODY_LEN - 1)
+    assert disco.parse(bytes.fromhex("0401") + padding) == disco.BindUDPRelayEndpoint()
+
+
+@pytest.mark.parametrize("kind", [disco.TYPE_BIND, disco.TYPE_CHALLENGE, disco.TYPE_ANSWER])
+def test_a_body_of_72_bytes_or_more_is_version_1(kind):
+    key = bytes(range(32))
+    body = (7).to_bytes(4, "big") + (9).to_bytes(4, "big") + key + CHALLENGE
+    message = disco.BindV1(kind, 7, 9, key, CHALLENGE)
+    assert disco.parse(bytes((kind, 0)) + body + b"extra") == message
+    assert disco.marshal(message) == bytes((kind, 0)) + body
+    assert len(disco.marshal(message)) == 2 + disco.V1_BODY_LEN == 74
+
+
+def test_a_version_1_frame_is_told_apart_before_it_is_opened(keys):
+    sender, receiver = keys
+    shared = sender.shared(receiver.public)
+    v0 = disco.seal(sender.public.raw, shared, disco.BindUDPRelayEndpoint(), NONCE)
+    v1 = disco.seal(sender.public.raw, shared, disco.BindV1(4, 1, 1, bytes(32)), NONCE)
+    assert disco.body_len(len(v0)) == disco.BIND_PADDING_LEN
+    assert disco.body_len(len(v1)) == disco.V1_BODY_LEN
 
 
 @pytest.mark.parametrize("payload", [b"", b"\x05", bytes.fromhex("0500") + bytes(31)])
