@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from relay.protocol.core import Endpoint, RelayCore
+from relay.protocol.core import Endpoint, Handshake, RelayCore
 from relay.resource.client import RelayEndpointsApi
 from relay.resource.definition import EXPIRED
 from relay.resource.status import expired_status, live_status
@@ -112,7 +112,10 @@ class StatusReporter:
             elif endpoint is not None and endpoint.allocation.lamport_id == identity[1]:
                 snapshot = (
                     endpoint.bound,
-                    tuple((c.handshake, c.addr, c.packets, c.bytes) for c in endpoint.clients),
+                    tuple(
+                        (c.handshake, c.addr, c.packets, c.bytes, c.version, c.bound_generation)
+                        for c in endpoint.clients
+                    ),
                 )
                 if self._reported.get(key) == snapshot:
                     continue
@@ -133,6 +136,9 @@ def _untouched(endpoint: Endpoint, status: dict[str, Any]) -> bool:
     """Nothing happened yet and the status says so: the operator's own write stands."""
     return (
         not endpoint.bound
-        and all(c.addr is None and c.packets == 0 for c in endpoint.clients)
+        and all(
+            c.handshake is Handshake.INIT and c.addr is None and c.packets == 0
+            for c in endpoint.clients
+        )
         and all(c.get("handshake") == "Init" for c in status.get("clients", ()))
     )

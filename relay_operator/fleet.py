@@ -28,18 +28,25 @@ async def list_endpoints(kubeconfig: str | None) -> list[dict[str, Any]]:
 
 
 def summarise_endpoints(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts of RelayEndpoints by phase and by relay, and of their peers by protocol version
+    (``unknown`` until a peer has sent a bind message)."""
     by_phase: Counter[str] = Counter()
     by_relay: dict[str, Counter[str]] = {}
+    clients: Counter[str] = Counter()
     for item in items:
         status = item.get("status") or {}
         phase = status.get("phase", PENDING)
         by_phase[phase] += 1
         if status.get("relay"):
             by_relay.setdefault(status["relay"], Counter())[phase] += 1
+        for client in status.get("clients") or ():
+            version = client.get("protocolVersion")
+            clients["unknown" if version is None else f"v{version}"] += 1
     return {
         "total": len(items),
         "byPhase": {phase: by_phase.get(phase, 0) for phase in PHASES},
         "byRelay": {relay: dict(counts) for relay, counts in sorted(by_relay.items())},
+        "clientsByProtocol": {v: clients.get(v, 0) for v in ("v0", "v1", "unknown")},
     }
 
 
@@ -90,6 +97,8 @@ def format_fleet(fleet: dict[str, Any]) -> str:
     else:
         phases = "  ".join(f"{phase} {n}" for phase, n in endpoints["byPhase"].items())
         lines.append(f"\nENDPOINTS  {phases}  (total {endpoints['total']})")
+        versions = "  ".join(f"{v} {n}" for v, n in endpoints["clientsByProtocol"].items())
+        lines.append(f"PEERS      by protocol: {versions}")
         for relay, counts in endpoints["byRelay"].items():
             detail = "  ".join(f"{phase} {n}" for phase, n in counts.items())
             lines.append(f"  {relay}: {detail}")

@@ -135,7 +135,8 @@ class KernelFastPath:
         self._clock = clock
         self.table = rules.table_name(port)
         self._newly_bound = core.watch_bound()
-        self._moved = core.watch_moves()
+        self._moved_now = asyncio.Event()
+        self._moved = core.watch_moves(self._moved_now.set)
         self._waiting: list[Endpoint] = []
         self._prune_waiting_at = max_endpoints
         self._installed: dict[tuple[int, int], Installed] = {}
@@ -188,10 +189,14 @@ class KernelFastPath:
 
     async def _poll(self) -> None:
         """Sync every :data:`POLL_INTERVAL`, or less often where a sync takes long (``nft``
-        lists 20 000 counters in about 0.5 s), so that polling stays under :data:`POLL_SHARE`."""
+        lists 20 000 counters in about 0.5 s), so that polling stays under :data:`POLL_SHARE`;
+        and at once when a client moved (a version 1 re-bind), so that the kernel stops
+        sending its peer's packets to the old address within milliseconds."""
         interval = POLL_INTERVAL
         while True:
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._moved_now.wait(), interval)
+            self._moved_now.clear()
             started = time.monotonic()
             try:
                 await self.sync()

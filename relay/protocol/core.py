@@ -33,7 +33,7 @@ import hashlib
 import heapq
 import hmac
 import struct
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 
 from relay.protocol import disco, geneve
 from relay.protocol.allocation import (
@@ -103,23 +103,30 @@ class Drop(enum.StrEnum):
 class ClientState:
     """One client's side of an endpoint: its handshake, address and counters.
 
-    ``generation`` is the version 1 handshake in progress (0: none); a bound
-    client may have one while it re-binds, and keeps its address until it ends.
+    ``version`` is the protocol version of its last bind message (None before
+    one); ``generation`` is the version 1 handshake in progress (0: none), and
+    ``bound_generation`` the one that bound it last. A bound client may have a
+    handshake in progress while it re-binds, and keeps its address until that
+    ends.
     """
 
     __slots__ = (
         "addr",
+        "bound_generation",
         "bytes",
         "challenged_at",
         "generation",
         "handshake",
         "last_seen",
         "packets",
+        "version",
     )
 
     def __init__(self) -> None:
         self.handshake = Handshake.INIT
+        self.version: int | None = None
         self.generation = 0
+        self.bound_generation = 0
         self.challenged_at: float | None = None
         self.addr: Address | None = None
         self.last_seen: float | None = None
@@ -207,12 +214,18 @@ class RelayCore:
         self._bound_watchers: list[list[Endpoint]] = []
         self._bound_for_store = self.watch_bound()
         self._move_watchers: list[list[Endpoint]] = []
+        self._move_notify: dict[int, Callable[[], None]] = {}
         self.last_seen_lag = 0.0
         self.bound_count = 0
         self.forwarded_packets = 0
         self.forwarded_bytes = 0
         self.handshakes_completed = 0
-        self.handshake_seconds = Histogram(HANDSHAKE_SECONDS_BUCKETS)
+        self.handshakes_by_version = [0, 0]
+        self.handshake_seconds = (
+            Histogram(HANDSHAKE_SECONDS_BUCKETS),
+            Histogram(HANDSHAKE_SECONDS_BUCKETS),
+        )
+        """Per protocol version (index 0 or 1): from a client's first bind to its answer."""
         self.expired = {"bind": 0, "steady_state": 0}
         self.drops: dict[Drop, int] = dict.fromkeys(Drop, 0)
 
@@ -273,11 +286,14 @@ class RelayCore:
         self._bound_watchers.append(watcher)
         return watcher
 
-    def watch_moves(self) -> list[Endpoint]:
+    def watch_moves(self, notify: Callable[[], None] | None = None) -> list[Endpoint]:
         """A list the core appends a bound endpoint to whenever a client re-binds from a
-        new address (version 1); the caller empties it (the kernel fast path)."""
+        new address (version 1); the caller empties it (the kernel fast path). ``notify``,
+        if given, is called after each append, so the caller can act at once."""
         watcher: list[Endpoint] = []
         self._move_watchers.append(watcher)
+        if notify is not None:
+            self._move_notify[id(watcher)] = notify
         return watcher
 
     def unwatch(self, watcher: list[Endpoint]) -> None:
@@ -285,6 +301,7 @@ class RelayCore:
         for watchers in (self._bound_watchers, self._move_watchers):
             if any(w is watcher for w in watchers):
                 watchers[:] = [w for w in watchers if w is not watcher]
+        self._move_notify.pop(id(watcher), None)
 
     def credit(self, endpoint: Endpoint, index: int, packets: int, size: int, now: float) -> None:
         """Count packets relayed for one client outside this core (by the kernel fast path).
@@ -452,6 +469,7 @@ class RelayCore:
         elif source != client.addr:
             self.drops[Drop.WRONG_SOURCE] += 1
             return None
+        client.version = 0
         client.handshake = Handshake.CHALLENGE_SENT
         challenge = disco.BindUDPRelayEndpointChallenge(self.challenge(endpoint.allocation, index))
         frame = disco.seal(self._server_key_raw, self._shared_key(endpoint, index), challenge)
@@ -470,23 +488,29 @@ class RelayCore:
         if not hmac.compare_digest(answer, self.challenge(endpoint.allocation, index)):
             self.drops[Drop.WRONG_ANSWER] += 1
             return
-        self._bind_client(endpoint, index, source, now)
+        self._bind_client(endpoint, index, source, now, 0)
 
-    def _bind_client(self, endpoint: Endpoint, index: int, source: Address, now: float) -> None:
-        """A client's handshake is complete: it is bound at ``source``."""
+    def _bind_client(
+        self, endpoint: Endpoint, index: int, source: Address, now: float, version: int
+    ) -> None:
+        """A client's handshake of ``version`` is complete: it is bound at ``source``."""
         client = endpoint.touch()[index]
         moved = client.handshake is Handshake.BOUND and source != client.addr
         client.addr = source
         client.handshake = Handshake.BOUND
         client.last_seen = now
         self.handshakes_completed += 1
+        self.handshakes_by_version[version] += 1
         if client.challenged_at is not None:
-            self.handshake_seconds.observe(now - client.challenged_at)
+            self.handshake_seconds[version].observe(now - client.challenged_at)
             client.challenged_at = None
         if endpoint.bound:
             if moved:
                 for watcher in self._move_watchers:
                     watcher.append(endpoint)
+                    notify = self._move_notify.get(id(watcher))
+                    if notify is not None:
+                        notify()
             return
         if endpoint.clients[1 - index].handshake is Handshake.BOUND:
             endpoint.bound = True
@@ -513,6 +537,7 @@ class RelayCore:
                 self.drops[Drop.ZERO_GENERATION] += 1
                 return None
             client = endpoint.touch()[index]
+            client.version = 1
             client.generation = message.generation
             if client.handshake is not Handshake.BOUND:
                 client.handshake = Handshake.CHALLENGE_SENT
@@ -542,8 +567,9 @@ class RelayCore:
         ):
             self.drops[Drop.WRONG_ANSWER] += 1
             return None
-        endpoint.touch()[index].generation = 0
-        self._bind_client(endpoint, index, source, now)
+        client = endpoint.touch()[index]
+        client.bound_generation, client.generation = message.generation, 0
+        self._bind_client(endpoint, index, source, now, 1)
         return None
 
     def _period(self, now: float) -> int:

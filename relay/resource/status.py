@@ -113,6 +113,11 @@ def client_status(key: object, client: Any) -> dict[str, Any]:
         "packets": client.packets,
         "bytes": client.bytes,
     }
+    if client.version is not None:
+        entry["protocolVersion"] = client.version
+    generation = client.bound_generation or client.generation
+    if generation:
+        entry["generation"] = generation
     if client.addr is not None:
         entry["addr"] = format_address(client.addr)
     if client.last_seen is not None:

@@ -84,6 +84,8 @@ def endpoint_json(endpoint: Endpoint, expires_at: float) -> dict[str, Any]:
             {
                 "DiscoKey": str(key),
                 "Handshake": client.handshake.label,
+                "Version": client.version,
+                "Generation": client.bound_generation or client.generation or None,
                 "Addr": format_address(client.addr),
                 "LastSeen": _timestamp(client.last_seen),
                 "Packets": client.packets,

@@ -86,17 +86,17 @@ class RelayCollector(Collector):
         endpoints.add_metric(["allocated"], len(core) - core.bound_count)
         endpoints.add_metric(["bound"], core.bound_count)
         yield endpoints
-        yield CounterMetricFamily(
-            f"{PREFIX}_handshakes_completed",
-            "Client bind handshakes completed",
-            value=core.handshakes_completed,
-        )
+        yield _by_label(
+            "handshakes_completed", "Client bind handshakes completed, by protocol version",
+            "version", dict(enumerate(core.handshakes_by_version)),
+        )  # fmt: skip
         handshakes = HistogramMetricFamily(
             f"{PREFIX}_handshake_seconds",
-            "From a client's first bind to its accepted answer",
-            buckets=core.handshake_seconds.cumulative(),
-            sum_value=core.handshake_seconds.sum,
+            "From a client's first bind to its accepted answer, by protocol version",
+            labels=["version"],
         )
+        for version, histogram in enumerate(core.handshake_seconds):
+            handshakes.add_metric([str(version)], histogram.cumulative(), sum_value=histogram.sum)
         yield handshakes
         yield CounterMetricFamily(
             f"{PREFIX}_allocations",

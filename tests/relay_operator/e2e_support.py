@@ -13,7 +13,6 @@ from tests.support.paths import RELAYFLEET
 from tests.support.ports import free_port
 
 # The operator's tests call wait_until by its old name here; new code imports it from waiting.
-from tests.support.waiting import wait_until as wait_for  # noqa: F401
 
 
 class Operator:

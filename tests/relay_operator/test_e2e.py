@@ -29,8 +29,8 @@ from tests.relay_operator.e2e_support import (
     new_keys,
     phase_is,
     start_relay,
-    wait_for,
 )
+from tests.support.waiting import wait_until
 
 
 def scrape(url: str) -> dict:
@@ -79,7 +79,7 @@ async def test_apply_allocates_and_two_clients_relay_with_the_status(
         "-n", kube_namespace, "apply", "-f", "-",
         input=endpoint_yaml("alice-bob", [str(k.public) for k in keys]),
     )  # fmt: skip
-    resource = await wait_for(
+    resource = await wait_until(
         lambda: (
             (r := get(crd, kube_namespace, "alice-bob")).get("status", {}).get("phase")
             == "Allocated"
@@ -125,7 +125,7 @@ async def test_apply_allocates_and_two_clients_relay_with_the_status(
             relayed = len(clients) == 2 and all(c.get("packets", 0) > 0 for c in clients)
             return status.get("phase") == "Bound" and relayed and status
 
-        status = await wait_for(reported_bound, "phase Bound with packets", log=operator.log)
+        status = await wait_until(reported_bound, "phase Bound with packets", log=operator.log)
         assert {c["handshake"] for c in status["clients"]} == {"Bound"}
         assert all(c["addr"].startswith("127.0.0.1:") and c["lastSeen"] for c in status["clients"])
         conditions = {c["type"]: c["status"] for c in status["conditions"]}
@@ -140,7 +140,7 @@ async def test_no_relay_means_pending_until_one_registers(
 ):
     keys = [str(k.public) for k in new_keys()]
     crd.kubectl("-n", kube_namespace, "apply", "-f", "-", input=endpoint_yaml("waiting", keys))
-    resource = await wait_for(
+    resource = await wait_until(
         lambda: (
             (r := get(crd, kube_namespace, "waiting")).get("status", {}).get("phase") == "Pending"
             and r
@@ -155,7 +155,7 @@ async def test_no_relay_means_pending_until_one_registers(
         "--heartbeat-interval", "500ms",
     )  # fmt: skip
     try:
-        await wait_for(
+        await wait_until(
             lambda: (
                 get(crd, kube_namespace, "waiting").get("status", {}).get("relay") == "late-relay"
             ),
@@ -171,7 +171,7 @@ async def test_delete_frees_the_vni_before_the_resource_goes(
 ):
     keys = [str(k.public) for k in new_keys()]
     crd.kubectl("-n", kube_namespace, "apply", "-f", "-", input=endpoint_yaml("short-lived", keys))
-    status = await wait_for(
+    status = await wait_until(
         lambda: (
             (s := get(crd, kube_namespace, "short-lived").get("status", {})).get("phase")
             == "Allocated"
@@ -195,8 +195,8 @@ async def test_expiry_shows_expired_and_the_annotation_allocates_afresh(
     try:
         keys = [str(k.public) for k in new_keys()]
         crd.kubectl("-n", kube_namespace, "apply", "-f", "-", input=endpoint_yaml("brief", keys))
-        first = await wait_for(phase_is(crd, kube_namespace, "brief", "Allocated"), "Allocated")
-        expired = await wait_for(
+        first = await wait_until(phase_is(crd, kube_namespace, "brief", "Allocated"), "Allocated")
+        expired = await wait_until(
             phase_is(crd, kube_namespace, "brief", "Expired"), "Expired", log=operator.log
         )
         reasons = {c["type"]: c["reason"] for c in expired["status"]["conditions"]}
@@ -212,7 +212,7 @@ async def test_expiry_shows_expired_and_the_annotation_allocates_afresh(
             newer = status.get("lamportID", 0) > first["status"]["lamportID"]
             return status.get("phase") == "Allocated" and newer and status
 
-        await wait_for(reallocated, "a fresh allocation", log=operator.log)
+        await wait_until(reallocated, "a fresh allocation", log=operator.log)
     finally:
         await relay.stop()
 
@@ -227,7 +227,7 @@ async def test_a_dead_relays_endpoints_are_placed_again_with_an_event(
     try:
         keys = [str(k.public) for k in new_keys()]
         crd.kubectl("-n", kube_namespace, "apply", "-f", "-", input=endpoint_yaml("moving", keys))
-        placed = await wait_for(phase_is(crd, kube_namespace, "moving", "Allocated"), "Allocated")
+        placed = await wait_until(phase_is(crd, kube_namespace, "moving", "Allocated"), "Allocated")
         first = placed["status"]
         await relays[first["relay"]].stop(signal.SIGKILL)
         survivor = next(r for r in relays if r != first["relay"])
@@ -236,7 +236,7 @@ async def test_a_dead_relays_endpoints_are_placed_again_with_an_event(
             status = get(crd, kube_namespace, "moving").get("status", {})
             return status.get("relay") == survivor and status.get("phase") == "Allocated" and status
 
-        status = await wait_for(moved, f"re-placed on {survivor}", log=operator.log)
+        status = await wait_until(moved, f"re-placed on {survivor}", log=operator.log)
         assert status["serverDisco"] == relays[survivor].ready["server_disco"]
         assert status["serverDisco"] != first["serverDisco"]
         events = json.loads(crd.kubectl("-n", kube_namespace, "get", "events", "-o", "json").stdout)
@@ -248,7 +248,7 @@ async def test_a_dead_relays_endpoints_are_placed_again_with_an_event(
             annotations = get(crd, kube_namespace, "moving")["metadata"].get("annotations", {})
             return RELAY_DEAD_ANNOTATION not in annotations
 
-        await wait_for(unmarked, "the relay-dead mark removed once placed", log=operator.log)
+        await wait_until(unmarked, "the relay-dead mark removed once placed", log=operator.log)
     finally:
         for relay in relays.values():
             if relay.process.returncode is None:
@@ -271,11 +271,11 @@ async def test_operator_killed_mid_burst_allocates_each_endpoint_exactly_once(
         listing = json.loads(crd.kubectl("-n", kube_namespace, "get", "rep", "-o", "json").stdout)
         return [r for r in listing["items"] if r.get("status", {}).get("phase") == "Allocated"]
 
-    await wait_for(lambda: len(allocated()) >= count // 4, "a quarter allocated", log=first.log)
+    await wait_until(lambda: len(allocated()) >= count // 4, "a quarter allocated", log=first.log)
     first.process.kill()
     first.stop()
     second = start_operator("second")
-    done = await wait_for(
+    done = await wait_until(
         lambda: (items := allocated()) and len(items) == count and items,
         f"all {count} allocated",
         timeout=120,
@@ -293,7 +293,7 @@ async def test_the_status_command_shows_relays_and_endpoints(
 ):
     keys = [str(k.public) for k in new_keys()]
     crd.kubectl("-n", kube_namespace, "apply", "-f", "-", input=endpoint_yaml("seen", keys))
-    await wait_for(phase_is(crd, kube_namespace, "seen", "Allocated"), "Allocated")
+    await wait_until(phase_is(crd, kube_namespace, "seen", "Allocated"), "Allocated")
     env = {**os.environ, "KUBECONFIG": str(crd.kubeconfig)}
     command = [RELAYFLEET, "status", "--store", redis_server.url()]
 
@@ -303,7 +303,7 @@ async def test_the_status_command_shows_relays_and_endpoints(
         return json.loads(result.stdout)
 
     # the load is the relay's own count, as of its last heartbeat
-    fleet = await wait_for(lambda: (f := status_once())["relays"][0]["load"] == 1 and f, "load 1")
+    fleet = await wait_until(lambda: (f := status_once())["relays"][0]["load"] == 1 and f, "load 1")
     (relay,) = fleet["relays"]
     assert (relay["name"], relay["alive"]) == ("relay-1", True)
     assert fleet["endpoints"]["byRelay"]["relay-1"]["Allocated"] >= 1

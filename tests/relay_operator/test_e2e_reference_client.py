@@ -14,7 +14,8 @@ import asyncio
 import json
 
 from tests.conformance.servers import REFCLIENT, ensure_go_helpers
-from tests.relay_operator.e2e_support import endpoint_yaml, get, new_keys, phase_is, wait_for
+from tests.relay_operator.e2e_support import endpoint_yaml, get, new_keys, phase_is
+from tests.support.waiting import wait_until
 
 PACKETS = 10
 REFCLIENT_TIMEOUT = 60
@@ -31,7 +32,7 @@ async def test_reference_client_binds_with_the_status_and_relays_both_ways(
         "-n", kube_namespace, "apply", "-f", "-",
         input=endpoint_yaml("reference", [str(k.public) for k in keys]),
     )  # fmt: skip
-    resource = await wait_for(
+    resource = await wait_until(
         phase_is(crd, kube_namespace, "reference", "Allocated"), "phase Allocated", log=operator.log
     )
     status = resource["status"]
@@ -68,7 +69,7 @@ async def test_reference_client_binds_with_the_status_and_relays_both_ways(
 
     # Every packet the client sent was relayed (refclient checked each one
     # arrived), so the counts the agent reports settle at exactly PACKETS.
-    status = await wait_for(
+    status = await wait_until(
         reported_bound, f"phase Bound with {PACKETS} packets from each client", log=operator.log
     )
     clients = {c["discoKey"]: c for c in status["clients"]}

@@ -7,14 +7,24 @@ from relay_operator.fleet import format_fleet, gather_fleet, summarise_endpoints
 KEY = DiscoPrivateKey.generate().public
 
 
-def endpoint(phase=None, relay=None):
+def endpoint(phase=None, relay=None, versions=()):
     status = {k: v for k, v in (("phase", phase), ("relay", relay)) if v}
+    if versions:
+        status["clients"] = [
+            {"discoKey": "x"} if v is None else {"discoKey": "x", "protocolVersion": v}
+            for v in versions
+        ]
     return {"metadata": {"name": "x"}, "status": status}
 
 
 def test_endpoints_are_counted_by_phase_and_relay():
     summary = summarise_endpoints(
-        [endpoint("Allocated", "a"), endpoint("Bound", "a"), endpoint("Bound", "b"), endpoint()]
+        [
+            endpoint("Allocated", "a", versions=(1, None)),
+            endpoint("Bound", "a", versions=(0, 1)),
+            endpoint("Bound", "b", versions=(1, 1)),
+            endpoint(),
+        ]
     )
     assert summary["total"] == 4
     assert summary["byPhase"] == {
@@ -24,6 +34,9 @@ def test_endpoints_are_counted_by_phase_and_relay():
         "Expired": 0,
     }
     assert summary["byRelay"] == {"a": {"Allocated": 1, "Bound": 1}, "b": {"Bound": 1}}
+    assert summary["clientsByProtocol"] == {"v0": 1, "v1": 4, "unknown": 1}
+    text = format_fleet({"relays": [], "endpoints": summary})
+    assert "PEERS      by protocol: v0 1  v1 4  unknown 1" in text
 
 
 async def test_the_view_shows_relays_and_says_why_endpoints_are_unknown(tmp_path):

@@ -19,8 +19,8 @@ from tests.relay_operator.e2e_support import (
     new_keys,
     phase_is,
     start_relay,
-    wait_for,
 )
+from tests.support.waiting import wait_until
 
 SHUTDOWN_TIMEOUT = 15.0
 
@@ -37,7 +37,7 @@ async def test_sigterm_reports_the_final_state_and_exits_0(
     try:
         yaml = endpoint_yaml("leaving", [str(k.public) for k in keys], relay="leaving")
         crd.kubectl("-n", kube_namespace, "apply", "-f", "-", input=yaml)
-        allocated = await wait_for(
+        allocated = await wait_until(
             phase_is(crd, kube_namespace, "leaving", "Allocated"), "Allocated", log=operator.log
         )
         status = allocated["status"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.relay_operator.e2e_support import endpoint_yaml, new_keys, wait_for
+from tests.relay_operator.e2e_support import endpoint_yaml, new_keys
+from tests.support.waiting import wait_until
 
 
 def apply_endpoints(control_plane, namespace: str, names: list[str]) -> None:
@@ -39,16 +40,18 @@ async def test_one_replica_acts_and_the_other_takes_over_when_it_dies(
     standby = start_operator("standby", "--priority", "50", *lifetime)
     # Replicas starting at the same instant may both act until they see each other (the
     # store's rules keep that safe); the claim here is about replicas that have met.
-    await wait_for(lambda: len(peers(cp, kube_namespace)) == 2, "both replicas in the peering")
+    await wait_until(lambda: len(peers(cp, kube_namespace)) == 2, "both replicas in the peering")
     apply_endpoints(cp, kube_namespace, [f"first-{i}" for i in range(10)])
-    await wait_for(lambda: len(allocated(cp, kube_namespace)) == 10, "10 allocated", log=active.log)
+    await wait_until(
+        lambda: len(allocated(cp, kube_namespace)) == 10, "10 allocated", log=active.log
+    )
     assert allocations_logged(active.log) == 10
     assert allocations_logged(standby.log) == 0
 
     active.process.kill()
     active.stop()
     apply_endpoints(cp, kube_namespace, [f"later-{i}" for i in range(5)])
-    await wait_for(
+    await wait_until(
         lambda: len(allocated(cp, kube_namespace)) == 15,
         "15 allocated after the failover",
         timeout=60,

@@ -11,7 +11,8 @@ from relay.protocol.client import RelayClient
 from relay.protocol.keys import DiscoPublicKey
 from relay.shells.peer import UdpPeer
 from tests.relay.relay_process import RelayProcess
-from tests.relay_operator.e2e_support import endpoint_yaml, get, new_keys, wait_for
+from tests.relay_operator.e2e_support import endpoint_yaml, get, new_keys
+from tests.support.waiting import wait_until
 
 
 async def test_the_whole_flow_runs_as_the_least_privileged_accounts(
@@ -29,7 +30,7 @@ async def test_the_whole_flow_runs_as_the_least_privileged_accounts(
     try:
         yaml = endpoint_yaml("least", [str(k.public) for k in keys])
         cp.kubectl("-n", kube_namespace, "apply", "-f", "-", input=yaml)
-        status = await wait_for(
+        status = await wait_until(
             lambda: (
                 (s := get(cp, kube_namespace, "least").get("status", {})).get("phase")
                 == "Allocated"
@@ -46,7 +47,7 @@ async def test_the_whole_flow_runs_as_the_least_privileged_accounts(
             peer.send(client.answer(await peer.receive()), (host, int(port)))
         peers[0].send(clients[0].data(b"least privilege"), (host, int(port)))
         assert clients[1].read_data(await peers[1].receive()) == b"least privilege"
-        await wait_for(
+        await wait_until(
             lambda: get(cp, kube_namespace, "least").get("status", {}).get("phase") == "Bound",
             "Bound reported by the relay's account",
         )

@@ -35,8 +35,8 @@ from tests.relay_operator.e2e_support import (
     get,
     new_keys,
     phase_is,
-    wait_for,
 )
+from tests.support.waiting import wait_until
 
 RELAYS = {"relay-a": "text", "relay-b": "json"}
 NEEDLE = 16  # characters: 8 bytes in hex, 12 in base64; catches truncated forms too
@@ -184,16 +184,16 @@ async def test_no_secret_appears_anywhere_after_a_full_run(
 
         for relay in relays:  # bound first, within the bind lifetime of its allocation
             keys = create(f"bound-{relay}", relay)
-            allocated = await wait_for(
+            allocated = await wait_until(
                 phase_is(crd, ns, f"bound-{relay}", "Allocated"), relay, log=operator_text.log
             )
             await bind_and_relay(allocated["status"], keys)
         for relay in relays:
             for role in ("expire", "delete"):
                 create(f"{role}-{relay}", relay)
-                await wait_for(phase_is(crd, ns, f"{role}-{relay}", "Allocated"), role)
+                await wait_until(phase_is(crd, ns, f"{role}-{relay}", "Allocated"), role)
         for relay in relays:
-            await wait_for(phase_is(crd, ns, f"bound-{relay}", "Bound"), f"bound-{relay} Bound")
+            await wait_until(phase_is(crd, ns, f"bound-{relay}", "Bound"), f"bound-{relay} Bound")
         for name, relay in relays.items():
             answers = await api_answers(relay, relay.ready["server_disco"])
             haystacks |= {f"{name} API {what} (1)": text for what, text in answers.items()}
@@ -203,11 +203,11 @@ async def test_no_secret_appears_anywhere_after_a_full_run(
 
         operator_json = start_operator("operator-json", "--standalone", "--log-format", "json")
         for relay in relays:
-            await wait_for(phase_is(crd, ns, f"expire-{relay}", "Expired"), f"expire-{relay}")
+            await wait_until(phase_is(crd, ns, f"expire-{relay}", "Expired"), f"expire-{relay}")
             kubectl("delete", "rep", f"delete-{relay}", "--wait=true", "--timeout=30s")
             assert get(crd, ns, f"delete-{relay}") == {}
         create("late", None)
-        await wait_for(phase_is(crd, ns, "late", "Allocated"), "late", log=operator_json.log)
+        await wait_until(phase_is(crd, ns, "late", "Allocated"), "late", log=operator_json.log)
 
         for name, relay in relays.items():
             answers = await api_answers(relay, relay.ready["server_disco"])

@@ -13,7 +13,8 @@ import uuid
 
 import pytest
 
-from tests.relay_operator.e2e_support import endpoint_yaml, get, new_keys, phase_is, wait_for
+from tests.relay_operator.e2e_support import endpoint_yaml, get, new_keys, phase_is
+from tests.support.waiting import wait_until
 
 TENANT_VERBS = "get,list,watch,create,update,patch,delete"
 
@@ -76,11 +77,11 @@ async def test_a_second_endpoint_for_the_same_pair_cannot_free_the_first(
 ):
     keys = [str(k.public) for k in new_keys()]
     crd.kubectl("-n", kube_namespace, "apply", "-f", "-", input=endpoint_yaml("victim", keys))
-    victim = await wait_for(
+    victim = await wait_until(
         phase_is(crd, kube_namespace, "victim", "Allocated"), "victim", log=operator.log
     )
     crd.kubectl("-n", kube_namespace, "apply", "-f", "-", input=endpoint_yaml("intruder", keys))
-    intruder = await wait_for(
+    intruder = await wait_until(
         phase_is(crd, kube_namespace, "intruder", "Pending"),
         "the operator's answer to the intruder",
         log=operator.log,

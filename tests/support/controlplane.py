@@ -97,25 +97,6 @@ def port_free(port: int) -> bool:
         return True
 
 
-def wait_for(
-    condition: Callable[[], object],
-    timeout: float,
-    what: str,
-    *,
-    interval: float = 0.05,
-    check: Callable[[], None] | None = None,
-) -> object:
-    """The older form of :func:`tests.support.waiting.wait_until_sync`, kept while bench/ calls
-    it (``check`` may raise to give up); new code calls wait_until_sync."""
-
-    def checked() -> object:
-        if check is not None:
-            check()
-        return condition()
-
-    return wait_until_sync(checked, what, timeout=timeout, interval=interval)
-
-
 # -- PKI ---------------------------------------------------------------------
 
 

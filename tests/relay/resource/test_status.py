@@ -2,8 +2,15 @@
 
 import re
 
+from relay.protocol.core import ClientState, Endpoint, Handshake
 from relay.protocol.keys import DiscoPrivateKey, sorted_pair
-from relay.resource.status import allocated_status, pending_status, set_condition
+from relay.resource.status import (
+    allocated_status,
+    client_status,
+    live_status,
+    pending_status,
+    set_condition,
+)
 from relay.store import Allocation, RelayRecord
 
 KEYS = sorted_pair(DiscoPrivateKey.generate().public, DiscoPrivateKey.generate().public)
@@ -67,3 +74,16 @@ def test_other_conditions_are_kept():
     both = set_condition(conditions, "Bound", "True", "Bound", "m", generation=1, now=2)
     assert [c["type"] for c in both] == ["Allocated", "Bound"]
     assert both[0] == conditions[0]
+
+
+def test_live_status_names_each_peers_protocol_version_and_generation():
+    endpoint = Endpoint(ALLOCATION)
+    v0, v1 = endpoint.touch()
+    v0.version, v0.handshake = 0, Handshake.CHALLENGE_SENT
+    v1.version, v1.generation, v1.handshake = 1, 41, Handshake.CHALLENGE_SENT
+    clients = live_status(endpoint, generation=1, now=1e9, conditions=None)["clients"]
+    assert [(c.get("protocolVersion"), c.get("generation")) for c in clients] == [
+        (0, None),
+        (1, 41),
+    ]
+    assert "protocolVersion" not in client_status(KEYS[0], ClientState())

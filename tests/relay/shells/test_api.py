@@ -8,6 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from relay.protocol.core import Drop
 from relay.protocol.keys import DiscoPrivateKey
+from tests.support.waiting import wait_until
 
 KEY_RE = re.compile(r"^discokey:[0-9a-f]{64}$")
 
@@ -160,11 +161,14 @@ async def test_metrics_count_relaying_and_drops(relay):
     assert samples[("relayfleet_relay_dropped_packets_total", (("reason", "short_packet"),))] == 1
     assert samples[("relayfleet_relay_dropped_packets_total", (("reason", "wrong_answer"),))] == 0
     assert samples[("relayfleet_relay_endpoints", (("state", "bound"),))] == 1
-    assert samples[("relayfleet_relay_handshakes_completed_total", ())] == 2
+    v0, v1 = (("version", "0"),), (("version", "1"),)
+    assert samples[("relayfleet_relay_handshakes_completed_total", v0)] == 2
+    assert samples[("relayfleet_relay_handshakes_completed_total", v1)] == 0
     assert samples[("relayfleet_relay_allocations_total", ())] == 1
-    assert samples[("relayfleet_relay_handshake_seconds_count", ())] == 2
-    assert samples[("relayfleet_relay_handshake_seconds_bucket", (("le", "+Inf"),))] == 2
-    assert 0 < samples[("relayfleet_relay_handshake_seconds_sum", ())] < 5
+    assert samples[("relayfleet_relay_handshake_seconds_count", v0)] == 2
+    assert samples[("relayfleet_relay_handshake_seconds_count", v1)] == 0
+    assert samples[("relayfleet_relay_handshake_seconds_bucket", (("le", "+Inf"), *v0))] == 2
+    assert 0 < samples[("relayfleet_relay_handshake_seconds_sum", v0)] < 5
     assert samples[("relayfleet_relay_send_errors_total", ())] == 0
     assert samples[("relayfleet_relay_receive_errors_total", ())] == 0
     assert ("relayfleet_relay_api_errors_total", (("code", "400"),)) not in samples
@@ -193,3 +197,22 @@ async def test_expires_at_of_a_bound_endpoint_waits_for_the_kernel_counts(relay)
     )
     assert core.expire(expected - 0.001) == []
     assert core.expire(expected + 0.001) == [endpoint]
+
+
+async def test_the_table_and_metrics_show_each_clients_protocol_version_and_generation(relay):
+    pair = await relay.pair()
+    keys = [k.public for k in pair.keys]
+    for i, generation in ((0, 7), (1, 9)):
+        pair.peers[i].send(pair.clients[i].bind_v1(keys[1 - i], generation), relay.relay)
+        challenge = await pair.peers[i].receive()
+        pair.peers[i].send(pair.clients[i].answer(challenge), relay.relay)
+    await wait_until(lambda: relay.server.core.endpoint(pair.endpoint.vni).bound, "bound")
+    async with relay.session.get(f"{relay.api}/v0/relay/endpoints") as response:
+        (endpoint,) = (await response.json())["Endpoints"]
+    shown = {c["DiscoKey"]: (c["Version"], c["Generation"]) for c in endpoint["Clients"]}
+    assert shown == {str(keys[0]): (1, 7), str(keys[1]): (1, 9)}
+    async with relay.session.get(f"{relay.api}/metrics") as response:
+        text = await response.text()
+    assert 'relayfleet_relay_handshakes_completed_total{version="1"} 2.0' in text
+    assert 'relayfleet_relay_handshakes_completed_total{version="0"} 0.0' in text
+    assert 'relayfleet_relay_handshake_seconds_count{version="1"} 2.0' in text
