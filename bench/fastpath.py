@@ -234,7 +234,7 @@ def start_ours(hosts: netns.Hosts, name: str, fast_path: str) -> Setup:
     setup.vni = allocation["VNI"]
     sockets = [hosts.udp_socket("a"), hosts.udp_socket("b")]
     for key, sock, side in zip(keys, sockets, "ab", strict=True):
-        client = RelayClient(key, server, setup.vni)
+        client = RelayClient(key, server, setup.vni, protocol=0)
         relay = (netns.RELAY_SIDE[side], setup.ready["udp_port"])
         sock.settimeout(5)
         sock.sendto(client.bind(), relay)

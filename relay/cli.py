@@ -132,7 +132,9 @@ def _relay(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     _configure_logging("error")
     try:
-        report = uvloop.run(run_demo(packets=args.packets, size=args.size, ipv6=args.ipv6))
+        report = uvloop.run(
+            run_demo(packets=args.packets, size=args.size, ipv6=args.ipv6, protocol=args.protocol)
+        )
     except DemoFailed as exc:
         print(f"relayfleet demo: failed: {exc}", file=sys.stderr)
         return 1
@@ -222,6 +224,13 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     demo.add_argument("--packets", type=int, default=1000, help="packets each way [1000]")
     demo.add_argument("--size", type=int, default=200, help="payload bytes per packet [200]")
     demo.add_argument("--ipv6", action="store_true", help="use ::1 instead of 127.0.0.1")
+    demo.add_argument(
+        "--protocol",
+        type=int,
+        choices=(0, 1),
+        default=1,
+        help="protocol version the clients bind in [1]",
+    )
     demo.set_defaults(func=_demo)
 
     operator = commands.add_parser(

@@ -1,8 +1,9 @@
 """``relayfleet demo``: the whole story on one machine in a few seconds.
 
 A relay on loopback with an in-memory store, two clients with fresh keys,
-allocation through the real HTTP API, both bind handshakes over real UDP,
-traffic both ways, a stranger's packet dropped, and a short summary.
+allocation through the real HTTP API, both bind handshakes over real UDP in
+protocol version 1 (or 0 on request), traffic both ways, a stranger's packet
+dropped, and a short summary.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class DemoFailed(Exception):
 @dataclass
 class DemoReport:
     endpoint: ServerEndpoint
+    protocol: int
     handshake_ms: list[float] = field(default_factory=list)
     sent: list[int] = field(default_factory=lambda: [0, 0])
     received: list[int] = field(default_factory=lambda: [0, 0])
@@ -43,10 +45,16 @@ class DemoReport:
     forwarded_packets: int = 0
     forwarded_bytes: int = 0
     drops: dict[str, int] = field(default_factory=dict)
+    handshakes_by_version: list[int] = field(default_factory=lambda: [0, 0])
+    """As the relay counted them: index 0 and 1 for protocol versions 0 and 1."""
+
+    @property
+    def in_protocol(self) -> bool:
+        return self.handshakes_by_version[self.protocol] == 2
 
     @property
     def ok(self) -> bool:
-        return self.received == self.sent
+        return self.received == self.sent and self.in_protocol
 
 
 async def _handshake(client: RelayClient, peer: UdpPeer, relay: tuple[str, int]) -> float:
@@ -92,7 +100,9 @@ async def _exchange(clients, peers, relay, packets: int, size: int, report: Demo
                 report.received[1 - receiver] += 1
 
 
-async def run_demo(packets: int = 1000, size: int = 200, ipv6: bool = False) -> DemoReport:
+async def run_demo(
+    packets: int = 1000, size: int = 200, ipv6: bool = False, protocol: int = 1
+) -> DemoReport:
     host = "::1" if ipv6 else "127.0.0.1"
     config = RelayConfig(listen=host, port=0, api_listen=(host, 0), addrs=(host,), name="demo")
     server = RelayServer(config, MemoryStore(), RelaySecrets.generate())
@@ -109,9 +119,12 @@ async def run_demo(packets: int = 1000, size: int = 200, ipv6: bool = False) -> 
                         f"allocation answered {response.status}: {await response.text()}"
                     )
                 endpoint = ServerEndpoint.from_json(await response.json())
-            report = DemoReport(endpoint)
+            report = DemoReport(endpoint, protocol)
             relay = parse_host_port(endpoint.addr_ports[0])
-            clients = [RelayClient(k, endpoint.server_disco, endpoint.vni) for k in keys]
+            clients = [
+                RelayClient(k, endpoint.server_disco, endpoint.vni, other.public, protocol)
+                for k, other in zip(keys, reversed(keys), strict=True)
+            ]
             peers = [await UdpPeer.open(host) for _ in keys]
             for client, peer in zip(clients, peers, strict=True):
                 report.handshake_ms.append(await _handshake(client, peer, relay))
@@ -123,6 +136,7 @@ async def run_demo(packets: int = 1000, size: int = 200, ipv6: bool = False) -> 
             peers.append(stranger)
             stranger.send(clients[0].data(b"let me in"), relay)
             await _wait_for(lambda: sum(server.core.drops.values()) > 0)
+        report.handshakes_by_version = list(server.core.handshakes_by_version)
         report.forwarded_packets = server.core.forwarded_packets
         report.forwarded_bytes = server.core.forwarded_bytes
         report.drops = {r.value: n for r, n in server.core.drops.items() if n}
@@ -145,16 +159,27 @@ def print_report(report: DemoReport, out: TextIO) -> None:
     e = report.endpoint
     rate = sum(report.received) / report.traffic_seconds if report.traffic_seconds else 0.0
     lines = [
-        "relay-fleet demo: one relay, two clients, loopback",
+        f"relay-fleet demo: one relay, two clients, loopback, protocol version {report.protocol}",
         f"  allocation   VNI {e.vni}, LamportID {e.lamport_id}, server {e.server_disco.short()}",
         f"               at {', '.join(e.addr_ports)}",
         "  handshakes   client A {:.1f} ms, client B {:.1f} ms".format(*report.handshake_ms),
+        "               at the relay: {} in version 0, {} in version 1".format(
+            *report.handshakes_by_version
+        ),
         f"  A -> B       {report.received[0]}/{report.sent[0]} packets relayed",
         f"  B -> A       {report.received[1]}/{report.sent[1]} packets relayed",
         f"  relay        {report.forwarded_packets} packets, {report.forwarded_bytes} bytes "
         f"forwarded ({rate:,.0f} packets/s through Python on loopback)",
         "  drops        "
         + (", ".join(f"{n} {reason}" for reason, n in report.drops.items()) or "none"),
-        "  result       " + ("OK" if report.ok else "PACKETS LOST"),
+        "  result       " + _verdict(report),
     ]
     out.write("\n".join(lines) + "\n")
+
+
+def _verdict(report: DemoReport) -> str:
+    if report.ok:
+        return "OK"
+    if not report.in_protocol:
+        return f"HANDSHAKES NOT IN VERSION {report.protocol}"
+    return "PACKETS LOST"

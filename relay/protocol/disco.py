@@ -5,12 +5,18 @@ holds ``type | version | body``. Only the three bind messages matter to the
 relay (docs/protocol.md "Control packets"). They come in two forms: version 0
 with a 32-byte body, and version 1 (docs/protocol.md "Version 1"), whose
 72-byte body carries the VNI, a handshake generation and the other client's
-key; the body's length tells them apart. Everything here is pure bytes in,
-bytes out.
+key; the body's length tells them apart. The relay acts on nothing else, but
+clients also speak the three messages of allocation over disco (docs/protocol.md
+"Version 1: allocation over disco"): 0x07 CallMeMaybeVia, 0x08
+AllocateUDPRelayEndpointRequest and 0x09 AllocateUDPRelayEndpointResponse, read
+and written here as the reference at tailscale.com v1.102.5 does
+(tests/conformance/test_disco_codec.py checks that byte for byte). Everything
+here is pure bytes in, bytes out.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 
@@ -35,6 +41,16 @@ BIND_PADDING_LEN = 32
 V1_BODY_LEN = 4 + 4 + KEY_LEN + CHALLENGE_LEN
 """A version 1 bind body: VNI, generation, the other client's key, challenge."""
 BIND_TYPES = (TYPE_BIND, TYPE_CHALLENGE, TYPE_ANSWER)
+TYPE_CALL_ME_MAYBE_VIA = 0x07
+TYPE_ALLOCATE_REQUEST = 0x08
+TYPE_ALLOCATE_RESPONSE = 0x09
+ALLOCATION_TYPES = (TYPE_CALL_ME_MAYBE_VIA, TYPE_ALLOCATE_REQUEST, TYPE_ALLOCATE_RESPONSE)
+ALLOCATE_REQUEST_LEN = 2 * KEY_LEN + 4
+"""An allocation request body: both clients' keys and a generation."""
+ENDPOINT_FIXED_LEN = 3 * KEY_LEN + 8 + 4 + 8 + 8
+"""An endpoint before its addresses: server key, client keys, LamportID, VNI, two lifetimes."""
+ADDR_PORT_LEN = 16 + 2
+"""One address: 16 bytes of IPv6 (IPv4 mapped into it) and a port."""
 
 
 class DiscoError(ValueError):
@@ -77,9 +93,58 @@ class BindV1:
     challenge: bytes = bytes(CHALLENGE_LEN)
 
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+AddrPort = tuple[IPAddress, int]
+
+
+@dataclass(frozen=True, slots=True)
+class UDPRelayEndpoint:
+    """An allocated endpoint as 0x07 and 0x09 carry it: the binary form of the
+    allocation answer (relay.protocol.server_endpoint.ServerEndpoint is its JSON form).
+
+    Keys are raw, ``client_disco`` in key order; lifetimes are Go durations in
+    integer nanoseconds (signed 64 bits); ``vni`` is 32 bits on this wire. There
+    is at least one address, an IPv4 one as IPv4 (a mapped IPv6 form reads back as
+    IPv4, so marshal refuses it).
+    """
+
+    server_disco: bytes
+    client_disco: tuple[bytes, bytes]
+    lamport_id: int
+    vni: int
+    bind_lifetime_ns: int
+    steady_state_lifetime_ns: int
+    addr_ports: tuple[AddrPort, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CallMeMaybeVia:
+    """A client tells its peer of an endpoint to meet it at (type 0x07)."""
+
+    endpoint: UDPRelayEndpoint
+
+
+@dataclass(frozen=True, slots=True)
+class AllocateUDPRelayEndpointRequest:
+    """A client asks a relay for an endpoint for two clients (type 0x08); the relay
+    echoes ``generation`` in its response."""
+
+    client_disco: tuple[bytes, bytes]
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class AllocateUDPRelayEndpointResponse:
+    """A relay's answer to an allocation request of ``generation`` (type 0x09)."""
+
+    generation: int
+    endpoint: UDPRelayEndpoint
+
+
 @dataclass(frozen=True, slots=True)
 class OtherMessage:
-    """A well-formed message of a type the relay does not act on (ping, pong, ...)."""
+    """A well-formed message of a type the relay does not act on (ping, pong, ...), or an
+    allocation message of a version other than 0, whose fields the reference does not read."""
 
     type: int
 
@@ -89,6 +154,9 @@ Message = (
     | BindUDPRelayEndpointChallenge
     | BindUDPRelayEndpointAnswer
     | BindV1
+    | CallMeMaybeVia
+    | AllocateUDPRelayEndpointRequest
+    | AllocateUDPRelayEndpointResponse
     | OtherMessage
 )
 
@@ -112,6 +180,20 @@ def marshal(message: Message) -> bytes:
                 + bytes(remote_key)
                 + _fixed(challenge)
             )
+        case CallMeMaybeVia(endpoint):
+            return bytes((TYPE_CALL_ME_MAYBE_VIA, MESSAGE_VERSION)) + _endpoint_bytes(endpoint)
+        case AllocateUDPRelayEndpointRequest(client_disco, generation):
+            return (
+                bytes((TYPE_ALLOCATE_REQUEST, MESSAGE_VERSION))
+                + _key_pair(client_disco)
+                + _uint(generation, 4, "generation")
+            )
+        case AllocateUDPRelayEndpointResponse(generation, endpoint):
+            return (
+                bytes((TYPE_ALLOCATE_RESPONSE, MESSAGE_VERSION))
+                + _uint(generation, 4, "generation")
+                + _endpoint_bytes(endpoint)
+            )
     raise TypeError(f"cannot marshal {message!r}")
 
 
@@ -121,10 +203,63 @@ def _fixed(value: bytes) -> bytes:
     return bytes(value)
 
 
+def _uint(value: int, size: int, name: str) -> bytes:
+    if not 0 <= value < 1 << (8 * size):
+        raise ValueError(f"{name} {value} does not fit in {8 * size} unsigned bits")
+    return value.to_bytes(size, "big")
+
+
+def _duration(value: int, name: str) -> bytes:
+    if not -(1 << 63) <= value < 1 << 63:
+        raise ValueError(f"{name} {value} ns does not fit in a Go duration")
+    return value.to_bytes(8, "big", signed=True)
+
+
+def _key(value: bytes) -> bytes:
+    if not isinstance(value, bytes) or len(value) != KEY_LEN:
+        raise ValueError(f"a disco key is {KEY_LEN} raw bytes")
+    return value
+
+
+def _key_pair(keys: tuple[bytes, bytes]) -> bytes:
+    if len(keys) != 2:
+        raise ValueError("client_disco holds two keys")
+    return _key(keys[0]) + _key(keys[1])
+
+
+def _addr_port_bytes(addr_port: AddrPort) -> bytes:
+    ip, port = addr_port
+    if isinstance(ip, ipaddress.IPv4Address):
+        packed = bytes(10) + b"\xff\xff" + ip.packed
+    elif isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None and not ip.scope_id:
+        packed = ip.packed
+    else:
+        raise ValueError(f"{ip!r}: want an IPv4Address, or an IPv6Address not mapped nor scoped")
+    return packed + _uint(port, 2, "port")
+
+
+def _endpoint_bytes(endpoint: UDPRelayEndpoint) -> bytes:
+    if not endpoint.addr_ports:
+        raise ValueError("an endpoint has at least one address")
+    return b"".join(
+        (
+            _key(endpoint.server_disco),
+            _key_pair(endpoint.client_disco),
+            _uint(endpoint.lamport_id, 8, "lamport_id"),
+            _uint(endpoint.vni, 4, "vni"),
+            _duration(endpoint.bind_lifetime_ns, "bind_lifetime_ns"),
+            _duration(endpoint.steady_state_lifetime_ns, "steady_state_lifetime_ns"),
+            *map(_addr_port_bytes, endpoint.addr_ports),
+        )
+    )
+
+
 def parse(payload: bytes) -> Message:
-    """Parse an opened payload; trailing bytes are ignored, a short body is an error.
+    """Parse an opened payload; a short body is an error.
 
     A bind message whose body has :data:`V1_BODY_LEN` bytes or more is version 1.
+    Trailing bytes are ignored, except after an endpoint (0x07, 0x09), whose
+    addresses run to the end of the body: there they must be whole addresses.
     """
     if len(payload) < 2:
         raise DiscoError("message shorter than its type and version")
@@ -146,7 +281,54 @@ def parse(payload: bytes) -> Message:
         if kind == TYPE_CHALLENGE:
             return BindUDPRelayEndpointChallenge(value)
         return BindUDPRelayEndpointAnswer(value)
+    if kind in ALLOCATION_TYPES and payload[1] == MESSAGE_VERSION:
+        return _parse_allocation(kind, bytes(body))
     return OtherMessage(kind)
+
+
+def _parse_allocation(kind: int, body: bytes) -> Message:
+    if kind == TYPE_CALL_ME_MAYBE_VIA:
+        return CallMeMaybeVia(_parse_endpoint(body))
+    if kind == TYPE_ALLOCATE_REQUEST:
+        if len(body) < ALLOCATE_REQUEST_LEN:
+            raise DiscoError(f"an allocation request needs a {ALLOCATE_REQUEST_LEN}-byte body")
+        generation = int.from_bytes(body[2 * KEY_LEN : ALLOCATE_REQUEST_LEN], "big")
+        return AllocateUDPRelayEndpointRequest(_keys(body[: 2 * KEY_LEN]), generation)
+    if len(body) < 4:
+        raise DiscoError("an allocation response needs its generation")
+    return AllocateUDPRelayEndpointResponse(
+        int.from_bytes(body[:4], "big"), _parse_endpoint(body[4:])
+    )
+
+
+def _keys(raw: bytes) -> tuple[bytes, bytes]:
+    return raw[:KEY_LEN], raw[KEY_LEN : 2 * KEY_LEN]
+
+
+def _parse_endpoint(body: bytes) -> UDPRelayEndpoint:
+    addresses = len(body) - ENDPOINT_FIXED_LEN
+    if addresses < ADDR_PORT_LEN or addresses % ADDR_PORT_LEN:
+        raise DiscoError(
+            f"an endpoint is {ENDPOINT_FIXED_LEN} bytes and one or more "
+            f"{ADDR_PORT_LEN}-byte addresses, not {len(body)} bytes"
+        )
+    return UDPRelayEndpoint(
+        server_disco=body[:KEY_LEN],
+        client_disco=_keys(body[KEY_LEN : 3 * KEY_LEN]),
+        lamport_id=int.from_bytes(body[96:104], "big"),
+        vni=int.from_bytes(body[104:108], "big"),
+        bind_lifetime_ns=int.from_bytes(body[108:116], "big", signed=True),
+        steady_state_lifetime_ns=int.from_bytes(body[116:124], "big", signed=True),
+        addr_ports=tuple(
+            _parse_addr_port(body[at : at + ADDR_PORT_LEN])
+            for at in range(ENDPOINT_FIXED_LEN, len(body), ADDR_PORT_LEN)
+        ),
+    )
+
+
+def _parse_addr_port(raw: bytes) -> AddrPort:
+    ip = ipaddress.IPv6Address(raw[:16])
+    return (ip.ipv4_mapped or ip), int.from_bytes(raw[16:18], "big")
 
 
 def body_len(frame_len: int) -> int:

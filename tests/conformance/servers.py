@@ -10,7 +10,9 @@ reference of its version.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +61,12 @@ COMMANDS = {
     ],
 }
 
+ONE_SOCKET = {"GOMAXPROCS": "1"}
+"""The environment in which refserver-v1 reads from one socket: v1.102.5 opens one
+SO_REUSEPORT socket per GOMAXPROCS, each with its own reader, and only one reader
+handles datagrams in the order they arrive (which tests/conformance/wire_script.py
+relies on)."""
+
 
 def ensure_go_helpers() -> None:
     """Build refserver and refclient when missing or stale (a no-op when up to date)."""
@@ -86,9 +94,12 @@ class ServerProcess:
         return "127.0.0.1", self.udp_port
 
     @classmethod
-    def start(cls, kind: str) -> ServerProcess:
+    def start(cls, kind: str, *flags: str, env: Mapping[str, str] | None = None) -> ServerProcess:
+        """Start a server of ``kind`` with extra ``flags`` and environment ``env``; return
+        once it is ready."""
         process = subprocess.Popen(
-            COMMANDS[kind],
+            [*COMMANDS[kind], *flags],
+            env={**os.environ, **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

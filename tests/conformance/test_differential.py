@@ -56,7 +56,7 @@ def run_script(server: ServerProcess) -> tuple[list[tuple], dict]:
         bind = bytearray(a.bind())
         bind[2:4] = geneve.PROTOCOL_WIREGUARD.to_bytes(2, "big")
         c.step("control with the WireGuard protocol", "a", bytes(bind))
-        intruder = RelayClient(stranger, a.server_key, a.vni)
+        intruder = RelayClient(stranger, a.server_key, a.vni, protocol=0)
         c.step("bind with a foreign key", "x", intruder.bind())
         bind = bytearray(a.bind())
         bind[-3] ^= 0x10
@@ -83,7 +83,7 @@ def run_script(server: ServerProcess) -> tuple[list[tuple], dict]:
         rejected(
             "answer sealed with a foreign key",
             "a",
-            RelayClient(stranger, a.server_key, a.vni).control(
+            RelayClient(stranger, a.server_key, a.vni, protocol=0).control(
                 disco.BindUDPRelayEndpointAnswer(challenge_a)
             ),
         )

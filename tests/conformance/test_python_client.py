@@ -17,7 +17,7 @@ def test_python_client_allocates_binds_and_relays(server):
     assert status == 200, body
     endpoint = ServerEndpoint.from_json(body)
     assert endpoint.server_disco == DiscoPublicKey.parse(server.server_disco)
-    clients = [RelayClient(k, endpoint.server_disco, endpoint.vni) for k in keys]
+    clients = [RelayClient(k, endpoint.server_disco, endpoint.vni, protocol=0) for k in keys]
     sockets = [Socket("a"), Socket("b")]
     try:
         for client, sock in zip(clients, sockets, strict=True):

@@ -1,13 +1,18 @@
 """A scripted conversation with a relay over real UDP, observed the same way for any server.
 
 Every step sends one datagram from one socket; then one socket of a bound
-sentinel endpoint sends data and waits for it at the other. The server
+sentinel endpoint sends data and waits for it at the other, twice. The server
 handles datagrams in order on one socket, so once the sentinel's data is
-through, every reply the step caused has already reached its socket: what
-each socket holds then is the step's observable outcome, with no sleep and no
-timeout guesswork.
-Outcomes are normalised (endpoint labels instead of VNIs, challenge numbers
-instead of bytes) so that two servers with different keys compare equal.
+through, every datagram the step caused has been handled; a server that reads
+in batches and sends a batch's replies after handling all of it (the v1.102.5
+reference) may still be sending them, but the second round trip can only be
+read in a later batch, so once it is through, every reply has reached its
+socket too. What each socket holds then is the step's observable outcome,
+with no sleep and no timeout guesswork.
+Outcomes are normalised (endpoint labels instead of VNIs, client names
+instead of keys, challenge numbers instead of bytes) so that two servers with
+different keys compare equal. A conversation has a protocol version: its
+sentinel binds in it, and so do its clients unless an allocation names theirs.
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ class Conversation:
 
     url: str
     relay: tuple[str, int]
+    version: int = 0
     sockets: dict[str, Socket] = field(default_factory=dict)
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
     owners: dict[str, RelayClient] = field(default_factory=dict)
@@ -91,13 +97,24 @@ class Conversation:
             self.sockets[name] = Socket(name)
         return self.sockets[name]
 
-    def allocate(self, label: str, names: tuple[str, str], keys=None) -> Endpoint:
+    def allocate(
+        self,
+        label: str,
+        names: tuple[str, str],
+        keys: list[DiscoPrivateKey] | None = None,
+        versions: tuple[int, int] | None = None,
+    ) -> Endpoint:
+        """Allocate an endpoint for two clients named ``names``, speaking ``versions``
+        (by default both the conversation's)."""
         keys = keys or [DiscoPrivateKey.generate(), DiscoPrivateKey.generate()]
+        versions = versions or (self.version, self.version)
         status, response = post_allocation(self.url, [str(k.public) for k in keys])
         assert status == 200, response
         server = DiscoPublicKey.parse(response["ServerDisco"])
+        remotes = (keys[1].public, keys[0].public)
         clients = {
-            n: RelayClient(k, server, response["VNI"]) for n, k in zip(names, keys, strict=True)
+            n: RelayClient(k, server, response["VNI"], remote_key=r, protocol=v)
+            for n, k, r, v in zip(names, keys, remotes, versions, strict=True)
         }
         endpoint = Endpoint(label, response, clients)
         self.endpoints[label] = endpoint
@@ -109,21 +126,38 @@ class Conversation:
                 return endpoint.clients[name]
         raise KeyError(name)
 
+    def bind(self, name: str, generation: int = 1) -> bytes:
+        """A bind from client ``name`` in its version (``generation``: version 1's)."""
+        client = self.client(name)
+        if client.protocol == 0:
+            return client.bind()
+        return client.bind_v1(client.remote_key, generation)
+
+    def answer(self, name: str, socket_name: str, generation: int = 1) -> bytes:
+        """Client ``name``'s answer, in its version, to the newest challenge ``socket_name`` got
+        (``generation``: the version 1 bind's)."""
+        client, challenge = self.client(name), self.challenge_of(socket_name)
+        if client.protocol == 0:
+            return client.control(disco.BindUDPRelayEndpointAnswer(challenge))
+        fields = (client.vni, generation, client.remote_key.raw, challenge)
+        return client.control(disco.BindV1(disco.TYPE_ANSWER, *fields))
+
     def open_sentinel(self) -> None:
         """A bound endpoint of two sentinel sockets, whose data marks "all handled"."""
         self.allocate("sentinel", ("S", "T"))
         self._sentinels = (Socket("S"), Socket("T"))
         for name, sock in zip(("S", "T"), self._sentinels, strict=True):
-            client = self.client(name)
-            sock.send(client.bind(), self.relay)
-            sock.send(client.answer(sock.receive()), self.relay)
+            sock.send(self.bind(name), self.relay)
+            sock.send(self.client(name).answer(sock.receive()), self.relay)
         self.sync()
 
     def sync(self) -> None:
-        """Return once the server has handled every datagram sent before this call."""
+        """Return once the server has handled every datagram sent before this call and sent
+        every reply to it."""
         s, t = self._sentinels
-        s.send(self.client("S").data(b"sync"), self.relay)
-        assert self.client("T").read_data(t.receive()) == b"sync"
+        for payload in (b"sync", b"sync again"):
+            s.send(self.client("S").data(payload), self.relay)
+            assert self.client("T").read_data(t.receive()) == payload
 
     def step(self, name: str, sender: str, datagram: bytes, owner: str | None = None) -> None:
         """Send ``datagram`` from socket ``sender``, then record what every socket got."""
@@ -143,6 +177,13 @@ class Conversation:
                 return endpoint.label
         return f"vni-{vni}"
 
+    def _key_name(self, raw: bytes) -> str:
+        for endpoint in self.endpoints.values():
+            for name, client in endpoint.clients.items():
+                if client.public_key.raw == raw:
+                    return name
+        return f"key-{raw.hex()[:8]}"
+
     def _describe(self, socket_name: str, datagram: bytes) -> tuple:
         header = geneve.decode(datagram)
         if not header.control:
@@ -153,14 +194,27 @@ class Conversation:
         except (ValueError, AttributeError) as exc:
             return ("unreadable-control", self._label(header.vni), str(exc))
         if isinstance(message, disco.BindUDPRelayEndpointChallenge):
-            number = self.challenges.setdefault(
-                (socket_name, message.challenge), len(self.challenges) + 1
+            return ("challenge", self._label(header.vni), self._number(socket_name, message))
+        if isinstance(message, disco.BindV1) and message.type == disco.TYPE_CHALLENGE:
+            return (
+                "challenge v1",
+                self._label(header.vni),
+                self._label(message.vni),
+                message.generation,
+                self._key_name(message.remote_key),
+                self._number(socket_name, message),
             )
-            return ("challenge", self._label(header.vni), number)
         return ("control", self._label(header.vni), type(message).__name__)
 
+    def _number(
+        self, socket_name: str, message: disco.BindUDPRelayEndpointChallenge | disco.BindV1
+    ) -> int:
+        """The challenge's number: the same value to the same socket, the same number."""
+        key = (socket_name, message.challenge)
+        return self.challenges.setdefault(key, len(self.challenges) + 1)
+
     def challenge_of(self, socket_name: str) -> bytes:
-        """The last challenge that socket received."""
+        """The newest challenge value that socket received (a repeated one is not newer)."""
         return [c for (s, c) in self.challenges if s == socket_name][-1]
 
     def close(self) -> None:

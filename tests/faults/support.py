@@ -278,7 +278,7 @@ class TrafficProbe:
     def __init__(self, peers: Peers, status: Mapping[str, Any]) -> None:
         self.peers = peers
         server = DiscoPublicKey.parse(status["serverDisco"])
-        self.clients = [RelayClient(k, server, int(status["vni"])) for k in peers.keys]
+        self.clients = [RelayClient(k, server, int(status["vni"]), protocol=0) for k in peers.keys]
         host, port = status["addrPorts"][0].rsplit(":", 1)
         self.relay_addr = (host, int(port))
         self.sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]

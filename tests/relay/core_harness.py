@@ -58,7 +58,9 @@ class CoreHarness:
         self.core.install(allocation)
         server = self.core.server_key
         return Pair(
-            allocation, RelayClient(keys[0], server, vni), RelayClient(keys[1], server, vni)
+            allocation,
+            RelayClient(keys[0], server, vni, protocol=0),
+            RelayClient(keys[1], server, vni, protocol=0),
         )
 
     def send(self, datagram: bytes, source) -> Send | None:

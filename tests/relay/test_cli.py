@@ -152,10 +152,12 @@ def test_keygen_writes_a_relay_key_file_once(tmp_path):
     assert again.returncode == 1 and "exists" in again.stderr
 
 
+@pytest.mark.parametrize("protocol", ["0", "1"])
 @pytest.mark.parametrize("family", [[], ["--ipv6"]], ids=["ipv4", "ipv6"])
-def test_demo_runs_the_whole_story(family):
-    result = run("demo", *family, timeout=60)
+def test_demo_runs_the_whole_story(family, protocol):
+    result = run("demo", *family, "--protocol", protocol, timeout=60)
     assert result.returncode == 0, result.stderr
+    assert f"protocol version {protocol}" in result.stdout
     assert "1000/1000 packets relayed" in result.stdout
     assert "1 data_from_unknown_source" in result.stdout
     assert "result       OK" in result.stdout

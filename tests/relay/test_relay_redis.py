@@ -51,7 +51,7 @@ class Pair:
         self.body = body
         self.keys = keys
         server = DiscoPublicKey.parse(body["ServerDisco"])
-        self.clients = [RelayClient(k, server, body["VNI"]) for k in keys]
+        self.clients = [RelayClient(k, server, body["VNI"], protocol=0) for k in keys]
         self.peers = peers
 
     @classmethod

@@ -80,7 +80,7 @@ async def test_bad_magic_is_dropped(relay):
 async def test_foreign_key_is_dropped(relay):
     pair = await relay.pair()
     intruder = RelayClient(
-        DiscoPrivateKey.generate(), pair.endpoint.server_disco, pair.endpoint.vni
+        DiscoPrivateKey.generate(), pair.endpoint.server_disco, pair.endpoint.vni, protocol=0
     )
     pair.peers[0].send(intruder.bind(), relay.relay)
     await relay.dropped(Drop.FOREIGN_KEY)

@@ -62,7 +62,7 @@ class RelayHarness:
     async def pair(self, keys: list[DiscoPrivateKey] | None = None) -> UdpPair:
         keys = keys or [DiscoPrivateKey.generate(), DiscoPrivateKey.generate()]
         endpoint = await self.post_allocation([str(k.public) for k in keys])
-        clients = [RelayClient(k, endpoint.server_disco, endpoint.vni) for k in keys]
+        clients = [RelayClient(k, endpoint.server_disco, endpoint.vni, protocol=0) for k in keys]
         return UdpPair(endpoint, keys, clients, [await self.peer(), await self.peer()], self.relay)
 
     async def bound_pair(self) -> UdpPair:

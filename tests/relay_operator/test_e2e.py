@@ -107,7 +107,7 @@ async def test_apply_allocates_and_two_clients_relay_with_the_status(
     assert samples[("relayfleet_operator_relays", (("state", "alive"),))] == 1
 
     server = DiscoPublicKey.parse(status["serverDisco"])
-    clients = [RelayClient(k, server, status["vni"]) for k in keys]
+    clients = [RelayClient(k, server, status["vni"], protocol=0) for k in keys]
     peers = [await UdpPeer.open(), await UdpPeer.open()]
     host, port = status["addrPorts"][0].rsplit(":", 1)
     try:

@@ -42,7 +42,7 @@ async def test_sigterm_reports_the_final_state_and_exits_0(
         )
         status = allocated["status"]
         server = DiscoPublicKey.parse(status["serverDisco"])
-        clients = [RelayClient(k, server, status["vni"]) for k in keys]
+        clients = [RelayClient(k, server, status["vni"], protocol=0) for k in keys]
         host, port = status["addrPorts"][0].rsplit(":", 1)
         address = (host, int(port))
         for client, peer in zip(clients, peers, strict=True):

@@ -40,7 +40,7 @@ async def test_the_whole_flow_runs_as_the_least_privileged_accounts(
             log=operator.log,
         )
         server = DiscoPublicKey.parse(status["serverDisco"])
-        clients = [RelayClient(k, server, status["vni"]) for k in keys]
+        clients = [RelayClient(k, server, status["vni"], protocol=0) for k in keys]
         host, port = status["addrPorts"][0].rsplit(":", 1)
         for client, peer in zip(clients, peers, strict=True):
             peer.send(client.bind(), (host, int(port)))

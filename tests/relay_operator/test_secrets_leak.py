@@ -124,7 +124,7 @@ def fetch(url: str) -> str:
 
 async def bind_and_relay(status: dict, keys: list[DiscoPrivateKey]) -> None:
     server = DiscoPublicKey.parse(status["serverDisco"])
-    clients = [RelayClient(k, server, status["vni"]) for k in keys]
+    clients = [RelayClient(k, server, status["vni"], protocol=0) for k in keys]
     host, port = status["addrPorts"][0].rsplit(":", 1)
     address = (host, int(port))
     peers = [await UdpPeer.open(), await UdpPeer.open()]

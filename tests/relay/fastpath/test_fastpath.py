@@ -101,7 +101,7 @@ class BoundPair:
         self.vni = allocation["VNI"]
         self.lamport_id = allocation["LamportID"]
         server = DiscoPublicKey.parse(allocation["ServerDisco"])
-        self.clients = [RelayClient(k, server, self.vni) for k in self.keys]
+        self.clients = [RelayClient(k, server, self.vni, protocol=0) for k in self.keys]
         self.sockets = [hosts.udp_socket("a", ipv6), hosts.udp_socket("b", ipv6)]
         sides = netns.RELAY_SIDE6 if ipv6 else netns.RELAY_SIDE
         self.relay = [(sides[side], relay.ready["udp_port"]) for side in "ab"]

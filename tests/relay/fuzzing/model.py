@@ -29,7 +29,11 @@ from tests.relay.fuzzing.engine import Rng
 
 
 def payload_seeds(rng: Rng) -> list[bytes]:
+    """Payloads of every type, well-formed and not; for 0x07, 0x08 and 0x09: whole, with an
+    IPv4-mapped address, short, misaligned, and of another version."""
     challenge = rng.randbytes(32)
+    endpoint_len = disco.ENDPOINT_FIXED_LEN + disco.ADDR_PORT_LEN * rng.randrange(1, 4)
+    mapped = bytes(10) + b"\xff\xff" + rng.randbytes(6)
     return [
         disco.marshal(disco.BindUDPRelayEndpoint()),
         disco.marshal(disco.BindUDPRelayEndpointChallenge(challenge)),
@@ -42,6 +46,15 @@ def payload_seeds(rng: Rng) -> list[bytes]:
         bytes((0x05, 0x00)) + challenge[:31],
         bytes((0x06,)),
         b"",
+        bytes((0x07, 0x00)) + rng.randbytes(endpoint_len),
+        bytes((0x07, 0x00)) + rng.randbytes(disco.ENDPOINT_FIXED_LEN) + mapped,
+        bytes((0x07, 0x00)) + rng.randbytes(endpoint_len + rng.randrange(1, 18)),
+        bytes((0x07, 0x01)) + rng.randbytes(rng.randrange(200)),
+        bytes((0x08, 0x00)) + rng.randbytes(disco.ALLOCATE_REQUEST_LEN + rng.randrange(4)),
+        bytes((0x08, 0x00)) + rng.randbytes(disco.ALLOCATE_REQUEST_LEN - 1),
+        bytes((0x09, 0x00)) + rng.randbytes(4 + endpoint_len),
+        bytes((0x09, 0x00)) + rng.randbytes(4 + disco.ENDPOINT_FIXED_LEN),
+        bytes((0x09, 0x00)) + rng.randbytes(3),
     ]
 
 
@@ -259,7 +272,7 @@ def build_world(seed: int, limits: HandshakeLimits = GENEROUS_LIMITS) -> World:
             challenge = core.challenge(allocation, index)
             member = Member(number, key.public.raw, shared, client_addr(number), challenge)
             pair.append(member)
-            client = RelayClient(key, server.public, vni)
+            client = RelayClient(key, server.public, vni, protocol=0)
             if state != INIT:
                 reply = core.handle(client.bind(), member.addr, now)
                 assert reply is not None, f"no challenge for client {number} of VNI {vni}"

@@ -164,11 +164,17 @@ class DiscoParse(Target):
             message = disco.parse(value)
         except disco.DiscoError:
             short = len(value) < 2 or (value[0] in (5, 6) and len(value) < 2 + disco.CHALLENGE_LEN)
-            require(short, "refused a well-formed message", value.hex())
+            require(
+                short or self._bad_allocation(value), "refused a well-formed message", value.hex()
+            )
             return
         require(len(value) >= 2, "accepted a message without type and version")
         kind = value[0]
-        if kind in disco.BIND_TYPES and len(value) >= 2 + 72:
+        if kind in (7, 8, 9) and value[1] == 0:
+            require(not self._bad_allocation(value), "accepted a malformed allocation message")
+            expected_allocation = self._allocation(kind, bytes(value[2:]))
+            require(message == expected_allocation, "allocation message fields differ from bytes")
+        elif kind in disco.BIND_TYPES and len(value) >= 2 + 72:
             body = bytes(value[2:74])
             expected_v1 = disco.BindV1(
                 kind,
@@ -192,6 +198,42 @@ class DiscoParse(Target):
             require(message == disco.OtherMessage(kind), "other type not kept as OtherMessage")
         if not isinstance(message, disco.OtherMessage):
             require(disco.parse(disco.marshal(message)) == message, "parse(marshal(m)) != m")
+
+    # The layouts of 0x07, 0x08 and 0x09 at tailscale.com v1.102.5, read independently:
+    # an endpoint is 124 fixed bytes and whole 18-byte addresses (at least one) to the end.
+
+    @staticmethod
+    def _bad_allocation(value: bytes) -> bool:
+        if len(value) < 2 or value[0] not in (7, 8, 9) or value[1] != 0:
+            return False
+        body = len(value) - 2
+        if value[0] == 8:
+            return body < 68
+        addresses = body - 124 - (4 if value[0] == 9 else 0)
+        return addresses < 18 or addresses % 18 != 0
+
+    @staticmethod
+    def _allocation(kind: int, body: bytes) -> disco.Message:
+        if kind == 8:
+            return disco.AllocateUDPRelayEndpointRequest(
+                (body[:32], body[32:64]), struct.unpack(">I", body[64:68])[0]
+            )
+        generation = struct.unpack(">I", body[:4])[0]
+        if kind == 9:
+            body = body[4:]
+        server, a, b, lamport_id, vni, bind, steady = struct.unpack(">32s32s32sQIqq", body[:124])
+        addr_ports = []
+        for at in range(124, len(body), 18):
+            ip = ipaddress.IPv6Address(body[at : at + 16])
+            addr_ports.append(
+                (ip.ipv4_mapped or ip, struct.unpack(">H", body[at + 16 : at + 18])[0])
+            )
+        endpoint = disco.UDPRelayEndpoint(
+            server, (a, b), lamport_id, vni, bind, steady, tuple(addr_ports)
+        )
+        if kind == 7:
+            return disco.CallMeMaybeVia(endpoint)
+        return disco.AllocateUDPRelayEndpointResponse(generation, endpoint)
 
 
 class DiscoFrame(Target):
