@@ -153,6 +153,7 @@ def print_core_stats(outcome: Outcome) -> None:
     for kind, meaning in (
         ("rate_limited_work", "authentic handshakes refused by the limits"),
         ("challenge", "authentic binds, replayed"),
+        ("challenge_v1", "authentic version 1 binds, from any source"),
         ("bound", "authentic answers from the client's address"),
         ("forward", "data from a bound client's address"),
     ):

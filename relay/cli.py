@@ -178,7 +178,7 @@ def _status(args: argparse.Namespace) -> int:
     async def gather() -> dict:
         store = open_store(args.store, max_vni=1, prefix=args.store_prefix)
         try:
-            return await gather_fleet(store, args.kubeconfig, time.time())
+            return await gather_fleet(store, args.kubeconfig, time.time(), args.endpoints)
         finally:
             await store.close()
 
@@ -252,6 +252,12 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     add_arguments(status, StatusConfig, environ)
     status.add_argument("--kubeconfig", metavar="PATH", help="kubeconfig (default: as kubectl)")
+    status.add_argument(
+        "--endpoints",
+        action="store_true",
+        help="also list each RelayEndpoint with its peers' handshake, protocol version and "
+        "(version 1) generation",
+    )
     status.add_argument("-o", "--output", choices=["text", "json"], default="text")
     status.set_defaults(func=_status)
 

@@ -50,7 +50,42 @@ def summarise_endpoints(items: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-async def gather_fleet(store: Store, kubeconfig: str | None, now: float) -> dict[str, Any]:
+def endpoint_rows(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each RelayEndpoint with its peers as its relay reported them: handshake, protocol
+    version and (version 1) generation, sorted by namespace and name."""
+    rows = []
+    for item in items:
+        meta, status = item["metadata"], item.get("status") or {}
+        rows.append(
+            {
+                "namespace": meta.get("namespace", ""),
+                "name": meta["name"],
+                "phase": status.get("phase", PENDING),
+                "relay": status.get("relay"),
+                "vni": status.get("vni"),
+                "clients": [
+                    {
+                        "discoKey": client.get("discoKey"),
+                        "handshake": client.get("handshake"),
+                        "protocolVersion": client.get("protocolVersion"),
+                        "generation": client.get("generation"),
+                    }
+                    for client in status.get("clients") or ()
+                ],
+            }
+        )
+    return sorted(rows, key=lambda row: (row["namespace"], row["name"]))
+
+
+def _peer(client: dict[str, Any]) -> str:
+    version = client["protocolVersion"]
+    text = f"{client['handshake'] or '?'} v{'?' if version is None else version}"
+    return text + (f" gen {client['generation']}" if client["generation"] else "")
+
+
+async def gather_fleet(
+    store: Store, kubeconfig: str | None, now: float, each_endpoint: bool = False
+) -> dict[str, Any]:
     """The registry's relays, and the RelayEndpoints by phase (or why they could not be read)."""
     relays = [
         {
@@ -67,7 +102,10 @@ async def gather_fleet(store: Store, kubeconfig: str | None, now: float) -> dict
     ]
     fleet: dict[str, Any] = {"relays": relays}
     try:
-        fleet["endpoints"] = summarise_endpoints(await list_endpoints(kubeconfig))
+        items = await list_endpoints(kubeconfig)
+        fleet["endpoints"] = summarise_endpoints(items)
+        if each_endpoint:
+            fleet["endpoints"]["items"] = endpoint_rows(items)
     except Exception as exc:  # no cluster, no rights, no CRD: say so, show the relays anyway
         fleet["endpoints"] = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
     return fleet
@@ -102,4 +140,8 @@ def format_fleet(fleet: dict[str, Any]) -> str:
         for relay, counts in endpoints["byRelay"].items():
             detail = "  ".join(f"{phase} {n}" for phase, n in counts.items())
             lines.append(f"  {relay}: {detail}")
+        for row in endpoints.get("items", ()):
+            peers = ", ".join(_peer(client) for client in row["clients"]) or "-"
+            where = f"{row['relay']} VNI {row['vni']}" if row["relay"] else "not placed"
+            lines.append(f"  {row['namespace']}/{row['name']}  {row['phase']}  {where}  {peers}")
     return "\n".join(line.rstrip() for line in lines) + "\n"

@@ -107,7 +107,11 @@ async def test_apply_allocates_and_two_clients_relay_with_the_status(
     assert samples[("relayfleet_operator_relays", (("state", "alive"),))] == 1
 
     server = DiscoPublicKey.parse(status["serverDisco"])
-    clients = [RelayClient(k, server, status["vni"], protocol=0) for k in keys]
+    # one client of each protocol version: the status says which bound how
+    clients = [
+        RelayClient(keys[0], server, status["vni"], protocol=0),
+        RelayClient(keys[1], server, status["vni"], remote_key=keys[0].public, protocol=1),
+    ]
     peers = [await UdpPeer.open(), await UdpPeer.open()]
     host, port = status["addrPorts"][0].rsplit(":", 1)
     try:
@@ -127,6 +131,10 @@ async def test_apply_allocates_and_two_clients_relay_with_the_status(
 
         status = await wait_until(reported_bound, "phase Bound with packets", log=operator.log)
         assert {c["handshake"] for c in status["clients"]} == {"Bound"}
+        by_key = {c["discoKey"]: c for c in status["clients"]}
+        v0, v1 = by_key[str(keys[0].public)], by_key[str(keys[1].public)]
+        assert (v0["protocolVersion"], v0.get("generation")) == (0, None)
+        assert (v1["protocolVersion"], v1["generation"]) == (1, clients[1].generation)
         assert all(c["addr"].startswith("127.0.0.1:") and c["lastSeen"] for c in status["clients"])
         conditions = {c["type"]: c["status"] for c in status["conditions"]}
         assert conditions == {"Allocated": "True", "Bound": "True"}
@@ -309,3 +317,14 @@ async def test_the_status_command_shows_relays_and_endpoints(
     assert fleet["endpoints"]["byRelay"]["relay-1"]["Allocated"] >= 1
     text = subprocess.run(command, capture_output=True, text=True, env=env).stdout
     assert "relay-1" in text and "alive" in text and "Allocated" in text
+    listed = subprocess.run(
+        [*command, "--endpoints", "-o", "json"], capture_output=True, text=True, env=env
+    )
+    assert listed.returncode == 0, listed.stderr
+    (row,) = [r for r in json.loads(listed.stdout)["endpoints"]["items"] if r["name"] == "seen"]
+    assert (row["namespace"], row["phase"], row["relay"]) == (
+        kube_namespace,
+        "Allocated",
+        "relay-1",
+    )
+    assert [c["handshake"] for c in row["clients"]] == ["Init", "Init"]

@@ -2,7 +2,7 @@
 
 from relay.protocol.keys import DiscoPrivateKey
 from relay.store import MemoryStore, RelayRecord
-from relay_operator.fleet import format_fleet, gather_fleet, summarise_endpoints
+from relay_operator.fleet import endpoint_rows, format_fleet, gather_fleet, summarise_endpoints
 
 KEY = DiscoPrivateKey.generate().public
 
@@ -56,3 +56,31 @@ async def test_the_view_shows_relays_and_says_why_endpoints_are_unknown(tmp_path
     ]  # fmt: skip
     assert "relay-1  alive  3" in text
     assert "ENDPOINTS  unknown:" in text
+
+
+def test_each_endpoint_lists_its_peers_version_and_generation():
+    item = {
+        "metadata": {"namespace": "ns", "name": "alice-bob"},
+        "status": {
+            "phase": "Bound",
+            "relay": "relay-1",
+            "vni": 7,
+            "clients": [
+                {"discoKey": "a", "handshake": "Bound", "protocolVersion": 1, "generation": 41},
+                {"discoKey": "b", "handshake": "Bound", "protocolVersion": 0},
+            ],
+        },
+    }
+    rows = endpoint_rows([item, {"metadata": {"namespace": "ns", "name": "waiting"}}])
+    assert [(r["name"], r["phase"]) for r in rows] == [
+        ("alice-bob", "Bound"),
+        ("waiting", "Pending"),
+    ]
+    assert [(c["protocolVersion"], c["generation"]) for c in rows[0]["clients"]] == [
+        (1, 41),
+        (0, None),
+    ]
+    summary = summarise_endpoints([item]) | {"items": rows}
+    text = format_fleet({"relays": [], "endpoints": summary})
+    assert "ns/alice-bob  Bound  relay-1 VNI 7  Bound v1 gen 41, Bound v0" in text
+    assert "ns/waiting  Pending  not placed  -" in text
