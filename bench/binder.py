@@ -8,6 +8,11 @@ after both answers, comes out at its second client: the server relays it
 only once both answers were taken, and it sits behind them in the server's
 one receive queue. An endpoint not done within ``retry`` seconds gets both
 binds (and the data packet) again; a bound client ignores the extra bind.
+
+Binds are in protocol version 0 (tailscale.com v1.84.0) or 1 (v1.102.5 and
+today's clients; docs/protocol.md "Version 1"): a version 1 bind names the
+endpoint's other client and generation 1, and its answer echoes the whole
+challenge body.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from bench.sockets import drain, wait_drained
 from relay.protocol import disco, geneve
 
 _BIND_PLAIN = disco.marshal(disco.BindUDPRelayEndpoint())
+_GENERATION = 1
+_CHALLENGE_BODY = {0: disco.CHALLENGE_LEN, 1: disco.V1_BODY_LEN}
 _NONCE = slice(geneve.HEADER_LEN + disco.NONCE_OFFSET, geneve.HEADER_LEN + disco.BOX_OFFSET)
 _BOX = geneve.HEADER_LEN + disco.BOX_OFFSET
 _DONE_PAYLOAD = b"bound?"
@@ -37,16 +44,30 @@ def control_prefix(keys: KeySet, key: int, vni: int) -> bytes:
     return geneve.control_header(vni) + disco.MAGIC + keys.public[key]
 
 
-def bind_datagram(keys: KeySet, key: int, vni: int, server_key: bytes) -> bytes:
-    """A BindUDPRelayEndpoint from client key ``key`` for ``vni``, sealed to the server."""
+def bind_plain(keys: KeySet, vni: int, remote: int | None) -> bytes:
+    """A bind's plaintext: version 1 naming client key ``remote`` when given, else version 0."""
+    if remote is None:
+        return _BIND_PLAIN
+    bind = disco.BindV1(disco.TYPE_BIND, vni, _GENERATION, keys.public[remote])
+    return disco.marshal(bind)
+
+
+def bind_datagram(
+    keys: KeySet, key: int, vni: int, server_key: bytes, remote: int | None = None
+) -> bytes:
+    """A bind from client key ``key`` for ``vni``, sealed to the server; version 1 (naming
+    the other client, key ``remote``) when ``remote`` is given, else version 0."""
     nonce = os.urandom(disco.NONCE_LEN)
-    box = bindings.crypto_box_afternm(_BIND_PLAIN, nonce, keys.shared(key, server_key))
+    plain = bind_plain(keys, vni, remote)
+    box = bindings.crypto_box_afternm(plain, nonce, keys.shared(key, server_key))
     return control_prefix(keys, key, vni) + nonce + box
 
 
-def forged_bind(keys: KeySet, key: int, vni: int) -> bytes:
-    """A bind as long as a real one, with client key ``key`` as sender and a box of noise."""
-    return control_prefix(keys, key, vni) + os.urandom(disco.NONCE_LEN + len(_BIND_PLAIN) + 16)
+def forged_bind(keys: KeySet, key: int, vni: int, remote: int | None = None) -> bytes:
+    """A bind as long as a real one (version 1 when ``remote`` is given), with client key
+    ``key`` as sender and a box of noise."""
+    length = disco.NONCE_LEN + len(bind_plain(keys, vni, remote)) + disco.TAG_LEN
+    return control_prefix(keys, key, vni) + os.urandom(length)
 
 
 def client_of(slot: int, side: int, pool: int) -> int:
@@ -67,7 +88,8 @@ class BindOutcome:
 
 
 class Binder:
-    """Both clients' bind handshakes for ``endpoints`` [(key-set index, VNI), ...].
+    """Both clients' bind handshakes for ``endpoints`` [(key-set index, VNI), ...], in
+    protocol version ``protocol``.
 
     Every bind datagram is sealed when the binder is made, so a run times the
     handshakes, not the clients' preparation.
@@ -80,9 +102,11 @@ class Binder:
         keys: KeySet,
         endpoints: Sequence[tuple[int, int]],
         sockets: Sequence[socket.socket],
+        protocol: int = 0,
     ) -> None:
         if len(sockets) < 2:
             raise ValueError("the two clients of an endpoint need two sockets")
+        self.challenge_body = _CHALLENGE_BODY[protocol]
         self.server = server
         self.sockets = sockets
         self.endpoints = endpoints
@@ -99,8 +123,12 @@ class Binder:
                     (control_prefix(keys, b, vni), keys.shared(b, server_key)),
                 )
             )
+            names = (b, a) if protocol else (None, None)
             self.binds.append(
-                (bind_datagram(keys, a, vni, server_key), bind_datagram(keys, b, vni, server_key))
+                (
+                    bind_datagram(keys, a, vni, server_key, names[0]),
+                    bind_datagram(keys, b, vni, server_key, names[1]),
+                )
             )
 
     def run(self, window: int = 256, retry: float = 1.0, timeout: float = 60.0) -> BindOutcome:
@@ -112,6 +140,7 @@ class Binder:
         clients = self.clients
         binds = self.binds
         count = len(self.endpoints)
+        body = self.challenge_body
         answered = bytearray(count)
         datas = [geneve.data_header(vni) + _DONE_PAYLOAD for _, vni in self.endpoints]
         in_flight: dict[int, float] = {}
@@ -160,10 +189,10 @@ class Binder:
                             plain = open_box(datagram[_BOX:], datagram[_NONCE], shared)
                         except CryptoError:
                             continue
-                        if plain[0] != disco.TYPE_CHALLENGE or len(plain) < 34:
+                        if plain[0] != disco.TYPE_CHALLENGE or len(plain) < 2 + body:
                             continue
-                        nonce = urandom(24)
-                        answer = bytes((disco.TYPE_ANSWER, 0)) + plain[2:34]
+                        nonce = urandom(disco.NONCE_LEN)
+                        answer = bytes((disco.TYPE_ANSWER, 0)) + plain[2 : 2 + body]
                         sock.sendto(prefix + nonce + seal_box(answer, nonce, shared), server)
                         answered[slot] |= 1 << side
                         if answered[slot] == 3:

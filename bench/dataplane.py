@@ -1,4 +1,4 @@
-"""Data plane: packets/s, loss and one-way latency, ours beside the reference and a C forwarder.
+"""Data plane: packets/s, loss and one-way latency, ours beside the references and a C forwarder.
 
     .venv/bin/python -m bench.dataplane [--endpoints 1,1000] [--sizes 64,200,1400]
                                         [--packets 100000] [--rounds 5]
@@ -6,24 +6,36 @@
                                         [--latency-rate R] [--bind-all]
 
 Full scale, for docs/performance.md: --endpoints 1,1000,1000000 with the other
-defaults; about 15 minutes on a quiet 2-core machine, most of it allocating
-(and, for the reference, binding) the million endpoints.
+defaults; well over half an hour on a quiet 2-core machine, most of it
+allocating (and, for the references, binding) the million endpoints five times.
 
 Why: issue 7 asks for a user-space data plane limited by the kernel, not by
 Python: forwarded packets/s, loss and one-way latency p50/p99/p99.9 for a
 bound endpoint with 1, 1 000 and 1 000 000 endpoints allocated, 64/200/1400-
-byte packets, ours beside the reference from the same run, as a ratio. This
-measures, on loopback, three forwarders side by side:
-  (a) ours: `relayfleet relay` (memory store);
-  (b) the reference Go server, .dev/bin/refserver (scripts/build-go-helpers);
-  (c) a minimal C forwarder (recvmmsg/sendmmsg, batches of 64, source checked
+byte packets, ours beside the reference from the same run, as a ratio; issue
+14 adds the reference of today's clients. This measures, on loopback, these
+forwarders side by side:
+  (a) ours: `relayfleet relay` (memory store), its endpoints bound in protocol
+      version 1 (the data plane is the same in both versions);
+  (b) the reference Go server of tailscale.com v1.84.0, .dev/bin/refserver,
+      bound in version 0 (scripts/build-go-helpers);
+  (c) the reference of tailscale.com v1.102.5, .dev/bin/refserver-v1, bound in
+      version 1, four ways (bench/processes.py REFERENCE_V1_VARIANTS): it reads
+      and writes batches of 128, turns UDP GRO on, sends runs for one
+      destination as one UDP GSO send, and opens min(16, GOMAXPROCS)
+      SO_REUSEPORT sockets. So it runs with GOMAXPROCS=1 (one socket, one
+      reading goroutine) or GOMAXPROCS=2 (two sockets: its default on a 2-CPU
+      machine), each with GRO on (its default) and off
+      (TS_DEBUG_DISABLE_UDP_GRO=1), always pinned to the same one CPU as the
+      others;
+  (d) a minimal C forwarder (recvmmsg/sendmmsg, batches of 64, source checked
       against the two client addresses it is given, bench/c/forwarder.c),
       compiled here with gcc into a temporary directory: the practical limit
-      of user space.
-For every (endpoints, size) it prints each one's packets/s, loss and how busy
-it was, the ratios ours/reference and ours/C (above 1: ours is faster; the
-targets are ours/C >= 0.9 and ours/reference >= 1.2), the same per CPU-second,
-and each one's latency beside that of a direct loopback socket pair.
+      of user space without GRO/GSO.
+For every (endpoints, size) it prints one row per forwarder: packets/s, loss,
+how busy it was, packets per CPU-second, ours / it for both (above 1: ours is
+faster; issue 7's targets are ours/C >= 0.9 and ours/reference >= 1.2), and
+its latency, beside that of a direct loopback socket pair.
 
 How, endpoints (one forwarder process per endpoint count, reused for every size):
   1. Start the forwarder pinned to one core (CPU 1); this script runs on CPU 0.
@@ -38,8 +50,8 @@ How, endpoints (one forwarder process per endpoint count, reused for every size)
        the rest stay allocated; /metrics must show all N before and after.
        With --bind-all every extra endpoint is bound, and ours then runs with
        its handshake rate limits raised to 1e9 (256 sockets bind them all).
-     - reference: its bind lifetime is fixed at 30 s (unbound allocations are
-       collected within 30-60 s, less than 1M allocations take), so every
+     - references: their bind lifetime is fixed at 30 s (unbound allocations
+       are collected within 30-60 s, less than 1M allocations take), so every
        extra endpoint is bound, chunk by chunk, right after allocation.
      Bound extras live 5 min after their clients' last packet (both servers'
      steady-state lifetime), so when 150 s have passed since they were bound
@@ -47,22 +59,33 @@ How, endpoints (one forwarder process per endpoint count, reused for every size)
      data packet from each client of every bound extra endpoint refreshes
      them. After the run a sample of the bound extras must still relay.
 How, capacity (so that the Python load generator is not the bottleneck):
-  3. Enlarge the forwarder's UDP receive buffer so a whole round fits in it:
-     the script takes a duplicate of the forwarder's socket (pidfd_getfd, as
-     root) and sets SO_RCVBUFFORCE, the same size for all three (the reference
-     never sets one, ours asks for 4 MiB). The two client sockets get large
-     SO_RCVBUF/SO_SNDBUF the same way.
+  3. Enlarge the forwarder's UDP receive buffers so a whole round fits in
+     them: the script takes a duplicate of each of the forwarder's IPv4
+     sockets on its port (pidfd_getfd, as root) and sets SO_RCVBUFFORCE, the
+     same size for all (the references never set one, ours asks for 4 MiB).
+     The two client sockets get large SO_RCVBUF/SO_SNDBUF the same way.
+     Where the forwarder has several SO_REUSEPORT sockets, the kernel hashes
+     each client's address to one of them: clients A and B are picked (one
+     probe datagram each while the forwarder is stopped) so that they reach
+     different sockets, and a round pre-loads half of its packets into each.
   4. Each round: SIGSTOP the forwarder, send `--packets` data packets into its
      receive queue (half from client A, half from client B, alternating), then
      SIGCONT it and poll (SO_MEMINFO) the clients' receive queues until all
-     packets arrived, or no packet arrived for 0.5 s, or 30 s passed. The
-     clients do not read during the round; they drain and count afterwards.
+     packets arrived (their truesize reaches that of the forwarder's queues),
+     or the forwarder's queues are empty and nothing arrived for 20 ms (a GSO
+     sender's segments have a smaller truesize), or no packet arrived for
+     0.5 s, or 30 s passed. The clients do not read during the round; they
+     drain and count afterwards.
      Rate = packets received / (last arrival - SIGCONT); loss = packets not
      received / packets sent (drops in the forwarder's queue included).
      The forwarder's CPU time over the round (schedstat, all its threads)
      gives busy = CPU time / drain time, and packets per CPU-second.
   5. One warm-up round (a tenth of the packets), then `--rounds` rounds; the
      median rate and the total loss are reported.
+  The queues hold single datagrams, as a NIC without GRO, or loopback, hands
+  them over; a GRO reader gets no trains to read whole from them (the
+  v1.102.5 reference with GRO on reads few datagrams per call then: see its
+  GRO-off rows). Pre-loading GSO trains is issue 17's.
   Draining a full queue is the best case for a batched reader: this is the
   ceiling of each forwarder on one core, kernel work of sending included (the
   loopback delivery runs on the sender's core), not its latency. On a quiet
@@ -104,6 +127,7 @@ import tempfile
 import time
 from array import array
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from bench.binder import Binder, client_of, refresh
@@ -114,32 +138,34 @@ from bench.processes import (
     FORWARDER_CPU,
     RAISED_LIMIT,
     RAISED_LIMITS,
-    REFSERVER,
-    REFSERVER_MISSING,
+    REFERENCE_V0,
+    REFERENCE_V1_VARIANTS,
     Forwarder,
     ours_command,
     pin,
-    reference_command,
     stop_all,
     stop_on_sigterm,
 )
 from bench.report import percentile, ratio, table
 from bench.sockets import POOL_BUFFER, client_socket, drain, meminfo
 from relay.protocol import geneve
+from tests.support.waiting import wait_until_sync
 
 ROUND_DEADLINE = 30.0
 QUIET = 0.5
+SETTLED = 0.02
 ALLOCATION_CHUNK = 5_000
 BIND_POOL = 256
 OURS_BOUND_EXTRAS = 16
 OURS_BIND_LIFETIME = "6h"
 REFRESH_AFTER = 150.0
 LIVENESS_SAMPLE = 1000
+SPREAD_CANDIDATES = 64
 LATENCY_TAIL = 0.2
 _STAMP = struct.Struct("<Qq")  # sequence number, send time in ns
 MIN_SIZE = geneve.HEADER_LEN + _STAMP.size
 
-OURS, REFERENCE, C, LOOPBACK_PAIR = "ours", "reference", "C", "loopback"
+OURS, C, LOOPBACK_PAIR = "ours", "C", "loopback"
 
 
 @dataclass
@@ -167,7 +193,10 @@ def one_round(forwarder: Forwarder, sockets, datagrams, packets: int) -> tuple[f
         else:
             a.send(datagrams[0])
     overflow = sum(meminfo(s)[1] for s in forwarder.sockets) - queue_drops
-    target = sum(meminfo(s)[0] for s in forwarder.sockets)  # truesize of all queued packets
+    # truesize of all queued packets: what the clients hold once all arrived, unless the
+    # forwarder sent them as GSO trains (segments have a smaller truesize): then the round
+    # ends when its queues are empty and nothing more arrived for SETTLED seconds
+    target = sum(meminfo(s)[0] for s in forwarder.sockets)
     running_before = forwarder.scheduled_ns()[0]
     started = time.perf_counter()
     forwarder.resume()
@@ -177,7 +206,13 @@ def one_round(forwarder: Forwarder, sockets, datagrams, packets: int) -> tuple[f
         arrived = meminfo(a)[0] + meminfo(b)[0]
         if arrived != last:
             last, last_change = arrived, now
-        if arrived >= target or now - last_change > QUIET or now - started > ROUND_DEADLINE:
+        quiet = now - last_change
+        if (
+            arrived >= target
+            or quiet > QUIET
+            or (quiet > SETTLED and not any(meminfo(s)[0] for s in forwarder.sockets))
+            or now - started > ROUND_DEADLINE
+        ):
             break
         time.sleep(0.0001)
     running = forwarder.scheduled_ns()[0] - running_before
@@ -337,10 +372,13 @@ class Extras:
         return sum(len(run) for run in self.bound_runs)
 
 
-def bind_run(forwarder: Forwarder, keys: KeySet, first: int, vnis, extras: Extras) -> None:
+def bind_run(
+    forwarder: Forwarder, keys: KeySet, first: int, vnis, extras: Extras, protocol: int
+) -> None:
     """Bind endpoints ``first``.. (VNIs ``vnis``) of ``keys`` from the pool; all must relay."""
     endpoints = list(zip(range(first, first + len(vnis)), vnis, strict=True))
-    outcome = Binder(forwarder.udp, forwarder.server_key, keys, endpoints, extras.pool).run()
+    server, key = forwarder.udp, forwarder.server_key
+    outcome = Binder(server, key, keys, endpoints, extras.pool, protocol).run()
     if outcome.done != len(endpoints):
         raise RuntimeError(
             f"{forwarder.name}: {len(endpoints) - outcome.done} of {len(endpoints)} "
@@ -349,7 +387,9 @@ def bind_run(forwarder: Forwarder, keys: KeySet, first: int, vnis, extras: Extra
     extras.bound_runs.append(array("I", vnis))
 
 
-def populate(forwarder: Forwarder, keys: KeySet, extras: Extras, bind_all: bool) -> None:
+def populate(
+    forwarder: Forwarder, keys: KeySet, extras: Extras, bind_all: bool, protocol: int
+) -> None:
     """Allocate the extra endpoints (the first ``extras.count`` of ``keys``); bind all or a few."""
     count = extras.count
     if not count:
@@ -367,9 +407,9 @@ def populate(forwarder: Forwarder, keys: KeySet, extras: Extras, bind_all: bool)
         allocating_cpu += forwarder.scheduled_ns()[0] - cpu
         started = time.monotonic()
         if bind_all:
-            bind_run(forwarder, keys, first, vnis, extras)
+            bind_run(forwarder, keys, first, vnis, extras, protocol)
         elif first == 0:
-            bind_run(forwarder, keys, 0, vnis[:OURS_BOUND_EXTRAS], extras)
+            bind_run(forwarder, keys, 0, vnis[:OURS_BOUND_EXTRAS], extras, protocol)
         binding += time.monotonic() - started
         keep_alive(forwarder, extras)
         if time.monotonic() - progress > 30:
@@ -434,19 +474,76 @@ def check_alive(forwarder: Forwarder, extras: Extras) -> None:
         print(f"  WARNING: {forwarder.name} lost extra endpoints during the run")
 
 
-def run_relay(name: str, command: list[str], count: int, args, started, cells) -> None:
-    """Start a relay, give it ``count`` endpoints, measure the last one at every size."""
-    bind_all = name == REFERENCE or args.bind_all
-    sockets = (client_socket(args.buffer), client_socket(args.buffer))
-    extras = Extras(count - 1)
+def _grown_queue(queues: list[socket.socket], before: list[int]) -> int:
+    """1 + the index of the first of ``queues`` whose receive memory changed, 0 if none did."""
+    for index, queue in enumerate(queues):
+        if meminfo(queue)[0] != before[index]:
+            return index + 1
+    return 0
+
+
+def spread_clients(forwarder: Forwarder, buffer: int) -> tuple[socket.socket, socket.socket]:
+    """Clients A and B, on sockets whose datagrams reach different sockets of the forwarder.
+
+    With SO_REUSEPORT the kernel hashes each source address to one of the
+    forwarder's sockets; candidates send one probe each (not Geneve: dropped)
+    while the forwarder is stopped, and the first two that land in different
+    queues are kept. With one socket, any two clients do.
+    """
+    if len(forwarder.sockets) == 1:
+        return client_socket(buffer), client_socket(buffer)
+    chosen: dict[int, socket.socket] = {}
+    forwarder.pause()
     try:
-        forwarder = Forwarder.start(name, command, started)
+        for _ in range(SPREAD_CANDIDATES):
+            sock = client_socket(buffer)
+            before = [meminfo(queue)[0] for queue in forwarder.sockets]
+            sock.sendto(b"probe", forwarder.udp)
+            queue = wait_until_sync(
+                partial(_grown_queue, forwarder.sockets, before),
+                "a probe in the forwarder's queues",
+                timeout=5,
+                interval=0.001,
+            )
+            if queue in chosen:
+                sock.close()
+                continue
+            chosen[queue] = sock
+            if len(chosen) == 2:
+                break
+    finally:
+        forwarder.resume()
+    if len(chosen) < 2:
+        raise RuntimeError(f"{forwarder.name}: {SPREAD_CANDIDATES} clients all hashed alike")
+    a, b = chosen.values()
+    print(f"    clients A and B reach different ones of its {len(forwarder.sockets)} sockets")
+    return a, b
+
+
+def run_relay(
+    name: str,
+    command: list[str],
+    count: int,
+    args,
+    started,
+    cells,
+    protocol: int,
+    env: dict[str, str] | None = None,
+) -> None:
+    """Start a relay, give it ``count`` endpoints bound in ``protocol``, measure the last one
+    at every size."""
+    bind_all = name != OURS or args.bind_all
+    extras = Extras(count - 1)
+    sockets = ()
+    try:
+        forwarder = Forwarder.start(name, command, started, env)
         forwarder.take_sockets(args.buffer)
+        sockets = spread_clients(forwarder, args.buffer)
         keys = KeySet(count)
-        populate(forwarder, keys, extras, bind_all)
+        populate(forwarder, keys, extras, bind_all, protocol)
         vni = allocate(forwarder.api, keys.request_bodies(count - 1, count))[0]
         outcome = Binder(
-            forwarder.udp, forwarder.server_key, keys, [(count - 1, vni)], sockets
+            forwarder.udp, forwarder.server_key, keys, [(count - 1, vni)], sockets, protocol
         ).run(window=1, retry=0.5, timeout=10)
         if outcome.done != 1:
             raise RuntimeError(f"{name}: the measured endpoint does not relay")
@@ -482,54 +579,16 @@ def run_c(binary: Path, args, started, cells) -> None:
 # -- report --------------------------------------------------------------------
 
 
-def capacity_ratio(cell: Cell, key: str, other: str) -> str:
-    """Ours / ``other`` for one capacity figure of ``cell``, "-" when either is missing."""
-    ours, theirs = cell.capacity.get(OURS), cell.capacity.get(other)
-    return ratio(ours[key], theirs[key]) if ours and theirs else "-"
-
-
-def print_matrix(results: dict[int, dict[int, Cell]], args) -> None:
-    forwarders = [OURS, REFERENCE, C]
+def print_results(results: dict[int, dict[int, Cell]], args) -> None:
+    """One row per forwarder and cell: capacity, per CPU-second, ours / it, latency."""
     print()
     print(
         f"capacity: packets/s (median of {args.rounds} rounds), loss over all rounds, busy = "
-        "forwarder CPU time / drain time; ratios = ours / other, above 1: ours is faster"
+        "forwarder CPU time / drain time; per CPU-s = packets / forwarder CPU time "
+        "(schedstat), robust to other load on a shared machine; ours/it above 1: ours is faster"
     )
-    rows = [["endpoints", "bytes", *forwarders, "ours/ref", "ours/C"]]
-    for count, cells in results.items():
-        for size, cell in cells.items():
-            row = [f"{count:,}", str(size)]
-            for name in forwarders:
-                figures = cell.capacity.get(name)
-                row.append(
-                    f"{figures['rate']:,.0f} {figures['loss']:.2f}% {figures['busy']:.0f}%"
-                    if figures
-                    else "-"
-                )
-            row += [capacity_ratio(cell, "rate", REFERENCE), capacity_ratio(cell, "rate", C)]
-            rows.append(row)
-    table(rows)
-    print()
     print(
-        "capacity per CPU-second: packets / forwarder CPU time (schedstat), the rate each "
-        "would reach with its core to itself; robust to other load on a shared machine"
-    )
-    rows = [["endpoints", "bytes", *forwarders, "ours/ref", "ours/C"]]
-    for count, cells in results.items():
-        for size, cell in cells.items():
-            row = [f"{count:,}", str(size)]
-            for name in forwarders:
-                figures = cell.capacity.get(name)
-                row.append(f"{figures['per_cpu']:,.0f}" if figures else "-")
-            row += [
-                capacity_ratio(cell, "per_cpu", REFERENCE),
-                capacity_ratio(cell, "per_cpu", C),
-            ]
-            rows.append(row)
-    table(rows)
-    print()
-    print(
-        "one-way latency A -> B in µs, p50 / p99 / p99.9, at a fixed offered load "
+        "latency: one way A -> B in µs, p50 / p99 / p99.9, at a fixed offered load "
         + (
             f"of {args.latency_rate:,.0f} packets/s"
             if args.latency_rate
@@ -537,26 +596,46 @@ def print_matrix(results: dict[int, dict[int, Cell]], args) -> None:
         )
         + "; loopback = the same sockets without a forwarder"
     )
-    names = [LOOPBACK_PAIR, *forwarders]
-    rows = [["endpoints", "bytes", "packets/s", *names]]
+    rows = [
+        [
+            "endpoints", "bytes", "forwarder", "packets/s", "loss", "busy", "per CPU-s",
+            "ours/it", "ours/it per CPU-s", "latency at /s", "latency p50/p99/p99.9",
+        ]
+    ]  # fmt: skip
     for count, cells in results.items():
         for size, cell in cells.items():
-            row = [f"{count:,}", str(size), f"{cell.load:,.0f}"]
-            for name in names:
+            ours = cell.capacity.get(OURS)
+            for name in [*cell.capacity, LOOPBACK_PAIR]:
+                figures = cell.capacity.get(name)
                 delay = cell.latency.get(name)
+                row = [f"{count:,}", str(size), name]
+                if figures:
+                    row += [
+                        f"{figures['rate']:,.0f}",
+                        f"{figures['loss']:.2f}%",
+                        f"{figures['busy']:.0f}%",
+                        f"{figures['per_cpu']:,.0f}",
+                        ratio(ours and ours["rate"], figures["rate"]),
+                        ratio(ours and ours["per_cpu"], figures["per_cpu"]),
+                    ]
+                else:
+                    row += ["-"] * 6
+                row.append(f"{cell.load:,.0f}")
                 row.append(
                     f"{delay['p50']:.0f} / {delay['p99']:.0f} / {delay['p999']:.0f}"
                     if delay
                     else "-"
                 )
-            rows.append(row)
-    table(rows)
+                rows.append(row)
+    table(rows, left=3)
     runs = [
         (d["late"], d["loss"], d.get("waited", 0.0), name, count, size)
         for count, cells in results.items()
         for size, cell in cells.items()
         for name, d in cell.latency.items()
     ]
+    if not runs:
+        return
     late = max(runs)
     waited = max(runs, key=lambda run: run[2])
     print(
@@ -573,6 +652,7 @@ def main(args: argparse.Namespace) -> None:
     ours_flags = ["--bind-lifetime", OURS_BIND_LIFETIME]
     if args.bind_all:
         ours_flags += RAISED_LIMITS
+    references = [REFERENCE_V0, *REFERENCE_V1_VARIANTS]
     print(
         f"data plane, loopback: sizes {', '.join(map(str, args.sizes))} bytes (Geneve header "
         f"included), {', '.join(f'{n:,}' for n in args.endpoints)} endpoint(s) allocated; "
@@ -580,22 +660,29 @@ def main(args: argparse.Namespace) -> None:
     )
     print(
         f"capacity: {args.packets:,} packets x {args.rounds} rounds; SIGSTOP the forwarder, "
-        f"pre-load its receive queue (SO_RCVBUFFORCE {args.buffer >> 20} MiB on every "
-        "forwarder), SIGCONT, time until the clients got them all; median of the rounds"
+        f"pre-load its receive queues (single datagrams; SO_RCVBUFFORCE {args.buffer >> 20} MiB "
+        "on every socket of every forwarder), SIGCONT, time until the clients got them all; "
+        "median of the rounds"
     )
     print(
         f"latency: {args.latency_packets:,} packets A -> B on a fixed schedule, busy-polling "
         "sender and receiver in one loop on the load CPU; first tenth is warm-up"
     )
     print(
-        f"endpoints: ours with {' '.join(ours_flags)}; "
+        f"endpoints: ours with {' '.join(ours_flags)}, bound in protocol version 1; "
         + (
             f"every extra endpoint bound (handshake limits raised to {RAISED_LIMIT}: "
             f"{BIND_POOL} sockets bind them all)"
             if args.bind_all
             else f"{OURS_BOUND_EXTRAS} extra endpoints bound, the others only allocated"
         )
-        + "; reference: every extra endpoint bound (its 30 s bind lifetime is fixed)"
+        + "; references: every extra endpoint bound (their 30 s bind lifetime is fixed), "
+        "v1.84.0 in version 0, v1.102.5 in version 1"
+    )
+    print(
+        "references v1.102.5: GOMAXPROCS=1 (one SO_REUSEPORT socket) or 2 (two sockets, "
+        "clients A and B hashed to different ones), UDP GRO on (its default) or off "
+        "(TS_DEBUG_DISABLE_UDP_GRO=1); all on the one forwarder CPU"
     )
     results: dict[int, dict[int, Cell]] = {}
     started: list[Forwarder] = []
@@ -607,16 +694,27 @@ def main(args: argparse.Namespace) -> None:
                 print(f"\n{count:,} endpoint(s) allocated")
                 print("  C recvmmsg/sendmmsg x64 (no endpoints):")
                 run_c(binary, args, started, cells)
-                print("  ours (relayfleet relay):")
-                run_relay(OURS, ours_command(*ours_flags), count, args, started, cells)
-                if REFSERVER.exists():
-                    print("  reference Go server:")
-                    run_relay(REFERENCE, reference_command(), count, args, started, cells)
-                else:
-                    print(f"  {REFSERVER_MISSING}")
+                print("  ours (relayfleet relay), clients in protocol version 1:")
+                run_relay(OURS, ours_command(*ours_flags), count, args, started, cells, 1)
+                for reference in references:
+                    if reference.missing:
+                        print(f"  {reference.missing}")
+                        continue
+                    settings = " ".join(f"{k}={v}" for k, v in reference.env) or "as built"
+                    print(f"  {reference.name} ({settings}):")
+                    run_relay(
+                        reference.name,
+                        reference.command(),
+                        count,
+                        args,
+                        started,
+                        cells,
+                        reference.protocol,
+                        reference.environment(),
+                    )
     finally:
         stop_all(started)
-    print_matrix(results, args)
+    print_results(results, args)
 
 
 def _numbers(text: str) -> list[int]:

@@ -1,4 +1,4 @@
-"""Handshakes per second, and the data plane during a flood of binds: ours beside the reference.
+"""Handshakes per second, and the data plane during a flood of binds: ours beside the references.
 
     .venv/bin/python -m bench.handshakes [--part all|handshakes|flood]
                                          [--endpoints 2000] [--sockets 256] [--window 256]
@@ -8,11 +8,18 @@
 Full scale, for docs/performance.md: the defaults; about a minute.
 
 Why: issue 7 asks for handshakes per second and for the data-plane rate during
-a flood of control packets, ours beside the reference Go server
-(.dev/bin/refserver, scripts/build-go-helpers) from the same run. Every
-handshake message costs the relay public-key crypto, and the design says
-control packets must not starve data; ours limits handshake messages per
-source and in total (relay/protocol/ratelimit.py), the reference has no limit.
+a flood of control packets, ours beside the reference Go server from the same
+run; issue 14 adds the reference of today's clients. The references
+(scripts/build-go-helpers, bench/processes.py REFERENCES) are tailscale.com
+v1.84.0 (.dev/bin/refserver), bound in protocol version 0, and v1.102.5
+(.dev/bin/refserver-v1), bound in version 1, with GOMAXPROCS=1 (one socket)
+and UDP GRO on (its default) and off. Ours is bound in version 0 ("ours
+(default limits)", "ours (limits raised)") and in version 1 as today's clients
+bind ("ours, v1 clients"); ratios are printed against every reference. Every
+handshake message costs the relay public-key crypto (version 1 adds a MAC),
+and the design says control packets must not starve data; ours limits
+handshake messages per source and in total (relay/protocol/ratelimit.py), the
+references have no limit.
 
 Both parts run on loopback with the server pinned to CPU 1 and this script
 (and the flooder) on CPU 0, and give each server's UDP socket the same 4 MiB
@@ -25,7 +32,8 @@ threads waited). Figures per CPU-second divide by the server's CPU time and
 so hold up when other work shares the machine.
 
 Part 1, handshakes per second (--part handshakes), for ours with its default
-limits, ours with its limits raised to 1e9, and the reference:
+limits, ours with its limits raised to 1e9, ours with version 1 clients (with
+either limits), and the references:
   1. allocate 100 warm-up endpoints and --endpoints measured ones through the
      HTTP API (pipelined keep-alive connections, bench/clients.py), and
      bind the warm-up ones;
@@ -39,16 +47,17 @@ limits, ours with its limits raised to 1e9, and the reference:
      answers were taken: it is queued behind them); an endpoint not complete
      after --retry seconds gets its binds (and data packet) again.
   Handshakes/s = 2 x endpoints / (last relayed data packet - first bind);
-  the ratios are ours / reference. For ours, /metrics tells how many
+  the ratios are ours / each reference. For ours, /metrics tells how many
   messages the rate limits dropped (its total bucket starts full, 10 000
   messages, so a short run may never meet it). Client busy near 100% would
   mean the client, not the server, set the pace.
 
-Part 2, data during a flood (--part flood), for ours (default limits) and the
-reference:
-  1. bind one endpoint between clients A and B; A sends data packets to B
-     through the server at --data-rate on a fixed schedule for --duration
-     seconds, B counts what arrives (until 0.3 s after the last send);
+Part 2, data during a flood (--part flood), for ours (default limits; binds in
+version 0, then in version 1) and the references (binds in their version):
+  1. bind one endpoint between clients A and B (in the run's version); A sends
+     data packets to B through the server at --data-rate on a fixed schedule
+     for --duration seconds, B counts what arrives (until 0.3 s after the
+     last send);
   2. the same again, once per --flood-rates, while a separate process
      (forked, on CPU 0 at nice 10, so that the data sender keeps its
      schedule) floods the server with binds at that rate (0: as fast as it
@@ -61,8 +70,9 @@ reference:
      reads the challenges;
   3. relayed/s = packets B got / --duration; flood/quiet = relayed/s with
      the flood / without (1.00: the flood did not slow data down). For ours,
-     /metrics tells how many flood messages the limits dropped before any
-     crypto (rate_limited) and how many forged boxes it tried (undecryptable).
+     /metrics tells what it dropped during the run, by reason: flood messages
+     the limits dropped before any crypto (rate_limited), forged boxes it
+     tried (undecryptable), and any other reason that counted.
 Bounded: --endpoints handshakes per server and a --timeout; --duration per
 data run; the flooder stops with its run (after --duration + 10 s at most).
 Every process is stopped at the end, also on errors.
@@ -75,6 +85,7 @@ import multiprocessing
 import os
 import socket
 import time
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from bench.binder import Binder, bind_datagram, forged_bind
@@ -84,12 +95,13 @@ from bench.processes import (
     FORWARDER_CPU,
     RAISED_LIMIT,
     RAISED_LIMITS,
-    REFSERVER,
-    REFSERVER_MISSING,
+    REFERENCE_V0,
+    REFERENCE_V1,
+    REFERENCE_V1_GRO_OFF,
     Forwarder,
+    Reference,
     ours_command,
     pin,
-    reference_command,
     stop_all,
     stop_on_sigterm,
 )
@@ -103,40 +115,76 @@ FLOOD_NICE = 10
 FLOOD_GRACE = 10.0
 DATA_TAIL = 0.3
 DATA_PAYLOAD = 192
-METRIC_DROPS = 'relayfleet_relay_dropped_packets_total{{reason="{}"}}'
-OURS_DEFAULT, OURS_RAISED, REFERENCE = "ours (default limits)", "ours (limits raised)", "reference"
+METRIC_DROPS = 'relayfleet_relay_dropped_packets_total{reason="'
+OURS_DEFAULT, OURS_RAISED = "ours (default limits)", "ours (limits raised)"
+OURS_V1, OURS_V1_RAISED = "ours, v1 clients", "ours, v1 clients (limits raised)"
+REFERENCES = (REFERENCE_V0, REFERENCE_V1, REFERENCE_V1_GRO_OFF)
 
 
-def drops(forwarder: Forwarder, *reasons: str) -> dict[str, float]:
-    metrics = forwarder.metrics()
-    return {reason: metrics.get(METRIC_DROPS.format(reason), 0.0) for reason in reasons}
+@dataclass(frozen=True)
+class Server:
+    """A server of one run: its name in the tables, how to start it, its clients' version."""
+
+    name: str
+    command: list[str]
+    protocol: int
+    env: dict[str, str] | None = None
+
+    @property
+    def ours(self) -> bool:
+        return self.name.startswith("ours")
+
+
+def servers(ours: list[Server]) -> list[Server]:
+    """``ours``, then every reference whose binary is built (the others are named as missing)."""
+    found = list(ours)
+    for reference in REFERENCES:
+        if reference.missing:
+            print(f"  {reference.missing}")
+        else:
+            found.append(reference_server(reference))
+    return found
+
+
+def reference_server(reference: Reference) -> Server:
+    return Server(reference.name, reference.command(), reference.protocol, reference.environment())
+
+
+def drops(forwarder: Forwarder) -> dict[str, float]:
+    """Ours' dropped datagrams so far, by reason (/metrics)."""
+    return {
+        name.removeprefix(METRIC_DROPS).removesuffix('"}'): value
+        for name, value in forwarder.metrics().items()
+        if name.startswith(METRIC_DROPS)
+    }
 
 
 # -- part 1: handshakes per second ---------------------------------------------
 
 
-def handshake_rate(name: str, command: list[str], args, started: list[Forwarder]) -> dict:
+def handshake_rate(server: Server, args, started: list[Forwarder]) -> dict:
     """Bind --endpoints endpoints as fast as the server takes them; the figures of the run."""
-    forwarder = Forwarder.start(name, command, started)
+    name = server.name
+    forwarder = Forwarder.start(name, server.command, started, server.env)
     forwarder.take_sockets(SERVER_BUFFER)
     pool = [client_socket(POOL_BUFFER) for _ in range(args.sockets)]
     try:
         keys = KeySet(WARMUP + args.endpoints)
         vnis = allocate(forwarder.api, keys.request_bodies(0, WARMUP + args.endpoints))
         endpoints = list(zip(range(len(vnis)), vnis, strict=True))
-        server = forwarder.udp
-        warmup = Binder(server, forwarder.server_key, keys, endpoints[:WARMUP], pool).run()
+        udp, key, protocol = forwarder.udp, forwarder.server_key, server.protocol
+        warmup = Binder(udp, key, keys, endpoints[:WARMUP], pool, protocol).run()
         if warmup.done != WARMUP:
             raise RuntimeError(f"{name}: {WARMUP - warmup.done} warm-up endpoints did not bind")
-        binder = Binder(server, forwarder.server_key, keys, endpoints[WARMUP:], pool)
-        ours = name != REFERENCE
-        before = drops(forwarder, "rate_limited") if ours else {}
+        binder = Binder(udp, key, keys, endpoints[WARMUP:], pool, protocol)
+        ours = server.ours
+        before = drops(forwarder) if ours else {}
         scheduled = forwarder.scheduled_ns()
         outcome = binder.run(window=args.window, retry=args.retry, timeout=args.timeout)
         after = forwarder.scheduled_ns()
         running, waited = after[0] - scheduled[0], after[1] - scheduled[1]
         limited = (
-            drops(forwarder, "rate_limited")["rate_limited"] - before["rate_limited"]
+            drops(forwarder).get("rate_limited", 0) - before.get("rate_limited", 0)
             if ours
             else None
         )
@@ -165,25 +213,26 @@ def part_handshakes(args, started: list[Forwarder]) -> None:
         f"at most {args.window} endpoints in flight, {args.sockets} client sockets, retry after "
         f"{args.retry} s; done = a data packet relayed after both answers"
     )
-    servers = [
-        (OURS_DEFAULT, ours_command()),
-        (OURS_RAISED, ours_command(*RAISED_LIMITS)),
-    ]
-    if REFSERVER.exists():
-        servers.append((REFERENCE, reference_command()))
-    else:
-        print(f"  {REFSERVER_MISSING}")
-    results = {name: handshake_rate(name, command, args, started) for name, command in servers}
+    runs = servers(
+        [
+            Server(OURS_DEFAULT, ours_command(), 0),
+            Server(OURS_RAISED, ours_command(*RAISED_LIMITS), 0),
+            Server(OURS_V1, ours_command(), 1),
+            Server(OURS_V1_RAISED, ours_command(*RAISED_LIMITS), 1),
+        ]
+    )
+    results = {server.name: (server, handshake_rate(server, args, started)) for server in runs}
     rows = [
         [
-            "server", "handshakes/s", "per CPU-s", "done", "seconds", "retries",
+            "server", "version", "handshakes/s", "per CPU-s", "done", "seconds", "retries",
             "server busy", "waited", "client busy", "rate-limited",
         ]
     ]  # fmt: skip
-    for name, r in results.items():
+    for name, (server, r) in results.items():
         rows.append(
             [
                 name,
+                str(server.protocol),
                 f"{r['rate']:,.0f}",
                 f"{r['per_cpu']:,.0f}",
                 f"{r['done']:,}/{args.endpoints:,}",
@@ -196,17 +245,17 @@ def part_handshakes(args, started: list[Forwarder]) -> None:
             ]
         )
     table(rows, left=1)
-    reference = results.get(REFERENCE)
-    if reference:
-        for name in (OURS_DEFAULT, OURS_RAISED):
-            ours = results[name]
+    references = [(name, r) for name, (server, r) in results.items() if not server.ours]
+    for name, (server, ours) in results.items():
+        for reference, theirs in references if server.ours else ():
             print(
-                f"  {name} / reference: {ratio(ours['rate'], reference['rate'])} handshakes/s, "
-                f"{ratio(ours['per_cpu'], reference['per_cpu'])} per CPU-second"
+                f"  {name} / {reference}: {ratio(ours['rate'], theirs['rate'])} "
+                f"handshakes/s, {ratio(ours['per_cpu'], theirs['per_cpu'])} per CPU-second"
             )
     print(
-        f"  (ours' default limits: per source 50/s, burst 200; total 10 000/s; raised: all "
-        f"{RAISED_LIMIT}. rate-limited = handshake messages ours dropped for them)"
+        f"  (version: the clients' protocol version; ours' default limits: per source 50/s, "
+        f"burst 200; total 10 000/s; raised: all {RAISED_LIMIT}. rate-limited = handshake "
+        "messages ours dropped for them)"
     )
 
 
@@ -277,22 +326,24 @@ def flood(
     control.send((sent - refused, time.perf_counter() - start))
 
 
-def flood_run(forwarder: Forwarder, keys: KeySet, first: int, rate: float, sockets, args) -> dict:
+def flood_run(
+    forwarder: Forwarder, server: Server, keys: KeySet, first: int, rate: float, sockets, args
+) -> dict:
     """Offered load on the bound pair while a flooder sends binds at ``rate`` (0: full speed).
 
     The flooder's endpoints are ``first`` .. ``first`` + --flood-sockets - 1 of ``keys``,
-    allocated here, just before it starts.
+    allocated here, just before it starts; its binds are in ``server``'s clients' version.
     """
     a, b, datagram = sockets
     flood_vnis = allocate(forwarder.api, keys.request_bodies(first, first + args.flood_sockets))
     datagrams = []
     for index, vni in enumerate(flood_vnis, start=first):
         one, other = keys.pair(index)
-        datagrams.append(bind_datagram(keys, one, vni, forwarder.server_key))
-        datagrams.append(forged_bind(keys, other, vni))
-    ours = forwarder.name != REFERENCE
-    reasons = ("rate_limited", "undecryptable")
-    before = drops(forwarder, *reasons) if ours else {}
+        names = (other, one) if server.protocol else (None, None)
+        datagrams.append(bind_datagram(keys, one, vni, forwarder.server_key, names[0]))
+        datagrams.append(forged_bind(keys, other, vni, names[1]))
+    ours = server.ours
+    before = drops(forwarder) if ours else {}
     control, child = multiprocessing.Pipe()
     flooder = multiprocessing.get_context("fork").Process(
         target=flood,
@@ -311,23 +362,28 @@ def flood_run(forwarder: Forwarder, keys: KeySet, first: int, rate: float, socke
         if flooder.is_alive():
             flooder.kill()
             flooder.join()
-    after = drops(forwarder, *reasons) if ours else {}
+    after = drops(forwarder) if ours else {}
     figures["flood_rate"] = flood_sent / flood_seconds
-    figures["dropped"] = {reason: after[reason] - before[reason] for reason in after}
+    figures["dropped"] = {
+        reason: value - before.get(reason, 0)
+        for reason, value in after.items()
+        if value > before.get(reason, 0)
+    }
     return figures
 
 
-def flood_effect(name: str, command: list[str], args, started: list[Forwarder]) -> dict:
+def flood_effect(server: Server, args, started: list[Forwarder]) -> dict:
     """Relayed packets/s of one bound pair without a flood, then with each --flood-rates."""
-    forwarder = Forwarder.start(name, command, started)
+    name = server.name
+    forwarder = Forwarder.start(name, server.command, started, server.env)
     forwarder.take_sockets(SERVER_BUFFER)
     a, b = client_socket(), client_socket()
     try:
         keys = KeySet(1 + args.flood_sockets * len(args.flood_rates))
         vni = allocate(forwarder.api, keys.request_bodies(0, 1))[0]
-        outcome = Binder(forwarder.udp, forwarder.server_key, keys, [(0, vni)], (a, b)).run(
-            window=1, retry=0.5, timeout=10
-        )
+        outcome = Binder(
+            forwarder.udp, forwarder.server_key, keys, [(0, vni)], (a, b), server.protocol
+        ).run(window=1, retry=0.5, timeout=10)
         if outcome.done != 1:
             raise RuntimeError(f"{name}: the data endpoint does not relay")
         for sock in (a, b):
@@ -336,7 +392,8 @@ def flood_effect(name: str, command: list[str], args, started: list[Forwarder]) 
         results = {"quiet": offered_load(forwarder, a, b, datagram, args)}
         for number, rate in enumerate(args.flood_rates):
             first = 1 + number * args.flood_sockets
-            results[rate] = flood_run(forwarder, keys, first, rate, (a, b, datagram), args)
+            pair = (a, b, datagram)
+            results[rate] = flood_run(forwarder, server, keys, first, rate, pair, args)
     finally:
         a.close()
         b.close()
@@ -353,25 +410,22 @@ def part_flood(args, started: list[Forwarder]) -> None:
         f"sockets (valid binds and forged ones, alternately; a separate process, nice "
         f"{FLOOD_NICE}, on CPU {BENCH_CPU})"
     )
-    servers = [(OURS_DEFAULT, ours_command())]
-    if REFSERVER.exists():
-        servers.append((REFERENCE, reference_command()))
-    else:
-        print(f"  {REFSERVER_MISSING}")
-    results = {name: flood_effect(name, command, args, started) for name, command in servers}
+    runs = servers([Server(OURS_DEFAULT, ours_command(), 0), Server(OURS_V1, ours_command(), 1)])
+    results = {server.name: (server, flood_effect(server, args, started)) for server in runs}
     rows = [
         [
-            "server", "flood sent/s", "relayed/s", "flood/quiet", "loss", "data sent/s",
+            "server", "version", "flood sent/s", "relayed/s", "flood/quiet", "loss", "data sent/s",
             "server busy", "waited", "dropped by ours",
         ]
     ]  # fmt: skip
-    for name, runs in results.items():
-        quiet = runs["quiet"]
-        for rate, r in runs.items():
+    for name, (server, figures) in results.items():
+        quiet = figures["quiet"]
+        for rate, r in figures.items():
             dropped = ", ".join(f"{k} {v:,.0f}" for k, v in r.get("dropped", {}).items())
             rows.append(
                 [
                     name if rate == "quiet" else "",
+                    str(server.protocol) if rate == "quiet" else "",
                     "no flood" if rate == "quiet" else f"{r['flood_rate']:,.0f}",
                     f"{r['relayed']:,.0f}",
                     ratio(r["relayed"], quiet["relayed"]),

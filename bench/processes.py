@@ -1,8 +1,9 @@
 """The processes a bench measures: starting them pinned to a CPU, reading their cost, stopping them.
 
-Every server under test (ours, the reference, the C forwarder, a redis-server
+Every server under test (ours, a reference, the C forwarder, a redis-server
 behind ours) runs pinned to ``FORWARDER_CPU`` (Go sizes GOMAXPROCS from that:
-one core each); the bench and its load run on ``BENCH_CPU``. A child gets
+one core each, unless a :class:`Reference` sets GOMAXPROCS itself); the bench
+and its load run on ``BENCH_CPU``. A child gets
 SIGTERM when the bench dies, and :meth:`Forwarder.stop` always ends one
 (SIGCONT, SIGTERM, then SIGKILL), so a bench leaves nothing running.
 """
@@ -25,6 +26,7 @@ from tests.support.paths import RELAYFLEET, ROOT
 from tests.support.waiting import wait_until_sync
 
 REFSERVER = ROOT / ".dev" / "bin" / "refserver"
+REFSERVER_V1 = ROOT / ".dev" / "bin" / "refserver-v1"
 REFSERVER_MISSING = "reference: .dev/bin/refserver missing (run scripts/build-go-helpers)"
 FORWARDER_CPU, BENCH_CPU = 1, 0
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
@@ -113,9 +115,52 @@ def ours_command(*extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def reference_command() -> list[str]:
-    """The reference Go server on loopback, ephemeral ports."""
-    return [str(REFSERVER), "--port", "0", "--api-listen", "127.0.0.1:0", "--addr", LOOPBACK]
+def reference_command(binary: Path = REFSERVER) -> list[str]:
+    """A reference Go server (v1.84.0 unless ``binary`` says otherwise) on loopback, ephemeral
+    ports."""
+    return [str(binary), "--port", "0", "--api-listen", "127.0.0.1:0", "--addr", LOOPBACK]
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One way of running a reference Go server: which build, its clients' protocol version,
+    and the environment it runs in (GOMAXPROCS, tailscale.com's debug switches)."""
+
+    name: str
+    binary: Path
+    protocol: int
+    env: tuple[tuple[str, str], ...] = ()
+
+    def command(self) -> list[str]:
+        return reference_command(self.binary)
+
+    def environment(self) -> dict[str, str]:
+        return dict(self.env)
+
+    @property
+    def missing(self) -> str:
+        """Why it cannot run, or "" when its binary is built."""
+        if self.binary.exists():
+            return ""
+        return (
+            f"{self.name}: {self.binary.relative_to(ROOT)} missing (run scripts/build-go-helpers)"
+        )
+
+
+REFERENCE_V0 = Reference("ref v1.84.0", REFSERVER, protocol=0)
+# v1.102.5 opens min(16, GOMAXPROCS) SO_REUSEPORT sockets per address family and turns
+# UDP_GRO on unless TS_DEBUG_DISABLE_UDP_GRO is set; it always sends with UDP GSO.
+ONE_SOCKET = ("GOMAXPROCS", "1")
+TWO_SOCKETS = ("GOMAXPROCS", "2")
+GRO_OFF = ("TS_DEBUG_DISABLE_UDP_GRO", "1")
+REFERENCE_V1 = Reference("ref v1.102.5", REFSERVER_V1, 1, (ONE_SOCKET,))
+REFERENCE_V1_GRO_OFF = Reference("ref v1.102.5 GRO off", REFSERVER_V1, 1, (ONE_SOCKET, GRO_OFF))
+REFERENCE_V1_VARIANTS = (
+    REFERENCE_V1,
+    REFERENCE_V1_GRO_OFF,
+    Reference("ref v1.102.5 2 sockets", REFSERVER_V1, 1, (TWO_SOCKETS,)),
+    Reference("ref v1.102.5 2 sockets GRO off", REFSERVER_V1, 1, (TWO_SOCKETS, GRO_OFF)),
+)
 
 
 def _process_state(pid: int) -> str:
@@ -132,10 +177,18 @@ class Forwarder:
     sockets: list[socket.socket] = field(default_factory=list)
 
     @classmethod
-    def start(cls, name: str, command: list[str], started: list[Forwarder]) -> Forwarder:
-        """Start ``command`` and wait for its JSON ready line; it is appended to ``started``."""
+    def start(
+        cls,
+        name: str,
+        command: list[str],
+        started: list[Forwarder],
+        env: dict[str, str] | None = None,
+    ) -> Forwarder:
+        """Start ``command`` (with ``env`` added to this environment) and wait for its JSON
+        ready line; it is appended to ``started``."""
         process = subprocess.Popen(
             command,
+            env={**os.environ, **env} if env else None,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

@@ -40,7 +40,8 @@ def meminfo(sock: socket.socket) -> tuple[int, int]:
 
 
 def forwarder_sockets(pid: int, port: int) -> list[socket.socket]:
-    """Duplicates of every UDP socket of process ``pid`` bound to ``port`` (pidfd_getfd)."""
+    """Duplicates of every IPv4 UDP socket of process ``pid`` bound to ``port`` (pidfd_getfd):
+    the benches' clients are IPv4."""
     pidfd = os.pidfd_open(pid)
     found = []
     try:
@@ -55,7 +56,11 @@ def forwarder_sockets(pid: int, port: int) -> list[socket.socket]:
                 error = ctypes.get_errno()
                 raise OSError(error, f"pidfd_getfd: {os.strerror(error)} (needs root or ptrace)")
             sock = socket.socket(fileno=fd)
-            if sock.type == socket.SOCK_DGRAM and sock.getsockname()[1] == port:
+            if (
+                sock.family == socket.AF_INET
+                and sock.type == socket.SOCK_DGRAM
+                and sock.getsockname()[1] == port
+            ):
                 found.append(sock)
             else:
                 sock.close()
