@@ -213,8 +213,7 @@ class RelayCore:
         self._deadlines: list[tuple[float, int]] = []
         self._bound_watchers: list[list[Endpoint]] = []
         self._bound_for_store = self.watch_bound()
-        self._move_watchers: list[list[Endpoint]] = []
-        self._move_notify: dict[int, Callable[[], None]] = {}
+        self._move_watchers: list[tuple[list[Endpoint], Callable[[], None] | None]] = []
         self.last_seen_lag = 0.0
         self.bound_count = 0
         self.forwarded_packets = 0
@@ -291,17 +290,13 @@ class RelayCore:
         new address (version 1); the caller empties it (the kernel fast path). ``notify``,
         if given, is called after each append, so the caller can act at once."""
         watcher: list[Endpoint] = []
-        self._move_watchers.append(watcher)
-        if notify is not None:
-            self._move_notify[id(watcher)] = notify
+        self._move_watchers.append((watcher, notify))
         return watcher
 
     def unwatch(self, watcher: list[Endpoint]) -> None:
         """Stop appending to a list from :meth:`watch_bound` or :meth:`watch_moves`."""
-        for watchers in (self._bound_watchers, self._move_watchers):
-            if any(w is watcher for w in watchers):
-                watchers[:] = [w for w in watchers if w is not watcher]
-        self._move_notify.pop(id(watcher), None)
+        self._bound_watchers = [w for w in self._bound_watchers if w is not watcher]
+        self._move_watchers = [(w, n) for w, n in self._move_watchers if w is not watcher]
 
     def credit(self, endpoint: Endpoint, index: int, packets: int, size: int, now: float) -> None:
         """Count packets relayed for one client outside this core (by the kernel fast path).
@@ -506,9 +501,8 @@ class RelayCore:
             client.challenged_at = None
         if endpoint.bound:
             if moved:
-                for watcher in self._move_watchers:
+                for watcher, notify in self._move_watchers:
                     watcher.append(endpoint)
-                    notify = self._move_notify.get(id(watcher))
                     if notify is not None:
                         notify()
             return

@@ -212,14 +212,7 @@ func (s *session) answerRejected(what string, right disco.BindUDPRelayEndpointCo
 }
 
 func (h *harness) checkWrongChallenge() (string, error) {
-	s, err := h.newSession()
-	if err != nil {
-		return "", err
-	}
-	if err := s.handshake(s.b); err != nil {
-		return "", err
-	}
-	ch, err := s.bind(s.a, s.a.conn, s.a.nextGeneration())
+	s, ch, err := h.challengedA()
 	if err != nil {
 		return "", err
 	}
@@ -232,14 +225,7 @@ func (h *harness) checkWrongChallenge() (string, error) {
 }
 
 func (h *harness) checkAnswerOtherSource() (string, error) {
-	s, err := h.newSession()
-	if err != nil {
-		return "", err
-	}
-	if err := s.handshake(s.b); err != nil {
-		return "", err
-	}
-	ch, err := s.bind(s.a, s.a.conn, s.a.nextGeneration())
+	s, ch, err := h.challengedA()
 	if err != nil {
 		return "", err
 	}
@@ -254,14 +240,7 @@ func (h *harness) checkAnswerOtherSource() (string, error) {
 }
 
 func (h *harness) checkStaleGeneration() (string, error) {
-	s, err := h.newSession()
-	if err != nil {
-		return "", err
-	}
-	if err := s.handshake(s.b); err != nil {
-		return "", err
-	}
-	stale, err := s.bind(s.a, s.a.conn, s.a.nextGeneration())
+	s, stale, err := h.challengedA()
 	if err != nil {
 		return "", err
 	}
@@ -294,4 +273,18 @@ func (h *harness) checkDataUnknownSource() (string, error) {
 		return "", err
 	}
 	return "data on the VNI from a third address reaches no one; the bound pair still relays", s.relaysBothWays()
+}
+
+// challengedA starts a session with B bound and A's Bind answered with a
+// Challenge, which it returns: where each answer check begins.
+func (h *harness) challengedA() (*session, disco.BindUDPRelayEndpointCommon, error) {
+	s, err := h.newSession()
+	if err != nil {
+		return nil, disco.BindUDPRelayEndpointCommon{}, err
+	}
+	if err := s.handshake(s.b); err != nil {
+		return nil, disco.BindUDPRelayEndpointCommon{}, err
+	}
+	ch, err := s.bind(s.a, s.a.conn, s.a.nextGeneration())
+	return s, ch, err
 }
