@@ -7,6 +7,7 @@ each flag can also be set by its ``RELAYFLEET_…`` environment variable.
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,13 @@ from relay.reporter import DEFAULT_REQUEST_TIMEOUT
 
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 RELAY_NAME_RULE = "a relay name is non-empty, without braces or spaces"
+
+
+def existing_kubeconfigs(paths: str) -> str | None:
+    """The files of a ``KUBECONFIG`` value that exist, still a list as kubectl reads it
+    (joined by ``:``, merged in order); None when none does."""
+    found = [path for path in paths.split(os.pathsep) if path and Path(path).is_file()]
+    return os.pathsep.join(found) or None
 
 
 def relay_name(text: str) -> str:
@@ -100,11 +108,15 @@ class RelayConfig:
     report_status: str = flag(
         "--report-status", "auto", choices=("auto", "on", "off"),
         help="write each endpoint's live state into its RelayEndpoint's status; 'auto' "
-        "does when running in a pod or given --kubeconfig",
+        "does with a shared --store (not memory) and Kubernetes credentials: in a pod, "
+        "or a kubeconfig (--kubeconfig, or KUBECONFIG naming a file that exists; "
+        "~/.kube/config only with 'on')",
     )  # fmt: skip
     kubeconfig: str | None = flag(
         "--kubeconfig", metavar="PATH",
-        help="kubeconfig for status reports (in a pod, the service account is used)",
+        help="kubeconfig for status reports; KUBECONFIG's files that exist when not given "
+        "(in a pod without either, the service account is used)",
+        fallback_env="KUBECONFIG", fallback_parse=existing_kubeconfigs,
     )  # fmt: skip
     report_interval: float = flag(
         "--report-interval", 2.0, parse=duration, metavar="DUR",
@@ -177,7 +189,16 @@ class RelayConfig:
         )
 
     def reports_status(self) -> bool:
-        """``--report-status``: on, off, or auto (in a pod, or given a kubeconfig)."""
+        """``--report-status``: on, off, or auto.
+
+        Auto reports for a relay of a fleet: one that shares its store with the
+        operator (only then are RelayEndpoints placed on it) and has
+        credentials, a pod's service account or a kubeconfig (``--kubeconfig``,
+        or ``KUBECONFIG`` naming files that exist, put into ``kubeconfig`` by
+        the flag's fallback). ``~/.kube/config`` does not count: it is whatever
+        cluster the user last worked on, not a choice made for this relay.
+        """
         if self.report_status == "auto":
-            return self.kubeconfig is not None or SERVICE_ACCOUNT_TOKEN.exists()
+            credentials = self.kubeconfig is not None or SERVICE_ACCOUNT_TOKEN.exists()
+            return self.store != "memory" and credentials
         return self.report_status == "on"

@@ -7,8 +7,10 @@ everything about its command-line flag, and :func:`add_arguments` and
 fields, so a setting is written in one place.
 
 Every flag ``--some-flag`` can also be set by ``RELAYFLEET_SOME_FLAG``; a flag
-given on the command line wins. Nothing else in relay-fleet reads the
-environment: the command passes it to :func:`add_arguments`.
+given on the command line wins. A flag may also fall back on another
+program's variable when its own is unset (``--kubeconfig`` on ``KUBECONFIG``,
+as kubectl reads it). Nothing else in relay-fleet reads the environment: the
+command passes it to :func:`add_arguments`.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ class Flag:
     """Takes no value; the environment variable is true for 1, true, yes or on."""
     shown: str | None = None
     """The default as ``--help`` prints it; None prints none."""
+    fallback_env: str | None = None
+    """Another program's variable, read when ``RELAYFLEET_…`` is unset (``KUBECONFIG``)."""
+    fallback_parse: Callable[[str], Any] | None = None
+    """Makes the default from ``fallback_env``'s value; None leaves the default as it is."""
 
     @property
     def env(self) -> str:
@@ -66,11 +72,18 @@ def flag(
     switch: bool = False,
     shown: str | None = None,
     default_factory: Callable[[], Any] | None = None,
+    fallback_env: str | None = None,
+    fallback_parse: Callable[[str], Any] | None = None,
 ) -> Any:
-    """A dataclass field set by ``name``. ``shown`` defaults to the default in flag form."""
+    """A dataclass field set by ``name``. ``shown`` defaults to the default in flag form.
+
+    ``fallback_env`` names a variable read when the flag's own is unset, its
+    value turned into the default by ``fallback_parse`` (None: no default)."""
     if shown is None and default_factory is None and default not in (None, (), False):
         shown = format_duration(default) if parse is duration else str(default)
-    spec = Flag(name, help, parse, metavar, choices, repeated, switch, shown)
+    spec = Flag(
+        name, help, parse, metavar, choices, repeated, switch, shown, fallback_env, fallback_parse
+    )
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata={"flag": spec})
     return dataclasses.field(default=default, metadata={"flag": spec})
@@ -93,7 +106,11 @@ def add_arguments(
                 default = _from_env(spec, raw)
             except (argparse.ArgumentTypeError, ValueError) as exc:
                 parser.error(f"{spec.env}: {exc}")
-        text = f"{spec.help} [env {spec.env}" + (f"; default {spec.shown}]" if spec.shown else "]")
+        elif spec.fallback_env and spec.fallback_parse and environ.get(spec.fallback_env):
+            fallback = spec.fallback_parse(environ[spec.fallback_env])
+            default = default if fallback is None else fallback
+        env = spec.env + (f", else {spec.fallback_env}" if spec.fallback_env else "")
+        text = f"{spec.help} [env {env}" + (f"; default {spec.shown}]" if spec.shown else "]")
         if spec.switch:
             parser.add_argument(
                 spec.name, dest=field.name, action="store_true", default=default, help=text

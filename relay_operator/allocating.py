@@ -21,13 +21,20 @@ class NoRelayAvailable(Exception):
     """No live relay with a free VNI (or not the pinned one); the message says which."""
 
 
+RELAY_DEAD = "RelayDead"
+"""Why a status's server is gone: its relay stopped heart-beating (or was never registered)."""
+RELAY_REKEYED = "RelayRekeyed"
+"""Why a status's server is gone: its relay runs again, under another disco key."""
+
+
 @dataclass(frozen=True)
 class CurrentAllocation:
-    """The allocation a resource's status names."""
+    """The allocation a resource's status names, and the server key it gave the clients."""
 
     relay: str
     vni: int
     lamport_id: int
+    server_disco: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,11 +72,12 @@ class Allocator:
     async def current(
         self, keys: tuple[DiscoPublicKey, DiscoPublicKey], current: CurrentAllocation | None
     ) -> Placement | None:
-        """The resource's allocation if it still stands: its relay alive and the store agreeing."""
+        """The resource's allocation if it still stands: its relay alive under the key the
+        status gave the clients, and the store agreeing."""
         if current is None:
             return None
         relay = (await self.relays()).get(current.relay)
-        if relay is None or not relay.alive:
+        if relay is None or _server_gone(relay, current) is not None:
             return None
         allocation = await self._store.allocation(current.relay, current.vni)
         if (
@@ -83,6 +91,14 @@ class Allocator:
     async def relay_alive(self, name: str) -> bool:
         relay = (await self.relays()).get(name)
         return relay is not None and relay.alive
+
+    async def server_gone(self, current: CurrentAllocation) -> str | None:
+        """Why the server a status names runs no more (RELAY_DEAD, RELAY_REKEYED), or None.
+
+        A relay restarted under another disco key is another server to the
+        clients: it freed what it held under the old key (relay/shells/agent.py).
+        """
+        return _server_gone((await self.relays()).get(current.relay), current)
 
     async def choose(self, pinned: str | None) -> RelayRecord:
         """The relay a new allocation goes to; raises NoRelayAvailable."""
@@ -131,3 +147,11 @@ class Allocator:
             for name, (since, count) in self._placed.items()
             if name in relays and relays[name].heartbeat_at == since
         }
+
+
+def _server_gone(relay: RelayRecord | None, current: CurrentAllocation) -> str | None:
+    if relay is None or not relay.alive:
+        return RELAY_DEAD
+    if current.server_disco is not None and str(relay.server_disco) != current.server_disco:
+        return RELAY_REKEYED
+    return None

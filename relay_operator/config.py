@@ -56,7 +56,7 @@ class OperatorConfig:
     relay_check_interval: float = flag(
         "--relay-check-interval", 5.0, parse=duration, metavar="DUR",
         help="how often the relays' heartbeats are checked, once for the whole fleet; the "
-        "endpoints of a relay found dead are placed on live ones",
+        "endpoints of a relay found dead, or back under another disco key, are placed again",
     )  # fmt: skip
     liveness: str | None = flag(
         "--liveness", metavar="URL",

@@ -12,7 +12,8 @@ resource per pair of keys is allocated (a kopf index by pair). Delete frees
 the allocation before the finalizer lets the resource go. The reallocate
 annotation allocates afresh; the relay-dead annotation, set by the fleet-wide
 relay check (relay_operator/relay_check.py, started and stopped here), places
-a resource whose relay died. A store outage has kopf run the handler again.
+a resource whose relay died or came back under another disco key. A store
+outage has kopf run the handler again.
 """
 
 from __future__ import annotations
@@ -42,7 +43,13 @@ from relay.resource.definition import (
 from relay.resource.status import allocated_status, expired_status, pending_status
 from relay.store import StoreUnavailable, VNIExhausted
 from relay_operator import relay_check
-from relay_operator.allocating import Allocator, CurrentAllocation, NoRelayAvailable, Placement
+from relay_operator.allocating import (
+    RELAY_DEAD,
+    Allocator,
+    CurrentAllocation,
+    NoRelayAvailable,
+    Placement,
+)
 from relay_operator.config import OperatorConfig
 from relay_operator.metrics import OperatorMetrics
 
@@ -133,7 +140,21 @@ def pair_holder(
 def current_allocation(status: kopf.Status) -> CurrentAllocation | None:
     if not status.get("relay") or status.get("vni") is None or status.get("lamportID") is None:
         return None
-    return CurrentAllocation(status["relay"], int(status["vni"]), int(status["lamportID"]))
+    return CurrentAllocation(
+        status["relay"], int(status["vni"]), int(status["lamportID"]), status.get("serverDisco")
+    )
+
+
+def warn_server_gone(body: kopf.Body, current: CurrentAllocation, reason: str) -> None:
+    """The Event of a resource about to be placed again because its server is gone."""
+    if reason == RELAY_DEAD:
+        message = f"relay {current.relay} stopped heart-beating; placing on another relay"
+    else:
+        message = (
+            f"relay {current.relay} restarted under a new disco key and freed the allocations "
+            f"made under {current.server_disco}; placing again"
+        )
+    kopf.warn(body, reason=reason, message=message)
 
 
 def write_allocated(patch: kopf.Patch, body: kopf.Body, placement: Placement) -> None:
@@ -283,10 +304,14 @@ async def allocate(
     allocator = memo.allocator
     with retried_after_store_outage(retry):
         held = await allocator.current(disco_keys(body.spec), current)
-        if held is None and current is not None and await allocator.relay_alive(current.relay):
-            # The relay lives but freed the allocation while no operator watched: it expired.
-            write_status(patch, body, expired_status, "bind or steady-state")
-            return
+        if held is None and current is not None:
+            gone = await allocator.server_gone(current)
+            if gone is None:
+                # The relay lives but freed the allocation while no operator watched: it expired.
+                write_status(patch, body, expired_status, "bind or steady-state")
+                return
+            if gone != RELAY_DEAD:  # a dead relay's Event is the relay-dead handler's
+                warn_server_gone(body, current, gone)
         if held is None:
             await place(memo, body, patch, retry, current)
 
@@ -322,22 +347,20 @@ async def reallocate(
 async def relay_dead(
     body: kopf.Body, patch: kopf.Patch, retry: int, new: Any, memo: OperatorMemo, **_: Any
 ) -> None:
-    """The relay check marked this resource's relay dead: place it on a live one."""
+    """The relay check marked this resource's relay dead, or come back under another disco
+    key: the server its clients were given is gone, so place it again."""
     if new is None:
         return
     current = current_allocation(body.status)
     with retried_after_store_outage(retry):
+        gone = await memo.allocator.server_gone(current) if current is not None else None
         if (
             current is not None
             and current.relay == new
             and body.status.get("phase") in (ALLOCATED, BOUND)
-            and not await memo.allocator.relay_alive(current.relay)
+            and gone is not None
         ):
-            kopf.warn(
-                body,
-                reason="RelayDead",
-                message=f"relay {current.relay} stopped heart-beating; placing on another relay",
-            )
+            warn_server_gone(body, current, gone)
             await place(memo, body, patch, retry, current)
     patch.metadata.annotations[RELAY_DEAD_ANNOTATION] = None
 

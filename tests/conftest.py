@@ -8,9 +8,9 @@ plane's dependencies until then.
 
 It also marks what each test needs, so that a run can leave it out (markers in
 pyproject.toml): ``e2e`` every test using the control plane, ``faults`` and
-``charts`` the tests in those folders (``netns`` is set by the module that needs
-root). ``pytest -m "not e2e and not faults and not netns and not charts"`` is
-the quick inner loop.
+``charts`` and ``node`` the tests in those folders (``netns`` is set by the module that needs
+root). ``pytest -m "not e2e and not faults and not netns and not charts and not node"``
+is the quick inner loop.
 """
 
 from __future__ import annotations
@@ -28,7 +28,11 @@ if TYPE_CHECKING:
 
 _BUILD_ERROR = pytest.StashKey[str]()
 TESTS = Path(__file__).parent
-FOLDER_MARKS = {TESTS / "faults": pytest.mark.faults, TESTS / "charts": pytest.mark.charts}
+FOLDER_MARKS = {
+    TESTS / "faults": pytest.mark.faults,
+    TESTS / "charts": pytest.mark.charts,
+    TESTS / "node": pytest.mark.node,
+}
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -17,7 +17,8 @@ REALLOCATE_ANNOTATION = "relayfleet.io/reallocate"
 """Set to a new value to allocate an Expired endpoint afresh."""
 
 RELAY_DEAD_ANNOTATION = "relayfleet.io/relay-dead"
-"""Put by the operator's relay check on endpoints of a relay that stopped heart-beating."""
+"""Put by the operator's relay check on endpoints of a relay that stopped heart-beating, or
+that came back under another disco key than their ``serverDisco``."""
 
 FINALIZER = "relayfleet.io/free-allocation"
 

@@ -8,6 +8,13 @@ knows: endpoints bound by both clients, and endpoints expired, whose VNIs it
 frees. When the store is unreachable the data plane goes on untouched: the
 writes wait and are retried with backoff, and the agent resyncs once the
 store is back.
+
+Before it first registers or allocates, a relay that comes back under another
+disco key than its registry entry names (no ``--key-file``: a new key every
+start) frees the allocations the store holds for it: their clients were given
+the old key and seal their handshakes to it, so they could never bind. The
+operator sees the new key in the registry and places their RelayEndpoints
+again.
 """
 
 from __future__ import annotations
@@ -106,6 +113,9 @@ class RelayAgent:
         self._installed_during_resync: set[int] | None = None
         self._removed_during_resync: set[tuple[int, int]] | None = None
         self._resyncing = asyncio.Lock()
+        self._taking_over = asyncio.Lock()
+        self.taken_over = False
+        self.freed_under_old_key = 0
         self._tasks: list[asyncio.Task[None]] = []
         self.resyncs = 0
         self.store_errors: Counter[str] = Counter()
@@ -119,10 +129,12 @@ class RelayAgent:
 
         Bound marks are written first, so that a pair that has bound gets a
         fresh allocation. An allocation the core has expired but the store has
-        not yet freed is freed now and allocated afresh, never handed out.
+        not yet freed is freed now and allocated afresh, never handed out; so
+        is one made under an earlier disco key (:meth:`take_over`, done first).
         Raises StoreUnavailable (counted) and VNIExhausted.
         """
         try:
+            await self.take_over()
             await self.flush_bound()
             result = await self._store.allocate(self.name, disco_keys, self._clock())
             while self.expired_unfreed(result.allocation):
@@ -182,6 +194,47 @@ class RelayAgent:
         """Write one expired allocation's free ahead of the queue; raises StoreUnavailable."""
         await self._store.free(self.name, allocation.vni, allocation.lamport_id)
         self._pending_free.discard((allocation.vni, allocation.lamport_id))
+
+    async def take_over(self) -> None:
+        """Once, before this relay registers (and allocates): free what it held under another
+        disco key.
+
+        The relay's registry entry names the key it last ran with. When that is
+        not this relay's key, every allocation the store holds for the relay's
+        name was made under the old key, which no one holds any more: clients
+        given it can never bind. Each is freed by VNI and LamportID, so that an
+        allocation made meanwhile (by an operator that still read the old entry)
+        stays; the operator gives that one the new key, and places the
+        RelayEndpoints of the freed ones again. A relay never registered, or
+        under the same key (``--key-file``), keeps its allocations. Raises
+        StoreUnavailable; the next call tries again.
+
+        The other loops need not wait: an old allocation a resync installs
+        meanwhile is removed again by the announcement of its free (or by the
+        resync itself, which reads the store after the free).
+        """
+        if self.taken_over:
+            return
+        async with self._taking_over:
+            if self.taken_over:
+                return
+            key = self._record().server_disco
+            previous = next((r for r in await self._store.relays() if r.name == self.name), None)
+            if previous is not None and previous.server_disco != key:
+                async for allocations in self._store.scan_allocations(self.name):
+                    for allocation in allocations:
+                        if await self._store.free(self.name, allocation.vni, allocation.lamport_id):
+                            self.freed_under_old_key += 1
+                log.warning(
+                    "relay %s last ran as %s, now as %s: freed the %d allocations made under "
+                    "the old key (their clients could never bind); the operator places their "
+                    "RelayEndpoints again",
+                    self.name,
+                    previous.server_disco,
+                    key,
+                    self.freed_under_old_key,
+                )
+            self.taken_over = True
 
     async def resync(self) -> None:
         """Make the core serve exactly the store's allocations for this relay.
@@ -265,6 +318,7 @@ class RelayAgent:
         while True:
             delay = self.heartbeat_interval
             try:
+                await self.take_over()  # before the first registration names this key
                 await self._store.register(self._record(), ttl=3 * self.heartbeat_interval)
                 backoff.succeeded()
             except StoreUnavailable as error:

@@ -35,7 +35,10 @@ class RelayProcess:
     ) -> RelayProcess:
         """The relay, once ready; its stderr goes to ``log`` if given (for long, chatty runs:
         a pipe nobody reads fills up and blocks the relay), else to a pipe read at stop.
-        ``wrapper`` runs it inside another command (``ip netns exec NS``)."""
+        ``wrapper`` runs it inside another command (``ip netns exec NS``). The relay
+        inherits the environment but ``KUBECONFIG`` (which ``--report-status auto``
+        honours): a test names the cluster it reports to, by flag or ``env``."""
+        inherited = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         stderr = log.open("wb") if log is not None else subprocess.PIPE
         process = await asyncio.create_subprocess_exec(
             *wrapper,
@@ -51,7 +54,7 @@ class RelayProcess:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=stderr,
-            env={**os.environ, **(env or {})},
+            env={**inherited, **(env or {})},
         )
         if log is not None:
             stderr.close()

@@ -7,7 +7,9 @@ import os
 import subprocess
 from pathlib import Path
 
-from relay.protocol.keys import DiscoPrivateKey
+from relay.protocol.client import RelayClient
+from relay.protocol.keys import DiscoPrivateKey, DiscoPublicKey
+from relay.shells.peer import UdpPeer
 from tests.relay.relay_process import RelayProcess
 from tests.support.paths import RELAYFLEET
 from tests.support.ports import free_port
@@ -89,5 +91,42 @@ def phase_is(control_plane, namespace: str, name: str, phase: str):
     def check():
         resource = get(control_plane, namespace, name)
         return resource.get("status", {}).get("phase") == phase and resource
+
+    return check
+
+
+async def bind_and_relay(status: dict, keys: list[DiscoPrivateKey]) -> None:
+    """Two clients (version 1) bind where the status says, as its readers would, and relay a
+    datagram each way; TimeoutError when the relay does not answer them."""
+    server = DiscoPublicKey.parse(status["serverDisco"])
+    clients = [
+        RelayClient(keys[i], server, status["vni"], remote_key=keys[1 - i].public) for i in (0, 1)
+    ]
+    host, port = status["addrPorts"][0].rsplit(":", 1)
+    relay = (host, int(port))
+    peers = [await UdpPeer.open(), await UdpPeer.open()]
+    try:
+        for client, peer in zip(clients, peers, strict=True):
+            peer.send(client.bind(), relay)
+            peer.send(client.answer(await peer.receive()), relay)
+        for sender in (0, 1):
+            peers[sender].send(clients[sender].data(b"through the fleet"), relay)
+            received = await peers[1 - sender].receive()
+            assert clients[1 - sender].read_data(received) == b"through the fleet"
+    finally:
+        for peer in peers:
+            peer.close()
+
+
+def reported_bound(control_plane, namespace: str, name: str):
+    """A condition: the relay reported the resource Bound, both clients bound with packets."""
+
+    def check():
+        status = get(control_plane, namespace, name).get("status", {})
+        clients = status.get("clients", [])
+        both = len(clients) == 2 and all(
+            c.get("handshake") == "Bound" and c.get("packets", 0) > 0 for c in clients
+        )
+        return status.get("phase") == "Bound" and both and status
 
     return check

@@ -4,7 +4,13 @@ import pytest
 
 from relay.protocol.keys import DiscoPrivateKey, sorted_pair
 from relay.store import MemoryStore, RelayRecord, VNIExhausted
-from relay_operator.allocating import Allocator, CurrentAllocation, NoRelayAvailable
+from relay_operator.allocating import (
+    RELAY_DEAD,
+    RELAY_REKEYED,
+    Allocator,
+    CurrentAllocation,
+    NoRelayAvailable,
+)
 
 
 class Clock:
@@ -125,3 +131,20 @@ async def test_holding_finds_an_allocation_a_crash_left_on_a_live_relay(store, c
     await allocator.allocate(pair, "b")
     assert await allocator.holding(pair) == "b"
     assert await allocator.holding(pair, exclude="b") is None
+
+
+async def test_a_relay_back_under_another_key_no_longer_serves_what_the_status_names(store, clock):
+    first = await register(store, "a", heartbeat_at=clock.now)
+    allocator = Allocator(store, clock)
+    pair = keys()
+    placed = await allocator.allocate(pair, "a")
+    named = CurrentAllocation(
+        "a", placed.allocation.vni, placed.allocation.lamport_id, str(first.server_disco)
+    )
+    assert await allocator.server_gone(named) is None
+    assert (await allocator.current(pair, named)).allocation == placed.allocation
+    await register(store, "a", heartbeat_at=clock.now)  # the same name, a new key
+    assert await allocator.server_gone(named) == RELAY_REKEYED
+    assert await allocator.current(pair, named) is None
+    clock.now += 60
+    assert await allocator.server_gone(named) == RELAY_DEAD

@@ -24,10 +24,12 @@ from relay.shells.peer import UdpPeer
 from tests.relay.relay_process import RelayProcess
 from tests.relay_operator.e2e_support import (
     RELAYFLEET,
+    bind_and_relay,
     endpoint_yaml,
     get,
     new_keys,
     phase_is,
+    reported_bound,
     start_relay,
 )
 from tests.support.waiting import wait_until
@@ -261,6 +263,133 @@ async def test_a_dead_relays_endpoints_are_placed_again_with_an_event(
         for relay in relays.values():
             if relay.process.returncode is None:
                 await relay.stop()
+
+
+async def test_a_relay_back_under_a_new_key_has_its_endpoints_placed_again_and_bound(
+    crd, kube_namespace, operator, redis_server, store
+):
+    """Without --key-file a relay restarts under a new disco key, alive all along (5 s
+    heartbeats): it frees what it held under the old key, and the operator places each
+    RelayEndpoint again, with the new serverDisco, on which clients bind."""
+    ns = kube_namespace
+    relay = await start_relay(crd, redis_server, "phoenix", "--heartbeat-interval", "5s")
+    keys = {name: new_keys() for name in ("first", "second")}
+    try:
+        old = {}
+        for name, pair in keys.items():
+            yaml = endpoint_yaml(name, [str(k.public) for k in pair])
+            crd.kubectl("-n", ns, "apply", "-f", "-", input=yaml)
+            placed = await wait_until(phase_is(crd, ns, name, "Allocated"), name, log=operator.log)
+            old[name] = placed["status"]
+        assert {s["serverDisco"] for s in old.values()} == {relay.ready["server_disco"]}
+        await relay.stop()
+        relay = await start_relay(crd, redis_server, "phoenix", "--heartbeat-interval", "5s")
+        new_key = relay.ready["server_disco"]
+        assert new_key != old["first"]["serverDisco"]
+
+        def placed_again(name):
+            def check():
+                status = get(crd, ns, name).get("status", {})
+                fresh = status.get("serverDisco") == new_key and status.get("phase") == "Allocated"
+                return fresh and status
+
+            return check
+
+        now = {
+            name: await wait_until(placed_again(name), f"{name} placed again", log=operator.log)
+            for name in keys
+        }
+        for status in now.values():
+            assert status["relay"] == "phoenix"
+            assert status["lamportID"] > max(s["lamportID"] for s in old.values())
+        in_store = await store.allocations("phoenix")
+        assert sorted((a.vni, a.lamport_id) for a in in_store) == sorted(
+            (s["vni"], s["lamportID"]) for s in now.values()
+        )
+        events = json.loads(crd.kubectl("-n", ns, "get", "events", "-o", "json").stdout)
+        rekeyed = {
+            e["involvedObject"]["name"] for e in events["items"] if e["reason"] == "RelayRekeyed"
+        }
+        assert rekeyed == set(keys)
+
+        await bind_and_relay(now["first"], keys["first"])
+        await wait_until(reported_bound(crd, ns, "first"), "first Bound", log=operator.log)
+    finally:
+        await relay.stop()
+
+
+async def test_an_operator_resuming_after_a_relay_came_back_under_a_new_key_places_again(
+    crd, kube_namespace, start_operator, redis_server, store
+):
+    """No operator watched while the relay came back under a new key and freed the allocation:
+    the one that resumes places the RelayEndpoint again rather than calling it Expired."""
+    ns = kube_namespace
+    first = start_operator("first")
+    relay = await start_relay(crd, redis_server, "phoenix", "--heartbeat-interval", "5s")
+    keys = new_keys()
+    try:
+        crd.kubectl(
+            "-n",
+            ns,
+            "apply",
+            "-f",
+            "-",
+            input=endpoint_yaml("resumed", [str(k.public) for k in keys]),
+        )
+        old = (
+            await wait_until(phase_is(crd, ns, "resumed", "Allocated"), "Allocated", log=first.log)
+        )["status"]
+        first.stop()
+        await relay.stop()
+        relay = await start_relay(crd, redis_server, "phoenix", "--heartbeat-interval", "5s")
+        new_key = relay.ready["server_disco"]
+
+        async def registered_anew():
+            record = {r.name: r for r in await store.relays()}["phoenix"]
+            return str(record.server_disco) == new_key
+
+        await wait_until(registered_anew, "the new key registered")
+        assert await store.allocations("phoenix") == []
+        second = start_operator("second")
+
+        def placed_again():
+            status = get(crd, ns, "resumed").get("status", {})
+            return (
+                status.get("serverDisco") == new_key
+                and status.get("phase") == "Allocated"
+                and status
+            )
+
+        status = await wait_until(placed_again, "placed again on resume", log=second.log)
+        assert status["lamportID"] > old["lamportID"]
+        await bind_and_relay(status, keys)
+    finally:
+        await relay.stop()
+
+
+async def test_a_relay_with_only_kubeconfig_in_its_environment_reports_status(
+    crd, kube_namespace, operator, redis_server
+):
+    """--report-status auto honours KUBECONFIG, as kubectl reads it: no --kubeconfig needed."""
+    relay = await RelayProcess.start(
+        "--store", redis_server.url(), "--name", "relay-env", "--addr", "127.0.0.1",
+        "--heartbeat-interval", "300ms", "--report-interval", "200ms",
+        env={"KUBECONFIG": str(crd.kubeconfig)},
+    )  # fmt: skip
+    try:
+        keys = new_keys()
+        yaml = endpoint_yaml("by-env", [str(k.public) for k in keys])
+        crd.kubectl("-n", kube_namespace, "apply", "-f", "-", input=yaml)
+        placed = await wait_until(
+            phase_is(crd, kube_namespace, "by-env", "Allocated"), "Allocated", log=operator.log
+        )
+        await bind_and_relay(placed["status"], keys)
+        status = await wait_until(
+            reported_bound(crd, kube_namespace, "by-env"), "Bound with clients", log=operator.log
+        )
+        assert status["relay"] == "relay-env"
+    finally:
+        await relay.stop()
 
 
 async def test_operator_killed_mid_burst_allocates_each_endpoint_exactly_once(

@@ -88,10 +88,12 @@ def kubectl_executable() -> str:
     return path
 
 
-def port_free(port: int) -> bool:
+def port_free(port: int | None, address: str = "127.0.0.1") -> bool:
+    if port is None:
+        return False
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
-            sock.bind(("127.0.0.1", port))
+            sock.bind((address, port))
         except OSError:
             return False
         return True
@@ -305,6 +307,19 @@ class Process:
         self.pid_file.write_text(json.dumps(record) + "\n")
         return self._popen.pid
 
+    def started_at(self) -> float | None:
+        """When the running process started (seconds since the epoch), if it runs."""
+        pid = self.pid()
+        stat = _proc_stat(pid) if pid is not None else None
+        if stat is None:
+            return None
+        boot = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+        return boot + stat[1] / os.sysconf("SC_CLK_TCK")
+
     def exited(self) -> int | None:
         """The exit code if this process started by us has ended, else None."""
         if self._popen is None:
@@ -352,7 +367,12 @@ class ControlPlane:
     """etcd and kube-apiserver on loopback, all state under ``directory``.
 
     ``with ControlPlane(path) as cp:`` starts it and stops it. ``durable=False``
-    runs etcd without fsync (for throwaway test clusters).
+    runs etcd without fsync (for throwaway test clusters). ``address`` is where
+    kube-apiserver listens and what it advertises: loopback for the tests, the
+    node's address for scripts/local-cluster, whose pods reach it through the
+    ``kubernetes`` Service. ``with_nodes=True`` configures it for a cluster with
+    a kubelet and a controller-manager (ServiceAccount admission, the
+    ``kubernetes`` Service's endpoints, a client cert for the kubelet API).
     """
 
     def __init__(
@@ -362,8 +382,12 @@ class ControlPlane:
         bin_dir: Path = BIN,
         durable: bool = True,
         detached: bool = False,
+        address: str = "127.0.0.1",
+        with_nodes: bool = False,
     ) -> None:
         self.directory = Path(directory).resolve()
+        self.address = address
+        self.with_nodes = with_nodes
         self.bin_dir = bin_dir
         self.durable = durable
         self.detached = detached
@@ -381,7 +405,7 @@ class ControlPlane:
     # The addresses are known once :meth:`start` has picked the ports.
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.ports['apiserver']}"
+        return f"https://{self.address}:{self.ports['apiserver']}"
 
     @property
     def etcd_url(self) -> str:
@@ -418,7 +442,8 @@ class ControlPlane:
         taken: set[int] = set()
         for name, owner in owners.items():
             port = self.ports.get(name)
-            if port is None or port in taken or (not running[owner] and not port_free(port)):
+            free = port_free(port, self.address if owner == "kube-apiserver" else "127.0.0.1")
+            if port is None or port in taken or (not running[owner] and not free):
                 port = free_port()
                 while port in taken:
                     port = free_port()
@@ -432,6 +457,8 @@ class ControlPlane:
     def _ensure_pki(self) -> None:
         ca = self.ca
         hosts = ["127.0.0.1", "localhost"]
+        if self.address not in hosts:
+            hosts.append(self.address)
         if not (self.pki / "etcd-server.crt").exists():
             ca.issue("etcd-server", common_name="etcd", server=True, client=True, hosts=hosts)
         if not (self.pki / "apiserver-etcd-client.crt").exists():
@@ -450,6 +477,13 @@ class ControlPlane:
                     "kubernetes.default.svc",
                     "kubernetes.default.svc.cluster.local",
                 ],
+            )
+        if self.with_nodes and not (self.pki / "apiserver-kubelet-client.crt").exists():
+            ca.issue(
+                "apiserver-kubelet-client",
+                common_name="kube-apiserver-kubelet-client",
+                organizations=["system:masters"],
+                client=True,
             )
         if not (self.pki / "admin.crt").exists():
             ca.issue("admin", common_name="admin", organizations=["system:masters"], client=True)
@@ -489,10 +523,10 @@ class ControlPlane:
 
     def apiserver_argv(self) -> list[str]:
         pki = self.pki
-        return [
+        argv = [
             str(self.bin_dir / "kube-apiserver"),
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={self.address}",
+            f"--advertise-address={self.address}",
             f"--secure-port={self.ports['apiserver']}",
             f"--cert-dir={pki}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
@@ -508,11 +542,21 @@ class ControlPlane:
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--profiling=false",
+        ]
+        if self.with_nodes:
+            return [
+                *argv,
+                f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+                "--kubelet-preferred-address-types=InternalIP",
+            ]
+        return [
+            *argv,
             f"--disable-admission-plugins={DISABLED_ADMISSION}",
             # Endpoints refuse the loopback address the API server would publish
             # for the "kubernetes" Service, and no pod here would use them.
             "--endpoint-reconciler-type=none",
-            "--profiling=false",
         ]
 
     def _raise_if_exited(self, process: Process) -> None:

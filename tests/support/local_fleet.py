@@ -6,11 +6,16 @@ a real fleet to ``kubectl apply`` against: etcd and kube-apiserver
 operator once it exists, all detached processes that outlive this command.
 Everything lives under ``.dev/local-fleet/`` (pid files, logs/, data), and the
 admin kubeconfig is written to ``.dev/kubeconfig``. There is no kubelet: the
-relays run as local processes.
+relays run as local processes, and report their endpoints' state into the
+RelayEndpoints' status with that kubeconfig.
 
     scripts/local-fleet up       build once, start what is not running, print how to use it
     scripts/local-fleet status   what runs, where, and its log
     scripts/local-fleet down     stop everything started here (--purge also deletes the data)
+
+``--home DIR`` (before the command) keeps everything, the kubeconfig too
+(``DIR/kubeconfig``), in DIR instead: a fleet of its own beside the usual one,
+as the tests run it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 import redis
 
@@ -41,8 +47,6 @@ from tests.support.waiting import wait_until_sync
 
 HOME = ROOT / ".dev" / "local-fleet"
 KUBECONFIG = ROOT / ".dev" / "kubeconfig"
-STATE = HOME / "fleet.json"
-LOGS = HOME / "logs"
 CRDS = ROOT / "crds"
 RELAYS = ("relay-1", "relay-2")
 READY_TIMEOUT = 60.0
@@ -52,16 +56,16 @@ class FleetError(RuntimeError):
     pass
 
 
-def _load_state() -> dict:
+def _load_state(path: Path) -> dict:
     try:
-        return json.loads(STATE.read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
 
 
-def _save_state(state: dict) -> None:
-    STATE.parent.mkdir(parents=True, exist_ok=True)
-    STATE.write_text(json.dumps(state, indent=2) + "\n")
+def _save_state(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(state, indent=2) + "\n")
 
 
 def _port(state: dict, name: str, running: bool) -> int:
@@ -82,9 +86,9 @@ def _ready_while_running(process: Process, ready: Callable[[], object]) -> objec
     return ready()
 
 
-def _child_env() -> dict[str, str]:
+def _child_env(kubeconfig: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env["KUBECONFIG"] = str(KUBECONFIG)
+    env["KUBECONFIG"] = str(kubeconfig)
     env.pop("RELAYFLEET_STORE", None)
     return env
 
@@ -105,12 +109,18 @@ def operator_available() -> bool:
 
 
 class Fleet:
-    def __init__(self) -> None:
-        self.control_plane = ControlPlane(HOME, detached=True)
-        self.redis = Process("redis", HOME, LOGS)
-        self.relays = {name: Process(name, HOME, LOGS) for name in RELAYS}
-        self.operator = Process("operator", HOME, LOGS)
-        self.state = _load_state()
+    """The fleet kept in ``home`` (default .dev/local-fleet, its kubeconfig .dev/kubeconfig)."""
+
+    def __init__(self, home: Path = HOME, kubeconfig: Path = KUBECONFIG) -> None:
+        self.home = home
+        self.kubeconfig = kubeconfig
+        self.logs = home / "logs"
+        self.state_file = home / "fleet.json"
+        self.control_plane = ControlPlane(home, detached=True)
+        self.redis = Process("redis", home, self.logs)
+        self.relays = {name: Process(name, home, self.logs) for name in RELAYS}
+        self.operator = Process("operator", home, self.logs)
+        self.state = _load_state(self.state_file)
 
     @property
     def redis_url(self) -> str:
@@ -131,7 +141,7 @@ class Fleet:
         build()
         self.control_plane.start()
         self.control_plane.write_kubeconfig(
-            KUBECONFIG, user="admin", cert=self.control_plane.admin_cert
+            self.kubeconfig, user="admin", cert=self.control_plane.admin_cert
         )
         self._start_redis()
         self._apply_crds()
@@ -145,9 +155,9 @@ class Fleet:
     def _start_redis(self) -> None:
         running = self.redis.pid() is not None
         port = _port(self.state, "redis", running)
-        _save_state(self.state)
+        _save_state(self.state_file, self.state)
         if not running:
-            data = HOME / "redis"
+            data = self.home / "redis"
             data.mkdir(parents=True, exist_ok=True)
             executable = shutil.which("redis-server")
             if executable is None:
@@ -192,13 +202,14 @@ class Fleet:
                     str(RELAYFLEET), "relay",
                     "--store", self.redis_url,
                     "--name", name,
-                    "--key-file", str(HOME / f"{name}.key"),
+                    "--key-file", str(self.home / f"{name}.key"),
                     "--listen", "127.0.0.1",
                     "--port", "0",
                     "--api-listen", "127.0.0.1:0",
                     "--addr", "127.0.0.1",
+                    "--kubeconfig", str(self.kubeconfig),
                 ],
-                env=_child_env(),
+                env=_child_env(self.kubeconfig),
                 detached=True,
                 separate_stdout=True,
             )  # fmt: skip
@@ -226,7 +237,7 @@ class Fleet:
     def _start_operator(self) -> None:
         running = self.operator.pid() is not None
         port = _port(self.state, "operator-health", running)
-        _save_state(self.state)
+        _save_state(self.state_file, self.state)
         if not running:
             self.operator.start(
                 [
@@ -235,7 +246,7 @@ class Fleet:
                     "--standalone",
                     "--liveness", f"http://127.0.0.1:{port}/healthz",
                 ],
-                env=_child_env(),
+                env=_child_env(self.kubeconfig),
                 detached=True,
             )  # fmt: skip
 
@@ -294,7 +305,7 @@ class Fleet:
         width = max(len(row[0]) for row in rows)
         for name, state, pid, where in rows:
             print(f"  {name:<{width}}  {state:<8} {pid:>7}  {where}")
-        print(f"  logs: {LOGS}/")
+        print(f"  logs: {self.logs}/")
         return every
 
     def down(self, purge: bool) -> None:
@@ -302,25 +313,32 @@ class Fleet:
             if process.stop():
                 print(f"local-fleet: stopped {process.name}")
         if purge:
-            shutil.rmtree(HOME, ignore_errors=True)
-            KUBECONFIG.unlink(missing_ok=True)
-            print(f"local-fleet: deleted {HOME} and {KUBECONFIG}")
+            shutil.rmtree(self.home, ignore_errors=True)
+            self.kubeconfig.unlink(missing_ok=True)
+            print(f"local-fleet: deleted {self.home} and {self.kubeconfig}")
 
 
-def usage() -> None:
+def usage(kubeconfig: Path, command: str = "scripts/local-fleet") -> None:
     print(
         f"""
 Use it:
-  export KUBECONFIG={KUBECONFIG}
+  export KUBECONFIG={kubeconfig}
   kubectl apply -f examples/relayendpoint.yaml
   kubectl get rep
-Status: scripts/local-fleet status
-Stop:   scripts/local-fleet down   (keeps the data; down --purge deletes it)"""
+Status: {command} status
+Stop:   {command} down   (keeps the data; down --purge deletes it)"""
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/local-fleet", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--home",
+        type=Path,
+        metavar="DIR",
+        help=f"keep the fleet and its kubeconfig in DIR (default {HOME.relative_to(ROOT)}, "
+        f"kubeconfig {KUBECONFIG.relative_to(ROOT)})",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("up", help="build once, start whatever is not running")
     commands.add_parser("status", help="show what runs")
@@ -328,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     down.add_argument("--purge", action="store_true", help="also delete .dev/local-fleet")
     args = parser.parse_args(argv)
 
-    fleet = Fleet()
+    home = args.home.resolve() if args.home else None
+    fleet = Fleet(home, home / "kubeconfig") if home else Fleet()
     try:
         if args.command == "up":
             if fleet.all_running():
@@ -336,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 fleet.up()
             fleet.status()
-            usage()
+            usage(fleet.kubeconfig, "scripts/local-fleet" + (f" --home {home}" if home else ""))
         elif args.command == "status":
             return 0 if fleet.status() else 3
         else:

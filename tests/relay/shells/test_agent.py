@@ -1,12 +1,21 @@
-"""The agent keeps the core and the store in step: announcements, resyncs, registry, write-back."""
+"""The agent keeps the core and the store in step: announcements, resyncs, registry, write-back,
+and a relay back under another disco key."""
 
 import asyncio
+import time
 
+import pytest
+
+from relay.config import RelayConfig
 from relay.protocol.core import Drop
 from relay.protocol.keys import DiscoPrivateKey, sorted_pair
+from relay.server import RelayServer
 from relay.shells.agent import EXPIRY_BATCH
-from relay.store import Allocation
+from relay.shells.keyfile import RelaySecrets
+from relay.store import Allocation, MemoryStore
 from relay.store.interface import SCAN_SLICE
+from relay.store.redis import RedisStore
+from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until
 
 
@@ -112,3 +121,85 @@ async def test_a_resync_installs_in_slices_between_which_the_loop_runs(relay):
     watcher.cancel()
     assert len(server.core) == total
     assert any(0 < installed < total for installed in seen)
+
+
+# -- a relay back under another disco key ---------------------------------------------
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def shared_store(request, tmp_path):
+    """The store a relay's runs share: one MemoryStore object, or a real redis-server."""
+    if request.param == "memory":
+        store = MemoryStore()
+        yield store
+        await store.close()
+        return
+    with RedisServer(tmp_path) as server:
+        store = RedisStore.from_url(server.url())
+        yield store
+        await store.close()
+
+
+async def run_relay(store, secrets: RelaySecrets) -> RelayServer:
+    config = RelayConfig(
+        listen="127.0.0.1", port=0, api_listen=("127.0.0.1", 0), addrs=("127.0.0.1",),
+        name="relay-r",
+    )  # fmt: skip
+    server = RelayServer(config, store, secrets)
+    await server.start()
+    return server
+
+
+async def registered_as(store, name: str, key) -> bool:
+    record = {r.name: r for r in await store.relays()}.get(name)
+    return record is not None and record.server_disco == key
+
+
+async def test_a_relay_back_under_a_new_key_frees_what_it_held_under_the_old_one(shared_store):
+    """Without --key-file every start has a new key: what the store holds under the old one
+    could never be bound, so it is freed before the new key is registered."""
+    store = shared_store
+    first = await run_relay(store, RelaySecrets.generate())
+    await wait_until(lambda: registered_as(store, "relay-r", first.core.server_key), "registered")
+    old = [(await store.allocate("relay-r", new_pair(), time.time())).allocation for _ in range(2)]
+    assert await store.mark_bound("relay-r", old[1].vni, old[1].lamport_id)
+    await wait_until(lambda: len(first.core) == 2, "both served")
+    await first.close()
+
+    second = await run_relay(store, RelaySecrets.generate())
+    try:
+        # an allocation asked for at once is made after the old ones are gone
+        fresh = await second.allocate(*old[0].disco_keys)
+        assert fresh.lamport_id > max(a.lamport_id for a in old)
+        assert fresh.server_disco == second.core.server_key != first.core.server_key
+        await wait_until(
+            lambda: registered_as(store, "relay-r", second.core.server_key), "new key registered"
+        )
+        held = await store.allocations("relay-r")
+        assert [(a.vni, a.lamport_id) for a in held] == [(fresh.vni, fresh.lamport_id)]
+        assert second.agent.freed_under_old_key == 2
+        for allocation in old:
+            endpoint = second.core.endpoint(allocation.vni)
+            assert endpoint is None or endpoint.allocation.lamport_id != allocation.lamport_id
+    finally:
+        await second.close()
+
+
+async def test_a_relay_back_under_the_same_key_keeps_its_allocations(shared_store):
+    store = shared_store
+    secrets = RelaySecrets.generate()
+    first = await run_relay(store, secrets)
+    await wait_until(lambda: registered_as(store, "relay-r", first.core.server_key), "registered")
+    kept = (await store.allocate("relay-r", new_pair(), time.time())).allocation
+    await first.close()
+
+    second = await run_relay(store, secrets)
+    try:
+        await wait_until(lambda: second.core.endpoint(kept.vni) is not None, "served again")
+        assert second.agent.taken_over
+        assert second.agent.freed_under_old_key == 0
+        assert await store.allocations("relay-r") == [kept]
+        again = await second.allocate(*kept.disco_keys)
+        assert (again.vni, again.lamport_id) == (kept.vni, kept.lamport_id)
+    finally:
+        await second.close()

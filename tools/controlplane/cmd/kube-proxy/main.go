@@ -1,0 +1,18 @@
+// Command kube-proxy is the upstream Service proxy, built from the
+// k8s.io/kubernetes module pinned in this directory's go.mod, for the real
+// node of scripts/local-cluster. It mirrors k8s.io/kubernetes/cmd/kube-proxy/proxy.go.
+package main
+
+import (
+	"os"
+
+	"k8s.io/component-base/cli"
+	_ "k8s.io/component-base/logs/json/register"
+	_ "k8s.io/component-base/metrics/prometheus/clientgo"
+	_ "k8s.io/component-base/metrics/prometheus/version"
+	"k8s.io/kubernetes/cmd/kube-proxy/app"
+)
+
+func main() {
+	os.Exit(cli.Run(app.NewProxyCommand()))
+}
