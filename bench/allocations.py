@@ -81,6 +81,7 @@ from bench.clients import random_pair, request_body
 from bench.processes import (
     BENCH_CPU,
     FORWARDER_CPU,
+    NO_API_LIMITS,
     REFSERVER,
     REFSERVER_MISSING,
     Forwarder,
@@ -306,7 +307,7 @@ class Fleet:
         command = [
             RELAYFLEET, "relay", "--store", self.redis_url, "--name", name,
             "--key-file", str(self.directory / f"{name}.key"), "--listen", "127.0.0.1",
-            "--port", "0", "--api-listen", "127.0.0.1:0", "--addr", "127.0.0.1",
+            "--port", "0", "--api-listen", "127.0.0.1:0", *NO_API_LIMITS, "--addr", "127.0.0.1",
             "--log-level", "warning",
         ]  # fmt: skip
         if self.report:

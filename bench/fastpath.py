@@ -65,7 +65,14 @@ import time
 from pathlib import Path
 
 from bench.c import build_program
-from bench.processes import BENCH_CPU, FORWARDER_CPU, RELAYFLEET, Forwarder, stop_on_sigterm
+from bench.processes import (
+    BENCH_CPU,
+    FORWARDER_CPU,
+    NO_API_LIMITS,
+    RELAYFLEET,
+    Forwarder,
+    stop_on_sigterm,
+)
 from bench.report import table
 from relay.protocol.client import RelayClient
 from relay.protocol.keys import DiscoPrivateKey, DiscoPublicKey
@@ -221,7 +228,8 @@ def start_c(hosts: netns.Hosts, binary: Path) -> Setup:
 def start_ours(hosts: netns.Hosts, name: str, fast_path: str) -> Setup:
     setup = start(hosts, name, [
         RELAYFLEET, "relay", "--listen", "0.0.0.0", "--port", "0",
-        "--api-listen", "127.0.0.1:0", "--log-level", "warning", "--fast-path", fast_path,
+        "--api-listen", "127.0.0.1:0", *NO_API_LIMITS, "--log-level", "warning",
+        "--fast-path", fast_path,
     ])  # fmt: skip
     keys = [DiscoPrivateKey.generate(), DiscoPrivateKey.generate()]
     status, text = hosts.relay_http(

@@ -107,11 +107,18 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
+# The API's per-address rate limit and per-pair cap guard a relay from other callers;
+# a bench is the only caller and measures the relay, not the limiter.
+NO_API_LIMITS = ("--api-rate", "1000000000", "--api-burst", "1000000000",
+                 "--api-max-per-pair", "1000000000")  # fmt: skip
+
+
 def ours_command(*extra: str) -> list[str]:
     """``relayfleet relay`` on loopback, memory store, ephemeral ports, plus ``extra`` flags."""
     return [
         RELAYFLEET, "relay", "--listen", LOOPBACK, "--port", "0",
-        "--api-listen", "127.0.0.1:0", "--addr", LOOPBACK, "--log-level", "warning", *extra,
+        "--api-listen", "127.0.0.1:0", *NO_API_LIMITS, "--addr", LOOPBACK,
+        "--log-level", "warning", *extra,
     ]  # fmt: skip
 
 

@@ -89,6 +89,8 @@ async def _serve_relay(config: RelayConfig, secrets: RelaySecrets, api_token: st
         "api": server.api_address,
         "server_disco": str(server.core.server_key),
     }
+    if server.metrics_address is not None:
+        ready["metrics"] = server.metrics_address
     print(json.dumps(ready), flush=True)
     try:
         await stop.wait()
@@ -109,10 +111,11 @@ def _relay(args: argparse.Namespace) -> int:
     config = from_args(RelayConfig, args)
     _configure_logging(config.log_level, config.log_format)
     api_token = read_token_file(config.api_token_file) if config.api_token_file else None
-    if api_token is None and not _is_loopback(config.api_listen[0]):
+    if api_token is None and config.api_listen and not _is_loopback(config.api_listen[0]):
         log.warning(
-            "the API listens on %s without --api-token-file: whoever reaches it can allocate",
+            "the API listens on %s without --api-token-file: whoever reaches it can %s",
             config.api_listen[0],
+            "allocate" if config.allocates_through_api() else "read every client's address",
         )
     if config.key_file:
         secrets, created = load_or_create(config.key_file)
@@ -209,7 +212,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "relay",
         help="run a standalone relay with its HTTP allocation API",
         description="Run one relay: UDP relaying on --port, and an HTTP API on --api-listen "
-        "(POST /v0/relay/endpoint, GET /v0/relay/endpoints, /healthz, /metrics). "
+        "(POST /v0/relay/endpoint, GET /v0/relay/endpoints, and /healthz and /metrics unless "
+        "--metrics-listen serves those on a listener of their own). "
         "When ready it prints one JSON line to stdout with the bound ports; logs go to stderr.",
     )
     add_arguments(relay, RelayConfig, environ)

@@ -36,6 +36,7 @@ from relay.protocol.ratelimit import (
     HandshakeLimits,
 )
 from relay.reporter import DEFAULT_REQUEST_TIMEOUT
+from relay.shells.api_limits import DEFAULT_BURST, DEFAULT_MAX_PER_PAIR, DEFAULT_RATE
 
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 RELAY_NAME_RULE = "a relay name is non-empty, without braces or spaces"
@@ -46,6 +47,13 @@ def existing_kubeconfigs(paths: str) -> str | None:
     (joined by ``:``, merged in order); None when none does."""
     found = [path for path in paths.split(os.pathsep) if path and Path(path).is_file()]
     return os.pathsep.join(found) or None
+
+
+def api_listen_address(text: str) -> tuple[str, int] | None:
+    """``HOST:PORT``, or ``off`` (None): no API listener at all."""
+    if text.strip().lower() == "off":
+        return None
+    return host_port(text)
 
 
 def relay_name(text: str) -> str:
@@ -66,14 +74,44 @@ class RelayConfig:
         "--listen", "::", parse=ip, metavar="IP",
         help="UDP address to bind; '::' takes IPv6 and IPv4 on one socket",
     )  # fmt: skip
-    api_listen: tuple[str, int] = flag(
-        "--api-listen", ("127.0.0.1", 8080), parse=host_port, metavar="HOST:PORT",
-        help="where the HTTP allocation API listens (keep it private)", shown="127.0.0.1:8080",
+    api_listen: tuple[str, int] | None = flag(
+        "--api-listen", ("127.0.0.1", 8080), parse=api_listen_address, metavar="HOST:PORT|off",
+        help="where the HTTP allocation API listens (keep it private), or 'off' for no API; "
+        "without --metrics-listen it serves /metrics and /healthz too",
+        shown="127.0.0.1:8080",
+    )  # fmt: skip
+    metrics_listen: tuple[str, int] | None = flag(
+        "--metrics-listen", parse=host_port, metavar="HOST:PORT",
+        help="a second HTTP listener serving only /metrics and /healthz (for probes, "
+        "Prometheus and a metrics Service; everything else answers 404); the API listener "
+        "then serves only the allocation API",
     )  # fmt: skip
     api_token_file: str | None = flag(
         "--api-token-file", metavar="PATH",
         help="file holding a bearer token the allocation endpoints then require "
         "('Authorization: Bearer TOKEN'); /healthz and /metrics stay open",
+    )  # fmt: skip
+    api_allocations: str = flag(
+        "--api-allocations", "auto", choices=("auto", "on", "off"),
+        help="whether POST /v0/relay/endpoint allocates (else it answers 403); 'auto' does "
+        "unless the relay reports to Kubernetes (--report-status), i.e. serves a fleet whose "
+        "operator owns the store's allocations",
+    )  # fmt: skip
+    api_rate: float = flag(
+        "--api-rate", DEFAULT_RATE, parse=rate, metavar="N",
+        help="allocation requests per second taken from one client address; more answer 429 "
+        "with Retry-After", shown=f"{DEFAULT_RATE:g}",
+    )  # fmt: skip
+    api_burst: float = flag(
+        "--api-burst", DEFAULT_BURST, parse=rate, metavar="N",
+        help="allocation requests one client address may make at once above its rate",
+        shown=f"{DEFAULT_BURST:g}",
+    )  # fmt: skip
+    api_max_per_pair: int = flag(
+        "--api-max-per-pair", DEFAULT_MAX_PER_PAIR, parse=count_up_to(MAX_VNI), metavar="N",
+        help="fresh allocations one pair of keys may get through the API at once, refilled "
+        "at N per --steady-state-lifetime (a pair holds one allocation: asking again once "
+        "bound replaces it); more answer 429 with Retry-After",
     )  # fmt: skip
     addrs: tuple[str, ...] = flag(
         "--addr", (), parse=ip, metavar="IP", repeated=True,
@@ -187,6 +225,21 @@ class RelayConfig:
             burst_per_source=self.handshake_burst,
             total_rate=self.handshake_total_rate,
         )
+
+    def allocates_through_api(self) -> bool:
+        """``--api-allocations``: on, off, or auto, which is on unless :meth:`reports_status`.
+
+        A relay that reports to Kubernetes serves a fleet, whose operator owns
+        the store's allocations: each belongs to a RelayEndpoint, placed,
+        counted against RBAC and quotas, and freed when it is deleted. One made
+        through the API would belong to no RelayEndpoint: the operator could
+        not see it, yet it would take the relay's capacity until its lifetime
+        ran out. So auto refuses them there (403), and allocates everywhere
+        else: a standalone relay, or relays sharing a Redis without Kubernetes.
+        """
+        if self.api_allocations == "auto":
+            return not self.reports_status()
+        return self.api_allocations == "on"
 
     def reports_status(self) -> bool:
         """``--report-status``: on, off, or auto.

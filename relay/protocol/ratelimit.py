@@ -77,3 +77,47 @@ class HandshakeLimiter:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+
+class TokenBuckets:
+    """A token bucket per key, over a clock the caller passes in.
+
+    Each key's bucket fills at ``rate`` tokens a second up to ``burst``; taking a
+    token that is not there is refused with the seconds until one will be, so a
+    caller can say when to come back (the allocation API's ``Retry-After``).
+    Unlike :class:`HandshakeLimiter` there is no bucket for all keys together.
+    At most ``max_keys`` buckets are kept: when the table is full it starts
+    afresh, which gives no key more than one extra burst.
+    """
+
+    __slots__ = ("_buckets", "burst", "max_keys", "rate")
+
+    def __init__(self, rate: float, burst: float, max_keys: int = DEFAULT_MAX_SOURCES) -> None:
+        if not rate > 0 or not burst >= 1 or max_keys < 1:
+            raise ValueError(
+                "a rate is positive, a burst admits at least one token, a table holds a key"
+            )
+        self.rate = rate
+        self.burst = burst
+        self.max_keys = max_keys
+        self._buckets: dict[Hashable, list[float]] = {}
+
+    def take(self, key: Hashable, now: float) -> float:
+        """Take a token from ``key``'s bucket and return 0.0; if it holds none, take
+        nothing and return how many seconds until it will."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self.max_keys:
+                self._buckets.clear()
+            bucket = self._buckets[key] = [self.burst, now]
+        else:
+            elapsed = max(0.0, now - bucket[1])
+            bucket[0] = min(self.burst, bucket[0] + elapsed * self.rate)
+            bucket[1] = now
+        if bucket[0] < 1:
+            return (1 - bucket[0]) / self.rate
+        bucket[0] -= 1
+        return 0.0
+
+    def __len__(self) -> int:
+        return len(self._buckets)

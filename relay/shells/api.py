@@ -2,8 +2,17 @@
 
 ``POST /v0/relay/endpoint`` takes ``{"DiscoKeys": [A, B]}`` and answers a
 ServerEndpoint. Bad requests get 400 with a one-line reason; no free VNI, a
-closed server or an unreachable store get 503. With an API token
-(:mod:`relay.shells.api_token`), all but ``/healthz`` and ``/metrics`` need it (401).
+closed server or an unreachable store get 503; a relay that takes no
+allocations through its API (``--api-allocations``) answers 403, and one
+asked too often (:mod:`relay.shells.api_limits`) 429 with ``Retry-After``.
+With an API token (:mod:`relay.shells.api_token`), all but ``/healthz`` and
+``/metrics`` need it (401).
+
+The routes come in two groups, so that a relay can serve them on two
+listeners (:func:`make_app`): the privileged allocation API
+(``/v0/relay/endpoint``, ``/v0/relay/endpoints``) and the public ``/metrics``
+and ``/healthz`` for probes and scrapers. A listener serving only the public
+group answers 404 to everything else.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from relay.protocol.addresses import format_address
 from relay.protocol.core import Endpoint, RelayCore
 from relay.protocol.keys import DiscoPublicKey, InvalidKey
 from relay.protocol.server_endpoint import ServerEndpoint
+from relay.shells.api_limits import TooManyRequests
 from relay.shells.api_token import bearer_middleware
 from relay.store import StoreUnavailable, VNIExhausted
 
@@ -33,6 +43,10 @@ class InvalidRequest(ValueError):
 
 class ServerClosed(Exception):
     """The relay is shutting down and takes no new allocations."""
+
+
+class AllocationsOff(Exception):
+    """This relay takes no allocations through its API (403); the message says how to allocate."""
 
 
 def parse_allocation_request(body: bytes) -> tuple[DiscoPublicKey, DiscoPublicKey]:
@@ -103,8 +117,10 @@ def _text_error(status: type[web.HTTPException], reason: str) -> web.HTTPExcepti
 class ApiHost(Protocol):
     """What the API serves from: a relay's core, its allocation step and its metrics.
 
-    A RelayServer is one; :meth:`allocate` raises InvalidRequest, ServerClosed,
-    VNIExhausted or StoreUnavailable, which the API turns into 400 and 503.
+    A RelayServer is one. :meth:`admit` is asked before an allocation request
+    is read and raises AllocationsOff or TooManyRequests (403, 429);
+    :meth:`allocate` raises InvalidRequest, ServerClosed, TooManyRequests,
+    VNIExhausted or StoreUnavailable, which the API turns into 400, 503 and 429.
     """
 
     core: RelayCore
@@ -112,6 +128,8 @@ class ApiHost(Protocol):
     api_token: str | None
     api_errors: Counter[int]
     closed: bool
+
+    def admit(self, client: str) -> None: ...
 
     async def allocate(self, a: DiscoPublicKey, b: DiscoPublicKey) -> ServerEndpoint: ...
 
@@ -133,50 +151,64 @@ def _counting_errors(server: ApiHost) -> Callable[..., Awaitable[web.StreamRespo
     return count
 
 
-def make_app(server: ApiHost) -> web.Application:
+def make_app(server: ApiHost, *, allocation: bool = True, public: bool = True) -> web.Application:
+    """The API as one listener serves it: the allocation routes, the public ``/metrics`` and
+    ``/healthz``, or both (a relay with one listener). Only a listener with the allocation
+    routes takes the API token: the public routes need none, and with it a stranger's
+    request to a public listener would get 401 where 404 is the truth."""
     routes = web.RouteTableDef()
 
-    @routes.post("/v0/relay/endpoint")
-    async def allocate(request: web.Request) -> web.Response:
-        body = await request.read()
-        try:
-            keys = parse_allocation_request(body)
-            endpoint = await server.allocate(*keys)
-        except InvalidRequest as exc:
-            raise _text_error(web.HTTPBadRequest, str(exc)) from None
-        except VNIExhausted as exc:
-            raise _text_error(web.HTTPServiceUnavailable, f"no VNI free: {exc}") from None
-        except ServerClosed:
-            raise _text_error(web.HTTPServiceUnavailable, "relay is shutting down") from None
-        except StoreUnavailable as exc:
-            raise _text_error(web.HTTPServiceUnavailable, f"store unavailable: {exc}") from None
-        return web.json_response(endpoint.to_json())
+    if allocation:
 
-    @routes.get("/v0/relay/endpoints")
-    async def endpoints(request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "ServerDisco": str(server.core.server_key),
-                "Endpoints": [
-                    endpoint_json(e, server.core.expires_at(e)) for e in server.core.endpoints()
-                ],
-            }
-        )
+        @routes.post("/v0/relay/endpoint")
+        async def allocate(request: web.Request) -> web.Response:
+            try:
+                server.admit(request.remote or "")
+                keys = parse_allocation_request(await request.read())
+                endpoint = await server.allocate(*keys)
+            except AllocationsOff as exc:
+                raise _text_error(web.HTTPForbidden, str(exc)) from None
+            except TooManyRequests as exc:
+                error = _text_error(web.HTTPTooManyRequests, str(exc))
+                error.headers["Retry-After"] = exc.retry_after_header
+                raise error from None
+            except InvalidRequest as exc:
+                raise _text_error(web.HTTPBadRequest, str(exc)) from None
+            except VNIExhausted as exc:
+                raise _text_error(web.HTTPServiceUnavailable, f"no VNI free: {exc}") from None
+            except ServerClosed:
+                raise _text_error(web.HTTPServiceUnavailable, "relay is shutting down") from None
+            except StoreUnavailable as exc:
+                raise _text_error(web.HTTPServiceUnavailable, f"store unavailable: {exc}") from None
+            return web.json_response(endpoint.to_json())
 
-    @routes.get("/healthz")
-    async def healthz(request: web.Request) -> web.Response:
-        if server.closed:
-            return web.Response(status=503, text="shutting down\n")
-        return web.Response(text="ok\n")
+        @routes.get("/v0/relay/endpoints")
+        async def endpoints(request: web.Request) -> web.Response:
+            return web.json_response(
+                {
+                    "ServerDisco": str(server.core.server_key),
+                    "Endpoints": [
+                        endpoint_json(e, server.core.expires_at(e)) for e in server.core.endpoints()
+                    ],
+                }
+            )
 
-    @routes.get("/metrics")
-    async def metrics(request: web.Request) -> web.Response:
-        response = web.Response(body=generate_latest(server.metrics))
-        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-        return response
+    if public:
+
+        @routes.get("/healthz")
+        async def healthz(request: web.Request) -> web.Response:
+            if server.closed:
+                return web.Response(status=503, text="shutting down\n")
+            return web.Response(text="ok\n")
+
+        @routes.get("/metrics")
+        async def metrics(request: web.Request) -> web.Response:
+            response = web.Response(body=generate_latest(server.metrics))
+            response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+            return response
 
     middlewares = [_counting_errors(server)]
-    if server.api_token:
+    if allocation and server.api_token:
         middlewares.append(bearer_middleware(server.api_token))
     app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=middlewares)
     app.add_routes(routes)

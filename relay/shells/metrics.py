@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from relay import __version__
 from relay.protocol.core import RelayCore
 from relay.shells.agent import RelayAgent
+from relay.shells.api_limits import REFUSALS
 
 PREFIX = "relayfleet_relay"
 
@@ -36,6 +37,7 @@ class RelayState(Protocol):
 
     core: RelayCore
     api_errors: Mapping[int, int]
+    allocations_refused: Mapping[str, int]
 
     @property
     def name(self) -> str: ...
@@ -103,6 +105,12 @@ class RelayCollector(Collector):
             "New allocations made",
             value=server.agent.allocations_created if server.agent else 0,
         )
+        yield _by_label(
+            "allocations_refused",
+            "Allocation requests the API refused before allocating, by reason: "
+            "allocations_off (403, --api-allocations), rate_limited and pair_limited (429)",
+            "reason", {reason: server.allocations_refused.get(reason, 0) for reason in REFUSALS},
+        )  # fmt: skip
         yield _by_label(
             "expired_endpoints", "Endpoints expired, by lifetime", "lifetime", core.expired
         )

@@ -181,19 +181,29 @@ def test_rendered_containers_parse_with_the_cli(name: str) -> None:
             assert parsed.name == "rf-relay-fleet-relay-1"
             assert parsed.key_file == "/etc/relayfleet/keys/rf-relay-fleet-relay-1.key"
             assert parsed.addrs and parsed.store.startswith("redis://")
-            assert parsed.api_listen[1] == 8080
+            values = VALUE_SETS[name]
+            assert parsed.metrics_listen == ("0.0.0.0", values.get("relays.metricsPort", 9090))
+            api_on = bool(values.get("relays.api.enabled"))
+            if api_on:
+                assert parsed.api_listen == ("0.0.0.0", values.get("relays.api.port", 8080))
+                assert parsed.api_allocations == values.get("relays.api.allocations", "auto")
+            else:
+                assert env["RELAYFLEET_API_LISTEN"] == "off"
+                assert parsed.api_listen is None  # no API listener
             mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
             assert str(Path(parsed.key_file).parent) in mounts
             # a status call in flight at SIGTERM may take --report-timeout to give up
             grace = pod["terminationGracePeriodSeconds"]
             assert parsed.shutdown_timeout + parsed.report_timeout < grace
-            token_secret = VALUE_SETS[name].get("relays.apiToken.existingSecret")
-            assert (parsed.api_token_file is not None) == bool(token_secret)
-            if token_secret:
+            assert (parsed.api_token_file is not None) == api_on
+            if api_on:
+                token_secret = values.get("relays.api.token.existingSecret")
                 token_file = Path(parsed.api_token_file)
                 volume_name = mounts[str(token_file.parent)]
                 (volume,) = [v for v in pod["volumes"] if v["name"] == volume_name]
-                assert volume["secret"]["secretName"] == token_secret
+                assert volume["secret"]["secretName"] == (
+                    token_secret or "rf-relay-fleet-relay-api-token"
+                )
                 assert [i["path"] for i in volume["secret"]["items"]] == [token_file.name]
         else:
             assert parsed.liveness == "http://0.0.0.0:8080/healthz"

@@ -67,17 +67,31 @@ def test_install_and_uninstall(control_plane: ControlPlane, kube_namespace: str)
     assert can("relay", "list", "relayendpoints.relayfleet.io", "-A") == "yes"
     assert can("relay", "patch", "relayendpoints.relayfleet.io", "-A") == "no"
 
-    # An upgrade keeps the generated Redis password and relay keys.
+    # The allocation API is off by default: no token Secret.
+    assert f"Secret/{full}-relay-api-token" not in objects
+    assert "allocation API is off" in installed.stdout  # NOTES.txt
+
+    # An upgrade keeps the generated Redis password and relay keys; turning the API on
+    # generates its token, which the next upgrade keeps.
     def secret(name: str) -> dict[str, str]:
         out = control_plane.kubectl("get", "secret", name, "-n", kube_namespace, "-o", "json")
         return json.loads(out.stdout)["data"]
 
     before = secret(f"{full}-relay-keys"), secret(f"{full}-redis")
-    helm("upgrade", release, str(CHART), *kube, "--set", "relays.replicas=3")
+    upgraded = helm(
+        "upgrade", release, str(CHART), *kube, "--set", "relays.replicas=3",
+        "--set", "relays.api.enabled=true",
+    )  # fmt: skip
+    assert f"port-forward pod/{full}-relay-0" in upgraded.stdout  # NOTES.txt
     after = secret(f"{full}-relay-keys"), secret(f"{full}-redis")
     assert after[1] == before[1]
     assert {k: after[0][k] for k in before[0]} == before[0]
     assert len(after[0]) == 3
+    token = secret(f"{full}-relay-api-token")
+    assert set(token) == {"token"}
+    helm("upgrade", release, str(CHART), *kube, "--reuse-values", "--set", "relays.logLevel=debug")
+    assert secret(f"{full}-relay-api-token") == token
+    assert secret(f"{full}-relay-keys") == after[0]
 
     helm("uninstall", release, *kube)
     assert _names(control_plane, NAMESPACED, kube_namespace, release) == set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import filecmp
 import json
 from pathlib import Path
@@ -29,14 +30,21 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "networkPolicy.enabled": True,
         "networkPolicy.metricsFrom.matchLabels.name": "monitoring",
     },
+    "network-policy": {"networkPolicy.enabled": True},
+    "service-monitor": {"metrics.serviceMonitor.enabled": True, "metrics.service": False},
     "standalone": {
         "operator.replicas": 1,
         "operator.standalone": True,
         "operator.namespaces": "{a,b}",
     },
-    "api-token": {
-        "relays.apiToken.existingSecret": "relay-api",
-        "relays.apiToken.existingSecretKey": "bearer",
+    "api-generated-token": {"relays.api.enabled": True},
+    "api-existing-token": {
+        "relays.api.enabled": True,
+        "relays.api.port": 9443,
+        "relays.api.allocations": "off",
+        "relays.api.token.existingSecret": "relay-api",
+        "relays.api.token.existingSecretKey": "bearer",
+        "relays.metricsPort": 9100,
         "relays.shutdownTimeout": "20s",
         "relays.terminationGracePeriodSeconds": 45,
     },
@@ -181,8 +189,6 @@ def test_defaults() -> None:
 
 
 def test_generated_relay_keys_load() -> None:
-    import base64
-
     from relay.shells.keyfile import RelaySecrets
 
     keys = find(template(), "Secret", "rf-relay-fleet-relay-keys")
@@ -227,13 +233,13 @@ def test_load_balancer_per_relay_addresses() -> None:
     }
 
 
-def test_api_token_is_mounted_from_its_secret_only_when_given() -> None:
-    def relay_pod(name: str) -> dict[str, Any]:
-        return find(rendered(name), "StatefulSet", "rf-relay-fleet-relay")["spec"]["template"][
-            "spec"
-        ]
+def _relay_pod(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return find(objects, "StatefulSet", "rf-relay-fleet-relay")["spec"]["template"]["spec"]
 
-    pod = relay_pod("api-token")
+
+def test_api_token_is_mounted_from_the_given_secret() -> None:
+    objects = rendered("api-existing-token")
+    pod = _relay_pod(objects)
     (volume,) = [v for v in pod["volumes"] if v["name"] == "api-token"]
     assert volume["secret"]["secretName"] == "relay-api"
     assert volume["secret"]["items"] == [{"key": "bearer", "path": "token"}]
@@ -242,13 +248,48 @@ def test_api_token_is_mounted_from_its_secret_only_when_given() -> None:
     assert mount["readOnly"] is True
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["RELAYFLEET_API_TOKEN_FILE"] == mount["mountPath"] + "/token"
-    # probes and scrapes carry no token: they must stay on the open paths
-    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert env["RELAYFLEET_API_LISTEN"] == "0.0.0.0:9443"
+    assert env["RELAYFLEET_API_ALLOCATIONS"] == "off"
+    assert env["RELAYFLEET_METRICS_LISTEN"] == "0.0.0.0:9100"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert (ports["api"], ports["metrics"]) == (9443, 9100)
+    # The token is the user's: the chart makes none.
+    assert not [s for s in by_kind(objects, "Secret") if "api-token" in s["metadata"]["name"]]
+    # probes carry no token: they use the metrics listener's open /healthz
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
 
-    default = relay_pod("default")
-    assert "api-token" not in {v["name"] for v in default["volumes"]}
-    assert "RELAYFLEET_API_TOKEN_FILE" not in {e["name"] for e in default["containers"][0]["env"]}
+
+def test_api_token_is_generated_when_none_is_given() -> None:
+    objects = rendered("api-generated-token")
+    secret = find(objects, "Secret", "rf-relay-fleet-relay-api-token")
+    assert set(secret["data"]) == {"token"}
+    token = base64.b64decode(secret["data"]["token"]).decode()
+    assert len(token) >= 32 and token.isascii() and token.isalnum()
+    pod = _relay_pod(objects)
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "api-token"]
+    assert volume["secret"]["secretName"] == "rf-relay-fleet-relay-api-token"
+    assert volume["secret"]["items"] == [{"key": "token", "path": "token"}]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["RELAYFLEET_API_LISTEN"] == "0.0.0.0:8080"
+    assert env["RELAYFLEET_API_ALLOCATIONS"] == "auto"
+    assert env["RELAYFLEET_API_TOKEN_FILE"] == "/etc/relayfleet/api-token/token"
+    # A new install draws a new token (an upgrade keeps it: tests/charts/test_install.py).
+    again = find(rendered("api-generated-token"), "Secret", "rf-relay-fleet-relay-api-token")
+    assert again["data"]["token"] != secret["data"]["token"]
+
+
+def test_api_is_off_by_default() -> None:
+    objects = template()
+    (container,) = _relay_pod(objects)["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["RELAYFLEET_API_LISTEN"] == "off"
+    assert env["RELAYFLEET_METRICS_LISTEN"] == "0.0.0.0:9090"
+    assert "RELAYFLEET_API_TOKEN_FILE" not in env
+    assert "RELAYFLEET_API_ALLOCATIONS" not in env
+    assert [p["name"] for p in container["ports"] if p["protocol"] == "TCP"] == ["metrics"]
+    assert "api-token" not in {v["name"] for v in _relay_pod(objects)["volumes"]}
+    assert not [s for s in by_kind(objects, "Secret") if "api-token" in s["metadata"]["name"]]
 
 
 def test_metrics_and_network_policies() -> None:
@@ -271,7 +312,18 @@ def test_metrics_and_network_policies() -> None:
         ({"redis.url": "http://x"}, "at '/redis/url'"),
         ({"operator.logFormat": "xml"}, "at '/operator/logFormat'"),
         ({"relays.shutdownTimeout": "soon"}, "at '/relays/shutdownTimeout'"),
-        ({"relays.apiToken.existingSecretKey": ""}, "at '/relays/apiToken/existingSecretKey'"),
+        (
+            {"relays.api.token.existingSecretKey": ""},
+            "at '/relays/api/token/existingSecretKey'",
+        ),
+        ({"relays.api.allocations": "maybe"}, "at '/relays/api/allocations'"),
+        ({"relays.metricsPort": 0}, "at '/relays/metricsPort'"),
+        # Removed in favour of relays.metricsPort and relays.api: the schema names them.
+        ({"relays.apiPort": 8080}, "at '/relays': additional properties 'apiPort' not allowed"),
+        (
+            {"relays.apiToken.existingSecret": "relay-api"},
+            "at '/relays': additional properties 'apiToken' not allowed",
+        ),
         ({"relays.fastPath": "on"}, "at '/relays/fastPath'"),
     ],
 )
@@ -288,6 +340,10 @@ def test_wrong_value_fails_with_clear_message(values: dict[str, Any], message: s
         ({"operator.standalone": True}, "set operator.replicas to 1"),
         ({"relays.service.type": "LoadBalancer"}, "set relays.service.loadBalancerIPs"),
         ({"relays.replicas": 11}, "at most 10 relays"),
+        (
+            {"relays.api.enabled": True, "relays.api.port": 9090},
+            "relays.api.port and relays.metricsPort are both 9090",
+        ),
     ],
 )
 def test_inconsistent_values_fail_with_clear_message(values: dict[str, Any], message: str) -> None:

@@ -36,6 +36,11 @@ COMMANDS = {
         "0",
         "--api-listen",
         "127.0.0.1:0",
+        # The reference client allocates dozens of times a second from one address.
+        "--api-rate",
+        "1000000",
+        "--api-burst",
+        "1000000",
         "--addr",
         "127.0.0.1",
         "--log-level",

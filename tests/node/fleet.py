@@ -34,6 +34,8 @@ class HelmFleet:
     cluster: LocalCluster
     namespace: str
     release: str = "fleet"
+    installed_at: float = 0.0
+    """When ``helm install`` began (time.monotonic), for the figures the tests print."""
 
     @property
     def fullname(self) -> str:

@@ -149,6 +149,8 @@ async def start_relay(
         "--addr", "127.0.0.1", "--heartbeat-interval", "300ms",
         "--kubeconfig", str(control_plane.kubeconfig), "--report-interval", "200ms",
         "--bind-lifetime", "8s", "--log-level", "debug", "--log-format", log_format,
+        # It allocates through the API too, to see the secrets on that path.
+        "--api-allocations", "on",
         log=logs / f"{name}.log",
     )  # fmt: skip
 

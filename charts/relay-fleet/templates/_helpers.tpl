@@ -149,3 +149,8 @@ the single source of each part's least privilege. include "relay-fleet.rbacRules
 {{- end }}
 {{- toYaml (get $rules $source) }}
 {{- end }}
+
+{{/* The Secret holding the relays' API token (relays.api): given, or the generated one. */}}
+{{- define "relay-fleet.relayApiTokenSecretName" -}}
+{{- .Values.relays.api.token.existingSecret | default (printf "%s-relay-api-token" (include "relay-fleet.fullname" .)) -}}
+{{- end }}

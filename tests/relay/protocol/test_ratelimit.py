@@ -1,8 +1,8 @@
-"""The handshake limiter's token buckets, with a fake clock."""
+"""The handshake limiter's token buckets and the allocation API's, with a fake clock."""
 
 import pytest
 
-from relay.protocol.ratelimit import HandshakeLimiter, HandshakeLimits
+from relay.protocol.ratelimit import HandshakeLimiter, HandshakeLimits, TokenBuckets
 
 
 def admitted(limiter: HandshakeLimiter, source: str, now: float, tries: int) -> int:
@@ -71,3 +71,47 @@ def test_a_clock_going_backwards_adds_no_tokens():
 def test_nonsense_limits_are_refused(limits):
     with pytest.raises(ValueError):
         HandshakeLimits(**limits)
+
+
+def taken(buckets: TokenBuckets, key: str, now: float, tries: int) -> int:
+    return sum(buckets.take(key, now) == 0.0 for _ in range(tries))
+
+
+def test_a_key_gets_its_burst_then_its_rate_and_is_told_when_to_come_back():
+    buckets = TokenBuckets(rate=10, burst=20)
+    assert taken(buckets, "a", 0.0, 30) == 20
+    assert buckets.take("a", 0.0) == pytest.approx(0.1)
+    assert buckets.take("a", 0.05) == pytest.approx(0.05)
+    assert taken(buckets, "a", 0.1, 5) == 1
+    assert taken(buckets, "a", 0.5, 10) == 4
+
+
+def test_a_refusal_takes_nothing_and_keys_are_apart():
+    buckets = TokenBuckets(rate=1, burst=2)
+    assert taken(buckets, "a", 0.0, 2) == 2
+    for _ in range(100):
+        assert buckets.take("a", 0.5) == pytest.approx(0.5)
+    assert taken(buckets, "a", 1.0, 5) == 1
+    assert taken(buckets, "b", 1.0, 5) == 2
+
+
+def test_an_idle_key_refills_only_up_to_its_burst_and_a_clock_going_back_adds_nothing():
+    buckets = TokenBuckets(rate=10, burst=3)
+    assert taken(buckets, "a", 0.0, 3) == 3
+    assert taken(buckets, "a", 3600.0, 10) == 3
+    assert taken(buckets, "a", 10.0, 10) == 0
+
+
+def test_the_key_table_is_bounded():
+    buckets = TokenBuckets(rate=1, burst=1, max_keys=100)
+    for i in range(1000):
+        buckets.take(i, 0.0)
+    assert len(buckets) <= 100
+
+
+@pytest.mark.parametrize(
+    "limits", [{"rate": 0}, {"rate": float("nan")}, {"burst": 0.5}, {"max_keys": 0}]
+)
+def test_nonsense_buckets_are_refused(limits):
+    with pytest.raises(ValueError):
+        TokenBuckets(**({"rate": 1, "burst": 1} | limits))
