@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from relay.protocol.keys import DiscoPublicKey, sorted_pair
+from relay.resource.definition import RELAY_DEAD, RELAY_REKEYED
 from relay.store import Allocation, RelayRecord, Store
 from relay_operator.placement import choose_relay
 
@@ -21,10 +22,14 @@ class NoRelayAvailable(Exception):
     """No live relay with a free VNI (or not the pinned one); the message says which."""
 
 
-RELAY_DEAD = "RelayDead"
-"""Why a status's server is gone: its relay stopped heart-beating (or was never registered)."""
-RELAY_REKEYED = "RelayRekeyed"
-"""Why a status's server is gone: its relay runs again, under another disco key."""
+__all__ = [
+    "RELAY_DEAD",  # why a status's server is gone: its relay stopped heart-beating
+    "RELAY_REKEYED",  # why a status's server is gone: its relay runs under another disco key
+    "Allocator",
+    "CurrentAllocation",
+    "NoRelayAvailable",
+    "Placement",
+]
 
 
 @dataclass(frozen=True)

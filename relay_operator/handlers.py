@@ -34,13 +34,20 @@ from relay.resource.definition import (
     BOUND,
     EXPIRED,
     GROUP,
+    NO_RELAY_AVAILABLE,
+    PAIR_IN_USE,
     PLURAL,
     REALLOCATE_ANNOTATION,
     RELAY_DEAD_ANNOTATION,
     RELAY_LABEL,
     VERSION,
 )
-from relay.resource.status import allocated_status, expired_status, pending_status
+from relay.resource.status import (
+    allocated_status,
+    expired_status,
+    missing_status,
+    pending_status,
+)
 from relay.store import StoreUnavailable, VNIExhausted
 from relay_operator import relay_check
 from relay_operator.allocating import (
@@ -54,7 +61,6 @@ from relay_operator.config import OperatorConfig
 from relay_operator.metrics import OperatorMetrics
 
 MAX_RETRY_DELAY = 30.0
-PAIR_IN_USE = "PairInUse"
 PAIR_IN_USE_RETRY = 30.0
 TAKE_UP_AFTER = 30.0
 
@@ -145,16 +151,19 @@ def current_allocation(status: kopf.Status) -> CurrentAllocation | None:
     )
 
 
+def server_gone_message(current: CurrentAllocation, reason: str) -> str:
+    if reason == RELAY_DEAD:
+        return f"relay {current.relay} stopped heart-beating"
+    return (
+        f"relay {current.relay} restarted under a new disco key and freed the allocations "
+        f"made under {current.server_disco}"
+    )
+
+
 def warn_server_gone(body: kopf.Body, current: CurrentAllocation, reason: str) -> None:
     """The Event of a resource about to be placed again because its server is gone."""
-    if reason == RELAY_DEAD:
-        message = f"relay {current.relay} stopped heart-beating; placing on another relay"
-    else:
-        message = (
-            f"relay {current.relay} restarted under a new disco key and freed the allocations "
-            f"made under {current.server_disco}; placing again"
-        )
-    kopf.warn(body, reason=reason, message=message)
+    again = "placing on another relay" if reason == RELAY_DEAD else "placing again"
+    kopf.warn(body, reason=reason, message=f"{server_gone_message(current, reason)}; {again}")
 
 
 def write_allocated(patch: kopf.Patch, body: kopf.Body, placement: Placement) -> None:
@@ -191,6 +200,7 @@ async def place(
     patch: kopf.Patch,
     retry: int,
     previous: CurrentAllocation | None,
+    gone: str | None = None,
 ) -> Placement:
     """Allocate for the resource: where an earlier attempt left it, or on a chosen relay.
 
@@ -198,8 +208,9 @@ async def place(
     status is written leaves either the relay label (kopf writes metadata
     first) or just the allocation in the store, and the next pass finds the
     relay by one or the other and gets the same allocation back.
-    ``previous`` is freed if the new allocation is elsewhere. A store outage
-    is counted and raised: the caller retries it.
+    ``previous`` is freed if the new allocation is elsewhere; ``gone`` is why its
+    server is gone (RelayDead, RelayRekeyed), Ready's reason if no relay can take
+    it. A store outage is counted and raised: the caller retries it.
     """
     allocator, metrics = memo.allocator, memo.metrics
     keys = disco_keys(body.spec)
@@ -214,8 +225,19 @@ async def place(
         placement = await allocator.allocate(keys, relay_name, previous)
     except NoRelayAvailable as exc:
         metrics.allocations.labels("no_relay").inc()
-        write_status(patch, body, pending_status, "NoRelayAvailable", str(exc))
-        kopf.warn(body, reason="NoRelayAvailable", message=str(exc))
+        why = None
+        if gone is not None and previous is not None:
+            why = f"{server_gone_message(previous, gone)}, and no relay can take it: {exc}"
+        write_status(
+            patch,
+            body,
+            pending_status,
+            NO_RELAY_AVAILABLE,
+            str(exc),
+            ready_reason=gone,
+            ready_message=why,
+        )
+        kopf.warn(body, reason=NO_RELAY_AVAILABLE, message=str(exc))
         raise kopf.TemporaryError(str(exc), delay=retry_delay(retry)) from None
     except VNIExhausted as exc:
         metrics.allocations.labels("no_vni").inc()
@@ -302,6 +324,7 @@ async def allocate(
         memo.metrics.allocations.labels("pair_in_use").inc()
         raise kopf.TemporaryError(message, delay=PAIR_IN_USE_RETRY)
     allocator = memo.allocator
+    gone = None
     with retried_after_store_outage(retry):
         held = await allocator.current(disco_keys(body.spec), current)
         if held is None and current is not None:
@@ -313,7 +336,14 @@ async def allocate(
             if gone != RELAY_DEAD:  # a dead relay's Event is the relay-dead handler's
                 warn_server_gone(body, current, gone)
         if held is None:
-            await place(memo, body, patch, retry, current)
+            await place(memo, body, patch, retry, current, gone)
+        else:
+            # Written before Ready and the -o wide fields existed: add them, once.
+            missing = missing_status(
+                dict(status), generation=body.meta.get("generation", 0), now=time.time()
+            )
+            if missing is not None:
+                patch.status.update(missing)
 
 
 @kopf.on.field(
@@ -361,7 +391,7 @@ async def relay_dead(
             and gone is not None
         ):
             warn_server_gone(body, current, gone)
-            await place(memo, body, patch, retry, current)
+            await place(memo, body, patch, retry, current, gone)
     patch.metadata.annotations[RELAY_DEAD_ANNOTATION] = None
 
 

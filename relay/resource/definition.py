@@ -31,3 +31,18 @@ PHASES = (PENDING, ALLOCATED, BOUND, EXPIRED)
 
 ALLOCATED_CONDITION = "Allocated"
 BOUND_CONDITION = "Bound"
+READY_CONDITION = "Ready"
+"""True while the endpoint is allocated on a live relay and the peers may use it (phase
+Allocated or Bound): what ``kubectl wait --for=condition=Ready``, kstatus, Flux and Argo CD
+read. Every writer of ``status.phase`` sets it in the same patch, derived from the phase,
+so the operator and the relays' reporters agree on it."""
+
+# Ready's reasons. True: the phase. False: why the endpoint is not usable.
+NO_RELAY_AVAILABLE = "NoRelayAvailable"
+"""No live relay with a free VNI, or the pinned ``spec.relay`` is not registered, alive or free."""
+PAIR_IN_USE = "PairInUse"
+"""Another RelayEndpoint already holds this pair of disco keys."""
+RELAY_DEAD = "RelayDead"
+"""The relay serving the endpoint stopped heart-beating (or was never registered)."""
+RELAY_REKEYED = "RelayRekeyed"
+"""The relay serving the endpoint runs again, under another disco key."""

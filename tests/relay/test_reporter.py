@@ -10,7 +10,7 @@ import signal
 import socket
 import time
 
-from relay.protocol.core import Endpoint, RelayCore
+from relay.protocol.core import Endpoint, Handshake, RelayCore
 from relay.protocol.keys import DiscoPrivateKey
 from relay.reporter import StatusReporter
 from relay.store import Allocation
@@ -80,6 +80,34 @@ async def test_an_untouched_endpoint_is_not_reported_over_the_operators_write():
     core.endpoint(1).touch()[0].packets = 1
     await reporter.report_once()
     assert [name for name, _ in api.patches] == ["fresh"]
+
+
+async def test_the_relay_binding_an_endpoint_keeps_the_operators_ready_and_its_time():
+    """The reporter writes Ready from the phase as the operator does: Allocated -> Bound keeps
+    Ready True and its lastTransitionTime; only the reason follows the phase."""
+    core = new_core()
+    endpoint = core.install(allocation(vni=1, lamport_id=1))
+    for client in endpoint.touch():
+        client.handshake = Handshake.BOUND
+    endpoint.bound = True
+    written = resource("binding", 1, 1)
+    written["status"]["conditions"] = [
+        {
+            "type": "Ready",
+            "status": "True",
+            "reason": "Allocated",
+            "message": "m",
+            "observedGeneration": 1,
+            "lastTransitionTime": "2020-01-01T00:00:00Z",
+        }
+    ]
+    api = RecordingApiServer([written])
+    await StatusReporter(core, "relay-x", api, interval=3600).report_once()
+    ((_, status),) = api.patches
+    ready = {c["type"]: c for c in status["conditions"]}["Ready"]
+    assert (status["phase"], status["clientsBound"]) == ("Bound", "2/2")
+    assert (ready["status"], ready["reason"]) == ("True", "Bound")
+    assert ready["lastTransitionTime"] == "2020-01-01T00:00:00Z"
 
 
 async def test_the_last_report_gives_up_at_its_timeout():

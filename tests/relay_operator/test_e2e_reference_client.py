@@ -76,4 +76,4 @@ async def test_reference_client_binds_with_the_status_and_relays_both_ways(
     assert set(clients) == {str(k.public) for k in keys}
     assert all(c["addr"].startswith("127.0.0.1:") and c["bytes"] > 0 for c in clients.values())
     conditions = {c["type"]: c["status"] for c in status["conditions"]}
-    assert conditions == {"Allocated": "True", "Bound": "True"}
+    assert conditions == {"Allocated": "True", "Bound": "True", "Ready": "True"}

@@ -75,6 +75,6 @@ async def test_sigterm_reports_the_final_state_and_exits_0(
     assert [c["handshake"] for c in after["clients"]] == ["Bound", "Bound"]
     assert all(c["packets"] == 1 and c["addr"].startswith("127.0.0.1:") for c in after["clients"])
     conditions = {c["type"]: c["status"] for c in after["conditions"]}
-    assert conditions == {"Allocated": "True", "Bound": "True"}
+    assert conditions == {"Allocated": "True", "Bound": "True", "Ready": "True"}
     allocation = await store.allocation("leaving", status["vni"])
     assert allocation is not None and allocation.bound

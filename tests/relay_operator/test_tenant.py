@@ -86,8 +86,8 @@ async def test_a_second_endpoint_for_the_same_pair_cannot_free_the_first(
         "the operator's answer to the intruder",
         log=operator.log,
     )
-    (condition,) = intruder["status"]["conditions"]
-    assert condition["reason"] == "PairInUse" and condition["status"] == "False"
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in intruder["status"]["conditions"]}
+    assert conditions == {"Allocated": ("False", "PairInUse"), "Ready": ("False", "PairInUse")}
     assert "vni" not in intruder["status"]
     crd.kubectl("-n", kube_namespace, "delete", "rep", "intruder", "--wait=true", "--timeout=30s")
     assert await store.allocation("relay-1", victim["status"]["vni"]) is not None
