@@ -232,6 +232,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             "imageGCLowThresholdPercent": 99,
             "serializeImagePulls": False,
             "shutdownGracePeriod": "0s",
+            # A heartbeat in the Ready condition every 10 s (default 5 min), so that an up
+            # after a down knows the node Ready by this kubelet, not by the one before.
+            "nodeStatusReportFrequency": "10s",
         }
         return self._write(self.directory / "kubelet-config.json", json.dumps(config, indent=2))
 

@@ -51,7 +51,9 @@ async def start_relay(
 ) -> RelayProcess:
     log = hosts.logs / f"relay-{len(list(hosts.logs.glob('relay-*.log')))}.log"
     return await RelayProcess.start(
-        "--fast-path", "auto", "--log-level", "debug", *args,
+        "--fast-path", "auto", "--log-level", "debug",
+        # Tests allocate dozens of endpoints at once from one address.
+        "--api-rate", "1000", "--api-burst", "1000", *args,
         wrapper=(*hosts.exec(hosts.relay), *wrapper),
         listen=listen,
         log=log,
