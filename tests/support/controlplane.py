@@ -92,6 +92,8 @@ def port_free(port: int | None, address: str = "127.0.0.1") -> bool:
     if port is None:
         return False
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the servers bind: a port whose old connections linger in TIME_WAIT is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((address, port))
         except OSError:

@@ -26,7 +26,7 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
-from tests.support.controlplane import BIN, ControlPlane, ControlPlaneError, Process
+from tests.support.controlplane import BIN, CertPair, ControlPlane, ControlPlaneError, Process
 from tests.support.host import HostBaseline, read_sysctl, write_sysctl
 
 NODE_NAME = "relayfleet-node"
@@ -123,12 +123,14 @@ class Node:
 
     def _kubeconfig(self, name: str, user: str, groups: list[str]) -> Path:
         path = self.directory / "kubeconfigs" / f"{name}.kubeconfig"
-        if not path.exists():
+        cert = CertPair(self.control_plane.pki / f"{name}-client.crt",
+                        self.control_plane.pki / f"{name}-client.key")  # fmt: skip
+        if not cert.cert.exists():
             cert = self.control_plane.ca.issue(
                 f"{name}-client", common_name=user, organizations=groups, client=True
             )
-            self.control_plane.write_kubeconfig(path, user=user, cert=cert)
-        return path
+        # Written at every start: the API server's port may have changed since the last.
+        return self.control_plane.write_kubeconfig(path, user=user, cert=cert)
 
     def containerd_config(self, sandbox_image: str) -> Path:
         root = self.containerd_dir
