@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from relay.protocol.client import RelayClient
 from relay.protocol.keys import DiscoPrivateKey, DiscoPublicKey
 from relay.shells.peer import UdpPeer
@@ -58,6 +60,14 @@ class HelmFleet:
         out = helm("list", "--all-namespaces", "--all", "-o", "json",
                    "--kubeconfig", str(self.kubeconfig)).stdout  # fmt: skip
         return [r for r in json.loads(out) if r.get("chart", "").startswith("relay-fleet-")]
+
+    def claim(self) -> None:
+        """Make the cluster this release's alone: no other release of the chart (its operator
+        would serve our RelayEndpoints too), nothing left by an interrupted earlier run."""
+        others = [r for r in self.releases() if r["namespace"] != self.namespace]
+        if others:
+            pytest.fail(f"uninstall the other relay-fleet releases first: {others}", pytrace=False)
+        self.remove()
 
     def remove(self) -> None:
         """Uninstall the release and delete its namespace, RelayEndpoints included."""

@@ -28,3 +28,12 @@ async def relay_factory():
     yield start
     for h in started:
         await udp_harness.close(h)
+
+
+@pytest.fixture
+def pod_token(tmp_path, monkeypatch):
+    """Where the relay config looks for a pod's service account token: absent unless a test
+    writes it (so that tests mean the same on a host and in a pod)."""
+    token = tmp_path / "serviceaccount" / "token"
+    monkeypatch.setattr("relay.config.SERVICE_ACCOUNT_TOKEN", token)
+    return token

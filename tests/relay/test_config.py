@@ -11,12 +11,14 @@ import os
 
 import pytest
 
-import relay.config
 from relay.cli import build_parser
 from relay.config import RelayConfig
 from relay.flags import from_args
 
 REDIS = ("--store", "redis://127.0.0.1:6379")
+
+# The relay config must not see this host's (or a pod's) service account token.
+pytestmark = pytest.mark.usefixtures("pod_token")
 
 
 def relay_config(*args: str, **environ: str) -> RelayConfig:
@@ -28,15 +30,6 @@ def kubeconfig(tmp_path):
     path = tmp_path / "kubeconfig"
     path.write_text("apiVersion: v1\nkind: Config\n")
     return path
-
-
-@pytest.fixture(autouse=True)
-def pod_token(tmp_path, monkeypatch):
-    """Where the config looks for a pod's service account token: absent unless a test writes it
-    (so that the tests mean the same on a host and in a pod)."""
-    token = tmp_path / "serviceaccount" / "token"
-    monkeypatch.setattr(relay.config, "SERVICE_ACCOUNT_TOKEN", token)
-    return token
 
 
 def test_kubeconfig_in_the_environment_turns_auto_on(kubeconfig):

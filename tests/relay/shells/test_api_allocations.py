@@ -15,7 +15,6 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import relay.config
 from relay.cli import build_parser
 from relay.config import RelayConfig
 from relay.flags import from_args
@@ -30,6 +29,9 @@ FLEET_REFUSAL = (
     "or start it with --api-allocations on\n"
 )
 REDIS = ("--store", "redis://127.0.0.1:6379")
+
+# The relay config must not see this host's (or a pod's) service account token.
+pytestmark = pytest.mark.usefixtures("pod_token")
 
 
 def relay_config(*args: str, **environ: str) -> RelayConfig:
@@ -60,15 +62,6 @@ current-context: nowhere
 """
     )
     return path
-
-
-@pytest.fixture(autouse=True)
-def pod_token(tmp_path, monkeypatch):
-    """Where the config looks for a pod's service account token: absent unless a test writes it
-    (so that the tests mean the same on a host and in a pod)."""
-    token = tmp_path / "serviceaccount" / "token"
-    monkeypatch.setattr(relay.config, "SERVICE_ACCOUNT_TOKEN", token)
-    return token
 
 
 # -- the decision ---------------------------------------------------------------------------
