@@ -92,7 +92,7 @@ from bench.processes import (
     reference_command,
     stop_all,
 )
-from bench.report import percentile, ratio
+from bench.report import Progress, percentile, ratio
 from relay.resource.definition import GROUP, PLURAL, VERSION
 from relay.store.redis import RedisStore
 from tests.support.controlplane import ControlPlane, Process
@@ -189,11 +189,13 @@ def measure_server(name: str, directory: Path, count: int, clients: int) -> Http
 def http_part(count: int, clients: int) -> None:
     pin(0, BENCH_CPU)
     results: list[HttpResult] = []
+    progress = Progress("bench.allocations", 3 if REFSERVER.exists() else 2)
     with tempfile.TemporaryDirectory(prefix="bench-allocations-") as directory:
         for name in (MEMORY, REDIS, REFERENCE):
             if name == REFERENCE and not REFSERVER.exists():
                 print(f"  {REFSERVER_MISSING}")
                 continue
+            progress.cell(f"HTTP API, {name}: {count:,} allocations")
             results.append(measure_server(name, Path(directory), count, clients))
     os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     print_http(results, count, clients)
@@ -497,7 +499,12 @@ def stop_profiler(process: subprocess.Popen) -> None:
 
 
 async def measure_operator(
-    fleet: Fleet, count: int, timeout: float, idle: float, profile: Path | None
+    fleet: Fleet,
+    count: int,
+    timeout: float,
+    idle: float,
+    profile: Path | None,
+    progress: Progress,
 ) -> OperatorResult:
     api = Api(fleet.control_plane, CREATE_CONNECTIONS + 2)
     profiler = None
@@ -525,6 +532,7 @@ async def measure_operator(
                 await api.create(NAMESPACE, body)
                 created[body["metadata"]["name"]] = time.perf_counter()
 
+        progress.cell(f"operator: {count:,} RelayEndpoints created at once, until all Allocated")
         first_sent = time.perf_counter()
         await asyncio.gather(*(creator() for _ in range(CREATE_CONNECTIONS)))
         last_created = time.perf_counter()
@@ -540,6 +548,7 @@ async def measure_operator(
         requests = await api.request_counts()
         requests.subtract(requests_before)
         await asyncio.sleep(IDLE_SETTLE)
+        progress.cell(f"operator: idle for {idle:g} s")
         idle_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         idle_requests = await api.request_counts()
         await asyncio.sleep(idle)
@@ -561,10 +570,12 @@ def operator_part(args: argparse.Namespace) -> None:
     count, relays, report = args.endpoints, args.relays, not args.no_report
     with tempfile.TemporaryDirectory(prefix="bench-operator-") as directory:
         fleet = Fleet(Path(directory), relays, report, args.operator_log_level)
+        progress = Progress("bench.allocations", 3)
         try:
+            progress.cell(f"operator: starting the fleet (control plane, Redis, {relays} relays)")
             fleet.start()
             result = asyncio.run(
-                measure_operator(fleet, count, args.timeout, args.idle, args.profile)
+                measure_operator(fleet, count, args.timeout, args.idle, args.profile, progress)
             )
         finally:
             fleet.stop(args.logs)

@@ -4,6 +4,8 @@
                                         [--packets 100000] [--rounds 5]
                                         [--latency-packets 20000] [--latency-load 0.2]
                                         [--latency-rate R] [--bind-all]
+                                        [--trains N] [--ours-flags FLAGS ...]
+                                        [--references NAME,NAME]
 
 Full scale, for docs/performance.md: --endpoints 1,1000,1000000 with the other
 defaults; well over half an hour on a quiet 2-core machine, most of it
@@ -80,12 +82,20 @@ How, capacity (so that the Python load generator is not the bottleneck):
      received / packets sent (drops in the forwarder's queue included).
      The forwarder's CPU time over the round (schedstat, all its threads)
      gives busy = CPU time / drain time, and packets per CPU-second.
+  Variants: --ours-flags runs ours once per value with those extra relay
+  flags (e.g. "--udp-gso off --udp-gro off", before trains; "" as built),
+  the first being the "ours" of the ratios; --references keeps only the
+  named references (e.g. "ref v1.102.5,ref v1.102.5 GRO off").
   5. One warm-up round (a tenth of the packets), then `--rounds` rounds; the
      median rate and the total loss are reported.
   The queues hold single datagrams, as a NIC without GRO, or loopback, hands
   them over; a GRO reader gets no trains to read whole from them (the
   v1.102.5 reference with GRO on reads few datagrams per call then: see its
-  GRO-off rows). Pre-loading GSO trains is issue 17's.
+  GRO-off rows). With --trains N (issue 17) each client instead sends trains
+  of N datagrams (fewer where N would pass 65507 bytes: 46 of 1400 bytes),
+  each one sendmsg with UDP_SEGMENT, as a NIC hands a GRO
+  socket under load: a forwarder with UDP_GRO on finds them whole in its
+  queue, one without gets them split into single datagrams by the kernel.
   Draining a full queue is the best case for a batched reader: this is the
   ceiling of each forwarder on one core, kernel work of sending included (the
   loopback delivery runs on the sender's core), not its latency. On a quiet
@@ -146,9 +156,10 @@ from bench.processes import (
     stop_all,
     stop_on_sigterm,
 )
-from bench.report import percentile, ratio, table
+from bench.report import Progress, percentile, ratio, table
 from bench.sockets import POOL_BUFFER, client_socket, drain, meminfo
 from relay.protocol import geneve
+from relay.shells.transport import GSO_MAX_BYTES, SOL_UDP, UDP_SEGMENT
 from tests.support.waiting import wait_until_sync
 
 ROUND_DEADLINE = 30.0
@@ -180,22 +191,34 @@ class Cell:
 # -- capacity ------------------------------------------------------------------
 
 
-def one_round(forwarder: Forwarder, sockets, datagrams, packets: int) -> tuple[float, int, float]:
-    """Pre-load ``packets`` while the forwarder is stopped; (packets/s, received, CPU ns used)."""
+def one_round(
+    forwarder: Forwarder, sockets, datagrams, packets: int, train: int = 0
+) -> tuple[float, int, float]:
+    """Pre-load ``packets`` while the forwarder is stopped (in GSO trains of ``train``
+    datagrams, if not 0); (packets/s, received, CPU ns used)."""
     a, b = sockets
     for sock in sockets:
         drain(sock)
     forwarder.pause()
     queue_drops = sum(meminfo(s)[1] for s in forwarder.sockets)
-    for i in range(packets):
-        if i & 1:
-            b.send(datagrams[1])
-        else:
-            a.send(datagrams[0])
+    if train:
+        train = min(train, GSO_MAX_BYTES // len(datagrams[0]))
+        control = [(SOL_UDP, UDP_SEGMENT, struct.pack("H", len(datagrams[0])))]
+        sends = [(a, [datagrams[0] * train]), (b, [datagrams[1] * train])]
+        for i in range(packets // train):
+            sock, buffers = sends[i & 1]
+            sock.sendmsg(buffers, control)
+    else:
+        for i in range(packets):
+            if i & 1:
+                b.send(datagrams[1])
+            else:
+                a.send(datagrams[0])
     overflow = sum(meminfo(s)[1] for s in forwarder.sockets) - queue_drops
     # truesize of all queued packets: what the clients hold once all arrived, unless the
     # forwarder sent them as GSO trains (segments have a smaller truesize): then the round
-    # ends when its queues are empty and nothing more arrived for SETTLED seconds
+    # ends when its queues are empty and nothing more arrived for SETTLED seconds. Queued
+    # trains (--trains) have a truesize of their own: only that second rule ends the round
     target = sum(meminfo(s)[0] for s in forwarder.sockets)
     running_before = forwarder.scheduled_ns()[0]
     started = time.perf_counter()
@@ -208,7 +231,7 @@ def one_round(forwarder: Forwarder, sockets, datagrams, packets: int) -> tuple[f
             last, last_change = arrived, now
         quiet = now - last_change
         if (
-            arrived >= target
+            (arrived >= target and not train)
             or quiet > QUIET
             or (quiet > SETTLED and not any(meminfo(s)[0] for s in forwarder.sockets))
             or now - started > ROUND_DEADLINE
@@ -231,15 +254,16 @@ def capacity(forwarder: Forwarder, sockets, datagrams, args) -> dict:
     """
     for sock in sockets:
         sock.connect(forwarder.udp)
-    one_round(forwarder, sockets, datagrams, max(args.packets // 10, 1))
+    one_round(forwarder, sockets, datagrams, max(args.packets // 10, 1), args.trains)
     rates, per_cpu, busy, received = [], [], [], 0
     for _ in range(args.rounds):
-        rate, got, running = one_round(forwarder, sockets, datagrams, args.packets)
+        rate, got, running = one_round(forwarder, sockets, datagrams, args.packets, args.trains)
         rates.append(rate)
         per_cpu.append(got / max(running, 1) * 1e9)
         busy.append(running / 1e9 * rate / max(got, 1))
         received += got
-    sent = args.packets * args.rounds
+    train = min(args.trains, GSO_MAX_BYTES // len(datagrams[0]))
+    sent = (args.packets // train * train if train else args.packets) * args.rounds
     return {
         "rate": statistics.median(rates),
         "low": min(rates),
@@ -528,11 +552,12 @@ def run_relay(
     started,
     cells,
     protocol: int,
+    progress: Progress,
     env: dict[str, str] | None = None,
 ) -> None:
     """Start a relay, give it ``count`` endpoints bound in ``protocol``, measure the last one
     at every size."""
-    bind_all = name != OURS or args.bind_all
+    bind_all = not name.startswith(OURS) or args.bind_all
     extras = Extras(count - 1)
     sockets = ()
     try:
@@ -547,12 +572,13 @@ def run_relay(
         ).run(window=1, retry=0.5, timeout=10)
         if outcome.done != 1:
             raise RuntimeError(f"{name}: the measured endpoint does not relay")
-        if name == OURS:
+        if name.startswith(OURS):
             check_ours(forwarder, count, "before")
         for size in args.sizes:
             keep_alive(forwarder, extras)
+            progress.cell(f"{name}, {count:,} endpoint(s), {size} B")
             measure_size(name, forwarder, sockets, vni, size, cells[size], args)
-        if name == OURS:
+        if name.startswith(OURS):
             check_ours(forwarder, count, "after")
         check_alive(forwarder, extras)
         stop_all(started)
@@ -562,13 +588,14 @@ def run_relay(
             sock.close()
 
 
-def run_c(binary: Path, args, started, cells) -> None:
+def run_c(binary: Path, count: int, args, started, cells, progress: Progress) -> None:
     sockets = (client_socket(args.buffer), client_socket(args.buffer))
     try:
         ports = [str(s.getsockname()[1]) for s in sockets]
         forwarder = Forwarder.start(C, [str(binary), "0", *ports], started)
         forwarder.take_sockets(args.buffer)
         for size in args.sizes:
+            progress.cell(f"{C}, {count:,} endpoint(s), {size} B")
             measure_size(C, forwarder, sockets, 1, size, cells[size], args)
         stop_all(started)
     finally:
@@ -604,7 +631,7 @@ def print_results(results: dict[int, dict[int, Cell]], args) -> None:
     ]  # fmt: skip
     for count, cells in results.items():
         for size, cell in cells.items():
-            ours = cell.capacity.get(OURS)
+            ours = cell.capacity.get(OURS) or cell.capacity.get(f"{OURS} {args.ours_flags[0]}")
             for name in [*cell.capacity, LOOPBACK_PAIR]:
                 figures = cell.capacity.get(name)
                 delay = cell.latency.get(name)
@@ -653,6 +680,9 @@ def main(args: argparse.Namespace) -> None:
     if args.bind_all:
         ours_flags += RAISED_LIMITS
     references = [REFERENCE_V0, *REFERENCE_V1_VARIANTS]
+    if args.references is not None:
+        references = [r for r in references if r.name in args.references]
+    args.ours_flags = args.ours_flags or [""]
     print(
         f"data plane, loopback: sizes {', '.join(map(str, args.sizes))} bytes (Geneve header "
         f"included), {', '.join(f'{n:,}' for n in args.endpoints)} endpoint(s) allocated; "
@@ -660,7 +690,9 @@ def main(args: argparse.Namespace) -> None:
     )
     print(
         f"capacity: {args.packets:,} packets x {args.rounds} rounds; SIGSTOP the forwarder, "
-        f"pre-load its receive queues (single datagrams; SO_RCVBUFFORCE {args.buffer >> 20} MiB "
+        f"pre-load its receive queues ("
+        + (f"GSO trains of {args.trains}" if args.trains else "single datagrams")
+        + f"; SO_RCVBUFFORCE {args.buffer >> 20} MiB "
         "on every socket of every forwarder), SIGCONT, time until the clients got them all; "
         "median of the rounds"
     )
@@ -686,6 +718,8 @@ def main(args: argparse.Namespace) -> None:
     )
     results: dict[int, dict[int, Cell]] = {}
     started: list[Forwarder] = []
+    forwarders = 1 + len(args.ours_flags) + sum(not r.missing for r in references)
+    progress = Progress("bench.dataplane", len(args.endpoints) * forwarders * len(args.sizes))
     try:
         with tempfile.TemporaryDirectory() as directory:
             binary = build_program("forwarder", directory)
@@ -693,9 +727,12 @@ def main(args: argparse.Namespace) -> None:
                 cells = results[count] = {size: Cell() for size in args.sizes}
                 print(f"\n{count:,} endpoint(s) allocated")
                 print("  C recvmmsg/sendmmsg x64 (no endpoints):")
-                run_c(binary, args, started, cells)
-                print("  ours (relayfleet relay), clients in protocol version 1:")
-                run_relay(OURS, ours_command(*ours_flags), count, args, started, cells, 1)
+                run_c(binary, count, args, started, cells, progress)
+                for variant in args.ours_flags:
+                    name = f"{OURS} {variant}" if variant else OURS
+                    flags = [*ours_flags, *variant.split()]
+                    print(f"  {name} (relayfleet relay), clients in protocol version 1:")
+                    run_relay(name, ours_command(*flags), count, args, started, cells, 1, progress)
                 for reference in references:
                     if reference.missing:
                         print(f"  {reference.missing}")
@@ -710,6 +747,7 @@ def main(args: argparse.Namespace) -> None:
                         started,
                         cells,
                         reference.protocol,
+                        progress,
                         reference.environment(),
                     )
     finally:
@@ -778,11 +816,38 @@ if __name__ == "__main__":
         help="bind every extra endpoint on ours too (its handshake limits are then raised); "
         "by default ours binds 16 and the others stay allocated",
     )
+    parser.add_argument(
+        "--trains",
+        type=int,
+        default=0,
+        help="pre-load GSO trains of N datagrams (one sendmsg with UDP_SEGMENT each, "
+        "2 <= N <= 64; fewer where N of the size pass 65507 bytes: 46 of 1400) instead of "
+        "single datagrams (default 0: single)",
+    )
+    parser.add_argument(
+        "--ours-flags",
+        action="append",
+        default=[],
+        metavar="FLAGS",
+        help='extra relay flags for ours, e.g. "--udp-gso off --udp-gro off"; repeat to '
+        'run ours once per value ("" as built); the first is the "ours" of the ratios',
+    )
+    parser.add_argument(
+        "--references",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        default=None,
+        metavar="NAME,NAME",
+        help="only these references, by name (ref v1.84.0, ref v1.102.5, "
+        "ref v1.102.5 GRO off, ref v1.102.5 2 sockets, ref v1.102.5 2 sockets GRO off); "
+        "default all",
+    )
     options = parser.parse_args()
     if any(size < MIN_SIZE or size > 2048 for size in options.sizes):
         parser.error(f"--sizes must be between {MIN_SIZE} and 2048")
     if options.packets < 10 or options.rounds < 1 or min(options.endpoints) < 1:
         parser.error("--packets >= 10, --rounds >= 1, --endpoints >= 1")
+    if options.trains and not 2 <= options.trains <= 64:
+        parser.error("--trains: 2..64 datagrams")
     if options.latency_packets < 100 or not 0 < options.latency_load <= 1:
         parser.error("--latency-packets >= 100, 0 < --latency-load <= 1")
     stop_on_sigterm()

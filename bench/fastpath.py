@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.fastpath [--packets 1000000] [--sizes 64,200,1400] [--rounds 1]
                                        [--max-loss 0.001] [--search-steps 7]
 
-Needs root, nft and ip (scripts/setup installs them). About 2 minutes.
+Needs root, nft and ip (scripts/build-test-deps installs them). About 2 minutes.
 
 Why: issue 7's optional kernel fast path must relay at least twice what the
 C recvmmsg/sendmmsg forwarder (bench/c/forwarder.c, the practical limit of
@@ -73,7 +73,7 @@ from bench.processes import (
     Forwarder,
     stop_on_sigterm,
 )
-from bench.report import table
+from bench.report import Progress, table
 from relay.protocol.client import RelayClient
 from relay.protocol.keys import DiscoPrivateKey, DiscoPublicKey
 from tests.support import netns
@@ -333,16 +333,19 @@ def main(args: argparse.Namespace) -> None:
             meter = IdleMeter(build_program("spinner", directory), directory)
             stack.callback(meter.close)
             print(f"CPU {FORWARDER_CPU} idle: {meter.calibrate():,.0f} spins/s")
-            for name, make in (
+            setups = (
                 (FLOOR, lambda: arrival_floor(hosts)),
                 (C, lambda: start_c(hosts, forwarder)),
                 (USER, lambda: start_ours(hosts, USER, "off")),
                 (KERNEL, lambda: start_ours(hosts, KERNEL, "auto")),
-            ):
+            )
+            progress = Progress("bench.fastpath", len(setups) * len(args.sizes))
+            for name, make in setups:
                 setup = make()
                 setup.enlarge_buffers(args.buffer)
                 try:
                     for size in args.sizes:
+                        progress.cell(f"{name}, {size} B, {args.rounds} round(s)")
                         one_round(setup, sender, size, args.packets // 10, meter)  # warm-up
                         rounds = [
                             lossless(setup, sender, size, args, meter) for _ in range(args.rounds)

@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.report import Progress
 from tests.support.paths import ROOT
 
 if TYPE_CHECKING:
@@ -90,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'target':16} {'cases':>10} {'seconds':>8} {'cases/s':>9}  failures  entry point")
     outcomes = []
     started = time.perf_counter()
+    progress = Progress("bench.fuzz", len(targets))
     for target in targets:
         budget = args.max_seconds * target.weight / weight
+        progress.cell(f"{target.name}: {shares[target.name]:,} cases, at most {budget:.0f} s")
         if args.engine == "atheris":
             outcome = run_atheris(target.name, shares[target.name], args.seed, budget)
         else:

@@ -105,7 +105,7 @@ from bench.processes import (
     stop_all,
     stop_on_sigterm,
 )
-from bench.report import ratio, table
+from bench.report import Progress, ratio, table
 from bench.sockets import POOL_BUFFER, client_socket, drain
 from relay.protocol import geneve
 
@@ -221,7 +221,11 @@ def part_handshakes(args, started: list[Forwarder]) -> None:
             Server(OURS_V1_RAISED, ours_command(*RAISED_LIMITS), 1),
         ]
     )
-    results = {server.name: (server, handshake_rate(server, args, started)) for server in runs}
+    progress = Progress("bench.handshakes", len(runs))
+    results = {}
+    for server in runs:
+        progress.cell(f"handshakes/s of {server.name}, {args.endpoints:,} endpoints")
+        results[server.name] = (server, handshake_rate(server, args, started))
     rows = [
         [
             "server", "version", "handshakes/s", "per CPU-s", "done", "seconds", "retries",
@@ -411,7 +415,11 @@ def part_flood(args, started: list[Forwarder]) -> None:
         f"{FLOOD_NICE}, on CPU {BENCH_CPU})"
     )
     runs = servers([Server(OURS_DEFAULT, ours_command(), 0), Server(OURS_V1, ours_command(), 1)])
-    results = {server.name: (server, flood_effect(server, args, started)) for server in runs}
+    progress = Progress("bench.handshakes", len(runs))
+    results = {}
+    for server in runs:
+        progress.cell(f"data during a flood, {server.name}: no flood, then {rates}")
+        results[server.name] = (server, flood_effect(server, args, started))
     rows = [
         [
             "server", "version", "flood sent/s", "relayed/s", "flood/quiet", "loss", "data sent/s",

@@ -9,24 +9,43 @@ allocates N endpoints, and prints:
   - relay resident memory (VmRSS) per endpoint, for `relayfleet relay` on the
     Redis store (endpoints installed by the agent from Redis announcements)
     and on the memory store (endpoints allocated through its HTTP API), beside
-    the reference Go server (.dev/bin/refserver, built by scripts/setup),
+    the reference Go server (.dev/bin/refserver, built by scripts/build-go-helpers),
     measured the same way through the same API.
 Each server runs pinned to one CPU, as in every bench (bench/processes.py).
 Our relays run with --bind-lifetime 6h, so that no allocation expires
 unbound while a million are made. The reference's bind lifetime is fixed at
 30 s, so it is measured only up to 100 000 endpoints (allocated within that).
 Bounded: N allocations per measurement, every process stopped at the end.
+
+    .venv/bin/python -m bench.memory --bound-core 10000 [--by-line]
+
+measures the sans-I/O core alone, in this process, with tracemalloc: N
+endpoints installed (their allocations and keys made fresh, as a store would),
+then bound by version 1 clients (relay/protocol/client.py) from sockaddr
+bytes made fresh per datagram, as the UDP transport passes them, and one data
+datagram relayed each way. It prints the bytes per allocated endpoint, the
+bytes per bound endpoint right after the handshakes, and once the bind
+deadlines have passed (their heap entries gone). The per-source rate-limit
+buckets (capped, not per endpoint) and the clients' own objects are left out.
+One fake clock reading serves every datagram, so the clients' last-seen times
+share one float: a real clock gives each wake-up its own (24 B). No process,
+socket or Redis.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import socket
+import struct
+import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
-from bench.clients import allocate, random_pair, request_body
+from bench.clients import KeySet, allocate, random_pair, request_body
 from bench.processes import (
     REFSERVER,
     REFSERVER_MISSING,
@@ -37,8 +56,12 @@ from bench.processes import (
     stop_all,
     stop_on_sigterm,
 )
-from bench.report import ratio
-from relay.protocol.keys import DiscoPublicKey
+from bench.report import Progress, ratio
+from relay.protocol.allocation import Allocation
+from relay.protocol.client import RelayClient
+from relay.protocol.core import RelayCore
+from relay.protocol.keys import DiscoPrivateKey, DiscoPublicKey
+from relay.protocol.ratelimit import HandshakeLimits
 from relay.store.redis import RedisStore
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until_sync
@@ -139,9 +162,107 @@ def agent_rss_per_endpoint(url: str, pairs: Pairs) -> tuple[float, int, int]:
         stop_all(started)
 
 
+def _sockaddr(index: int) -> bytes:
+    """A fresh ``sockaddr_in`` for client ``index`` (10.0.0.0/8, port 40000 + index % 20000)."""
+    family = socket.AF_INET.to_bytes(2, sys.byteorder)
+    return family + struct.pack(">HI8x", 40_000 + index % 20_000, 0x0A00_0000 + index)
+
+
+def _traced(snapshot: tracemalloc.Snapshot) -> tracemalloc.Snapshot:
+    """Leave out the clients' objects and the capped per-source buckets."""
+    return snapshot.filter_traces(
+        (
+            tracemalloc.Filter(False, "*/relay/protocol/client.py"),
+            tracemalloc.Filter(False, "*/relay/protocol/ratelimit.py"),
+            tracemalloc.Filter(False, tracemalloc.__file__),
+        )
+    )
+
+
+def _grown(
+    before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, by_line: bool, count: int
+) -> float:
+    stats = _traced(after).compare_to(_traced(before), "lineno")
+    if by_line:
+        for stat in stats[:12]:
+            if stat.size_diff:
+                frame = stat.traceback[0]
+                name = frame.filename.rsplit("/", 2)[-2:]
+                print(
+                    f"      {stat.size_diff / count:7.1f} B  {stat.count_diff / count:5.2f} "
+                    f"objects  {'/'.join(name)}:{frame.lineno}"
+                )
+    return sum(stat.size_diff for stat in stats) / count
+
+
+def core_bytes_per_endpoint(count: int, by_line: bool = False) -> tuple[float, float, float]:
+    """tracemalloc bytes per endpoint in the core alone: (allocated, bound, bound once the
+    bind deadlines have passed)."""
+    keys = KeySet(count)
+    private = [DiscoPrivateKey(raw) for raw in keys.private]
+    server = DiscoPrivateKey.generate()
+    limits = HandshakeLimits(1e12, 1e12, 1e12, max_sources=1)  # no per-source buckets kept
+    core = RelayCore(server, bytes(32), handshake_limits=limits)
+    now = 1_000_000.0
+    pairs = [keys.pair(i) for i in range(count)]
+    clients = []
+    for vni, (a, b) in enumerate(pairs, start=1):
+        if keys.public[a] > keys.public[b]:
+            a, b = b, a
+        ka, kb = DiscoPublicKey(keys.public[a]), DiscoPublicKey(keys.public[b])
+        clients.append(
+            (
+                RelayClient(private[a], core.server_key, vni, remote_key=kb),
+                RelayClient(private[b], core.server_key, vni, remote_key=ka),
+                (a, b),
+            )
+        )
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for vni, (_, _, (a, b)) in enumerate(clients, start=1):
+        raw_a, raw_b = keys.public[a], keys.public[b]
+        fresh = (
+            DiscoPublicKey(bytes.fromhex(raw_a.hex())),
+            DiscoPublicKey(bytes.fromhex(raw_b.hex())),
+        )
+        core.install(Allocation("bench", vni, vni, fresh, now))
+    gc.collect()
+    installed = tracemalloc.take_snapshot()
+    print(f"  core, {count:,} endpoints allocated (tracemalloc)")
+    allocated = _grown(before, installed, by_line, count)
+    print(f"    {allocated:8.1f} B/endpoint allocated")
+    payload = bytes(1200)
+    for index, (client_a, client_b, _) in enumerate(clients):
+        for side, client in enumerate((client_a, client_b)):
+            source = 2 * index + side
+            reply = core.handle(client.bind(), _sockaddr(source), now)
+            assert reply is not None, "bind got no challenge"
+            assert core.handle(client.answer(reply[0]), _sockaddr(source), now) is None
+        for side, client in enumerate((client_a, client_b)):
+            assert core.handle(client.data(payload), _sockaddr(2 * index + side), now)
+    core.take_bound()
+    assert core.bound_count == count, core.drops
+    gc.collect()
+    bound_snapshot = tracemalloc.take_snapshot()
+    print("  bound by both clients, one data datagram each way")
+    bound = _grown(before, bound_snapshot, by_line, count)
+    print(f"    {bound:8.1f} B/endpoint bound ({bound - allocated:+.1f} B)")
+    assert not core.expire(now + core.bind_lifetime + 1, budget=2 * count + 1)
+    gc.collect()
+    settled_snapshot = tracemalloc.take_snapshot()
+    settled = _grown(before, settled_snapshot, False, count)
+    print(f"    {settled:8.1f} B/endpoint bound, once the bind deadlines have passed")
+    tracemalloc.stop()
+    return allocated, bound, settled
+
+
 def main(endpoints: int) -> None:
+    reference = REFSERVER.exists() and endpoints <= REFERENCE_MAX
+    progress = Progress("bench.memory", 4 if reference else 3)
     with tempfile.TemporaryDirectory() as directory, RedisServer(Path(directory)) as server:
         print(f"memory per endpoint at {endpoints:,} endpoints (loopback, this machine)")
+        progress.cell(f"Redis: {endpoints:,} endpoints allocated in the store")
         figures = asyncio.run(redis_figures(server, key_pairs(endpoints)))
         print(f"  Redis MEMORY USAGE        {figures['memory_usage']:8.1f} B/endpoint")
         print(f"  Redis used_memory growth  {figures['used_memory']:8.1f} B/endpoint")
@@ -149,12 +270,14 @@ def main(endpoints: int) -> None:
             f"  (store allocations: {figures['allocations_per_second']:,.0f}/s, "
             f"{CONCURRENCY} concurrent)"
         )
+        progress.cell(f"relay on Redis (agent): {endpoints:,} endpoints announced")
         agent, a0, a1 = agent_rss_per_endpoint(server.url(), key_pairs(endpoints))
         print(
             f"  relay on Redis (agent)    {agent:8.1f} B/endpoint RSS "
             f"({a0 / 2**20:.0f} -> {a1 / 2**20:.0f} MiB)"
         )
     ours_flags = ("--log-level", "error", "--bind-lifetime", BIND_LIFETIME)
+    progress.cell(f"relay, memory store: {endpoints:,} endpoints allocated through its API")
     ours, o0, o1 = relay_rss_per_endpoint(ours_command(*ours_flags), key_pairs(endpoints))
     print(
         f"  relay, memory store       {ours:8.1f} B/endpoint RSS "
@@ -169,6 +292,7 @@ def main(endpoints: int) -> None:
             "fixed at 30 s, and it collects unbound endpoints before that many are allocated"
         )
         return
+    progress.cell(f"reference Go server: {endpoints:,} endpoints allocated through its API")
     ref, r0, r1 = relay_rss_per_endpoint(reference_command(), key_pairs(endpoints))
     print(
         f"  reference Go server       {ref:8.1f} B/endpoint RSS "
@@ -183,5 +307,18 @@ def main(endpoints: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--endpoints", type=int, default=100_000)
+    parser.add_argument(
+        "--bound-core",
+        type=int,
+        metavar="N",
+        help="only the core, in this process (tracemalloc): N endpoints allocated, then bound",
+    )
+    parser.add_argument(
+        "--by-line", action="store_true", help="with --bound-core: where the bytes go"
+    )
     stop_on_sigterm()
-    main(parser.parse_args().endpoints)
+    args = parser.parse_args()
+    if args.bound_core:
+        core_bytes_per_endpoint(args.bound_core, args.by_line)
+    else:
+        main(args.endpoints)

@@ -1,9 +1,36 @@
-"""How the benches print what they measured: aligned tables, percentiles and ratios."""
+"""How the benches print what they measured (aligned tables, percentiles, ratios) and progress."""
 
 from __future__ import annotations
 
 import math
+import sys
+import time
 from collections.abc import Iterable
+
+
+class Progress:
+    """Where a bench is among its cells, on stderr (stdout keeps the results).
+
+    ``progress = Progress("bench.dataplane", 18)`` when the bench knows its
+    cells, then ``progress.cell("ours, 1,000 endpoints, 64 B")`` as each one
+    starts prints ``bench.dataplane: 3/18 ours, 1,000 endpoints, 64 B (at 42 s)``:
+    what it measures, how far it is and the seconds since it began.
+    ``progress.note(...)`` says the same of a long step inside a cell, uncounted.
+    """
+
+    def __init__(self, bench: str, total: int) -> None:
+        self.bench = bench
+        self.total = total
+        self.done = 0
+        self.started = time.monotonic()
+
+    def cell(self, what: str) -> None:
+        self.done += 1
+        self.note(f"{self.done}/{self.total} {what}")
+
+    def note(self, what: str) -> None:
+        elapsed = time.monotonic() - self.started
+        print(f"{self.bench}: {what} (at {elapsed:.0f} s)", file=sys.stderr, flush=True)
 
 
 def table(rows: list[list[str]], left: int = 0) -> None:

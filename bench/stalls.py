@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.report import percentile
+from bench.report import Progress, percentile
 from relay.protocol.core import RelayCore
 from relay.protocol.keys import DiscoPrivateKey, sorted_pair
 from relay.shells.agent import RelayAgent
@@ -100,12 +100,15 @@ async def run(args: argparse.Namespace, store: Store) -> None:
         )
 
     agent = RelayAgent(core, store, record, clock, heartbeat_interval=5.0, resync_interval=3600.0)
+    progress = Progress("bench.stalls", 3)
+    progress.cell(f"allocating {args.endpoints:,} endpoints in the {args.store} store")
     began = time.perf_counter()
     await fill(store, args.endpoints, clock)
     print(f"  allocated {args.endpoints:,} in {time.perf_counter() - began:.1f} s")
     monitor = StallMonitor()
     rows = []
 
+    progress.cell("resync: read and install every endpoint")
     monitor.start()
     began = time.perf_counter()
     await agent.resync()
@@ -114,6 +117,7 @@ async def run(args: argparse.Namespace, store: Store) -> None:
     )
     assert len(core) == args.endpoints, len(core)
 
+    progress.cell("mass expiry: expire and free every endpoint")
     agent.start()
     monitor.start()
     began = time.perf_counter()

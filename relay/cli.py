@@ -3,7 +3,7 @@
 relayfleet relay     run a standalone relay with its HTTP allocation API
 relayfleet demo      run a relay and two clients on loopback, print a summary
 relayfleet operator  run the Kubernetes operator
-relayfleet status    show the fleet at a glance
+relayfleet status    show the fleet at a glance (--watch: live)
 relayfleet keygen    print a new disco key pair, or write a relay key file
 
 It is the only module that imports both the relay and the operator: each
@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import ipaddress
 import json
 import logging
 import os
+import pickle
 import signal
 import sys
 import time
@@ -29,12 +32,14 @@ import uvloop
 from relay import __version__
 from relay.config import RelayConfig
 from relay.demo import DemoFailed, print_report, run_demo
-from relay.flags import add_arguments, from_args, store_flag, store_prefix_flag
+from relay.flags import add_arguments, duration, from_args, store_flag, store_prefix_flag
 from relay.protocol.keys import DiscoPrivateKey
 from relay.server import RelayServer
 from relay.shells.api_token import ApiTokenError, read_token_file
 from relay.shells.keyfile import KeyFileError, RelaySecrets, load_or_create
+from relay.shells.reuseport import probe_vni_steering
 from relay.store import StoreError, open_store, redact_url
+from relay.workers import WorkerRole, WorkerSpec, die_with_parent
 from relay_operator.config import OperatorConfig
 
 log = logging.getLogger("relayfleet")
@@ -42,9 +47,13 @@ log = logging.getLogger("relayfleet")
 
 @dataclass(frozen=True)
 class StatusConfig:
-    """What ``relayfleet status`` reads: the fleet's Redis (the Kubernetes side is flags)."""
+    """Where ``relayfleet status`` reads the relays: the Relay objects, or the fleet's Redis."""
 
-    store: str | None = store_flag(None)
+    store: str | None = store_flag(
+        None,
+        help="read the relays from the fleet's Redis registry (fresher) instead of the Relay "
+        "objects the operator keeps; redis://[:PASSWORD@]HOST[:PORT][/DB]",
+    )
     store_prefix: str = store_prefix_flag()
 
 
@@ -100,6 +109,30 @@ async def _serve_relay(config: RelayConfig, secrets: RelaySecrets, api_token: st
         await store.close()
 
 
+def run_worker() -> None:
+    """A worker process of ``relayfleet relay --workers N`` (relay/workers.py): its
+    :class:`WorkerSpec` on standard input; SIGTERM writes its pending state and ends it."""
+    spec: WorkerSpec = pickle.load(sys.stdin.buffer)
+    die_with_parent(spec.parent)
+    config = spec.config
+    _configure_logging(config.log_level, config.log_format)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent's to handle, at a terminal
+
+    async def serve() -> None:
+        store = open_store(config.store, max_vni=config.max_endpoints, prefix=config.store_prefix)
+        server = RelayServer(config, store, spec.secrets, worker=WorkerRole.from_spec(spec))
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        try:
+            await server.start()
+            await stop.wait()
+        finally:
+            await server.close()
+            await store.close()
+
+    uvloop.run(serve())
+
+
 def _is_loopback(host: str) -> bool:
     try:
         return host == "localhost" or ipaddress.ip_address(host).is_loopback
@@ -110,6 +143,17 @@ def _is_loopback(host: str) -> bool:
 def _relay(args: argparse.Namespace) -> int:
     config = from_args(RelayConfig, args)
     _configure_logging(config.log_level, config.log_format)
+    refusal = config.workers_refusal()
+    if refusal is not None:
+        print(f"relayfleet relay: {refusal}", file=sys.stderr)
+        return 2
+    config = dataclasses.replace(config, workers=config.worker_count())
+    if config.workers > 1:
+        try:
+            probe_vni_steering()
+        except OSError as exc:
+            log.warning("cannot steer datagrams to workers by VNI (%s): running one worker", exc)
+            config = dataclasses.replace(config, workers=1)
     api_token = read_token_file(config.api_token_file) if config.api_token_file else None
     if api_token is None and config.api_listen and not _is_loopback(config.api_listen[0]):
         log.warning(
@@ -179,24 +223,48 @@ def _status(args: argparse.Namespace) -> int:
     from relay_operator.fleet import format_fleet, gather_fleet
 
     async def gather() -> dict:
+        if args.store is None:
+            return await gather_fleet(None, args.kubeconfig, time.time(), args.endpoints)
         store = open_store(args.store, max_vni=1, prefix=args.store_prefix)
         try:
             return await gather_fleet(store, args.kubeconfig, time.time(), args.endpoints)
         finally:
             await store.close()
 
-    if args.store is None:
-        print("relayfleet status: --store (or RELAYFLEET_STORE) is required", file=sys.stderr)
-        return 2
+    if args.watch:
+        return _watch(gather, args)
     try:
         fleet = asyncio.run(gather())
     except StoreError as exc:
         print(f"relayfleet status: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # no kubeconfig, no cluster, no Relay CRD, no rights
+        print(
+            f"relayfleet status: cannot read the Relay objects: {_first_line(exc)} "
+            "(is the operator installed? --store reads the fleet's Redis instead)",
+            file=sys.stderr,
+        )
+        return 1
     if args.output == "json":
         print(json.dumps(fleet, indent=2))
     else:
         print(format_fleet(fleet), end="")
+    return 0
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+def _watch(gather, args: argparse.Namespace) -> int:
+    from relay_operator.fleet_watch import MetricsReader, watch
+
+    if args.output == "json":
+        print("relayfleet status: --watch draws the terminal view; drop -o json", file=sys.stderr)
+        return 2
+    reader = MetricsReader(args.kubeconfig)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(watch(gather, reader, args.interval, passes=args.passes))
     return 0
 
 
@@ -251,8 +319,13 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status",
         help="show the fleet at a glance: relays, liveness, load, endpoints by phase",
-        description="Read the relay registry from the fleet's Redis and the RelayEndpoints "
-        "from Kubernetes (KUBECONFIG, or --kubeconfig), and print them.",
+        description="Read the relays and the RelayEndpoints from Kubernetes (KUBECONFIG, or "
+        "--kubeconfig: the Relay objects the operator keeps, so a kubeconfig is enough) and "
+        "print them. --store reads the relays from the fleet's Redis registry instead. "
+        "--watch redraws the fleet every --interval, with each relay's packets, bytes, "
+        "handshakes and drops per second from its /metrics (read through the API server's pod "
+        "proxy for relays in pods: that needs get on pods/proxy). Also a kubectl plugin: "
+        "kubectl relayfleet status.",
     )
     add_arguments(status, StatusConfig, environ)
     status.add_argument("--kubeconfig", metavar="PATH", help="kubeconfig (default: as kubectl)")
@@ -263,6 +336,14 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "(version 1) generation",
     )
     status.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    status.add_argument(
+        "-w", "--watch", action="store_true", help="redraw the fleet every --interval until ^C"
+    )
+    status.add_argument(
+        "--interval", type=duration, default=2.0, metavar="DUR",
+        help="time between two redraws of --watch [2s]",
+    )  # fmt: skip
+    status.add_argument("--passes", type=int, help=argparse.SUPPRESS)
     status.set_defaults(func=_status)
 
     keygen = commands.add_parser(
@@ -278,14 +359,24 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    prog: str = "relayfleet",
+) -> int:
     parser = build_parser(os.environ if environ is None else environ)
+    parser.prog = prog
     args = parser.parse_args(argv)
     try:
         return args.func(args)
     except (KeyFileError, ApiTokenError) as exc:
         print(f"relayfleet {args.command}: {exc}", file=sys.stderr)
         return 1
+
+
+def kubectl_plugin() -> int:
+    """``kubectl relayfleet ...``: kubectl runs ``kubectl-relayfleet`` from PATH."""
+    return main(prog="kubectl relayfleet")
 
 
 if __name__ == "__main__":

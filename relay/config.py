@@ -38,6 +38,7 @@ from relay.protocol.ratelimit import (
 from relay.reporter import DEFAULT_REQUEST_TIMEOUT
 from relay.shells.api_limits import DEFAULT_BURST, DEFAULT_MAX_PER_PAIR, DEFAULT_RATE
 
+MAX_WORKERS = 64
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 RELAY_NAME_RULE = "a relay name is non-empty, without braces or spaces"
 
@@ -60,6 +61,33 @@ def relay_name(text: str) -> str:
     if not text or any(c in text for c in "{}") or any(c.isspace() for c in text):
         raise argparse.ArgumentTypeError(f"{text!r}: {RELAY_NAME_RULE}")
     return text
+
+
+def pod_reference(text: str) -> str:
+    namespace, slash, name = text.partition("/")
+    if not (slash and namespace and name) or "/" in name:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAMESPACE/NAME")
+    return text
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on, within its cgroup's CPU quota (cgroup v2 ``cpu.max``)."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+    except (OSError, ValueError):
+        return cpus
+    if quota == "max":
+        return cpus
+    return max(1, min(cpus, int(quota) // int(period)))
+
+
+def workers_count(text: str) -> int | None:
+    """``N`` (1 to :data:`MAX_WORKERS`), or ``auto`` (None: :meth:`RelayConfig.worker_count`
+    decides)."""
+    if text.strip().lower() == "auto":
+        return None
+    return count_up_to(MAX_WORKERS)(text)
 
 
 @dataclass(frozen=True)
@@ -206,6 +234,25 @@ class RelayConfig:
         help="at most this many endpoints relayed by the kernel at once; more are relayed "
         "in user space until room frees",
     )  # fmt: skip
+    udp_gso: str = flag(
+        "--udp-gso", "on", choices=("on", "off"),
+        help="send a batch's relayed datagrams for one destination as one UDP GSO send "
+        "(UDP_SEGMENT); 'on' falls back to single datagrams where the kernel refuses it",
+    )  # fmt: skip
+    udp_gro: str = flag(
+        "--udp-gro", "on", choices=("on", "off"),
+        help="receive with UDP GRO (UDP_GRO), relaying a coalesced train in one send after "
+        "checking each datagram; 'on' falls back to single datagrams where the kernel "
+        "refuses it",
+    )  # fmt: skip
+    workers: int | None = flag(
+        "--workers", None, parse=workers_count, metavar="N|auto", shown="auto",
+        help="worker processes sharing the UDP port (SO_REUSEPORT, each endpoint's VNI "
+        "steering its datagrams to one worker); 'auto': the CPUs this process may use, "
+        "cgroup quota included, and one with the memory store; more than one needs a Redis "
+        "store (each worker keeps its own kernel fast path table, with "
+        "--fast-path-max-endpoints shared out)",
+    )  # fmt: skip
     key_file: str | None = flag(
         "--key-file", metavar="PATH",
         help="file holding the relay's disco private key and challenge secret, created "
@@ -214,6 +261,11 @@ class RelayConfig:
     name: str = flag(
         "--name", "relay", parse=relay_name, metavar="NAME",
         help="this relay's name in the fleet: its allocations and registration go by it",
+    )  # fmt: skip
+    pod: str | None = flag(
+        "--pod", parse=pod_reference, metavar="NAMESPACE/NAME",
+        help="the pod this relay runs in (the chart sets it): registered, so that "
+        "'relayfleet status --watch' reads its /metrics through the API server's pod proxy",
     )  # fmt: skip
     log_level: str = log_level_flag()
     log_format: str = log_format_flag()
@@ -240,6 +292,26 @@ class RelayConfig:
         if self.api_allocations == "auto":
             return not self.reports_status()
         return self.api_allocations == "on"
+
+    def worker_count(self) -> int:
+        """``--workers``, or for ``auto``: :func:`usable_cpus` (at most :data:`MAX_WORKERS`),
+        and 1 with the memory store, which the workers could not share."""
+        if self.workers is not None:
+            return self.workers
+        if self.store == "memory":
+            return 1
+        return min(usable_cpus(), MAX_WORKERS)
+
+    def workers_refusal(self) -> str | None:
+        """Why ``--workers`` cannot run with the other settings, or None."""
+        if self.worker_count() == 1:
+            return None
+        if self.store == "memory":
+            return (
+                "--workers above 1 needs a Redis store (--store): the workers share the "
+                "relay's allocations through it"
+            )
+        return None
 
     def reports_status(self) -> bool:
         """``--report-status``: on, off, or auto.

@@ -16,8 +16,13 @@ status builders, API client) is :mod:`relay.resource`, below both.
   endpoint. Pure.
 - :mod:`~relay_operator.relay_check`: the fleet-wide check that marks the
   resources of a relay that stopped heart-beating, for the handlers to place again.
-- :mod:`~relay_operator.metrics`: the operator's Prometheus metrics.
+- :mod:`~relay_operator.relay_objects`: one cluster-scoped Relay object per relay,
+  kept from the registry at a bounded rate, with Events when a relay dies or returns.
+- :mod:`~relay_operator.metrics`: the operator's Prometheus metrics;
+  :mod:`~relay_operator.pending`, the RelayEndpoints waiting, as they count them.
 - :mod:`~relay_operator.config`: its settings, each declared once with its flag.
 - :mod:`~relay_operator.main`: running it: kopf settings, peering, the store, the memo.
-- :mod:`~relay_operator.fleet`: ``relayfleet status``, the fleet at a glance.
+- :mod:`~relay_operator.fleet`: ``relayfleet status``, the fleet at a glance, from a
+  kubeconfig (the Relay objects) or the store; :mod:`~relay_operator.fleet_watch`, its
+  live view (``--watch``).
 """

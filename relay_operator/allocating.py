@@ -8,14 +8,28 @@ the pure placement function, so it is tested with the memory store.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from relay.protocol.keys import DiscoPublicKey, sorted_pair
 from relay.resource.definition import RELAY_DEAD, RELAY_REKEYED
 from relay.store import Allocation, RelayRecord, Store
 from relay_operator.placement import choose_relay
+
+MAX_STORE_CALLS = 32
+"""Store calls of the allocator in flight at once; the others wait their turn.
+
+kopf runs a handler per resource at once: a burst of 1 000 RelayEndpoints, or a
+restarted operator resuming 10 000, is as many handlers calling the store together.
+redis-py's pool refuses a call beyond its 100 connections ("Too many connections")
+instead of queueing it, so unbounded, most of them failed into kopf retries (each a
+PATCH of kopf's progress annotations, and a back-off). Kept well below the pool's size,
+which the relays' registry reads of the relay check and the Relay objects share."""
+
+_T = TypeVar("_T")
 
 
 class NoRelayAvailable(Exception):
@@ -54,25 +68,62 @@ class Allocator:
 
     A choice counts towards its relay's load at once, before the allocation it
     leads to, so that a burst of concurrent creations spreads over the fleet.
+
+    At most ``max_calls`` store calls are in flight (:data:`MAX_STORE_CALLS`), and
+    callers asking for the relays while a read of the registry is in flight share that
+    read: in a burst, one registry read serves every handler waiting for one, instead
+    of one read each (four per allocation). What they get was read after they asked,
+    give or take that one round trip.
     """
 
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Callable[[], float] = time.time,
+        max_calls: int = MAX_STORE_CALLS,
+    ) -> None:
         self._store = store
         self._clock = clock
         self._placed: dict[str, tuple[float, int]] = {}
+        self._calls = asyncio.Semaphore(max_calls)
+        self._reading: asyncio.Future[dict[str, RelayRecord]] | None = None
         self.last_relays: dict[str, RelayRecord] = {}
 
+    async def _bounded(self, call: Callable[[], Awaitable[_T]]) -> _T:
+        """``call()``, once fewer than ``max_calls`` store calls are in flight."""
+        async with self._calls:
+            return await call()
+
     async def relays(self) -> dict[str, RelayRecord]:
-        """Every registered relay by name, dead ones too; kept as ``last_relays``."""
-        self.last_relays = {r.name: r for r in await self._store.relays()}
+        """Every registered relay by name, dead ones too; kept as ``last_relays``.
+
+        A read already in flight is shared; a caller cancelled while waiting leaves it
+        to the others."""
+        reading = self._reading
+        if reading is None:
+            reading = self._reading = asyncio.ensure_future(self._read_relays())
+            reading.add_done_callback(self._read_done)
+        return await asyncio.shield(reading)
+
+    async def _read_relays(self) -> dict[str, RelayRecord]:
+        records = await self._bounded(self._store.relays)
+        self.last_relays = {r.name: r for r in records}
         return self.last_relays
+
+    def _read_done(self, reading: asyncio.Future[dict[str, RelayRecord]]) -> None:
+        if self._reading is reading:
+            self._reading = None
+        if not reading.cancelled():
+            reading.exception()  # retrieved here too, should every caller have gone
 
     async def holding(
         self, keys: tuple[DiscoPublicKey, DiscoPublicKey], exclude: str | None = None
     ) -> str | None:
         """A live relay (not ``exclude``) already holding the pair: an attempt a crash cut short."""
-        live = [name for name, r in (await self.relays()).items() if r.alive]
-        return await self._store.holding([name for name in live if name != exclude], keys)
+        live = [name for name, r in (await self.relays()).items() if r.alive and name != exclude]
+        if not live:
+            return None
+        return await self._bounded(lambda: self._store.holding(live, keys))
 
     async def current(
         self, keys: tuple[DiscoPublicKey, DiscoPublicKey], current: CurrentAllocation | None
@@ -84,7 +135,7 @@ class Allocator:
         relay = (await self.relays()).get(current.relay)
         if relay is None or _server_gone(relay, current) is not None:
             return None
-        allocation = await self._store.allocation(current.relay, current.vni)
+        allocation = await self._bounded(lambda: self._store.allocation(current.relay, current.vni))
         if (
             allocation is None
             or allocation.lamport_id != current.lamport_id
@@ -133,12 +184,16 @@ class Allocator:
         if relay is None or not relay.alive:
             raise NoRelayAvailable(f"relay {relay_name!r} is no longer alive")
         if previous is not None and previous.relay != relay_name:
-            await self._store.free(previous.relay, previous.vni, previous.lamport_id)
-        result = await self._store.allocate(relay_name, keys, self._clock(), relay.capacity)
+            await self.free(previous)
+        result = await self._bounded(
+            lambda: self._store.allocate(relay_name, keys, self._clock(), relay.capacity)
+        )
         return Placement(result.allocation, relay, result.created)
 
     async def free(self, current: CurrentAllocation) -> bool:
-        return await self._store.free(current.relay, current.vni, current.lamport_id)
+        return await self._bounded(
+            lambda: self._store.free(current.relay, current.vni, current.lamport_id)
+        )
 
     def _count(self, relay: RelayRecord) -> None:
         since, count = self._placed.get(relay.name, (relay.heartbeat_at, 0))

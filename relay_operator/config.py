@@ -58,6 +58,17 @@ class OperatorConfig:
         help="how often the relays' heartbeats are checked, once for the whole fleet; the "
         "endpoints of a relay found dead, or back under another disco key, are placed again",
     )  # fmt: skip
+    relay_object_refresh: float = flag(
+        "--relay-object-refresh", 60.0, parse=duration, metavar="DUR",
+        help="how often a live relay's Relay object is rewritten when only its endpoints in "
+        "use or heartbeat time changed; a change of liveness, key, address or version is "
+        "written at the next relay check",
+    )  # fmt: skip
+    take_up_after: float = flag(
+        "--take-up-after", 30.0, parse=duration, metavar="DUR",
+        help="a RelayEndpoint still without a phase this long after its handler ran (its "
+        "writes lost while the API server was away) is allocated again",
+    )  # fmt: skip
     liveness: str | None = flag(
         "--liveness", metavar="URL",
         help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz",

@@ -1,17 +1,29 @@
-"""``relayfleet status``: the fleet at a glance, from Redis (relays) and Kubernetes (endpoints).
+"""``relayfleet status``: the fleet at a glance, its relays and its RelayEndpoints by phase.
 
-Gathering is async and returns plain data, so ``-o json`` prints it as it
-is; :func:`format_fleet` is the terminal view of the same data.
+The relays come from the Relay objects the operator keeps (a kubeconfig is
+enough), or, with ``--store``, from the registry in the fleet's Redis itself
+(fresher: the objects' load and heartbeat time are refreshed about once a
+minute). Gathering is async and returns plain data, so ``-o json`` prints it as
+it is; :func:`format_fleet` is the terminal view of the same data.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from datetime import datetime
 from typing import Any
 
-from relay.resource.definition import GROUP, PENDING, PHASES, PLURAL, VERSION
-from relay.store import Store
+from relay.resource.definition import (
+    GROUP,
+    PENDING,
+    PHASES,
+    PLURAL,
+    RELAY_PLURAL,
+    STATE_ALIVE,
+    VERSION,
+)
+from relay.store import RelayRecord, Store
 
 
 async def list_endpoints(kubeconfig: str | None) -> list[dict[str, Any]]:
@@ -83,24 +95,72 @@ def _peer(client: dict[str, Any]) -> str:
     return text + (f" gen {client['generation']}" if client["generation"] else "")
 
 
+def relay_from_record(record: RelayRecord, now: float) -> dict[str, Any]:
+    """A relay as the registry has it, in the shape ``status`` prints."""
+    return {
+        "name": record.name,
+        "alive": record.alive,
+        "load": record.load,
+        "capacity": record.capacity,
+        "addrPorts": list(record.addr_ports),
+        "serverDisco": str(record.server_disco),
+        "version": record.version,
+        "heartbeatAgeSeconds": round(max(0.0, now - record.heartbeat_at), 1),
+        "metricsAddress": record.metrics,
+        "pod": record.pod,
+    }
+
+
+def relay_from_object(item: dict[str, Any], now: float) -> dict[str, Any]:
+    """A relay as its Relay object has it, in the same shape."""
+    status = item.get("status") or {}
+    heartbeat = status.get("lastHeartbeatTime")
+    age = None
+    if heartbeat:
+        at = datetime.fromisoformat(heartbeat.replace("Z", "+00:00")).timestamp()
+        age = round(max(0.0, now - at), 1)
+    return {
+        "name": item["metadata"]["name"],
+        "alive": status.get("state") == STATE_ALIVE,
+        "load": status.get("endpoints", 0),
+        "capacity": status.get("capacity", 0),
+        "addrPorts": list(status.get("addrPorts") or ()),
+        "serverDisco": status.get("serverDisco", ""),
+        "version": status.get("version", ""),
+        "heartbeatAgeSeconds": age,
+        "metricsAddress": status.get("metricsAddress"),
+        "pod": status.get("pod"),
+    }
+
+
+async def list_relay_objects(kubeconfig: str | None) -> list[dict[str, Any]]:
+    """Every Relay object, through the kubernetes client."""
+    from kubernetes import client
+
+    from relay.resource.client import api_client
+
+    api = client.CustomObjectsApi(api_client(kubeconfig))
+    listing = await asyncio.to_thread(api.list_cluster_custom_object, GROUP, VERSION, RELAY_PLURAL)
+    return listing["items"]
+
+
+async def gather_relays(store: Store | None, kubeconfig: str | None, now: float) -> dict[str, Any]:
+    """``{"relays": [...], "relaysFrom": "store" | "kubernetes"}``: from the registry with a
+    store, else from the Relay objects."""
+    if store is not None:
+        relays = [relay_from_record(r, now) for r in await store.relays()]
+        return {"relays": relays, "relaysFrom": "store"}
+    items = await list_relay_objects(kubeconfig)
+    relays = sorted((relay_from_object(item, now) for item in items), key=lambda r: r["name"])
+    return {"relays": relays, "relaysFrom": "kubernetes"}
+
+
 async def gather_fleet(
-    store: Store, kubeconfig: str | None, now: float, each_endpoint: bool = False
+    store: Store | None, kubeconfig: str | None, now: float, each_endpoint: bool = False
 ) -> dict[str, Any]:
-    """The registry's relays, and the RelayEndpoints by phase (or why they could not be read)."""
-    relays = [
-        {
-            "name": r.name,
-            "alive": r.alive,
-            "load": r.load,
-            "capacity": r.capacity,
-            "addrPorts": list(r.addr_ports),
-            "serverDisco": str(r.server_disco),
-            "version": r.version,
-            "heartbeatAgeSeconds": round(max(0.0, now - r.heartbeat_at), 1),
-        }
-        for r in await store.relays()
-    ]
-    fleet: dict[str, Any] = {"relays": relays}
+    """The relays (see :func:`gather_relays`), and the RelayEndpoints by phase (or why they
+    could not be read)."""
+    fleet = await gather_relays(store, kubeconfig, now)
     try:
         items = await list_endpoints(kubeconfig)
         fleet["endpoints"] = summarise_endpoints(items)
@@ -109,6 +169,10 @@ async def gather_fleet(
     except Exception as exc:  # no cluster, no rights, no CRD: say so, show the relays anyway
         fleet["endpoints"] = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
     return fleet
+
+
+def _age(seconds: float | None) -> str:
+    return "never" if seconds is None else f"{seconds}s ago"
 
 
 def format_fleet(fleet: dict[str, Any]) -> str:
@@ -120,7 +184,7 @@ def format_fleet(fleet: dict[str, Any]) -> str:
                 "alive" if relay["alive"] else "dead",
                 str(relay["load"]),
                 str(relay["capacity"]),
-                f"{relay['heartbeatAgeSeconds']}s ago",
+                _age(relay["heartbeatAgeSeconds"]),
                 ", ".join(relay["addrPorts"]),
             )
         )

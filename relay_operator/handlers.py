@@ -8,18 +8,23 @@ Create and resume place and allocate in one pass; a crash between allocating
 and writing the status is survived because the next pass finds the relay the
 allocation went to (the relay label, or the store holding the pair) and asks
 it again for the same pair, which gives the same allocation back. Only one
-resource per pair of keys is allocated (a kopf index by pair). Delete frees
+resource per pair of keys is allocated (a kopf index by pair). An edit of
+``spec.relay`` moves a placed resource to the relay now pinned. Delete frees
 the allocation before the finalizer lets the resource go. The reallocate
 annotation allocates afresh; the relay-dead annotation, set by the fleet-wide
 relay check (relay_operator/relay_check.py, started and stopped here), places
-a resource whose relay died or came back under another disco key. A store
-outage has kopf run the handler again.
+a resource whose relay died or came back under another disco key. The Relay
+objects (relay_operator/relay_objects.py) are kept by a loop started and
+stopped here too, and so is the take-up loop, which has a resource left without
+a phase after its handler ran (its writes lost) allocated again. A store outage
+has kopf run the handler again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -40,6 +45,7 @@ from relay.resource.definition import (
     REALLOCATE_ANNOTATION,
     RELAY_DEAD_ANNOTATION,
     RELAY_LABEL,
+    TAKE_UP_ANNOTATION,
     VERSION,
 )
 from relay.resource.status import (
@@ -49,7 +55,7 @@ from relay.resource.status import (
     pending_status,
 )
 from relay.store import StoreUnavailable, VNIExhausted
-from relay_operator import relay_check
+from relay_operator import relay_check, relay_objects, take_up
 from relay_operator.allocating import (
     RELAY_DEAD,
     Allocator,
@@ -59,16 +65,18 @@ from relay_operator.allocating import (
 )
 from relay_operator.config import OperatorConfig
 from relay_operator.metrics import OperatorMetrics
+from relay_operator.pending import Waiting, waiting_entry
 
 MAX_RETRY_DELAY = 30.0
 PAIR_IN_USE_RETRY = 30.0
-TAKE_UP_AFTER = 30.0
 
 PairClaim = tuple[bool, str, str]
 """A resource's claim on its pair of keys: (not yet allocated, creation time, uid)."""
 
 registry = kopf.OperatorRegistry()
 """Every handler of the operator, and nothing else's."""
+
+log = logging.getLogger(__name__)
 
 
 class OperatorMemo(kopf.Memo):
@@ -82,7 +90,12 @@ class OperatorMemo(kopf.Memo):
     metrics: OperatorMetrics
     config: OperatorConfig
     relay_check: asyncio.Task[None]
-    """Set by the startup handler, stopped by the cleanup handler."""
+    relay_objects: asyncio.Task[None]
+    take_up: asyncio.Task[None]
+    """All three set by startup handlers, stopped by cleanup handlers."""
+    allocate_ran: float
+    """In a resource's own memo (kopf copies the memo per resource): when its create, resume
+    or take-up handler last ran to its end in this operator (``time.monotonic()``)."""
 
 
 def retry_delay(retry: int) -> float:
@@ -267,42 +280,42 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
 
+# Every index returns {} for a resource that leaves it, never None: kopf keeps what an index
+# handler returned before when it returns None, so the resource would stay indexed as it was.
+
+
 @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="pairs")
 async def pairs(
     spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, **_: Any
-) -> dict[str, PairClaim] | None:
+) -> dict[str, PairClaim]:
     try:
         keys = disco_keys(spec)
     except kopf.PermanentError:
-        return None
+        return {}
     allocated = current_allocation(status) is not None
     return {pair_id(keys): (not allocated, meta.get("creationTimestamp") or "", meta["uid"])}
 
 
 @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="by_relay")
-async def by_relay(
-    status: kopf.Status, meta: kopf.Meta, **_: Any
-) -> dict[str, relay_check.Served] | None:
-    return relay_check.index_entry(status, meta)
+async def by_relay(status: kopf.Status, meta: kopf.Meta, **_: Any) -> dict[str, relay_check.Served]:
+    return relay_check.index_entry(status, meta) or {}
 
 
-# A resource whose handler's writes were lost (the API server went away in the
-# middle: kopf gives up on a patch after its retries) gets no further event, so
-# nothing would ever run for it again. Any resource still without a phase is
-# taken up again by the timer; once allocated (or Pending) it has one and the timer stops.
+@kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="waiting")
+async def waiting(status: kopf.Status, meta: kopf.Meta, **_: Any) -> dict[str, Waiting]:
+    """RelayEndpoints waiting for an allocation, for the metrics (relay_operator/pending.py)."""
+    return waiting_entry(status, meta, time.time()) or {}
+
+
+@kopf.on.startup(registry=registry, id="count-waiting")
+async def count_waiting_endpoints(
+    waiting: kopf.Index[str, Waiting], memo: OperatorMemo, **_: Any
+) -> None:
+    memo.metrics.count_pending(waiting)
+
+
 @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="allocate")
 @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="allocate")
-@kopf.timer(
-    GROUP,
-    VERSION,
-    PLURAL,
-    registry=registry,
-    id="take-up",
-    interval=TAKE_UP_AFTER,
-    initial_delay=TAKE_UP_AFTER,
-    field="status.phase",
-    value=kopf.ABSENT,
-)
 async def allocate(
     body: kopf.Body,
     patch: kopf.Patch,
@@ -311,6 +324,73 @@ async def allocate(
     memo: OperatorMemo,
     **_: Any,
 ) -> None:
+    try:
+        await allocate_once(body, patch, retry, pairs, memo)
+    finally:
+        memo.allocate_ran = time.monotonic()
+
+
+# The take-up loop and its rules: relay_operator/take_up.py.
+
+
+@kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="unplaced")
+async def unplaced(
+    status: kopf.Status, meta: kopf.Meta, memo: OperatorMemo, **_: Any
+) -> dict[str, take_up.Unplaced]:
+    """RelayEndpoints without a phase, with their own memo (when their handler last ran)."""
+    if status.get("phase") is not None:
+        return {}
+    return {meta["uid"]: (meta.get("namespace") or "", meta["name"], memo)}
+
+
+@kopf.on.field(
+    GROUP,
+    VERSION,
+    PLURAL,
+    field=("metadata", "annotations", TAKE_UP_ANNOTATION),
+    registry=registry,
+    id="take-up",
+)
+async def allocate_taken_up(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    retry: int,
+    new: Any,
+    pairs: kopf.Index[str, PairClaim],
+    memo: OperatorMemo,
+    **_: Any,
+) -> None:
+    if new is None:
+        return
+    try:
+        if body.status.get("phase") is None:
+            await allocate_once(body, patch, retry, pairs, memo)
+    finally:
+        memo.allocate_ran = time.monotonic()
+    patch.metadata.annotations[TAKE_UP_ANNOTATION] = None
+
+
+@kopf.on.startup(registry=registry, id="take-up")
+async def start_take_up(
+    unplaced: kopf.Index[str, take_up.Unplaced], memo: OperatorMemo, **_: Any
+) -> None:
+    loop = take_up.run_take_up(unplaced, take_up.kubernetes_mark(), memo.config.take_up_after)
+    memo.take_up = asyncio.create_task(loop, name="take-up")
+
+
+@kopf.on.cleanup(registry=registry, id="take-up")
+async def stop_take_up(memo: OperatorMemo, **_: Any) -> None:
+    await stop_tasks(memo.get("take_up"))
+
+
+async def allocate_once(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    retry: int,
+    pairs: kopf.Index[str, PairClaim],
+    memo: OperatorMemo,
+) -> None:
+    """Place and allocate a resource without an allocation that stands, or keep its own."""
     status = body.status
     if status.get("phase") == EXPIRED:
         return
@@ -364,6 +444,39 @@ async def reallocate(
         if previous is not None:
             await memo.allocator.free(previous)
         await place(memo, body, patch, retry, None)
+
+
+@kopf.on.field(GROUP, VERSION, PLURAL, field=("spec", "relay"), registry=registry, id="pin")
+async def pin(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    retry: int,
+    new: Any,
+    reason: kopf.Reason,
+    memo: OperatorMemo,
+    **_: Any,
+) -> None:
+    """``spec.relay`` edited on a placed resource: an endpoint served elsewhere moves to the
+    relay now pinned (its old allocation freed); whatever happens, the conditions then
+    observe the new generation, as kstatus, Flux and Argo CD expect."""
+    if reason == kopf.Reason.CREATE:
+        return  # the allocate handler places it
+    status = body.status
+    current = current_allocation(status)
+    if (
+        current is not None
+        and new is not None
+        and current.relay != new
+        and status.get("phase") in (ALLOCATED, BOUND)
+    ):
+        with retried_after_store_outage(retry):
+            await place(memo, body, patch, retry, current)
+        return
+    generation = body.meta.get("generation", 0)
+    if status.get("conditions"):
+        patch.status["conditions"] = [
+            {**condition, "observedGeneration": generation} for condition in status["conditions"]
+        ]
 
 
 @kopf.on.field(
@@ -420,3 +533,19 @@ async def start_relay_check(
 @kopf.on.cleanup(registry=registry, id="relay-check")
 async def stop_relay_check(memo: OperatorMemo, **_: Any) -> None:
     await stop_tasks(memo.get("relay_check"))
+
+
+@kopf.on.startup(registry=registry, id="relay-objects")
+async def start_relay_objects(memo: OperatorMemo, **_: Any) -> None:
+    objects = relay_objects.RelayObjects(
+        relay_objects.RelayObjectsApi(), memo.config.relay_object_refresh
+    )
+    keep = relay_objects.run_relay_objects(
+        objects, memo.allocator, memo.config.relay_check_interval, time.time
+    )
+    memo.relay_objects = asyncio.create_task(keep, name="relay-objects")
+
+
+@kopf.on.cleanup(registry=registry, id="relay-objects")
+async def stop_relay_objects(memo: OperatorMemo, **_: Any) -> None:
+    await stop_tasks(memo.get("relay_objects"))

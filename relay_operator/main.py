@@ -16,6 +16,7 @@ from relay.protocol.geneve import MAX_VNI
 from relay.resource.client import api_client
 from relay.resource.definition import FINALIZER, GROUP, RELAY_LABEL
 from relay.store import open_store, redact_url
+from relay_operator import index_barrier
 from relay_operator.allocating import Allocator
 from relay_operator.config import OperatorConfig
 from relay_operator.handlers import OperatorMemo, registry
@@ -86,6 +87,8 @@ async def run_operator(
     metrics = OperatorMetrics(lambda: allocator.last_relays)
     memo = OperatorMemo(allocator=allocator, metrics=metrics, config=config)
     metrics_server = await metrics.serve(*config.metrics_listen) if config.metrics_listen else None
+    if not index_barrier.wake_on_change_only():
+        log.warning("kopf's start-up barrier is not the one expected: left as it is")
     try:
         await kopf.operator(
             registry=registry,

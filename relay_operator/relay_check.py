@@ -30,10 +30,7 @@ from typing import Any
 from relay.resource.definition import (
     ALLOCATED,
     BOUND,
-    GROUP,
-    PLURAL,
     RELAY_DEAD_ANNOTATION,
-    VERSION,
 )
 from relay.store import StoreUnavailable
 from relay_operator.allocating import Allocator
@@ -99,22 +96,11 @@ async def run_relay_check(
 
 def kubernetes_mark() -> Mark:
     """Sets the annotation with the kubernetes client (KUBECONFIG, or the service account)."""
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
+    from relay.resource.client import RelayEndpointsApi
 
-    from relay.resource.client import api_client
-
-    api = client.CustomObjectsApi(api_client())
-
-    def patch(namespace: str, name: str, relay: str) -> None:
-        body = {"metadata": {"annotations": {RELAY_DEAD_ANNOTATION: relay}}}
-        try:
-            api.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, body)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+    api = RelayEndpointsApi(None)
 
     async def mark(namespace: str, name: str, relay: str) -> None:
-        await asyncio.to_thread(patch, namespace, name, relay)
+        await api.annotate(namespace, name, {RELAY_DEAD_ANNOTATION: relay})
 
     return mark

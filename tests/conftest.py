@@ -1,4 +1,5 @@
-"""Fixtures shared by every test package: a real Kubernetes control plane for the session.
+"""Fixtures shared by every test package: a real Kubernetes control plane for the session,
+and a real redis-server with the fleet's store on it for a test.
 
 The ``control_plane`` fixture (etcd and kube-apiserver from tests/support/controlplane.py)
 costs a build the first time and a few seconds per session after that, so only
@@ -17,11 +18,14 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
+from relay.store.redis import RedisStore
+from tests.support.redis_server import RedisServer
 
 if TYPE_CHECKING:
     from tests.support.controlplane import ControlPlane
@@ -95,3 +99,19 @@ def kube_namespace(control_plane: ControlPlane) -> str:
     name = f"test-{uuid.uuid4().hex[:10]}"
     control_plane.kubectl("create", "namespace", name)
     return name
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, without persistence (a module or folder needing
+    another kind defines its own)."""
+    with RedisServer(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+async def store(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
+    """The fleet's Redis store on :func:`redis_server`."""
+    store = RedisStore.from_url(redis_server.url())
+    yield store
+    await store.close()

@@ -127,13 +127,16 @@ class KernelFastPath:
         listen: str,
         max_endpoints: int = DEFAULT_MAX_ENDPOINTS,
         clock: Callable[[], float] = time.time,
+        worker: int | None = None,
     ) -> None:
+        """``worker``: the index of the worker this runs in, in a relay of several (its own
+        table); None for a relay of one process."""
         self._core = core
         self._port = port
         self._listen = None if listen in ("::", "0.0.0.0") else listen
         self.max_endpoints = max_endpoints
         self._clock = clock
-        self.table = rules.table_name(port)
+        self.table = rules.table_name(port, worker)
         self._newly_bound = core.watch_bound()
         self._moved_now = asyncio.Event()
         self._moved = core.watch_moves(self._moved_now.set)

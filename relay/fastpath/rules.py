@@ -56,8 +56,10 @@ class Leg:
     route: Route
 
 
-def table_name(port: int) -> str:
-    return f"{TABLE_PREFIX}{port}"
+def table_name(port: int, worker: int | None = None) -> str:
+    """The relay's table; each worker of a relay of several (relay/workers.py) has its own,
+    holding the endpoints it owns, all hooked at the same devices."""
+    return f"{TABLE_PREFIX}{port}" if worker is None else f"{TABLE_PREFIX}{port}_w{worker}"
 
 
 def family(ip: str) -> str:

@@ -47,6 +47,8 @@ from relay.protocol.ratelimit import DEFAULT_HANDSHAKE_LIMITS, HandshakeLimiter,
 
 Address = Hashable
 Send = tuple[bytes, Address]
+Run = tuple[int, int, Address]
+"""Bytes ``start:stop`` of a train, to send to ``destination`` as they are."""
 
 CHALLENGE_SECRET_LEN = 32
 _CHALLENGE_PERSON = b"rf-chal0"
@@ -61,6 +63,20 @@ _MAGIC = slice(_FRAME, _FRAME + disco.SENDER_OFFSET)
 _SENDER = slice(_FRAME + disco.SENDER_OFFSET, _FRAME + disco.NONCE_OFFSET)
 _CONTROL_BIT = geneve.CONTROL_BIT
 _unpack_header = struct.Struct(">xBxxI").unpack_from  # (flags byte, VNI << 8 | reserved)
+
+
+_TRAIN_HEADERS: dict[tuple[int, int], struct.Struct] = {}
+
+
+def _train_headers(segment_size: int, count: int) -> struct.Struct:
+    """Unpacks (flags byte, VNI word) of each of ``count`` ``segment_size``-byte segments."""
+    headers = _TRAIN_HEADERS.get((segment_size, count))
+    if headers is None:
+        if len(_TRAIN_HEADERS) >= 256:
+            _TRAIN_HEADERS.clear()
+        one = f"xBxxI{segment_size - _FRAME}x"
+        headers = _TRAIN_HEADERS[segment_size, count] = struct.Struct(">" + one * count)
+    return headers
 
 
 class Handshake(enum.IntEnum):
@@ -400,6 +416,98 @@ class RelayCore:
         self.forwarded_packets += 1
         self.forwarded_bytes += size
         return datagram, destination
+
+    def handle_train(
+        self, train: memoryview, segment_size: int, source: Address, now: float
+    ) -> tuple[list[Run], list[Send]]:
+        """Act on a train: datagrams of ``segment_size`` bytes (the last may be shorter)
+        received as one buffer (UDP GRO); return what to send, as :meth:`handle` would for
+        each segment in turn, and count exactly as it would.
+
+        ``runs`` are contiguous spans of the train to relay as they are, in order, each
+        a whole number of segments; ``answers`` are datagrams made here (challenges).
+        A data segment of the VNI, endpoint and sender of the one before it is checked
+        and counted inline; any other segment (the first, another VNI, a control or
+        short segment, one after such) goes through :meth:`handle` on its own.
+        """
+        if segment_size <= 0:
+            raise ValueError("a train's segments are at least 1 byte long")
+        size = len(train)
+        runs: list[Run] = []
+        answers: list[Send] = []
+        if not size:  # an empty datagram, as handle sees it
+            self.handle(train, source, now)
+            return runs, answers
+        unpack = _unpack_header
+        control_bit = _CONTROL_BIT
+        vni = -1  # the VNI whose data segments from ``source`` are relayed inline; -1: none
+        sender: ClientState | None = None
+        destination: Address = None
+        run_start = -1
+        packets = size_sum = 0
+        start = 0
+        full = size // segment_size
+        if full >= 3 and segment_size >= _FRAME:
+            # the usual train: every full segment data of one VNI, checked in one C call;
+            # the first then goes through handle, and the rest follow it inline
+            values = _train_headers(segment_size, full).unpack_from(train)
+            words = values[1::2]
+            if max(values[0::2]) < control_bit and words.count(words[0]) == full:
+                segment = train[:segment_size]
+                answer = self.handle(segment, source, now)
+                start = segment_size
+                if answer is not None and answer[0] is segment:
+                    run_start, destination = 0, answer[1]
+                    vni = words[0] >> 8
+                    a, b = self._by_vni[vni]._clients
+                    sender = a if source == a.addr else b
+                    packets, size_sum = full - 1, (full - 1) * segment_size
+                    start = full * segment_size
+                elif answer is not None:
+                    answers.append(answer)
+        while start < size:
+            stop = start + segment_size
+            if stop > size:
+                stop = size
+            if stop - start >= _FRAME:
+                flags, vni_word = unpack(train, start)
+                if vni_word >> 8 == vni and not flags & control_bit:
+                    packets += 1
+                    size_sum += stop - start
+                    start = stop
+                    continue
+            if run_start >= 0:  # the inline run ends here
+                runs.append((run_start, start, destination))
+                run_start = -1
+            if packets:
+                self._credit_inline(sender, packets, size_sum, now)
+                packets = size_sum = 0
+            segment = train[start:stop]
+            answer = self.handle(segment, source, now)
+            vni = -1
+            if answer is not None:
+                payload, to = answer
+                if payload is segment:
+                    # relayed: later segments like it follow inline, to the same place
+                    run_start, destination = start, to
+                    vni = _unpack_header(train, start)[1] >> 8
+                    a, b = self._by_vni[vni]._clients
+                    sender = a if source == a.addr else b
+                else:
+                    answers.append(answer)
+            start = stop
+        if run_start >= 0:
+            runs.append((run_start, size, destination))
+        if packets:
+            self._credit_inline(sender, packets, size_sum, now)
+        return runs, answers
+
+    def _credit_inline(self, sender: ClientState, packets: int, size: int, now: float) -> None:
+        sender.last_seen = now
+        sender.packets += packets
+        sender.bytes += size
+        self.forwarded_packets += packets
+        self.forwarded_bytes += size
 
     def _handle_control(
         self, endpoint: Endpoint, datagram: bytes, source: Address, now: float

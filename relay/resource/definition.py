@@ -1,7 +1,7 @@
-"""The RelayEndpoint resource's names: API group, version, plural, labels, annotations, phases.
+"""The fleet's resources' names: API group, version, plurals, labels, annotations, phases.
 
-The CustomResourceDefinition (crds/relayendpoint.yaml) declares the resource;
-this module names what the relays and the operator read and write in it, once.
+The CustomResourceDefinitions (crds/relayendpoint.yaml, crds/relay.yaml) declare the
+resources; this module names what the relays and the operator read and write in them, once.
 """
 
 GROUP = "relayfleet.io"
@@ -19,6 +19,10 @@ REALLOCATE_ANNOTATION = "relayfleet.io/reallocate"
 RELAY_DEAD_ANNOTATION = "relayfleet.io/relay-dead"
 """Put by the operator's relay check on endpoints of a relay that stopped heart-beating, or
 that came back under another disco key than their ``serverDisco``."""
+
+TAKE_UP_ANNOTATION = "relayfleet.io/take-up"
+"""Put by the operator's take-up loop (relay_operator/take_up.py) on an endpoint left without a
+phase after its handler ran (its writes lost); removed once the endpoint is allocated."""
 
 FINALIZER = "relayfleet.io/free-allocation"
 
@@ -46,3 +50,23 @@ RELAY_DEAD = "RelayDead"
 """The relay serving the endpoint stopped heart-beating (or was never registered)."""
 RELAY_REKEYED = "RelayRekeyed"
 """The relay serving the endpoint runs again, under another disco key."""
+
+# The Relay resource (crds/relay.yaml): one cluster-scoped object per registered relay, kept
+# by the operator from the registry, so that the fleet can be read with a kubeconfig alone.
+RELAY_PLURAL = "relays"
+RELAY_KIND = "Relay"
+STATE_ALIVE = "Alive"
+STATE_DEAD = "Dead"
+RELAY_STATES = (STATE_ALIVE, STATE_DEAD)
+"""Every ``status.state`` of a Relay."""
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+OPERATOR_NAME = "relayfleet-operator"
+"""The managed-by label's value on the Relay objects the operator keeps (and may delete)."""
+
+# A Relay's Ready reasons, and the Events the operator posts on it.
+HEARTBEAT_CURRENT = "HeartbeatCurrent"
+HEARTBEAT_STOPPED = "HeartbeatStopped"
+REGISTERED = "Registered"
+CAME_BACK = "CameBack"
+STOPPED = "Stopped"
+REKEYED = "Rekeyed"

@@ -100,8 +100,18 @@ class RelayAgent:
         *,
         heartbeat_interval: float = 5.0,
         resync_interval: float = 60.0,
+        owns: Callable[[int], bool] | None = None,
+        registers: bool = True,
+        serves: bool = True,
     ) -> None:
+        """``owns``: the VNIs this process serves, where the relay's workers share them out
+        (relay/workers.py; default every one). ``registers``: register and heart-beat the
+        relay (its parent does, for workers). ``serves``: install and expire endpoints (a
+        parent of workers serves none)."""
         self._core = core
+        self._owns = owns
+        self._registers = registers
+        self._serves = serves
         self._store = store
         self._record = record
         self._clock = clock
@@ -151,8 +161,11 @@ class RelayAgent:
         return result.allocation
 
     def install(self, allocation: Allocation) -> None:
-        """Serve an allocation now (the allocation API made it, or the store announced it)."""
+        """Serve an allocation now (the allocation API made it, or the store announced it),
+        if this process owns its VNI."""
         if (allocation.vni, allocation.lamport_id) in self._pending_free:
+            return
+        if self._owns is not None and not self._owns(allocation.vni):
             return
         self._core.install(allocation, self._clock())
         if self._installed_during_resync is not None:
@@ -255,6 +268,8 @@ class RelayAgent:
             wanted: set[tuple[int, int]] = set()
             async for allocations in self._store.scan_allocations(self.name):
                 for allocation in allocations:
+                    if self._owns is not None and not self._owns(allocation.vni):
+                        continue
                     key = (allocation.vni, allocation.lamport_id)
                     wanted.add(key)
                     if key not in self._removed_during_resync:
@@ -273,12 +288,12 @@ class RelayAgent:
     # -- lifecycle -----------------------------------------------------------
 
     def start(self) -> None:
-        for loop in (
-            self._expiry_loop,
-            self._heartbeat_loop,
-            self._changes_loop,
-            self._resync_loop,
-        ):
+        loops = []
+        if self._serves:
+            loops += [self._expiry_loop, self._changes_loop, self._resync_loop]
+        if self._registers:
+            loops.append(self._heartbeat_loop)
+        for loop in loops:
             self._tasks.append(asyncio.create_task(loop(), name=f"agent-{loop.__name__}"))
 
     async def close(self) -> None:
@@ -343,6 +358,8 @@ class RelayAgent:
         if change == SUBSCRIBED:
             await self.resync()
         elif change.kind == "alloc":
+            if self._owns is not None and not self._owns(change.vni):
+                return
             allocation = await self._store.allocation(self.name, change.vni)
             if allocation is not None and allocation.lamport_id == change.lamport_id:
                 self.install(allocation)

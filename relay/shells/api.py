@@ -133,6 +133,8 @@ class ApiHost(Protocol):
 
     async def allocate(self, a: DiscoPublicKey, b: DiscoPublicKey) -> ServerEndpoint: ...
 
+    async def endpoints_json(self) -> list[dict[str, Any]]: ...
+
 
 def _counting_errors(server: ApiHost) -> Callable[..., Awaitable[web.StreamResponse]]:
     """Counts every answer of 400 or above by its status code, for /metrics."""
@@ -187,9 +189,7 @@ def make_app(server: ApiHost, *, allocation: bool = True, public: bool = True) -
             return web.json_response(
                 {
                     "ServerDisco": str(server.core.server_key),
-                    "Endpoints": [
-                        endpoint_json(e, server.core.expires_at(e)) for e in server.core.endpoints()
-                    ],
+                    "Endpoints": await server.endpoints_json(),
                 }
             )
 

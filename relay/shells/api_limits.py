@@ -114,6 +114,10 @@ class AllocationLimits:
                 f"at once, then one per {format_duration(self.pair_period / self.max_per_pair)}",
             )
 
+    def last_handed_out(self, pair: Pair) -> tuple[int, int] | None:
+        """The ``(vni, lamport_id)`` this API last gave ``pair``, if it remembers one."""
+        return self._handed_out.get(pair)
+
     def handed_out(self, pair: Pair, vni: int, lamport_id: int) -> None:
         """Remember the allocation this API gave ``pair`` (a table of at most ``max_keys``)."""
         if pair not in self._handed_out and len(self._handed_out) >= self.max_keys:

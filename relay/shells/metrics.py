@@ -6,7 +6,7 @@ and this collector turns them into metric families when Prometheus asks.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
@@ -22,6 +22,7 @@ from relay import __version__
 from relay.protocol.core import RelayCore
 from relay.shells.agent import RelayAgent
 from relay.shells.api_limits import REFUSALS
+from relay.shells.summed_metrics import SummedCollector
 
 PREFIX = "relayfleet_relay"
 
@@ -53,6 +54,12 @@ class RelayState(Protocol):
 
     @property
     def send_errors(self) -> int: ...
+
+    @property
+    def gso_sends(self) -> int: ...
+
+    @property
+    def trains_received(self) -> int: ...
 
 
 class RelayCollector(Collector):
@@ -155,6 +162,16 @@ class RelayCollector(Collector):
             "Datagrams the socket refused to send",
             value=server.send_errors,
         )
+        yield CounterMetricFamily(
+            f"{PREFIX}_gso_sends",
+            "Sends of several datagrams for one destination as one UDP GSO train",
+            value=server.gso_sends,
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_gro_trains",
+            "Reads that brought a train of several datagrams coalesced by UDP GRO",
+            value=server.trains_received,
+        )
 
 
 def _by_label(name: str, text: str, label: str, counts: Mapping[Any, int]) -> CounterMetricFamily:
@@ -169,4 +186,11 @@ def relay_registry(server: RelayState) -> CollectorRegistry:
     """A registry of its own per relay, so several relays can share one process (tests)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RelayCollector(server))
+    return registry
+
+
+def summed_registry(texts: Callable[[], Sequence[str]]) -> CollectorRegistry:
+    """The registry of a relay's parent of workers: their ``/metrics`` texts summed."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SummedCollector(texts))
     return registry

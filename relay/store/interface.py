@@ -68,6 +68,11 @@ class RelayRecord:
     alive: bool = True
     bind_lifetime: float = DEFAULT_BIND_LIFETIME
     steady_state_lifetime: float = DEFAULT_STEADY_STATE_LIFETIME
+    metrics: str | None = None
+    """``host:port`` of the relay's ``/metrics`` as bound (the host may be unspecified)."""
+    pod: str | None = None
+    """``namespace/name`` of the pod the relay runs in, where it runs in one: its ``/metrics``
+    is then read through the API server's pod proxy."""
 
 
 class Store(Protocol):

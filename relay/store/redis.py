@@ -65,6 +65,10 @@ from relay.store.interface import (
     VNIExhausted,
 )
 
+_CLUSTER_UNREACHABLE: tuple[type[Exception], ...] = tuple(
+    getattr(redis_errors, name) for name in ("RedisClusterUnreachableError",)
+    if hasattr(redis_errors, name)
+)  # fmt: skip
 _VNI = struct.Struct(">I")
 _LAMPORT = struct.Struct(">Q")
 _RECORD = struct.Struct(">Q32s32sq?")
@@ -117,6 +121,8 @@ def _encode_relay(record: RelayRecord) -> str:
             "heartbeat_at": record.heartbeat_at,
             "bind_lifetime": record.bind_lifetime,
             "steady_state_lifetime": record.steady_state_lifetime,
+            "metrics": record.metrics,
+            "pod": record.pod,
         },
         separators=(",", ":"),
     )
@@ -136,6 +142,8 @@ def _decode_relay(name: bytes, value: bytes, now_ms: int) -> RelayRecord:
         alive=now_ms < int(expires),
         bind_lifetime=fields.get("bind_lifetime", DEFAULT_BIND_LIFETIME),
         steady_state_lifetime=fields.get("steady_state_lifetime", DEFAULT_STEADY_STATE_LIFETIME),
+        metrics=fields.get("metrics"),
+        pod=fields.get("pod"),
     )
 
 
@@ -269,9 +277,12 @@ class RedisStore:
         except redis_errors.RedisError as exc:
             raise StoreError(f"{self._where} failed ({what}): {exc}") from exc
         except redis_errors.RedisClusterException as exc:
-            # The base class itself reports no reachable node or uncovered slots;
-            # its subclasses report misuse.
-            if type(exc) is redis_errors.RedisClusterException:
+            # The base class itself reports no reachable node or uncovered slots (and
+            # from redis-py 8.2, its subclass RedisClusterUnreachableError does); its
+            # other subclasses report misuse.
+            if type(exc) is redis_errors.RedisClusterException or isinstance(
+                exc, _CLUSTER_UNREACHABLE
+            ):
                 raise StoreUnavailable(f"{self._where} is unavailable ({what}): {exc}") from exc
             raise StoreError(f"{self._where} failed ({what}): {exc}") from exc
         if task is not None and task.cancelling() > cancelling:

@@ -141,6 +141,7 @@ def test_chart_image_is_the_dockerfile_image() -> None:
 
 FIELDS = {
     "metadata.name": "rf-relay-fleet-relay-1",
+    "metadata.namespace": "relays",
     "status.hostIP": "10.0.0.5",
     "metadata.labels['apps.kubernetes.io/pod-index']": "1",
 }
@@ -180,6 +181,7 @@ def test_rendered_containers_parse_with_the_cli(name: str) -> None:
         if part == "relay":
             assert parsed.name == "rf-relay-fleet-relay-1"
             assert parsed.key_file == "/etc/relayfleet/keys/rf-relay-fleet-relay-1.key"
+            assert parsed.pod == "relays/rf-relay-fleet-relay-1"
             assert parsed.addrs and parsed.store.startswith("redis://")
             values = VALUE_SETS[name]
             assert parsed.metrics_listen == ("0.0.0.0", values.get("relays.metricsPort", 9090))

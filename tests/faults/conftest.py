@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 import pytest
 
 from tests.faults.support import operator_flags
-from tests.relay_operator.conftest import crd, redis_server, start_operator, store
+from tests.relay_operator.conftest import crd, start_operator
 from tests.relay_operator.e2e_support import Operator
 
-__all__ = ["crd", "redis_server", "start_operator", "store"]
+__all__ = ["crd", "start_operator"]
 
 _ROWS = pytest.StashKey[list["FaultRow"]]()
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()

@@ -12,7 +12,6 @@ survivor, and then checks the invariants every fault must keep.
 
 from __future__ import annotations
 
-import signal
 import time
 from typing import Any
 
@@ -76,9 +75,10 @@ async def test_a_killed_relays_endpoints_move_and_the_other_relay_keeps_relaying
             await probe.start().warmed_up()
 
         fault_start = time.monotonic()
-        await relays[VICTIM].stop(signal.SIGKILL)
+        await relays[VICTIM].kill_as_a_container()
         row.injected = (
-            f"SIGKILL to relay {VICTIM} holding {len(moving)} endpoints (1 bound, relaying), "
+            f"SIGKILL to relay {VICTIM} and its workers, holding {len(moving)} endpoints "
+            "(1 bound, relaying), "
             f"while {SURVIVOR} held {len(staying)} (1 bound, relaying)"
         )
 

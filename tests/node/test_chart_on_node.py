@@ -11,18 +11,23 @@ release working for the next.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from relay.protocol.keys import DiscoPrivateKey
+from relay_operator.fleet_watch import MetricsReader
 from tests.node.fleet import HelmFleet, relay_both_ways
 from tests.support.local_cluster import LocalCluster
 from tests.support.node import NODE_IP
 from tests.support.waiting import wait_until_sync
 
 NAMESPACE = "relayfleet-node"
+RELAYFLEET = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "relayfleet"
 POD_READY_TIMEOUT = 180
 
 
@@ -115,6 +120,33 @@ async def test_an_endpoint_is_allocated_in_cluster_and_relays_from_the_host(
     other = f"{fleet.fullname}-relay-{1 - int(relay_index)}"
     fleet.apply_endpoint("carol-dave", new_keys(), relay=other)
     assert fleet.wait_phase("carol-dave", "Allocated")["serverDisco"] != status["serverDisco"]
+
+
+async def test_the_fleet_reads_from_a_kubeconfig_alone(fleet: HelmFleet):
+    """Relay objects kept by the operator; `relayfleet status` without the fleet's Redis; the
+    live view's counters read through the API server's pod proxy."""
+    names = {f"{fleet.fullname}-relay-{i}" for i in (0, 1)}
+
+    def both_alive() -> list[dict] | None:
+        items = fleet.get("relays").get("items", [])
+        alive = [r for r in items if r.get("status", {}).get("state") == "Alive"]
+        return alive if {r["metadata"]["name"] for r in alive} >= names else None
+
+    relays = wait_until_sync(both_alive, "both Relay objects Alive", timeout=60)
+    for relay in relays:
+        assert relay["status"]["pod"] == f"{fleet.namespace}/{relay['metadata']['name']}"
+    env = {**os.environ, "KUBECONFIG": str(fleet.kubeconfig)}
+    env.pop("RELAYFLEET_STORE", None)
+    done = subprocess.run(
+        [str(RELAYFLEET), "status", "-o", "json"], env=env, capture_output=True, text=True,
+        timeout=60, check=True,
+    )  # fmt: skip
+    fleet_view = json.loads(done.stdout)
+    assert fleet_view["relaysFrom"] == "kubernetes"
+    assert {r["name"] for r in fleet_view["relays"] if r["alive"]} >= names
+    reader = MetricsReader(str(fleet.kubeconfig))
+    counters = [await reader.read(r) for r in fleet_view["relays"] if r["name"] in names]
+    assert sum(c["packets"] for c in counters) > 0  # alice-bob's, relayed above
 
 
 def test_relay_metrics_are_scraped_through_the_metrics_service(fleet: HelmFleet):

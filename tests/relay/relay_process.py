@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -82,6 +83,16 @@ class RelayProcess:
     @property
     def relay(self) -> tuple[str, int]:
         return "127.0.0.1", self.ready["udp_port"]
+
+    async def kill_as_a_container(self) -> tuple[int, str]:
+        """SIGKILL to the relay and its workers at once, as when its pod's container is killed
+        (its cgroup), rather than to the parent alone, whose workers then follow it."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        pids = [int(pid) for pid in children.read_text().split()] if children.exists() else []
+        for pid in [self.process.pid, *pids]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return await self.stop(signal.SIGKILL)
 
     async def stop(self, sig: signal.Signals = signal.SIGTERM) -> tuple[int, str]:
         if self.process.returncode is None:

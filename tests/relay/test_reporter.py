@@ -13,6 +13,7 @@ import time
 from relay.protocol.core import Endpoint, Handshake, RelayCore
 from relay.protocol.keys import DiscoPrivateKey
 from relay.reporter import StatusReporter
+from relay.resource.client import Listing
 from relay.store import Allocation
 from tests.relay.relay_process import RelayProcess
 
@@ -34,7 +35,7 @@ def resource(name: str, vni: int, lamport_id: int, relay: str = "relay-x") -> di
 
 
 class SilentApiServer:
-    async def on_relay(self, relay: str, timeout: float) -> list[dict]:
+    async def listing(self, relay: str, timeout: float) -> Listing:
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 
@@ -46,9 +47,9 @@ class RecordingApiServer:
         self.patches: list[tuple[str, dict]] = []
         self.timeouts: list[float] = []
 
-    async def on_relay(self, relay: str, timeout: float) -> list[dict]:
+    async def listing(self, relay: str, timeout: float) -> Listing:
         self.timeouts.append(timeout)
-        return self.resources
+        return Listing(self.resources, "1")
 
     async def patch_status(self, namespace: str, name: str, status: dict, timeout: float) -> None:
         self.timeouts.append(timeout)

@@ -10,35 +10,23 @@ from pathlib import Path
 
 import pytest
 
-from relay.store.redis import RedisStore
 from tests.relay.relay_process import RelayProcess
 from tests.relay_operator.e2e_support import Operator
-from tests.support.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "relayendpoint.yaml"
+RELAY_CRD = ROOT / "crds" / "relay.yaml"
 
 
 @pytest.fixture(scope="module")
 def crd(control_plane):
-    control_plane.kubectl("apply", "-f", str(CRD))
+    """The fleet's own CRDs applied: RelayEndpoint, and Relay (kept by the operator)."""
+    control_plane.kubectl("apply", "-f", str(CRD), "-f", str(RELAY_CRD))
     control_plane.kubectl(
-        "wait", "--for=condition=Established", "crd/relayendpoints.relayfleet.io", "--timeout=30s"
-    )
+        "wait", "--for=condition=Established", "crd/relayendpoints.relayfleet.io",
+        "crd/relays.relayfleet.io", "--timeout=30s",
+    )  # fmt: skip
     return control_plane
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    with RedisServer(tmp_path) as server:
-        yield server
-
-
-@pytest.fixture
-async def store(redis_server):
-    store = RedisStore.from_url(redis_server.url())
-    yield store
-    await store.close()
 
 
 @pytest.fixture

@@ -1,5 +1,7 @@
 """The operator's allocation steps against the memory store: reuse, placement, re-placement."""
 
+import asyncio
+
 import pytest
 
 from relay.protocol.keys import DiscoPrivateKey, sorted_pair
@@ -148,3 +150,83 @@ async def test_a_relay_back_under_another_key_no_longer_serves_what_the_status_n
     assert await allocator.current(pair, named) is None
     clock.now += 60
     assert await allocator.server_gone(named) == RELAY_DEAD
+
+
+class CountingStore(MemoryStore):
+    """The memory store, counting its calls and the most ever in flight at once. A call of
+    ``relays`` or ``allocate`` waits until its gate is open, so that the callers pile up."""
+
+    def __init__(self, clock):
+        super().__init__(clock=clock)
+        self.gates = {"relays": asyncio.Event(), "allocate": asyncio.Event()}
+        self.in_flight = self.most_in_flight = self.relay_reads = 0
+
+    async def _counted(self, gate, call):
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await self.gates[gate].wait()
+            return await call()
+        finally:
+            self.in_flight -= 1
+
+    async def relays(self):
+        self.relay_reads += 1
+        return await self._counted("relays", super().relays)
+
+    async def allocate(self, *args, **kwargs):
+        call = super().allocate
+        return await self._counted("allocate", lambda: call(*args, **kwargs))
+
+
+async def test_a_burst_of_allocations_keeps_the_store_calls_in_flight_bounded(clock):
+    store = CountingStore(clock)
+    store.gates["relays"].set()
+    await register(store, "a", capacity=1000)
+    allocator = Allocator(store, clock, max_calls=4)
+    burst = [asyncio.create_task(allocator.allocate(keys(), "a")) for _ in range(50)]
+    while store.in_flight < 4:
+        await asyncio.sleep(0)
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert store.in_flight == 4
+    store.gates["allocate"].set()
+    placed = await asyncio.gather(*burst)
+    assert len({p.allocation.vni for p in placed}) == 50
+    assert store.most_in_flight == 4
+
+
+async def test_callers_waiting_for_the_relays_share_one_read(clock):
+    store = CountingStore(clock)
+    store.gates["relays"].set()
+    await register(store, "a")
+    store.gates["relays"].clear()
+    reads_before = store.relay_reads
+    allocator = Allocator(store, clock)
+    readers = [asyncio.create_task(allocator.relays()) for _ in range(20)]
+    while store.in_flight < 1:
+        await asyncio.sleep(0)
+    store.gates["relays"].set()
+    results = await asyncio.gather(*readers)
+    assert store.relay_reads == reads_before + 1
+    assert all(set(r) == {"a"} for r in results)
+    # A read after that one is done is a read of its own: nothing stale is kept.
+    await allocator.relays()
+    assert store.relay_reads == reads_before + 2
+
+
+async def test_a_reader_cancelled_while_waiting_leaves_the_read_to_the_others(clock):
+    store = CountingStore(clock)
+    store.gates["relays"].set()
+    await register(store, "a")
+    store.gates["relays"].clear()
+    allocator = Allocator(store, clock)
+    first = asyncio.create_task(allocator.relays())
+    second = asyncio.create_task(allocator.relays())
+    while store.in_flight < 1:
+        await asyncio.sleep(0)
+    first.cancel()
+    store.gates["relays"].set()
+    assert set(await second) == {"a"}
+    with pytest.raises(asyncio.CancelledError):
+        await first

@@ -19,8 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from relay.protocol.client import RelayClient
 from relay.protocol.keys import DiscoPublicKey
-from relay.resource.definition import RELAY_DEAD_ANNOTATION
+from relay.resource.definition import RELAY_DEAD_ANNOTATION, TAKE_UP_ANNOTATION
 from relay.shells.peer import UdpPeer
+from relay.shells.reuseport import worker_for_vni
 from tests.relay.relay_process import RelayProcess
 from tests.relay_operator.e2e_support import (
     RELAYFLEET,
@@ -145,6 +146,38 @@ async def test_apply_allocates_and_two_clients_relay_with_the_status(
             peer.close()
 
 
+async def test_a_relay_of_two_workers_reports_the_endpoints_of_both(
+    crd, kube_namespace, operator, redis_server, tmp_path
+):
+    """One status reporter, in the parent, for the endpoints every worker serves."""
+    relay = await RelayProcess.start(
+        "--store", redis_server.url(), "--name", "two-workers", "--addr", "127.0.0.1",
+        "--heartbeat-interval", "300ms", "--kubeconfig", str(crd.kubeconfig),
+        "--report-interval", "200ms", "--workers", "2", log=tmp_path / "relay.log",
+    )  # fmt: skip
+    try:
+        names = [f"w-{i}" for i in range(4)]
+        keys = {name: new_keys() for name in names}
+        for name in names:
+            yaml = endpoint_yaml(name, [str(k.public) for k in keys[name]], relay="two-workers")
+            crd.kubectl("-n", kube_namespace, "apply", "-f", "-", input=yaml)
+        allocated = [
+            await wait_until(phase_is(crd, kube_namespace, name, "Allocated"), name)
+            for name in names
+        ]
+        vnis = {name: r["status"]["vni"] for name, r in zip(names, allocated, strict=True)}
+        assert {worker_for_vni(vni, 2) for vni in vnis.values()} == {0, 1}
+        for name, resource in zip(names, allocated, strict=True):
+            await bind_and_relay(resource["status"], keys[name])
+        for name in names:
+            bound = await wait_until(
+                phase_is(crd, kube_namespace, name, "Bound"), f"{name} Bound", log=relay.log
+            )
+            assert {c["handshake"] for c in bound["status"]["clients"]} == {"Bound"}
+    finally:
+        await relay.stop()
+
+
 async def test_no_relay_means_pending_until_one_registers(
     crd, kube_namespace, operator, redis_server, tmp_path
 ):
@@ -196,6 +229,37 @@ async def test_delete_frees_the_vni_before_the_resource_goes(
     )
     assert get(crd, kube_namespace, "short-lived") == {}
     assert await store.allocation("relay-1", status["vni"]) is None
+
+
+async def test_a_resource_whose_status_writes_were_lost_is_taken_up_again(
+    crd, kube_namespace, start_operator, relay_1, store
+):
+    """What a handler's writes lost while kube-apiserver was away leave behind: a resource
+    without a phase, and no further event for it. Removing its status by hand leaves the same."""
+    operator = start_operator("operator", "--standalone", "--take-up-after", "1s")
+    keys = [str(k.public) for k in new_keys()]
+    crd.kubectl("-n", kube_namespace, "apply", "-f", "-", input=endpoint_yaml("stranded", keys))
+    first = await wait_until(
+        phase_is(crd, kube_namespace, "stranded", "Allocated"), "Allocated", log=operator.log
+    )
+    crd.kubectl(
+        "-n", kube_namespace, "patch", "rep", "stranded", "--subresource=status",
+        "--type=json", "-p", '[{"op": "remove", "path": "/status"}]',
+    )  # fmt: skip
+    allocated = phase_is(crd, kube_namespace, "stranded", "Allocated")
+    again = await wait_until(
+        lambda: (
+            (found := allocated())
+            and TAKE_UP_ANNOTATION not in found["metadata"].get("annotations", {})
+            and found
+        ),
+        "taken up, and the take-up annotation removed",
+        log=operator.log,
+    )
+    assert (again["status"]["relay"], again["status"]["vni"], again["status"]["lamportID"]) == (
+        first["status"]["relay"], first["status"]["vni"], first["status"]["lamportID"],
+    )  # fmt: skip
+    assert "taking up 1 RelayEndpoints" in operator.log.read_text()
 
 
 async def test_expiry_shows_expired_and_the_annotation_allocates_afresh(

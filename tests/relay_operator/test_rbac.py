@@ -53,6 +53,18 @@ async def test_the_whole_flow_runs_as_the_least_privileged_accounts(
         )
         events = json.loads(cp.kubectl("-n", kube_namespace, "get", "events", "-o", "json").stdout)
         assert any(e["reason"] == "Allocated" for e in events["items"])
+        await wait_until(
+            lambda: (
+                json.loads(
+                    cp.kubectl("get", "relay", "relay-1", "-o", "json", check=False).stdout or "{}"
+                )
+                .get("status", {})
+                .get("serverDisco")
+                == status["serverDisco"]
+            ),
+            "the Relay object written by the operator's account",
+            log=operator.log,
+        )
     finally:
         for peer in peers:
             peer.close()

@@ -13,6 +13,7 @@ import signal
 
 import pytest
 
+from relay.store.redis import RedisStore
 from tests.relay_operator.e2e_support import (
     bind_and_relay,
     endpoint_yaml,
@@ -173,4 +174,58 @@ async def test_an_endpoint_whose_relay_died_with_no_other_is_not_ready_because_r
         assert (await kubectl_wait_ready(crd, ns, "orphan", "5s")).returncode != 0
     finally:
         if relay.process.returncode is None:
+            await relay.stop()
+
+
+async def test_editing_spec_relay_moves_the_endpoint_and_ready_observes_the_generation(
+    crd, kube_namespace, operator, redis_server
+):
+    ns = kube_namespace
+    relays = [await start_relay(crd, redis_server, name) for name in ("pin-a", "pin-b")]
+    try:
+        keys = [str(k.public) for k in new_keys()]
+        crd.kubectl("-n", ns, "apply", "-f", "-", input=endpoint_yaml("pinned", keys, "pin-a"))
+        first = await wait_until(phase_is(crd, ns, "pinned", "Allocated"), "on pin-a")
+        assert first["status"]["relay"] == "pin-a"
+
+        crd.kubectl("-n", ns, "patch", "rep", "pinned", "--type=merge",
+                    "-p", '{"spec": {"relay": "pin-b"}}')  # fmt: skip
+
+        def moved_and_observed():
+            resource = get(crd, ns, "pinned")
+            ready = conditions(resource).get("Ready", {})
+            generation = resource["metadata"]["generation"]
+            return (
+                resource["status"].get("relay") == "pin-b"
+                and ready.get("observedGeneration") == generation
+                and resource
+            )
+
+        moved = await wait_until(moved_and_observed, "moved to pin-b", log=operator.log)
+        assert moved["metadata"]["generation"] == first["metadata"]["generation"] + 1
+        assert conditions(moved)["Ready"]["status"] == "True"
+        assert moved["status"]["serverDisco"] != first["status"]["serverDisco"]
+        assert (await kubectl_wait_ready(crd, ns, "pinned", "30s")).returncode == 0
+        store = RedisStore.from_url(redis_server.url())
+        try:
+            assert await store.allocations("pin-a") == []  # freed where it was
+        finally:
+            await store.close()
+
+        # Unpinned: it stays where it is, and Ready observes the new generation.
+        crd.kubectl("-n", ns, "patch", "rep", "pinned", "--type=json",
+                    "-p", '[{"op": "remove", "path": "/spec/relay"}]')  # fmt: skip
+
+        def observed():
+            resource = get(crd, ns, "pinned")
+            ready = conditions(resource).get("Ready", {})
+            return ready.get("observedGeneration") == resource["metadata"]["generation"] and (
+                resource
+            )
+
+        unpinned = await wait_until(observed, "Ready observing the unpinned spec")
+        assert unpinned["status"]["relay"] == "pin-b"
+        assert unpinned["status"]["vni"] == moved["status"]["vni"]
+    finally:
+        for relay in relays:
             await relay.stop()

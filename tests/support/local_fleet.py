@@ -161,7 +161,7 @@ class Fleet:
             data.mkdir(parents=True, exist_ok=True)
             executable = shutil.which("redis-server")
             if executable is None:
-                raise FleetError("redis-server is not installed: run scripts/setup")
+                raise FleetError("redis-server is not installed: run scripts/build-test-deps")
             self.redis.start(
                 [
                     executable, "--bind", "127.0.0.1", "--port", str(port),
@@ -325,6 +325,8 @@ Use it:
   export KUBECONFIG={kubeconfig}
   kubectl apply -f examples/relayendpoint.yaml
   kubectl get rep
+  kubectl get relays
+  .venv/bin/relayfleet status --watch
 Status: {command} status
 Stop:   {command} down   (keeps the data; down --purge deletes it)"""
     )

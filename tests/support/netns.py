@@ -40,7 +40,7 @@ def unavailable() -> str | None:
         return "network namespaces need root"
     for tool in ("ip", "nft"):
         if shutil.which(tool) is None:
-            return f"{tool} is not installed (scripts/setup installs it)"
+            return f"{tool} is not installed (scripts/build-test-deps installs it)"
     return None
 
 

@@ -44,7 +44,9 @@ DEBIAN_PACKAGES = ("containerd", "runc", "containernetworking-plugins", "iptable
 def _ctr_bin() -> str:
     path = shutil.which("ctr")
     if not path:
-        raise ControlPlaneError("ctr not found: install Debian's containerd (scripts/setup does)")
+        raise ControlPlaneError(
+            "ctr not found: install Debian's containerd (scripts/build-test-deps does)"
+        )
     return path
 
 
@@ -83,7 +85,7 @@ class Node:
         missing = [p for p in DEBIAN_PACKAGES if not _package_installed(p)]
         if missing:
             raise ControlPlaneError(
-                f"Debian packages missing: {' '.join(missing)}; run scripts/setup"
+                f"Debian packages missing: {' '.join(missing)}; run scripts/build-test-deps"
             )
         bridge = subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True, check=False)
         if HostBaseline.load(self.baseline_file) is None:

@@ -27,7 +27,7 @@ from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until_sync
 
 REDIS_CLI_MISSING = (
-    "redis-cli is not installed: run scripts/setup (it comes with Debian's redis-tools, "
+    "redis-cli is not installed: run scripts/build-test-deps (it comes with Debian's redis-tools, "
     "which redis-server depends on)"
 )
 

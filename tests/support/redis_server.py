@@ -23,7 +23,7 @@ from tests.support.ports import free_port
 from tests.support.waiting import wait_until_sync
 
 NOT_INSTALLED = (
-    "redis-server is not installed: run scripts/setup (it installs Debian's redis-server)"
+    "redis-server is not installed: run scripts/build-test-deps (it installs Debian's redis-server)"
 )
 
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -24,8 +25,10 @@ from relay.fastpath.kernel import POLL_INTERVAL
 from relay.fastpath.rules import chain_name, table_name
 from relay.protocol.client import RelayClient
 from relay.protocol.keys import DiscoPrivateKey, DiscoPublicKey
+from relay.shells.reuseport import worker_for_vni
 from tests.relay.relay_process import RelayProcess
 from tests.support import netns
+from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until
 
 pytestmark = [
@@ -412,3 +415,57 @@ async def test_a_version_1_rebind_moves_the_kernel_rules_to_the_new_address(host
         pair.close()
         code, stderr = await relay.stop()
     assert code == 0, stderr
+
+
+async def test_a_relay_of_two_workers_relays_the_endpoints_of_both_in_the_kernel(hosts, tmp_path):
+    """Each worker keeps its own table for the endpoints it owns, all hooked at the relay's
+    devices; the Redis the workers share is reached over a Unix socket across namespaces."""
+    socket_path = tmp_path / "redis.sock"
+    unix = ("--unixsocket", str(socket_path), "--unixsocketperm", "700")
+    with RedisServer(tmp_path, args=("--save", "", "--appendonly", "no", *unix)):
+        relay = await start_relay(
+            hosts, "--workers", "2", "--store", f"unix://{socket_path}", "--report-status", "off"
+        )
+        pairs: list[BoundPair] = []
+        try:
+            while {worker_for_vni(p.vni, 2) for p in pairs} != {0, 1}:
+                pairs.append(BoundPair(hosts, relay))
+            for pair in pairs:
+                await asyncio.to_thread(pair.bind)
+            await wait_until(
+                lambda: metric(hosts, relay, "fast_path_endpoints") == len(pairs),
+                "every endpoint's rules installed, in both workers",
+            )
+            port = relay.ready["udp_port"]
+            for worker in (0, 1):
+                table = hosts.nft("list", "table", "netdev", table_name(port, worker))
+                owned = [p for p in pairs if worker_for_vni(p.vni, 2) == worker]
+                assert all(chain_name(p.vni, p.lamport_id, 0) in table for p in owned)
+            workers = [
+                int(pid) for pid in re.findall(r"started \(pid (\d+)\)", relay.log.read_text())
+            ]
+            with stopped(relay), stopped_pids(workers):
+                for pair in pairs:
+                    for sender in (0, 1):
+                        pair.send(sender, b"by the kernel")
+                        assert pair.receive(1 - sender)[0] == b"by the kernel"
+        finally:
+            for pair in pairs:
+                pair.close()
+            code, log = await relay.stop()
+        assert code == 0, log
+        tables = subprocess.run(
+            [*hosts.exec(hosts.relay), "nft", "list", "tables"], capture_output=True, text=True
+        ).stdout
+        assert rules.TABLE_PREFIX not in tables, "every worker's table removed at exit"
+
+
+@contextlib.contextmanager
+def stopped_pids(pids: list[int]) -> Iterator[None]:
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)

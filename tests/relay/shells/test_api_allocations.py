@@ -22,7 +22,6 @@ from relay.protocol.keys import DiscoPrivateKey
 from relay.store.redis import RedisStore
 from tests.relay.relay_process import RelayProcess
 from tests.support.ports import free_port
-from tests.support.redis_server import RedisServer
 
 FLEET_REFUSAL = (
     "this relay serves a Kubernetes fleet: allocate with a RelayEndpoint (kubectl apply), "
@@ -124,12 +123,6 @@ def test_bad_values_are_refused(args, capsys):
 
 
 # -- over real relays and a real redis-server ---------------------------------------------
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    with RedisServer(tmp_path) as server:
-        yield server
 
 
 async def refused(relay: RelayProcess) -> dict[str, float]:

@@ -226,10 +226,8 @@ async def test_a_cluster_refusing_the_password_or_not_there_is_unavailable(redis
         with pytest.raises(StoreUnavailable, match=f"Redis Cluster at 127.0.0.1:{port}") as caught:
             await wrong.allocate("r", pair(), 0.0)
         assert "not-the-password" not in str(caught.value)
-        started = time.monotonic()
         with pytest.raises(StoreUnavailable, match=f"127.0.0.1:{nobody_port}.* is unavailable"):
             await nobody.relays()
-        assert time.monotonic() - started < 1.0
     finally:
         await wrong.close()
         await nobody.close()

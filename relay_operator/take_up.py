@@ -1,0 +1,83 @@
+"""Taking up RelayEndpoints whose handler's writes were lost.
+
+When kube-apiserver goes away in the middle of a handler, kopf gives up on its
+patch after a few retries: the resource keeps no phase and gets no further event,
+so nothing would run for it again. One loop for the whole operator looks, every
+``--take-up-after`` / 3, for resources still without a phase (the ``unplaced``
+kopf index, kept from kopf's watch) whose create, resume or take-up handler ran to
+its end ``--take-up-after`` ago or more, and sets the take-up annotation on each;
+the take-up handler (relay_operator/handlers.py) allocates it and removes the
+annotation.
+
+Rule 1: a resource whose handler has not run yet in this operator (a burst's
+backlog, or a restart's) is never marked: its handler will run.
+Rule 2: a resource is marked at most once per ``--take-up-after``.
+
+Not a kopf timer per resource: kopf keeps the whole body of every resource of a
+kind that has a timer for as long as the resource exists (about 17 KiB each), and
+runs a task for each one without a phase.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import Any
+
+from relay.resource.definition import TAKE_UP_ANNOTATION
+
+Unplaced = tuple[str, str, Any]
+"""A resource without a phase: (namespace, name, its own kopf memo), the memo holding
+``allocate_ran``, when its handler last ran to its end (``time.monotonic()``)."""
+
+Mark = Callable[[str, str], Awaitable[None]]
+"""Sets the take-up annotation on the resource (namespace, name)."""
+
+log = logging.getLogger(__name__)
+
+
+async def take_up_stranded(
+    stranded: Mapping[str, Collection[Unplaced]], mark: Mark, now: float, after: float
+) -> int:
+    """One pass: marks every resource without a phase whose handler ran ``after`` seconds
+    before ``now`` or earlier; how many were marked. A mark that fails is tried again in
+    the next pass."""
+    marked = 0
+    for entries in list(stranded.values()):
+        for namespace, name, memo in list(entries):
+            ran = memo.get("allocate_ran")
+            if ran is None or now - ran < after:
+                continue
+            memo.allocate_ran = now
+            try:
+                await mark(namespace, name)
+                marked += 1
+            except Exception as exc:
+                log.warning("could not mark %s/%s to be taken up: %s", namespace, name, exc)
+    if marked:
+        log.info("taking up %d RelayEndpoints left without a phase", marked)
+    return marked
+
+
+async def run_take_up(
+    stranded: Mapping[str, Collection[Unplaced]], mark: Mark, after: float
+) -> None:
+    """:func:`take_up_stranded` every ``after`` / 3 seconds, until cancelled."""
+    while True:
+        await asyncio.sleep(after / 3)
+        await take_up_stranded(stranded, mark, time.monotonic(), after)
+
+
+def kubernetes_mark() -> Mark:
+    """Sets the take-up annotation, to the time it is set, with the kubernetes client
+    (KUBECONFIG, or the service account)."""
+    from relay.resource.client import RelayEndpointsApi
+
+    api = RelayEndpointsApi(None)
+
+    async def mark(namespace: str, name: str) -> None:
+        await api.annotate(namespace, name, {TAKE_UP_ANNOTATION: str(int(time.time()))})
+
+    return mark

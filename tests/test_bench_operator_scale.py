@@ -1,0 +1,179 @@
+"""bench/operator_scale.py's pure helpers: reading /metrics, spreading the request mix, the
+ceiling's requests per resource, and telling when things have gone quiet. No cluster."""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+
+import pytest
+
+from bench.operator_scale import (
+    STEP_ANNOTATION,
+    Quiet,
+    Templates,
+    by_verb_resource,
+    counts,
+    delta,
+    event_body,
+    list_bytes,
+    parse_metrics,
+    resource_plan,
+    spread,
+    watchers_of,
+    with_keys,
+    writes,
+)
+
+
+def sample(name: str, value: str, **labels: str) -> str:
+    """One line of Prometheus text, with kube-apiserver's labels for RelayEndpoints."""
+    labels = {
+        "component": "apiserver",
+        "group": "relayfleet.io",
+        "resource": "relayendpoints",
+        "scope": "resource",
+        "subresource": "",
+        "version": "v1alpha1",
+        **labels,
+    }
+    text = ",".join(f'{key}="{value}"' for key, value in labels.items())
+    return f"{name}{{{text}}} {value}"
+
+
+REQUESTS = "apiserver_request_total"
+METRICS = "\n".join(
+    [
+        "# HELP apiserver_request_total [STABLE] Counter of apiserver requests",
+        "# TYPE apiserver_request_total counter",
+        sample(REQUESTS, "1000", code="201", verb="POST"),
+        sample(REQUESTS, "2000", code="200", verb="PATCH"),
+        sample(REQUESTS, "3", code="409", verb="PATCH"),
+        sample(REQUESTS, "1000", code="200", verb="PATCH", subresource="status"),
+        sample(REQUESTS, "4", code="200", verb="LIST", scope="cluster"),
+        sample("apiserver_longrunning_requests", "3", verb="WATCH", scope="cluster"),
+        sample("apiserver_longrunning_requests", "1", verb="WATCH", resource="events", group=""),
+        sample("apiserver_response_sizes_sum", "1.5e+06", verb="LIST", scope="cluster"),
+        sample("apiserver_response_sizes_sum", "999", verb="GET"),
+        'etcd_request_duration_seconds_sum{operation="get",type="x"} 2',
+    ]
+)
+NAMES = [
+    "apiserver_request_total",
+    "apiserver_longrunning_requests",
+    "apiserver_response_sizes_sum",
+]
+
+
+def test_metrics_are_read_by_verb_and_resource_with_subresources_apart():
+    samples = parse_metrics(METRICS, NAMES)
+    assert not any(name.startswith("etcd") for name, _ in samples)
+    requests = by_verb_resource(samples, "apiserver_request_total")
+    assert requests == Counter(
+        {
+            ("POST", "relayendpoints"): 1000,
+            ("PATCH", "relayendpoints"): 2003,
+            ("PATCH", "relayendpoints/status"): 1000,
+            ("LIST", "relayendpoints"): 4,
+        }
+    )
+    assert watchers_of(samples) == 3
+    assert list_bytes(samples) == 1.5e6
+
+
+def test_deltas_keep_what_grew_and_writes_are_the_writing_verbs():
+    before = Counter({("PATCH", "relayendpoints"): 10, ("LIST", "relayendpoints"): 2})
+    after = Counter(
+        {("PATCH", "relayendpoints"): 13, ("LIST", "relayendpoints"): 2, ("POST", "events"): 1}
+    )
+    grown = delta(after, before)
+    assert grown == Counter({("PATCH", "relayendpoints"): 3, ("POST", "events"): 1})
+    assert writes(grown + Counter({("GET", "relayendpoints"): 5})) == grown
+
+
+@pytest.mark.parametrize("total, count", [(0, 5), (3, 5), (5, 5), (2003, 1000), (7, 3)])
+def test_spread_adds_up_and_is_even(total, count):
+    shares = [spread(total, count, i) for i in range(count)]
+    assert sum(shares) == total
+    assert max(shares) - min(shares) <= 1
+
+
+KEYS = ["discokey:" + "aa" * 32, "discokey:" + "bb" * 32]
+NEW_KEYS = ["discokey:" + "cc" * 32, "discokey:" + "dd" * 32]
+TEMPLATES = Templates(
+    finalizers=["relayfleet.io/free-allocation"],
+    labels={"relayfleet.io/relay": "relay-1"},
+    annotations={
+        "kopf.relayfleet.io/last-handled-configuration": f'{{"spec":{{"k":"{"aa" * 32}"}}}}'
+    },
+    status={"phase": "Allocated", "vni": 7, "clients": [{"discoKey": k} for k in KEYS]},
+    events=[
+        {"reason": "Allocated", "message": "VNI 7", "involvedObject": {"kind": "RelayEndpoint"}}
+    ],
+    keys=KEYS,
+)
+
+
+def test_keys_are_replaced_wherever_they_appear():
+    replaced = with_keys(TEMPLATES.status, KEYS, NEW_KEYS)
+    assert [c["discoKey"] for c in replaced["clients"]] == NEW_KEYS
+    annotation = with_keys(TEMPLATES.annotations, KEYS, NEW_KEYS)
+    assert "cc" * 32 in next(iter(annotation.values()))
+    assert TEMPLATES.status["clients"][0]["discoKey"] == KEYS[0]  # the template is untouched
+
+
+def test_a_resource_gets_the_operator_requests_in_its_order():
+    mix = Counter(
+        {
+            ("PATCH", "relayendpoints"): 3,
+            ("PATCH", "relayendpoints/status"): 2,
+            ("POST", "events"): 2,
+            ("LIST", "relayendpoints"): 9,
+        }
+    )
+    first = resource_plan(0, 2, mix, TEMPLATES, NEW_KEYS)
+    second = resource_plan(1, 2, mix, TEMPLATES, NEW_KEYS)
+    assert [(verb, kind) for verb, kind, _ in first] == [
+        ("PATCH", "relayendpoints"),
+        ("PATCH", "relayendpoints"),
+        ("PATCH", "relayendpoints/status"),
+        ("POST", "events"),
+    ]
+    assert len(second) == 3  # the odd PATCH went to the first resource
+    assert first[0][2] == {"metadata": {"finalizers": ["relayfleet.io/free-allocation"]}}
+    assert first[1][2]["metadata"]["labels"] == TEMPLATES.labels
+    assert first[2][2]["status"]["clients"][1]["discoKey"] == NEW_KEYS[1]
+    third_patch = resource_plan(0, 1, Counter({("PATCH", "relayendpoints"): 3}), TEMPLATES, KEYS)
+    assert third_patch[2][2] == {"metadata": {"annotations": {STEP_ANNOTATION: "2"}}}
+
+
+def test_an_event_is_about_the_resource_and_named_by_the_server():
+    resource = {"metadata": {"name": "ep-00001", "uid": "u-1", "resourceVersion": "42"}}
+    template = {**TEMPLATES.events[0], "firstTimestamp": "x", "lastTimestamp": "x"}
+    body = event_body(template, "bench", resource)
+    assert body["metadata"] == {"namespace": "bench", "generateName": "bench-event-"}
+    assert body["involvedObject"] == {
+        "kind": "RelayEndpoint",
+        "namespace": "bench",
+        "name": "ep-00001",
+        "uid": "u-1",
+        "resourceVersion": "42",
+    }
+    assert body["firstTimestamp"] != "x" and body["reason"] == "Allocated"
+    assert "involvedObject" in template and template["firstTimestamp"] == "x"
+
+
+def test_quiet_once_nothing_changed_for_long_enough():
+    quiet = Quiet(10.0, now=0.0, value=(0, 0))
+    assert not quiet.feed((1, 0), busy=False, now=5.0)
+    assert not quiet.feed((1, 0), busy=False, now=14.0)
+    assert not quiet.feed((1, 0), busy=True, now=15.0)  # CPU in use counts as a change
+    assert quiet.feed((1, 0), busy=False, now=25.0)
+    assert quiet.last_change == 15.0
+
+
+def test_counts_are_checked():
+    assert counts("1000,10_000") == [1000, 10000]
+    for bad in ("", "0", "200000", "1,-1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            counts(bad)
