@@ -50,6 +50,19 @@ def _ctr_bin() -> str:
     return path
 
 
+def _node_processes_running() -> list[str]:
+    """``name (pid N)`` of each kubelet and kube-proxy running on this host."""
+    found = []
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            name = comm.read_text().strip()
+        except OSError:
+            continue
+        if name in ("kubelet", "kube-proxy"):
+            found.append(f"{name} (pid {comm.parent.name})")
+    return found
+
+
 def _healthz(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
@@ -90,10 +103,9 @@ class Node:
         bridge = subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True, check=False)
         if HostBaseline.load(self.baseline_file) is None:
             if bridge.returncode == 0:
-                raise ControlPlaneError(
-                    f"the bridge {BRIDGE} exists but this checkout did not make it: another"
-                    " local cluster runs on this host (stop it with its own"
-                    " `scripts/local-cluster down`, or `ip link del {BRIDGE}` if none runs)"
+                self._take_over_stale_bridge()
+                bridge = subprocess.run(
+                    ["ip", "link", "show", BRIDGE], capture_output=True, check=False
                 )
             HostBaseline.capture().save(self.baseline_file)
         if bridge.returncode != 0:
@@ -107,6 +119,23 @@ class Node:
         for name in ("net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables"):
             if read_sysctl(name) != "1":
                 write_sysctl(name, "1")
+
+    def _take_over_stale_bridge(self) -> None:
+        """Delete a bridge another checkout left behind, unless its node still runs.
+
+        A cluster that died without ``down`` (a killed CI run, a machine
+        snapshot taken mid-run) leaves the bridge; a live one also has a
+        kubelet or kube-proxy, whose ports this node would need too.
+        """
+        live = _node_processes_running()
+        if live:
+            raise ControlPlaneError(
+                f"the bridge {BRIDGE} exists but this checkout did not make it: another"
+                f" local cluster runs on this host ({', '.join(live)}); stop it with its own"
+                " `scripts/local-cluster down`"
+            )
+        print(f"node: deleting the bridge {BRIDGE} that a cluster no longer running left")
+        subprocess.run(["ip", "link", "del", BRIDGE], check=True)
 
     def restore_host(self) -> list[str]:
         baseline = HostBaseline.load(self.baseline_file)
