@@ -17,7 +17,8 @@ Bottom to top (pyproject.toml's "layers" contract lists the same, top first):
 - :mod:`relay.resource`: the RelayEndpoint resource (names, status builders,
   API client), shared with the operator.
 - :mod:`relay.reporter`: endpoints' live state written into their
-  RelayEndpoints' status.
+  RelayEndpoints' status; beside it :mod:`relay.tailnet`, the relay as a
+  node of a tailnet (control client, DERP, disco; under way, issue 18).
 - :mod:`relay.config`: the relay's one typed configuration.
 - :mod:`relay.server`: a relay process wired together from all of the above
   (on the same level as the operator, ``relay_operator``, which the relay
