@@ -8,10 +8,10 @@ and before any test's timeout starts, and nothing here imports the control
 plane's dependencies until then.
 
 It also marks what each test needs, so that a run can leave it out (markers in
-pyproject.toml): ``e2e`` every test using the control plane, ``faults`` and
-``charts`` and ``node`` the tests in those folders (``netns`` is set by the module that needs
-root). ``pytest -m "not e2e and not faults and not netns and not charts and not node"``
-is the quick inner loop.
+pyproject.toml): ``e2e`` every test using the control plane, ``faults``, ``charts``,
+``node`` and ``tailnet`` the tests in those folders (``netns`` is set by the module that needs
+root). The quick inner loop is
+``pytest -m "not e2e and not faults and not netns and not charts and not node and not tailnet"``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ FOLDER_MARKS = {
     TESTS / "faults": pytest.mark.faults,
     TESTS / "charts": pytest.mark.charts,
     TESTS / "node": pytest.mark.node,
+    TESTS / "tailnet": pytest.mark.tailnet,
 }
 
 
