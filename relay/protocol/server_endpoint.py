@@ -8,12 +8,17 @@ order, came with protocol version 1; readers take answers with or without it.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from relay.protocol import disco
+from relay.protocol.addresses import parse_host_port
 from relay.protocol.durations import format_duration, parse_duration
-from relay.protocol.keys import DiscoPublicKey
+from relay.protocol.keys import DiscoPublicKey, sorted_pair
+
+NANOSECONDS = 1_000_000_000
 
 _T = TypeVar("_T")
 
@@ -41,6 +46,24 @@ class ServerEndpoint:
             "BindLifetime": format_duration(self.bind_lifetime),
             "SteadyStateLifetime": format_duration(self.steady_state_lifetime),
         }
+
+    def to_disco(self) -> disco.UDPRelayEndpoint:
+        """The binary form that disco 0x07 and 0x09 carry; needs ``client_disco``."""
+        if self.client_disco is None:
+            raise ValueError("a disco endpoint names its two clients")
+        addr_ports = []
+        for text in self.addr_ports:
+            host, port = parse_host_port(text)
+            addr_ports.append((ipaddress.ip_address(host), port))
+        return disco.UDPRelayEndpoint(
+            server_disco=self.server_disco.raw,
+            client_disco=tuple(key.raw for key in sorted_pair(*self.client_disco)),
+            lamport_id=self.lamport_id,
+            vni=self.vni,
+            bind_lifetime_ns=round(self.bind_lifetime * NANOSECONDS),
+            steady_state_lifetime_ns=round(self.steady_state_lifetime * NANOSECONDS),
+            addr_ports=tuple(addr_ports),
+        )
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ServerEndpoint:

@@ -11,10 +11,6 @@ not there.
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 from nacl.public import PrivateKey
@@ -22,50 +18,7 @@ from nacl.public import PrivateKey
 from relay.protocol.disco import MAGIC, MIN_FRAME_LEN
 from relay.tailnet import derp
 from relay.tailnet.derp_client import DerpConnection
-from tests.conformance.servers import BIN, READY_TIMEOUT, ensure_go_helpers
-
-DERP_ECHO = BIN / "derp-echo"
-IO_TIMEOUT = 10.0
-
-
-@dataclass
-class EchoServer:
-    port: int
-    server_public: bytes
-    echo_public: bytes
-
-
-@pytest.fixture(scope="module")
-def echo_server() -> Iterator[EchoServer]:
-    ensure_go_helpers()
-    process = subprocess.Popen(
-        [str(DERP_ECHO)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        ready = process.stdout.readline()
-        if not ready:
-            process.wait(READY_TIMEOUT)
-            raise RuntimeError(f"derp-echo did not start: {process.stderr.read()}")
-        fields = json.loads(ready)
-        yield EchoServer(
-            fields["port"],
-            bytes.fromhex(fields["server_public"]),
-            bytes.fromhex(fields["echo_public"]),
-        )
-    finally:
-        process.terminate()
-        process.wait(READY_TIMEOUT)
-        process.stdout.close()
-        process.stderr.close()
-
-
-async def log_in(server: EchoServer) -> DerpConnection:
-    node = bytes(PrivateKey.generate())
-    return await asyncio.wait_for(DerpConnection.open("127.0.0.1", server.port, node), IO_TIMEOUT)
+from tests.conformance_v1.derp_echo import IO_TIMEOUT, log_in
 
 
 async def next_packet(connection: DerpConnection) -> derp.ReceivedPacket | derp.PeerGone:

@@ -1,8 +1,9 @@
-"""ServerEndpoint's JSON: the reference's allocation answer, read strictly."""
+"""ServerEndpoint's JSON (the reference's allocation answer, read strictly) and binary form."""
 
 import pytest
 
-from relay.protocol.keys import DiscoPublicKey
+from relay.protocol import disco
+from relay.protocol.keys import DiscoPrivateKey, DiscoPublicKey
 from relay.protocol.server_endpoint import ServerEndpoint
 
 ANSWER = {
@@ -57,3 +58,28 @@ def test_a_missing_field_is_a_key_error():
     del answer["VNI"]
     with pytest.raises(KeyError, match="VNI"):
         ServerEndpoint.from_json(answer)
+
+
+def test_to_disco_is_the_binary_form_of_the_same_endpoint():
+    server, a, b = (DiscoPrivateKey.generate().public for _ in range(3))
+    endpoint = ServerEndpoint(
+        server_disco=server,
+        lamport_id=5,
+        addr_ports=("192.0.2.7:7777", "[2001:db8::1]:7777"),
+        vni=1234,
+        bind_lifetime=30.0,
+        steady_state_lifetime=300.5,
+        client_disco=(b, a) if b.raw > a.raw else (a, b),
+    )
+    binary = endpoint.to_disco()
+    assert binary.client_disco == tuple(sorted((a.raw, b.raw)))
+    assert binary.bind_lifetime_ns == 30_000_000_000
+    assert binary.steady_state_lifetime_ns == 300_500_000_000
+    assert [(str(ip), port) for ip, port in binary.addr_ports] == [
+        ("192.0.2.7", 7777),
+        ("2001:db8::1", 7777),
+    ]
+    round_trip = disco.parse(disco.marshal(disco.AllocateUDPRelayEndpointResponse(1, binary)))
+    assert round_trip.endpoint == binary
+    with pytest.raises(ValueError, match="two clients"):
+        ServerEndpoint(server, 1, ("192.0.2.7:1",), 1, 30.0, 300.0).to_disco()
