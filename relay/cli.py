@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import uvloop
 
@@ -39,6 +40,9 @@ from relay.shells.api_token import ApiTokenError, read_token_file
 from relay.shells.keyfile import KeyFileError, RelaySecrets, load_or_create
 from relay.shells.reuseport import probe_vni_steering
 from relay.store import StoreError, open_store, redact_url
+from relay.tailnet.control import NodeIdentity
+from relay.tailnet.identity_file import load_or_create_identity
+from relay.tailnet.node import TailnetLoginError, TailnetSettings
 from relay.workers import WorkerRole, WorkerSpec, die_with_parent
 from relay_operator.config import OperatorConfig
 
@@ -79,10 +83,15 @@ def _configure_logging(level: str, log_format: str = "text") -> None:
     logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
-async def _serve_relay(config: RelayConfig, secrets: RelaySecrets, api_token: str | None) -> None:
+async def _serve_relay(
+    config: RelayConfig,
+    secrets: RelaySecrets,
+    api_token: str | None,
+    tailnet: TailnetSettings | None = None,
+) -> None:
     store = open_store(config.store, max_vni=config.max_endpoints, prefix=config.store_prefix)
     log.info("store: %s", redact_url(config.store))
-    server = RelayServer(config, store, secrets, api_token=api_token)
+    server = RelayServer(config, store, secrets, api_token=api_token, tailnet=tailnet)
     try:
         await server.start()
     except BaseException:
@@ -143,7 +152,7 @@ def _is_loopback(host: str) -> bool:
 def _relay(args: argparse.Namespace) -> int:
     config = from_args(RelayConfig, args)
     _configure_logging(config.log_level, config.log_format)
-    refusal = config.workers_refusal()
+    refusal = config.workers_refusal() or config.tailnet_refusal()
     if refusal is not None:
         print(f"relayfleet relay: {refusal}", file=sys.stderr)
         return 2
@@ -169,11 +178,45 @@ def _relay(args: argparse.Namespace) -> int:
         log.warning("no --key-file: this relay's disco key lasts only as long as the process")
         secrets = RelaySecrets.generate()
     try:
-        uvloop.run(_serve_relay(config, secrets, api_token))
+        tailnet = _tailnet_settings(config)
+    except KeyFileError as exc:
+        print(f"relayfleet relay: {exc}", file=sys.stderr)
+        return 2
+    try:
+        uvloop.run(_serve_relay(config, secrets, api_token, tailnet))
+    except TailnetLoginError as exc:
+        print(f"relayfleet relay: cannot join the tailnet: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"relayfleet relay: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _tailnet_settings(config: RelayConfig) -> TailnetSettings | None:
+    """The tailnet node's settings from the flags; reads the pre-auth key and the node's
+    key file (made when missing)."""
+    if config.tailnet_login_server is None:
+        return None
+    auth_key = None
+    if config.tailnet_auth_key_file:
+        path = config.tailnet_auth_key_file
+        try:
+            auth_key = Path(path).read_text().strip()
+        except OSError as exc:
+            raise KeyFileError(f"cannot read pre-auth key file {path}: {exc.strerror}") from None
+        if not auth_key:
+            raise KeyFileError(f"pre-auth key file {path} is empty")
+    if config.tailnet_key_file:
+        identity, created = load_or_create_identity(config.tailnet_key_file)
+        if created:
+            log.info("created tailnet key file %s", config.tailnet_key_file)
+    else:
+        log.warning("no --tailnet-key-file: this relay joins the tailnet as a new node")
+        identity = NodeIdentity.generate()
+    return TailnetSettings(
+        config.tailnet_login_server, config.tailnet_hostname or config.name, auth_key, identity
+    )
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -63,6 +63,20 @@ def relay_name(text: str) -> str:
     return text
 
 
+def tailnet_login_server(text: str) -> str:
+    """A control server's URL; for now plain ``http://`` (a test bed's Headscale), since
+    the relay speaks DERP only without TLS so far."""
+    scheme, sep, rest = text.partition("://")
+    if not sep or not rest or scheme not in ("http", "https"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected http://HOST[:PORT]")
+    if scheme == "https":
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: https control servers (and their TLS DERP servers) are not supported "
+            "yet; an http:// Headscale with its embedded DERP is"
+        )
+    return text.rstrip("/")
+
+
 def pod_reference(text: str) -> str:
     namespace, slash, name = text.partition("/")
     if not (slash and namespace and name) or "/" in name:
@@ -258,6 +272,26 @@ class RelayConfig:
         help="file holding the relay's disco private key and challenge secret, created "
         "(mode 0600) when missing; without it the relay makes a new key every start",
     )  # fmt: skip
+    tailnet_login_server: str | None = flag(
+        "--tailnet-login-server", parse=tailnet_login_server, metavar="URL",
+        help="join the tailnet of this control server (Headscale) as a peer relay: its "
+        "clients granted tailscale.com/cap/relay toward this node then ask it for endpoints "
+        "over DERP, and it allocates them as it does for its API",
+    )  # fmt: skip
+    tailnet_auth_key_file: str | None = flag(
+        "--tailnet-auth-key-file", metavar="PATH",
+        help="file holding a pre-auth key of that tailnet (tagged as its policy grants "
+        "relays); needed the first time, when the control server does not know the node yet",
+    )  # fmt: skip
+    tailnet_key_file: str | None = flag(
+        "--tailnet-key-file", metavar="PATH",
+        help="file holding the node's machine, node and disco private keys, created (mode "
+        "0600) when missing; without it the relay joins as a new node every start",
+    )  # fmt: skip
+    tailnet_hostname: str | None = flag(
+        "--tailnet-hostname", metavar="NAME",
+        help="the node's hostname in the tailnet (default: --name)",
+    )  # fmt: skip
     name: str = flag(
         "--name", "relay", parse=relay_name, metavar="NAME",
         help="this relay's name in the fleet: its allocations and registration go by it",
@@ -301,6 +335,19 @@ class RelayConfig:
         if self.store == "memory":
             return 1
         return min(usable_cpus(), MAX_WORKERS)
+
+    def tailnet_refusal(self) -> str | None:
+        """Why ``--tailnet-login-server`` cannot run with the other settings, or None."""
+        if self.tailnet_login_server is None:
+            return None
+        if self.reports_status():
+            return (
+                "--tailnet-login-server with --report-status: allocations for tailnet peers "
+                "do not make RelayEndpoints yet, so the operator could not see them"
+            )
+        if self.worker_count() > 1:
+            return "--tailnet-login-server runs with one worker for now (--workers 1)"
+        return None
 
     def workers_refusal(self) -> str | None:
         """Why ``--workers`` cannot run with the other settings, or None."""

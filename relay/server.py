@@ -52,6 +52,8 @@ from relay.shells.keyfile import RelaySecrets
 from relay.shells.metrics import relay_registry, summed_registry
 from relay.shells.transport import BatchedUdpTransport, ipv6_available, open_udp_socket
 from relay.store import RelayRecord, Store, StoreUnavailable
+from relay.tailnet.metrics import TailnetCollector
+from relay.tailnet.node import TailnetNode, TailnetSettings
 from relay.workers import EndpointChanges, WorkerPool, WorkerRole, WorkersView
 
 log = logging.getLogger(__name__)
@@ -89,8 +91,11 @@ class RelayServer:
         clock: Callable[[], float] = time.time,
         api_token: str | None = None,
         worker: WorkerRole | None = None,
+        tailnet: TailnetSettings | None = None,
     ) -> None:
         self.config = config
+        self.tailnet_settings = tailnet
+        self.tailnet: TailnetNode | None = None
         self.worker = worker
         self.workers = config.worker_count()
         self.pool = (
@@ -227,6 +232,8 @@ class RelayServer:
             )
             self.agent.on_expired = self.reporter.note_expired
             self._reporting = asyncio.create_task(self.reporter.run(), name="status-reports")
+        if self.tailnet_settings is not None:
+            await self._join_tailnet(self.tailnet_settings)
         log.info(
             "relay %s serving UDP port %d as %s; %s",
             self.config.name,
@@ -234,6 +241,20 @@ class RelayServer:
             self.core.server_key,
             self.listeners(),
         )
+
+    async def _join_tailnet(self, settings: TailnetSettings) -> None:
+        """Register as a tailnet node answering peers' allocation requests; a refused login
+        stops the start (TailnetLoginError) after closing what started."""
+        node = TailnetNode(settings, self.allocate)
+        try:
+            await node.start()
+        except BaseException:
+            await node.close()
+            await self.close()
+            raise
+        self.tailnet = node
+        self._own_metrics.register(TailnetCollector(node))
+        log.info("joined the tailnet of %s as %s", settings.login_server, settings.hostname)
 
     def listeners(self) -> str:
         """What listens where, for the start-up log line."""
@@ -452,6 +473,8 @@ class RelayServer:
         """
         self.closed = True
         deadline = time.monotonic() + self.config.shutdown_timeout
+        if self.tailnet is not None:
+            await self.tailnet.close()
         await stop_tasks(self._reporting, self._scraping)
         if self.pool is not None:
             if self.reporter is not None:  # while the workers still answer

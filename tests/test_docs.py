@@ -14,12 +14,16 @@ import re
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from relay.config import RelayConfig
 from relay.flags import add_arguments, env_name
 from relay.server import RelayServer
 from relay.shells.keyfile import RelaySecrets
 from relay.store import MemoryStore
+from relay.tailnet.control import NodeIdentity
+from relay.tailnet.metrics import TailnetCollector
+from relay.tailnet.node import TailnetNode, TailnetSettings
 from relay_operator.config import OperatorConfig
 from relay_operator.metrics import OperatorMetrics
 
@@ -72,9 +76,13 @@ def test_flag_tables_list_exactly_the_flags_with_their_environment(heading, conf
 
 
 def served_metrics() -> set[str]:
-    """The names of the samples' families as Prometheus shows them."""
+    """The names of the samples' families as Prometheus shows them (a relay's tailnet
+    node's too, which a relay serves once it joins a tailnet)."""
     relay = RelayServer(RelayConfig(), MemoryStore(), RelaySecrets.generate())
-    registries = [relay.metrics, OperatorMetrics(lambda: {}).registry]
+    settings = TailnetSettings("http://127.0.0.1:1", "relay", None, NodeIdentity.generate())
+    tailnet = CollectorRegistry()
+    tailnet.register(TailnetCollector(TailnetNode(settings, relay.allocate)))
+    registries = [relay.metrics, OperatorMetrics(lambda: {}).registry, tailnet]
     suffix = {"counter": "_total", "info": "_info"}
     return {
         family.name + suffix.get(family.type, "")

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import secrets as _random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from relay.protocol.core import CHALLENGE_SECRET_LEN
 from relay.protocol.keys import DiscoPrivateKey, InvalidKey
@@ -22,6 +24,12 @@ _CHALLENGE_SECRET = "challenge-secret"
 
 class KeyFileError(Exception):
     """The key file cannot be read or written."""
+
+
+class SecretsText(Protocol):
+    """Secrets that write themselves as key file text."""
+
+    def to_text(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -42,18 +50,7 @@ class RelaySecrets:
 
     @classmethod
     def from_text(cls, text: str, origin: str = "key file") -> RelaySecrets:
-        values: dict[str, str] = {}
-        for number, line in enumerate(text.splitlines(), 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            name, sep, value = line.partition(":")
-            if not sep:
-                raise KeyFileError(f"{origin}:{number}: expected 'name: value'")
-            values[name.strip()] = value.strip()
-        missing = [n for n in (_PRIVATE_KEY, _CHALLENGE_SECRET) if n not in values]
-        if missing:
-            raise KeyFileError(f"{origin}: missing {', '.join(missing)}")
+        values = read_values(text, origin, (_PRIVATE_KEY, _CHALLENGE_SECRET))
         try:
             private_key = DiscoPrivateKey.parse(values[_PRIVATE_KEY])
         except InvalidKey as exc:
@@ -74,20 +71,50 @@ def load_or_create(path: str | os.PathLike[str]) -> tuple[RelaySecrets, bool]:
 
     Returns the secrets and whether the file was created.
     """
+    return load_or_create_secret(path, RelaySecrets.from_text, RelaySecrets.generate)
+
+
+_S = TypeVar("_S", bound=SecretsText)
+
+
+def load_or_create_secret(
+    path: str | os.PathLike[str], from_text: Callable[[str, str], _S], generate: Callable[[], _S]
+) -> tuple[_S, bool]:
+    """Secrets read from ``path`` with ``from_text``, or made by ``generate`` and written
+    there (mode 0600, never over a file another process wrote first); and whether the file
+    was created."""
     file = Path(path)
     try:
-        return RelaySecrets.from_text(file.read_text(), str(file)), False
+        return from_text(file.read_text(), str(file)), False
     except FileNotFoundError:
         pass
     except OSError as exc:
         raise KeyFileError(f"cannot read key file {file}: {exc.strerror}") from None
-    created = RelaySecrets.generate()
+    created = generate()
     try:
         fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return RelaySecrets.from_text(file.read_text(), str(file)), False
+        return from_text(file.read_text(), str(file)), False
     except OSError as exc:
         raise KeyFileError(f"cannot create key file {file}: {exc.strerror}") from None
     with os.fdopen(fd, "w") as out:
         out.write(created.to_text())
     return created, True
+
+
+def read_values(text: str, origin: str, required: tuple[str, ...]) -> dict[str, str]:
+    """The ``name: value`` lines of a key file (``#`` comments and blank lines skipped);
+    raises KeyFileError naming the line or the missing names."""
+    values: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise KeyFileError(f"{origin}:{number}: expected 'name: value'")
+        values[name.strip()] = value.strip()
+    missing = [n for n in required if n not in values]
+    if missing:
+        raise KeyFileError(f"{origin}: missing {', '.join(missing)}")
+    return values

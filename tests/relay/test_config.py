@@ -7,12 +7,13 @@ the test process's own environment.
 
 from __future__ import annotations
 
+import argparse
 import os
 
 import pytest
 
 from relay.cli import build_parser
-from relay.config import RelayConfig
+from relay.config import RelayConfig, tailnet_login_server
 from relay.flags import from_args
 
 REDIS = ("--store", "redis://127.0.0.1:6379")
@@ -97,3 +98,23 @@ def test_help_names_kubeconfig_as_the_fallback(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "[env RELAYFLEET_KUBECONFIG, else KUBECONFIG]" in text
     assert "KUBECONFIG naming a file that exists" in text
+
+
+def test_a_tailnet_login_server_is_an_http_url_for_now():
+    config = relay_config("--tailnet-login-server", "http://10.0.0.1:8080/")
+    assert config.tailnet_login_server == "http://10.0.0.1:8080"
+    for bad, reason in [("https://hs.example", "not supported yet"), ("hs.example", "expected")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=reason):
+            tailnet_login_server(bad)
+        with pytest.raises(SystemExit):
+            relay_config("--tailnet-login-server", bad)
+
+
+def test_a_tailnet_node_is_refused_where_its_allocations_would_go_unseen(kubeconfig):
+    server = ("--tailnet-login-server", "http://10.0.0.1:8080")
+    assert relay_config(*server).tailnet_refusal() is None
+    reporting = relay_config(*server, "--report-status", "on", "--kubeconfig", str(kubeconfig))
+    assert "RelayEndpoints" in reporting.tailnet_refusal()
+    workers = relay_config(*server, *REDIS, "--workers", "2")
+    assert "one worker" in workers.tailnet_refusal()
+    assert relay_config().tailnet_refusal() is None

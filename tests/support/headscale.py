@@ -6,8 +6,10 @@ against a fake. A :class:`Headscale` writes a config (server and embedded
 DERP over plain HTTP, STUN, every state file and the CLI's unix socket under
 its directory, no internet DERP map, no update checks, no magic DNS, the
 policy from a file), starts ``headscale serve`` and waits until it is
-healthy, reloads its policy with SIGHUP, restarts it on the same ports with
-the same state, and stops it. The CLI talks to it over the unix socket.
+healthy, reloads its policy with SIGHUP (after Headscale has checked it, so
+that a policy it refuses never replaces the one it runs), restarts it on the
+same ports with the same state, and stops it. The CLI talks to it over the
+unix socket.
 
 By default it listens on 127.0.0.1 with free ports. ``command_prefix``
 (e.g. ``("ip", "netns", "exec", "ns")``) runs the server inside a network
@@ -35,6 +37,8 @@ from tests.support.waiting import wait_until_sync
 
 BINARY = ROOT / ".dev" / "bin" / "headscale"
 RELAY_CAP = "tailscale.com/cap/relay"
+TAGS = ("tag:client", "tag:relay")
+RELOADING = "Received SIGHUP, reloading ACL policy"
 REGION_ID = 999
 LOG_TAIL = 6000
 
@@ -75,13 +79,12 @@ class HeadscalePorts:
 def default_policy(
     users: Iterable[str], relay_grants: Iterable[tuple[str, str]] = ()
 ) -> dict[str, Any]:
-    """tag:client and tag:relay owned by ``users``, reaching each other; and for each
+    """:data:`TAGS` owned by ``users``, every tagged node reaching every other; and for each
     (src, dst) in ``relay_grants`` a grant of the relay capability from src to dst."""
     owners = [f"{user}@" for user in users]
-    tags = ["tag:client", "tag:relay"]
-    grants: list[dict[str, Any]] = [{"src": tags, "dst": tags, "ip": ["*"]}]
+    grants: list[dict[str, Any]] = [{"src": list(TAGS), "dst": list(TAGS), "ip": ["*"]}]
     grants += [{"src": [src], "dst": [dst], "app": {RELAY_CAP: [{}]}} for src, dst in relay_grants]
-    return {"tagOwners": {tag: list(owners) for tag in tags}, "grants": grants}
+    return {"tagOwners": {tag: list(owners) for tag in TAGS}, "grants": grants}
 
 
 class Headscale:
@@ -179,10 +182,15 @@ class Headscale:
             self.stop(signal.SIGKILL)
             raise
 
-    def _healthy(self) -> bool:
+    def _running(self) -> bool:
+        """True, or HeadscaleError if the server is not running (any more)."""
         if self.process is None or self.process.poll() is not None:
             code = self.process.returncode if self.process else None
             raise HeadscaleError(f"headscale exited (status {code})\n{self.log_tail()}")
+        return True
+
+    def _healthy(self) -> bool:
+        self._running()
         if not self.socket_path.exists():
             return False
         result = subprocess.run(
@@ -223,19 +231,42 @@ class Headscale:
 
     # The policy.
 
-    def set_policy(self, policy: Mapping[str, Any]) -> None:
-        """Replace the policy: checked by Headscale, written, and reloaded (SIGHUP) if running."""
-        self.policy = dict(policy)
-        self._write_policy()
+    def set_policy(self, policy: Mapping[str, Any], *, reload: bool = True) -> None:
+        """Replace the policy. While the server runs, Headscale checks it first (against its
+        users and nodes; HeadscaleError, and the old policy stays, if it refuses it), and with
+        ``reload`` it reloads it (SIGHUP): this returns once Headscale has taken the signal.
+        (Its "reload completed" line comes only when the compiled policy changed, so it cannot
+        be waited for in general: callers wait for the effect they need.) Stopped, the policy
+        is only written: Headscale reads it when it starts."""
         if self.process is None:
+            self.policy = dict(policy)
+            self._write_policy()
             return
-        self.cli("policy", "check", "--file", str(self.policy_path))
-        reloads = self.log_tail(10**9).count("reloading ACL policy")
+        candidate = self.policy_path.with_name("policy.candidate.json")
+        candidate.write_text(json.dumps(dict(policy), indent=2) + "\n")
+        try:
+            self.cli("policy", "check", "--file", str(candidate))
+            candidate.replace(self.policy_path)
+        finally:
+            candidate.unlink(missing_ok=True)
+        self.policy = dict(policy)
+        if reload:
+            self._reload()
+
+    def _reload(self) -> None:
+        assert self.process is not None
+        seen = self.log.stat().st_size
         self.process.send_signal(signal.SIGHUP)
         wait_until_sync(
-            lambda: self.log_tail(10**9).count("reloading ACL policy") > reloads,
-            "Headscale to reload its policy", interval=0.1, log=self.log,
+            lambda: self._running() and RELOADING in self._log_since(seen),
+            "Headscale to take the SIGHUP",
+            interval=0.05, log=self.log,
         )  # fmt: skip
+
+    def _log_since(self, offset: int) -> str:
+        with self.log.open("rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
 
     def _write_policy(self) -> None:
         self.policy_path.write_text(json.dumps(self.policy, indent=2) + "\n")

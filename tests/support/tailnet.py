@@ -20,13 +20,14 @@ Client a and client b each reach Headscale through their bridge but not each
 other (the control namespace does not forward); a relay host (relay n is the
 n-th one, from 0) has a leg on both bridges. Relay hosts are namespaces made
 by :meth:`Tailnet.add_relay_host`, apart from starting tailscaled in them, so
-that a relay of our own can join the tailnet from one. Each process logs to a
-file of the directory; failures carry the tails of those logs.
+that a relay of our own can join the tailnet from one. Headscale is the
+:class:`tests.support.headscale.Headscale` of every other test (config,
+policy, CLI, keys), run in the control namespace with ``ip netns exec``. Each
+process logs to a file of the directory; failures carry the tails of those logs.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import signal
@@ -34,9 +35,12 @@ import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tests.support import netns
+from tests.support.headscale import RELAY_CAP as RELAY_CAP
+from tests.support.headscale import TAGS as TAGS
+from tests.support.headscale import Headscale, HeadscalePorts, default_policy
 from tests.support.paths import ROOT
 from tests.support.waiting import wait_until_sync
 
@@ -47,12 +51,11 @@ BINARIES = ("headscale", "tailscaled", "tailscale")
 CONTROL_IP = "10.79.0.1"
 CONTROL_PORT = 8080
 STUN_PORT = 3478
+HEADSCALE_PORTS = HeadscalePorts(http=CONTROL_PORT, stun=STUN_PORT, metrics=9090, grpc=50443)
 LOGIN_SERVER = f"http://{CONTROL_IP}:{CONTROL_PORT}"
 BRIDGES = {"a": ("na", "10.79.1"), "b": ("nb", "10.79.2")}
 TAILSCALED_PORT = 41641
 USER = "bed"
-TAGS = ("tag:client", "tag:relay")
-RELAY_CAP = "tailscale.com/cap/relay"
 FORWARDING = ("ipv4/ip_forward", "ipv6/conf/all/forwarding")
 LOG_TAIL = 3000
 STOP_TIMEOUT = 10.0
@@ -132,13 +135,18 @@ class Tailnet:
         self.directory = directory
         self.tag = tag or secrets.token_hex(3)
         self.control = f"rftn{self.tag}c"
-        self.config = directory / "headscale" / "config.yaml"
-        self.policy = directory / "headscale" / "policy.json"
         self.relay_grants: set[str] = set()
         self.hosts: dict[str, Host] = {}
         self.nodes: dict[str, Node] = {}
         self.processes: list[Process] = []
-        self.headscale: Process | None = None
+        self.namespaces: list[str] = []
+        self.headscale = Headscale(
+            directory / "headscale",
+            address=CONTROL_IP,
+            ports=HEADSCALE_PORTS,
+            policy=self._policy(),
+            command_prefix=("ip", "netns", "exec", self.control),
+        )
         self.user_id = 0
 
     def __enter__(self) -> Tailnet:
@@ -154,7 +162,8 @@ class Tailnet:
             self._make_control()
             for side in BRIDGES:
                 self._add_host(side, {side: f"{BRIDGES[side][1]}.2"})
-            self._start_headscale()
+            self.headscale.start()
+            self.user_id = self.headscale.create_user(USER)
         except BaseException:
             self.close()
             raise
@@ -165,11 +174,8 @@ class Tailnet:
         return self._add_host(name, {side: f"{net}.{number}" for side, (_, net) in BRIDGES.items()})
 
     def preauth_key(self, *tags: str) -> str:
-        """A reusable pre-auth key whose nodes get ``tags``."""
-        return self.headscale_cli(
-            "preauthkeys", "create", "--user", str(self.user_id), "--reusable",
-            "--expiration", "1h", "--tags", ",".join(tags),
-        ).strip().splitlines()[-1]  # fmt: skip
+        """A reusable pre-auth key (valid 1 h) whose nodes get ``tags``."""
+        return self.headscale.create_auth_key(self.user_id, tags)
 
     def start_node(self, name: str, host: Host, tags: Iterable[str], *up_args: str) -> Node:
         """tailscaled on ``host``, logged in with a key for ``tags`` (``tailscale up`` with
@@ -183,7 +189,7 @@ class Tailnet:
             "TS_NO_LOGS_NO_SUPPORT": "1",
             "TS_LOGS_DIR": str(directory / "logs"),
         }
-        process = self._spawn(
+        process = self.spawn(
             name, host.namespace,
             [str(BINDIR / "tailscaled"), f"--statedir={directory}",
              f"--socket={directory / 'tailscaled.sock'}", f"--port={TAILSCALED_PORT}"],
@@ -206,11 +212,18 @@ class Tailnet:
     def tailscale(self, node: Node, *args: str, timeout: float = 30, check: bool = True) -> str:
         """``tailscale`` run against ``node``; its output (TailnetError on failure if ``check``)."""
         argv = [str(BINDIR / "tailscale"), f"--socket={node.socket}", *args]
-        return self._run(argv, timeout, check)
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise TailnetError(
+                f"{' '.join(argv)} exited {result.returncode}:\n{result.stdout}{result.stderr}\n"
+                f"{self.logs()}"
+            )
+        return result.stdout
 
     def headscale_cli(self, *args: str, timeout: float = 30) -> str:
-        """``headscale`` run against the server (through its unix socket); its output."""
-        return self._run([str(BINDIR / "headscale"), "-c", str(self.config), *args], timeout)
+        """``headscale`` run against the server (through its unix socket); its output
+        (HeadscaleError, with Headscale's log, on failure)."""
+        return self.headscale.cli(*args, timeout=timeout)
 
     def grant_relay(self, tag: str = "tag:relay") -> None:
         """Grant tag:client the relay capability toward nodes tagged ``tag``, and reload."""
@@ -223,26 +236,14 @@ class Tailnet:
         self.reload_policy()
 
     def write_policy(self) -> None:
-        """Every tagged node may reach every other; clients may use the granted relays."""
-        grants: list[dict[str, object]] = [{"src": list(TAGS), "dst": list(TAGS), "ip": ["*"]}]
-        grants += [
-            {"src": ["tag:client"], "dst": [tag], "app": {RELAY_CAP: [{}]}}
-            for tag in sorted(self.relay_grants)
-        ]
-        policy = {"tagOwners": {tag: [f"{USER}@"] for tag in TAGS}, "grants": grants}
-        self.policy.write_text(json.dumps(policy, indent=2) + "\n")
+        """Write the policy (every tagged node may reach every other; tag:client may use the
+        granted relays) without reloading it: Headscale reads it at its next start or reload."""
+        self.headscale.set_policy(self._policy(), reload=False)
 
     def reload_policy(self) -> None:
-        """Write the policy, have Headscale check it, and make it reload it (SIGHUP)."""
-        assert self.headscale is not None
-        self.write_policy()
-        self.headscale_cli("policy", "check", "--file", str(self.policy))
-        reloads = self._count_in_log(self.headscale, "reloading ACL policy")
-        self.headscale.popen.send_signal(signal.SIGHUP)
-        self.wait_for(
-            lambda: self._count_in_log(self.headscale, "reloading ACL policy") > reloads,
-            "Headscale to reload its policy",
-        )
+        """Write the policy, have Headscale check it, and make it reload it (SIGHUP); see
+        :meth:`tests.support.headscale.Headscale.set_policy`."""
+        self.headscale.set_policy(self._policy())
 
     def wait_for(self, condition: Callable[[], T], what: str, *, timeout: float = 30,
                  interval: float = 0.2) -> T:  # fmt: skip
@@ -253,18 +254,24 @@ class Tailnet:
             raise TailnetError(f"{exc}\n{self.logs()}") from None
 
     def logs(self) -> str:
-        """The tail of every process's log."""
-        return "\n".join(process.tail() for process in self.processes)
+        """The tail of every process's log, Headscale's first."""
+        headscale = f"--- headscale ({self.headscale.log}) ---\n{self.headscale.log_tail(LOG_TAIL)}"
+        return "\n".join([headscale, *(process.tail() for process in self.processes)])
 
     def close(self) -> None:
-        """Stop every process and remove every namespace (with its links); TailnetError if a
-        namespace stays."""
-        for process in reversed(self.processes):
-            process.stop()
+        """Stop every process and remove every namespace it made (with their links);
+        TailnetError if one stays."""
+        try:
+            for process in reversed(self.processes):
+                process.stop()
+        finally:
+            self.headscale.stop()
+            self._remove_namespaces()
+
+    def _remove_namespaces(self) -> None:
         left = []
-        for namespace in [*(host.namespace for host in self.hosts.values()), self.control]:
-            if not Path("/run/netns", namespace).exists():
-                continue
+        while self.namespaces:
+            namespace = self.namespaces.pop()
             result = subprocess.run(["ip", "netns", "del", namespace], capture_output=True,
                                     text=True, timeout=30)  # fmt: skip
             if result.returncode != 0:
@@ -272,8 +279,11 @@ class Tailnet:
         if left:
             raise TailnetError(f"namespaces left behind: {'; '.join(left)}")
 
+    def _policy(self) -> dict[str, Any]:
+        return default_policy([USER], [("tag:client", tag) for tag in sorted(self.relay_grants)])
+
     def _make_control(self) -> None:
-        self._ip("netns", "add", self.control)
+        self._add_namespace(self.control)
         self._no_forwarding(self.control)
         self._ip("-n", self.control, "link", "set", "lo", "up")
         self._ip("-n", self.control, "addr", "add", f"{CONTROL_IP}/32", "dev", "lo")
@@ -286,7 +296,7 @@ class Tailnet:
         if name in self.hosts:
             raise ValueError(f"host {name} exists")
         host = Host(name, f"rftn{self.tag}{name}", addresses)
-        self._ip("netns", "add", host.namespace)
+        self._add_namespace(host.namespace)
         self.hosts[name] = host
         self._no_forwarding(host.namespace)
         self._ip("-n", host.namespace, "link", "set", "lo", "up")
@@ -303,65 +313,13 @@ class Tailnet:
         self._ip("-n", host.namespace, "route", "add", "default", "via", gateway)
         return host
 
-    def _start_headscale(self) -> None:
-        state = self.directory / "headscale"
-        state.mkdir(parents=True, exist_ok=True)
-        self.write_policy()
-        self.config.write_text(json.dumps(self._headscale_config(state), indent=2) + "\n")
-        self.headscale = self._spawn(
-            "headscale", self.control, [str(BINDIR / "headscale"), "-c", str(self.config), "serve"]
-        )
-        self.wait_for(
-            lambda: self._alive(self.headscale) and self._headscale_healthy(), "Headscale's health"
-        )
-        self.headscale_cli("users", "create", USER)
-        users = json.loads(self.headscale_cli("users", "list", "--output", "json"))
-        self.user_id = next(int(user["id"]) for user in users if user["name"] == USER)
+    def _add_namespace(self, namespace: str) -> None:
+        self._ip("netns", "add", namespace)
+        self.namespaces.append(namespace)
 
-    def _headscale_config(self, state: Path) -> dict[str, object]:
-        return {
-            "server_url": LOGIN_SERVER,
-            "listen_addr": f"0.0.0.0:{CONTROL_PORT}",
-            "metrics_listen_addr": "127.0.0.1:9090",
-            "grpc_listen_addr": "127.0.0.1:50443",
-            "grpc_allow_insecure": False,
-            "noise": {"private_key_path": str(state / "noise_private.key")},
-            "prefixes": {"v4": "100.64.0.0/10", "v6": "fd7a:115c:a1e0::/48"},
-            "derp": {
-                "server": {
-                    "enabled": True,
-                    "region_id": 999,
-                    "region_code": "bed",
-                    "region_name": "test bed",
-                    "stun_listen_addr": f"0.0.0.0:{STUN_PORT}",
-                    "private_key_path": str(state / "derp_server_private.key"),
-                    "automatically_add_embedded_derp_region": True,
-                    "ipv4": CONTROL_IP,
-                },
-                "urls": [],
-                "paths": [],
-                "auto_update_enabled": False,
-            },
-            "disable_check_updates": True,
-            "database": {"type": "sqlite", "sqlite": {"path": str(state / "db.sqlite")}},
-            "log": {"level": "info", "format": "text"},
-            "policy": {"mode": "file", "path": str(self.policy)},
-            "dns": {
-                "magic_dns": False,
-                "override_local_dns": False,
-                "nameservers": {"global": []},
-            },
-            "unix_socket": str(state / "headscale.sock"),
-            "unix_socket_permission": "0770",
-            "logtail": {"enabled": False},
-        }
-
-    def _headscale_healthy(self) -> bool:
-        argv = [str(BINDIR / "headscale"), "-c", str(self.config), "health"]
-        return subprocess.run(argv, capture_output=True, timeout=30).returncode == 0
-
-    def _spawn(self, name: str, namespace: str, argv: list[str],
-               env: dict[str, str] | None = None) -> Process:  # fmt: skip
+    def spawn(self, name: str, namespace: str, argv: list[str],
+              env: dict[str, str] | None = None) -> Process:  # fmt: skip
+        """``argv`` run in ``namespace``, its output in the logs, stopped by :meth:`close`."""
         log = self.directory / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
@@ -373,20 +331,10 @@ class Tailnet:
         self.processes.append(process)
         return process
 
-    def _alive(self, process: Process | None) -> bool:
-        if process is None or not process.running():
-            name = process.name if process else "process"
-            raise TailnetError(f"{name} exited\n{self.logs()}")
+    def _alive(self, process: Process) -> bool:
+        if not process.running():
+            raise TailnetError(f"{process.name} exited\n{self.logs()}")
         return True
-
-    def _run(self, argv: list[str], timeout: float, check: bool = True) -> str:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-        if check and result.returncode != 0:
-            raise TailnetError(
-                f"{' '.join(argv)} exited {result.returncode}:\n{result.stdout}{result.stderr}\n"
-                f"{self.logs()}"
-            )
-        return result.stdout
 
     @staticmethod
     def _no_forwarding(namespace: str) -> None:
@@ -394,11 +342,6 @@ class Tailnet:
         with netns.inside(namespace):
             for knob in FORWARDING:
                 Path("/proc/sys/net", knob).write_text("0\n")
-
-    @staticmethod
-    def _count_in_log(process: Process | None, text: str) -> int:
-        assert process is not None
-        return process.log.read_text(errors="replace").count(text)
 
     @staticmethod
     def _ip(*args: str) -> None:

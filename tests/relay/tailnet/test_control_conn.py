@@ -1,6 +1,6 @@
 """The control connection (relay/tailnet/control_conn.py) against a small server on loopback.
 
-Headscale proves the client in tests/tailnet_control; this server lets a test
+Headscale proves the client in tests/tailnet/test_control_client.py; this server lets a test
 choose what Headscale does not show there: no early payload, the early
 payload in the same write as the Noise response, a map message far larger
 than HTTP/2's initial flow-control window, a refused upgrade and a server

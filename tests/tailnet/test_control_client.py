@@ -3,7 +3,9 @@
 Each test runs Headscale v0.29.3 (.dev/bin/headscale, from
 scripts/build-tailnet) on loopback with embedded DERP and registers nodes
 with our client (relay/tailnet/control.py) only; what it asserts, it reads
-from Headscale's CLI or from what the client exposes.
+from Headscale's CLI or from what the client exposes. Loopback is enough for
+a control client, so these need no root and no namespaces (the ``headscale``
+fixture, not ``tailnet``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,9 +31,7 @@ from relay.tailnet.control import (
 from relay.tailnet.netmap import CAP_RELAY, CAP_RELAY_TARGET, NetMap, Node
 from tests.support.headscale import REGION_ID, Headscale, default_policy
 from tests.support.waiting import wait_until
-from tests.tailnet_control.conftest import USER
-
-pytestmark = pytest.mark.tailnet
+from tests.tailnet.conftest import USER
 
 TIMEOUTS = ControlTimeouts(connect=10, request=15, map_read=120, retry_min=0.2, retry_max=1.0)
 
@@ -219,3 +222,20 @@ async def test_the_map_poll_resumes_after_headscale_restarts(headscale, members)
         lambda m: (p := peer_named(m, client)) and p.disco_key == client.identity.disco_key.public,
         "a node registered after the restart, with its disco key",
     )
+
+
+def test_relayfleet_relay_refused_by_the_control_server_says_so(headscale, tmp_path):
+    bad_key = tmp_path / "auth-key"
+    bad_key.write_text("not-a-key-headscale-knows\n")
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "relayfleet"), "relay", "--port", "0",
+            "--api-listen", "off", "--fast-path", "off",
+            "--tailnet-login-server", headscale.url,
+            "--tailnet-auth-key-file", str(bad_key),
+        ],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "cannot join the tailnet" in result.stderr
+    assert "not-a-key-headscale-knows" not in result.stderr

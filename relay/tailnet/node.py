@@ -1,0 +1,168 @@
+"""A relay as a node of a tailnet: registered, following its map, answering over DERP.
+
+This is the one object a relay process runs to serve a tailnet (issue 18).
+It registers the relay's node with the control server
+(:class:`relay.tailnet.control.ControlClient`), follows the map poll for the
+peers and their grants, keeps a DERP connection to the node's home region
+(:mod:`relay.tailnet.derp_client`), and hands what arrives there to the
+door for tailnet peers (:class:`relay.tailnet.peer_relay.PeerRelayDoor`),
+which allocates through the relay's own ``allocate``. Each part retries on
+its own with a backoff: a control server or DERP server that goes away
+costs answers while it is away, never the relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from relay.aio import stop_tasks
+from relay.tailnet.allocation_requests import Peer, RequestGate
+from relay.tailnet.control import (
+    ControlClient,
+    Hostinfo,
+    NodeIdentity,
+    RegistrationIncomplete,
+    RegistrationRefused,
+)
+from relay.tailnet.derp_client import DerpConnection
+from relay.tailnet.netmap import DerpNode, NetMap, choose_home_derp
+from relay.tailnet.nodekeys import NodePublicKey
+from relay.tailnet.peer_relay import Allocate, PeerRelayDoor
+
+log = logging.getLogger(__name__)
+
+RETRY_MIN = 0.5
+RETRY_MAX = 30.0
+DERP_CONNECT_TIMEOUT = 15.0
+
+
+class TailnetLoginError(Exception):
+    """The control server will not have this node (a bad, expired or missing pre-auth key)."""
+
+
+@dataclass(frozen=True)
+class TailnetSettings:
+    """What joining a tailnet takes; the relay's configuration fills it."""
+
+    login_server: str
+    hostname: str
+    auth_key: str | None
+    identity: NodeIdentity
+
+
+class TailnetNode:
+    """The relay's node in one tailnet. :meth:`start`, then :meth:`close`."""
+
+    def __init__(self, settings: TailnetSettings, allocate: Allocate) -> None:
+        self.settings = settings
+        self.control = ControlClient(
+            settings.login_server,
+            settings.identity,
+            Hostinfo(hostname=settings.hostname, peer_relay=True),
+        )
+        self.door = PeerRelayDoor(RequestGate(settings.identity.disco_key), self.peer, allocate)
+        self.netmap: NetMap | None = None
+        self.derp_connected = False
+        self.derp_connections = 0
+        self._derp_target: DerpNode | None = None
+        self._derp_changed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Register (raising :class:`TailnetLoginError` if refused), then follow the map and
+        serve DERP in the background."""
+        await self._register()
+        self._tasks = [
+            asyncio.create_task(self._follow_map(), name="tailnet-map"),
+            asyncio.create_task(self._serve_derp(), name="tailnet-derp"),
+        ]
+
+    async def close(self) -> None:
+        await stop_tasks(*self._tasks)
+        self._tasks = []
+        await self.control.close()
+
+    def peer(self, node_key: bytes) -> Peer | None:
+        """What the current netmap says of the node ``node_key`` (for the door's rules)."""
+        netmap = self.netmap
+        if netmap is None:
+            return None
+        node = netmap.peer_by_key(NodePublicKey(node_key))
+        if node is None or node.disco_key is None:
+            return None
+        return Peer(node_key, node.disco_key, netmap.granted(node))
+
+    async def _register(self) -> None:
+        """As tailscaled does: a node the server knows needs no key; a new one uses it."""
+        try:
+            await self.control.register(None)
+            return
+        except (RegistrationIncomplete, RegistrationRefused) as unknown:
+            if self.settings.auth_key is None:
+                raise TailnetLoginError(
+                    f"{self.settings.login_server} does not know this node and no pre-auth key "
+                    f"was given (--tailnet-auth-key-file): {unknown}"
+                ) from None
+        try:
+            await self.control.register(self.settings.auth_key)
+        except (RegistrationIncomplete, RegistrationRefused) as refused:
+            raise TailnetLoginError(f"{self.settings.login_server}: {refused}") from None
+
+    async def _follow_map(self) -> None:
+        async for netmap in self.control.maps():
+            self.netmap = netmap
+            target = self._home_derp_node(netmap)
+            if target != self._derp_target:
+                self._derp_target = target
+                self._derp_changed.set()
+
+    def _home_derp_node(self, netmap: NetMap) -> DerpNode | None:
+        if netmap.derp_map is None:
+            return None
+        region_id = choose_home_derp(netmap.derp_map, self.control.hostinfo.preferred_derp)
+        region = netmap.derp_map.regions.get(region_id)
+        if region is None:
+            return None
+        return next((node for node in region.nodes if not node.stun_only), None)
+
+    async def _serve_derp(self) -> None:
+        """Hold a connection to the home region's DERP node, moving when the home moves."""
+        delay = RETRY_MIN
+        while True:
+            await self._derp_changed.wait()
+            self._derp_changed.clear()
+            target = self._derp_target
+            if target is None:
+                continue
+            serving = asyncio.create_task(self._serve_derp_node(target))
+            moved = asyncio.create_task(self._derp_changed.wait())
+            await asyncio.wait({serving, moved}, return_when=asyncio.FIRST_COMPLETED)
+            await stop_tasks(moved)
+            if serving.done():
+                error = serving.exception()
+                log.warning("DERP %s: %s; again in %.1f s", target.host_name, error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                self._derp_changed.set()
+            else:
+                await stop_tasks(serving)
+                delay = RETRY_MIN
+
+    async def _serve_derp_node(self, target: DerpNode) -> None:
+        host = target.ipv4 or target.ipv6 or target.host_name
+        connection = await asyncio.wait_for(
+            DerpConnection.open(host, target.derp_port, self.settings.identity.node_key.raw),
+            DERP_CONNECT_TIMEOUT,
+        )
+        self.derp_connections += 1
+        self.derp_connected = True
+        log.info("DERP: connected to %s:%d (region %d)", host, target.derp_port, target.region_id)
+        try:
+            await self.door.serve(connection)
+        finally:
+            self.derp_connected = False
+            with contextlib.suppress(Exception):
+                await connection.close()
