@@ -215,7 +215,11 @@ def _tailnet_settings(config: RelayConfig) -> TailnetSettings | None:
         log.warning("no --tailnet-key-file: this relay joins the tailnet as a new node")
         identity = NodeIdentity.generate()
     return TailnetSettings(
-        config.tailnet_login_server, config.tailnet_hostname or config.name, auth_key, identity
+        config.tailnet_login_server,
+        config.tailnet_hostname or config.name,
+        auth_key,
+        identity,
+        config.tailnet_ca_file,
     )
 
 

@@ -64,16 +64,10 @@ def relay_name(text: str) -> str:
 
 
 def tailnet_login_server(text: str) -> str:
-    """A control server's URL; for now plain ``http://`` (a test bed's Headscale), since
-    the relay speaks DERP only without TLS so far."""
+    """A control server's URL: ``http://`` or ``https://`` and a host."""
     scheme, sep, rest = text.partition("://")
     if not sep or not rest or scheme not in ("http", "https"):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected http://HOST[:PORT]")
-    if scheme == "https":
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: https control servers (and their TLS DERP servers) are not supported "
-            "yet; an http:// Headscale with its embedded DERP is"
-        )
+        raise argparse.ArgumentTypeError(f"{text!r}: expected http(s)://HOST[:PORT]")
     return text.rstrip("/")
 
 
@@ -276,7 +270,13 @@ class RelayConfig:
         "--tailnet-login-server", parse=tailnet_login_server, metavar="URL",
         help="join the tailnet of this control server (Headscale) as a peer relay: its "
         "clients granted tailscale.com/cap/relay toward this node then ask it for endpoints "
-        "over DERP, and it allocates them as it does for its API",
+        "over DERP, and it allocates them as it does for its API; DERP speaks the URL's "
+        "scheme (plain HTTP for an http:// test bed, TLS for https://)",
+    )  # fmt: skip
+    tailnet_ca_file: str | None = flag(
+        "--tailnet-ca-file", metavar="PATH",
+        help="a CA certificate (PEM) to trust beside the system's, for a control server and "
+        "DERP servers with certificates of a private CA",
     )  # fmt: skip
     tailnet_auth_key_file: str | None = flag(
         "--tailnet-auth-key-file", metavar="PATH",

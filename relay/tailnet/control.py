@@ -115,8 +115,9 @@ class ControlClient:
         *,
         timeouts: ControlTimeouts = ControlTimeouts(),
         auto_home_derp: bool = True,
+        ca_file: str | None = None,
     ) -> None:
-        self.server = ServerAddress.parse(server_url)
+        self.server = ServerAddress.parse(server_url, ca_file)
         self.identity = identity
         self.hostinfo = hostinfo
         self.timeouts = timeouts

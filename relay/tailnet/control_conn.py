@@ -19,7 +19,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -39,6 +38,7 @@ from relay.tailnet.noise import (
     NoiseError,
     Transport,
 )
+from relay.tailnet.tls import tls_context
 
 UPGRADE_PATH = "/ts2021"
 UPGRADE_PROTOCOL = "tailscale-control-protocol"
@@ -58,14 +58,16 @@ class ServerAddress:
     scheme: str
     host: str
     port: int
+    ca_file: str | None = None
+    """A CA to trust beside the system's, for ``https`` (:mod:`relay.tailnet.tls`)."""
 
     @classmethod
-    def parse(cls, url: str) -> ServerAddress:
+    def parse(cls, url: str, ca_file: str | None = None) -> ServerAddress:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"a control server URL is http(s)://host[:port], not {url!r}")
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        return cls(parts.scheme, parts.hostname, port)
+        return cls(parts.scheme, parts.hostname, port, ca_file)
 
     @property
     def authority(self) -> str:
@@ -400,9 +402,8 @@ def _fail_stream(stream: _Stream, error: BaseException) -> None:
 
 async def _dial(server: ServerAddress) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     if server.scheme == "https":
-        context = ssl.create_default_context()
         return await asyncio.open_connection(
-            server.host, server.port, ssl=context, server_hostname=server.host
+            server.host, server.port, ssl=tls_context(server.ca_file), server_hostname=server.host
         )
     return await asyncio.open_connection(server.host, server.port)
 

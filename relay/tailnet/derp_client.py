@@ -2,7 +2,7 @@
 
 The wire format is :mod:`relay.tailnet.derp`; this module adds the socket,
 the HTTP upgrade that starts the stream (``GET /derp`` with ``Upgrade:
-DERP``, plain HTTP as a test bed's embedded DERP serves it) and the one
+DERP``, over TLS or, as a test bed's embedded DERP serves it, plain HTTP) and the one
 duty a client has on its own: answering the server's pings.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 
 from relay.tailnet import derp
 
@@ -43,15 +44,28 @@ class DerpConnection:
 
     @classmethod
     async def open(
-        cls, host: str, port: int, node_private: bytes, *, path: str = "/derp"
+        cls,
+        host: str,
+        port: int,
+        node_private: bytes,
+        *,
+        path: str = "/derp",
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> DerpConnection:
-        """Connect, upgrade to DERP and log in; raises OSError or :class:`derp.DerpError`.
+        """Connect (over ``tls`` if given, verifying ``server_hostname``, else ``host``),
+        upgrade to DERP and log in; raises OSError or :class:`derp.DerpError`.
 
         Returns once the server has answered the login with its ServerInfo.
         """
-        reader, writer = await asyncio.open_connection(host, port)
+        if tls is None:
+            reader, writer = await asyncio.open_connection(host, port)
+        else:
+            reader, writer = await asyncio.open_connection(
+                host, port, ssl=tls, server_hostname=server_hostname or host
+            )
         try:
-            rest = await _upgrade(reader, writer, host, port, path)
+            rest = await _upgrade(reader, writer, server_hostname or host, port, path)
             frames = derp.FrameReader()
             pending = frames.feed(rest)
             while not pending:

@@ -16,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from dataclasses import dataclass
 
 from relay.aio import stop_tasks
 from relay.tailnet.allocation_requests import Peer, RequestGate
 from relay.tailnet.control import (
+    RETRYABLE,
     ControlClient,
     Hostinfo,
     NodeIdentity,
@@ -31,6 +33,7 @@ from relay.tailnet.derp_client import DerpConnection
 from relay.tailnet.netmap import DerpNode, NetMap, choose_home_derp
 from relay.tailnet.nodekeys import NodePublicKey
 from relay.tailnet.peer_relay import Allocate, PeerRelayDoor
+from relay.tailnet.tls import tls_context
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,15 @@ class TailnetSettings:
     hostname: str
     auth_key: str | None
     identity: NodeIdentity
+    ca_file: str | None = None
+    """A CA to trust beside the system's, for the control server and DERP over TLS."""
+
+    @property
+    def derp_over_tls(self) -> bool:
+        """DERP speaks the login server's scheme: TLS for https, as Tailscale's and a
+        TLS Headscale's do; plain HTTP for http, as a test bed's embedded DERP does (what
+        tailscaled's TS_DEBUG_USE_DERP_HTTP selects)."""
+        return self.login_server.startswith("https://")
 
 
 class TailnetNode:
@@ -62,6 +74,7 @@ class TailnetNode:
             settings.login_server,
             settings.identity,
             Hostinfo(hostname=settings.hostname, peer_relay=True),
+            ca_file=settings.ca_file,
         )
         self.door = PeerRelayDoor(RequestGate(settings.identity.disco_key), self.peer, allocate)
         self.netmap: NetMap | None = None
@@ -96,7 +109,15 @@ class TailnetNode:
         return Peer(node_key, node.disco_key, netmap.granted(node))
 
     async def _register(self) -> None:
-        """As tailscaled does: a node the server knows needs no key; a new one uses it."""
+        """As tailscaled does: a node the server knows needs no key; a new one uses it.
+        A server that cannot be reached (or whose certificate does not verify) is a
+        :class:`TailnetLoginError` too."""
+        try:
+            await self._register_once()
+        except RETRYABLE as exc:
+            raise TailnetLoginError(f"cannot reach {self.settings.login_server}: {exc}") from None
+
+    async def _register_once(self) -> None:
         try:
             await self.control.register(None)
             return
@@ -153,10 +174,19 @@ class TailnetNode:
 
     async def _serve_derp_node(self, target: DerpNode) -> None:
         host = target.ipv4 or target.ipv6 or target.host_name
+        tls = None
+        if self.settings.derp_over_tls:
+            tls = tls_context(self.settings.ca_file)
+            if target.insecure_for_tests:
+                tls.check_hostname = False
+                tls.verify_mode = ssl.CERT_NONE
         connection = await asyncio.wait_for(
-            DerpConnection.open(host, target.derp_port, self.settings.identity.node_key.raw),
+            DerpConnection.open(
+                host, target.derp_port, self.settings.identity.node_key.raw,
+                tls=tls, server_hostname=target.host_name,
+            ),
             DERP_CONNECT_TIMEOUT,
-        )
+        )  # fmt: skip
         self.derp_connections += 1
         self.derp_connected = True
         log.info("DERP: connected to %s:%d (region %d)", host, target.derp_port, target.region_id)

@@ -100,10 +100,11 @@ def test_help_names_kubeconfig_as_the_fallback(capsys):
     assert "KUBECONFIG naming a file that exists" in text
 
 
-def test_a_tailnet_login_server_is_an_http_url_for_now():
+def test_a_tailnet_login_server_is_an_http_or_https_url():
     config = relay_config("--tailnet-login-server", "http://10.0.0.1:8080/")
     assert config.tailnet_login_server == "http://10.0.0.1:8080"
-    for bad, reason in [("https://hs.example", "not supported yet"), ("hs.example", "expected")]:
+    assert tailnet_login_server("https://hs.example") == "https://hs.example"
+    for bad, reason in [("ftp://hs.example", "expected"), ("hs.example", "expected")]:
         with pytest.raises(argparse.ArgumentTypeError, match=reason):
             tailnet_login_server(bad)
         with pytest.raises(SystemExit):

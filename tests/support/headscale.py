@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.controlplane import CertPair
 from tests.support.paths import ROOT
 from tests.support.ports import free_port
 from tests.support.waiting import wait_until_sync
@@ -100,8 +101,10 @@ class Headscale:
         command_prefix: Sequence[str] = (),
         binary: Path = BINARY,
         region_id: int = REGION_ID,
+        tls: CertPair | None = None,
     ) -> None:
         self.binary = require_headscale(binary)
+        self.tls = tls
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.address = address
@@ -118,7 +121,7 @@ class Headscale:
     @property
     def url(self) -> str:
         host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"http://{host}:{self.ports.http}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.ports.http}"
 
     def config(self) -> dict[str, Any]:
         """The config, as JSON (which YAML reads): the deltas from Headscale's example."""
@@ -159,6 +162,9 @@ class Headscale:
             "unix_socket": str(self.socket_path),
             "unix_socket_permission": "0770",
             "logtail": {"enabled": False},
+            # With a certificate, one TLS listener serves the control protocol and DERP.
+            "tls_cert_path": str(self.tls.cert) if self.tls else "",
+            "tls_key_path": str(self.tls.key) if self.tls else "",
         }
 
     # The process.
