@@ -345,8 +345,6 @@ class RelayConfig:
                 "--tailnet-login-server with --report-status: allocations for tailnet peers "
                 "do not make RelayEndpoints yet, so the operator could not see them"
             )
-        if self.worker_count() > 1:
-            return "--tailnet-login-server runs with one worker for now (--workers 1)"
         return None
 
     def workers_refusal(self) -> str | None:

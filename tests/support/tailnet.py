@@ -31,7 +31,10 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import subprocess
+import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +62,9 @@ USER = "bed"
 FORWARDING = ("ipv4/ip_forward", "ipv6/conf/all/forwarding")
 LOG_TAIL = 3000
 STOP_TIMEOUT = 10.0
+TRANSFER_PORT = 5001
+TRANSFER_TIMEOUT = 120.0
+CHUNK = 1 << 16
 
 
 class TailnetError(Exception):
@@ -123,6 +129,49 @@ class Node:
     @property
     def socket(self) -> Path:
         return self.directory / "tailscaled.sock"
+
+
+def send_over_the_tailnet(
+    sender: Node,
+    receiver: Node,
+    size: int,
+    *,
+    port: int = TRANSFER_PORT,
+    timeout: float = TRANSFER_TIMEOUT,
+    deadline: float | None = None,
+) -> int:
+    """``size`` bytes over TCP from ``sender`` to ``receiver``'s tailnet address (the sockets
+    made in their hosts' namespaces, this process reading and writing); the bytes the
+    receiver counted. ``timeout`` bounds each socket operation; ``deadline``, if given,
+    the whole transfer in seconds (TimeoutError once it has passed)."""
+    with netns.inside(receiver.host.namespace):
+        listener = socket.create_server((receiver.ip, port))
+    listener.settimeout(timeout)
+    received = [0]
+    give_up = None if deadline is None else time.monotonic() + deadline
+
+    def sink() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.settimeout(timeout)
+            while data := connection.recv(CHUNK):
+                received[0] += len(data)
+
+    thread = threading.Thread(target=sink, daemon=True)
+    thread.start()
+    try:
+        with netns.inside(sender.host.namespace):
+            connection = socket.create_connection((receiver.ip, port), timeout)
+        with connection:
+            chunk = bytes(CHUNK)
+            for offset in range(0, size, CHUNK):
+                if give_up is not None and time.monotonic() > give_up:
+                    raise TimeoutError(f"{offset} of {size} bytes sent in {deadline} s")
+                connection.sendall(chunk[: min(CHUNK, size - offset)])
+        thread.join(timeout if give_up is None else max(1.0, give_up - time.monotonic()))
+    finally:
+        listener.close()
+    return received[0]
 
 
 class Tailnet:

@@ -10,8 +10,13 @@ from __future__ import annotations
 import json
 import socket
 
+import pytest
+
 from tests.support import netns
 from tests.support.tailnet import CONTROL_IP, CONTROL_PORT, Node, Tailnet
+
+# Clients take up to a minute to move to a relay path.
+pytestmark = pytest.mark.timeout(300)
 
 RELAY_PORT = 40000
 # Clients look for relay paths every 30 s and may take a minute to switch.
