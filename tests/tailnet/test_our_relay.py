@@ -23,6 +23,7 @@ from relay.protocol import disco
 from relay.protocol.keys import DiscoPrivateKey
 from relay.tailnet.control import ControlClient, Hostinfo, NodeIdentity
 from relay.tailnet.derp_client import DerpConnection
+from relay.tailnet.identity_file import load_or_create_identity
 from relay.tailnet.netmap import Node as MapNode
 from tests.support import netns
 from tests.support.tailnet import (
@@ -77,7 +78,7 @@ def start_our_relay(
             "--tailnet-login-server", LOGIN_SERVER,
             *auth,
             "--tailnet-key-file", str(directory / "tailnet-keys"),
-            "--tailnet-hostname", "our-relay",
+            "--tailnet-hostname", "our-relay", "--log-level", "debug",
         ],
     )  # fmt: skip
     tailnet.wait_for(lambda: ready(relay), "our relay to start", timeout=60)
@@ -91,12 +92,17 @@ def ready(relay: Process) -> bool:
     return '"ready": true' in relay.log.read_text()
 
 
-def metric(host: Host, name: str, labels: str) -> float:
-    """One sample of our relay's /metrics (0 when absent), read inside its namespace."""
+def metrics_text(host: Host) -> str:
+    """Our relay's /metrics, read inside its namespace."""
     with netns.inside(host.namespace):
         url = f"http://127.0.0.1:{METRICS_PORT}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
+            return response.read().decode()
+
+
+def metric(host: Host, name: str, labels: str) -> float:
+    """One sample of our relay's /metrics (0 when absent)."""
+    text = metrics_text(host)
     sample = f"{name}{{{labels}}} " if labels else f"{name} "
     for line in text.splitlines():
         if line.startswith(sample):
@@ -122,7 +128,7 @@ def test_clients_ping_each_other_through_our_relay_until_the_grant_goes(
     a = tailnet.start_node("a", tailnet.hosts["a"], ["tag:client"])
     b = tailnet.start_node("b", tailnet.hosts["b"], ["tag:client"])
     host = tailnet.add_relay_host("r1")
-    start_our_relay(tailnet, host, tmp_path)
+    relay = start_our_relay(tailnet, host, tmp_path)
     tailnet.grant_relay("tag:relay")
 
     tailnet.wait_for(lambda: relay_servers(tailnet, a), "a to list our relay as a peer relay")
@@ -143,6 +149,15 @@ def test_clients_ping_each_other_through_our_relay_until_the_grant_goes(
     assert relay_servers(tailnet, c) == []
     tailnet.wait_for(lambda: ping_saying(tailnet, c, b, "via DERP("), "c's ping to b via DERP",
                      timeout=RELAY_PATH_TIMEOUT, interval=2)  # fmt: skip
+
+    # The node's keys and the pre-auth key stay in their files: in no log line (debug
+    # level) and no metric.
+    keys = load_or_create_identity(tmp_path / "tailnet-keys")[0]
+    secrets = [k.raw.hex() for k in (keys.machine_key, keys.node_key, keys.disco_key)]
+    secrets.append((tmp_path / "auth-key").read_text().strip())
+    shown = relay.log.read_text() + metrics_text(host)
+    assert "DEBUG" in shown
+    assert [secret for secret in secrets if secret in shown] == []
 
 
 @pytest.mark.parametrize("fast_path", ["off", "auto"])
