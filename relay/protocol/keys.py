@@ -24,7 +24,9 @@ class InvalidKey(ValueError):
     """A key's text or raw form is malformed."""
 
 
-def _parse_hex(text: str, prefix: str) -> bytes:
+def parse_hex_key(text: str, prefix: str) -> bytes:
+    """The 32 raw bytes of ``prefix`` + 64 lower-case hex digits (any key's text form:
+    ``discokey:``, ``nodekey:``, ``mkey:``, ``privkey:``); :class:`InvalidKey` otherwise."""
     if not isinstance(text, str):
         raise InvalidKey(f"key must be a string, not {type(text).__name__}")
     if not text.startswith(prefix):
@@ -48,7 +50,7 @@ class DiscoPublicKey:
 
     @classmethod
     def parse(cls, text: str) -> DiscoPublicKey:
-        return cls(_parse_hex(text, PUBLIC_PREFIX))
+        return cls(parse_hex_key(text, PUBLIC_PREFIX))
 
     def __str__(self) -> str:
         return PUBLIC_PREFIX + self.raw.hex()
@@ -77,7 +79,7 @@ class DiscoPrivateKey:
 
     @classmethod
     def parse(cls, text: str) -> DiscoPrivateKey:
-        return cls(_parse_hex(text, PRIVATE_PREFIX))
+        return cls(parse_hex_key(text, PRIVATE_PREFIX))
 
     def text(self) -> str:
         """The secret text form; write it only where secrets belong."""

@@ -10,24 +10,14 @@ files only. The raw 32 bytes are what :mod:`relay.tailnet.derp` takes.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from nacl import bindings
 from nacl.public import PrivateKey
 
-from relay.protocol.keys import KEY_LEN, PRIVATE_PREFIX, InvalidKey
+from relay.protocol.keys import KEY_LEN, PRIVATE_PREFIX, InvalidKey, parse_hex_key
 
 NODE_PUBLIC_PREFIX = "nodekey:"
-_HEX_KEY = re.compile(r"[0-9a-f]{64}")
-
-
-def parse_hex_key(text: str, prefix: str) -> bytes:
-    """The 32 raw bytes of ``prefix`` + 64 lower-case hex digits; :class:`InvalidKey` otherwise."""
-    digits = text[len(prefix) :] if isinstance(text, str) and text.startswith(prefix) else ""
-    if not _HEX_KEY.fullmatch(digits):
-        raise InvalidKey(f"a key is {prefix!r} followed by 64 lower-case hex digits, not {text!r}")
-    return bytes.fromhex(digits)
 
 
 @dataclass(frozen=True, slots=True)

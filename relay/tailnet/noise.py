@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import struct
 from dataclasses import dataclass
 
@@ -43,7 +42,7 @@ from nacl.exceptions import CryptoError
 from nacl.exceptions import RuntimeError as NaclRuntimeError
 from nacl.public import PrivateKey
 
-from relay.protocol.keys import KEY_LEN, PRIVATE_PREFIX, InvalidKey
+from relay.protocol.keys import KEY_LEN, PRIVATE_PREFIX, InvalidKey, parse_hex_key
 
 PROTOCOL_NAME = b"Noise_IK_25519_ChaChaPoly_BLAKE2s"
 PROLOGUE_PREFIX = b"Tailscale Control Protocol v"
@@ -72,7 +71,6 @@ NONCE_LIMIT = 2**64 - 1
 """The first counter value that is never used: a direction that reaches it is exhausted."""
 
 MACHINE_PUBLIC_PREFIX = "mkey:"
-_HEX_KEY = re.compile(r"[0-9a-f]{64}")
 
 
 class NoiseError(Exception):
@@ -108,7 +106,7 @@ class MachinePublicKey:
 
     @classmethod
     def parse(cls, text: str) -> MachinePublicKey:
-        return cls(_parse_hex(text, MACHINE_PUBLIC_PREFIX))
+        return cls(parse_hex_key(text, MACHINE_PUBLIC_PREFIX))
 
     def __str__(self) -> str:
         return MACHINE_PUBLIC_PREFIX + self.raw.hex()
@@ -131,7 +129,7 @@ class MachinePrivateKey:
 
     @classmethod
     def parse(cls, text: str) -> MachinePrivateKey:
-        return cls(_parse_hex(text, PRIVATE_PREFIX))
+        return cls(parse_hex_key(text, PRIVATE_PREFIX))
 
     def text(self) -> str:
         """The secret text form; write it only where secrets belong."""
@@ -145,13 +143,6 @@ class MachinePrivateKey:
     @property
     def public(self) -> MachinePublicKey:
         return MachinePublicKey(bindings.crypto_scalarmult_base(self.raw))
-
-
-def _parse_hex(text: str, prefix: str) -> bytes:
-    digits = text[len(prefix) :] if isinstance(text, str) and text.startswith(prefix) else ""
-    if not _HEX_KEY.fullmatch(digits):
-        raise InvalidKey(f"a key is {prefix!r} followed by 64 lower-case hex digits")
-    return bytes.fromhex(digits)
 
 
 def _prologue(version: int) -> bytes:
