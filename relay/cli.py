@@ -152,7 +152,7 @@ def _is_loopback(host: str) -> bool:
 def _relay(args: argparse.Namespace) -> int:
     config = from_args(RelayConfig, args)
     _configure_logging(config.log_level, config.log_format)
-    refusal = config.workers_refusal() or config.tailnet_refusal()
+    refusal = config.workers_refusal()
     if refusal is not None:
         print(f"relayfleet relay: {refusal}", file=sys.stderr)
         return 2

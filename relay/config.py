@@ -288,6 +288,12 @@ class RelayConfig:
         help="file holding the node's machine, node and disco private keys, created (mode "
         "0600) when missing; without it the relay joins as a new node every start",
     )  # fmt: skip
+    tailnet_namespace: str | None = flag(
+        "--tailnet-namespace", metavar="NAME",
+        help="namespace of the RelayEndpoints this relay makes for the allocations its tailnet "
+        "peers ask for, when it reports to Kubernetes (default: the namespace of --pod, else "
+        "default)",
+    )  # fmt: skip
     tailnet_hostname: str | None = flag(
         "--tailnet-hostname", metavar="NAME",
         help="the node's hostname in the tailnet (default: --name)",
@@ -336,16 +342,14 @@ class RelayConfig:
             return 1
         return min(usable_cpus(), MAX_WORKERS)
 
-    def tailnet_refusal(self) -> str | None:
-        """Why ``--tailnet-login-server`` cannot run with the other settings, or None."""
-        if self.tailnet_login_server is None:
-            return None
-        if self.reports_status():
-            return (
-                "--tailnet-login-server with --report-status: allocations for tailnet peers "
-                "do not make RelayEndpoints yet, so the operator could not see them"
-            )
-        return None
+    def tailnet_endpoints_namespace(self) -> str:
+        """Where the RelayEndpoints of tailnet allocations go: ``--tailnet-namespace``, else
+        the namespace of ``--pod``, else ``default``."""
+        if self.tailnet_namespace:
+            return self.tailnet_namespace
+        if self.pod:
+            return self.pod.partition("/")[0]
+        return "default"
 
     def workers_refusal(self) -> str | None:
         """Why ``--workers`` cannot run with the other settings, or None."""

@@ -5,6 +5,8 @@ packet, and counts, and when an endpoint expires. The reporter keeps a view of
 the RelayEndpoints placed on this relay (label ``relayfleet.io/relay``, checked
 against ``status.relay``, since a tenant may edit labels but not status), and
 at most once per interval patches the status of those whose state changed.
+It also makes the RelayEndpoints of the allocations its tailnet's peers ask
+for (relay/resource/tailnet_endpoint.py), and deletes them when they expire.
 
 The view costs the API server in proportion to what changes, not to what
 exists: one list, then a watch from the list's resourceVersion. A watch is
@@ -32,13 +34,16 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from relay.aio import stop_tasks
 from relay.protocol.core import Endpoint, Handshake
 from relay.resource.client import RelayEndpointsApi, WatchExpired, WatchForbidden
-from relay.resource.definition import EXPIRED
-from relay.resource.status import expired_status, live_status
+from relay.resource.definition import ALLOCATED, EXPIRED
+from relay.resource.status import allocated_status, expired_status, live_status
+from relay.resource.tailnet_endpoint import from_tailnet, tailnet_endpoint
+from relay.store import Allocation, RelayRecord
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,15 @@ WATCH_AGAIN_AFTER_FORBIDDEN = 300.0
 (a role may be updated while the relay runs)."""
 
 Key = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class TailnetAllocation:
+    """An allocation a tailnet peer asked for, whose RelayEndpoint is to be made or updated."""
+
+    body: dict[str, Any]
+    allocation: Allocation
+    relay: RelayRecord
 
 
 def watch_timeout(request_timeout: float) -> int:
@@ -87,6 +101,7 @@ class StatusReporter:
         self.watch_timeout = watch_timeout_seconds or watch_timeout(request_timeout)
         self._reported: dict[Key, Any] = {}
         self._expired: dict[tuple[int, int], str] = {}
+        self._tailnet: dict[Key, TailnetAllocation] = {}
         # The RelayEndpoints labelled for this relay: metadata and status, by (namespace, name).
         self._view: dict[Key, dict[str, Any]] = {}
         self._listed = asyncio.Event()  # set once the view was filled by a list
@@ -95,6 +110,8 @@ class StatusReporter:
         self._watch_forbidden_until = 0.0
         self._failing = False  # a failure of the list or watch was logged, not yet a recovery
         self.patches = 0
+        self.created = 0
+        self.deleted = 0
         self.passes = 0
         self.lists = 0
         self.watches = 0
@@ -104,6 +121,15 @@ class StatusReporter:
         for endpoint in endpoints:
             lifetime = "steady-state" if endpoint.bound else "bind"
             self._expired[(endpoint.allocation.vni, endpoint.allocation.lamport_id)] = lifetime
+
+    def note_tailnet_allocation(
+        self, namespace: str, allocation: Allocation, relay: RelayRecord
+    ) -> None:
+        """An allocation a tailnet peer was given, whose RelayEndpoint (made in ``namespace``
+        if missing) is to show it from the next pass on."""
+        body = tailnet_endpoint(namespace, self._relay, allocation.disco_keys)
+        key = (namespace, body["metadata"]["name"])
+        self._tailnet[key] = TailnetAllocation(body, allocation, relay)
 
     async def run(self) -> None:
         """Keep the view (list, then watch) and report from it every interval, until
@@ -150,6 +176,7 @@ class StatusReporter:
             async with self._listing:
                 if not self._listed.is_set():
                     await self._list(timeout())
+        await self._write_tailnet_allocations(now, timeout)
         view = list(self._view.items())  # the watch may change the view while a patch waits
         self._reported = {k: v for k, v in self._reported.items() if k in self._view}
         for key, resource in view:
@@ -164,6 +191,13 @@ class StatusReporter:
             conditions = status.get("conditions")
             lifetime = self._expired.get(identity)
             endpoint = self._core.endpoint(identity[0])
+            if lifetime is not None and meta["fromTailnet"]:
+                # Its VNI is free; nothing is left to show (the pair asks again if it must).
+                await self._endpoints.delete(*key, timeout())
+                self._view.pop(key, None)
+                self._expired.pop(identity, None)
+                self.deleted += 1
+                continue
             if lifetime is not None:
                 patch = expired_status(
                     lifetime, generation=generation, now=now, conditions=conditions
@@ -185,6 +219,58 @@ class StatusReporter:
             self.patches += 1
         self._expired.clear()
         self.passes += 1
+
+    async def _write_tailnet_allocations(self, now: float, timeout: Callable[[], float]) -> None:
+        """Make the RelayEndpoint of each tailnet allocation noted since the last pass, or
+        bring its status to that allocation (the pair was allocated afresh). One that is
+        being deleted (it expired) is waited for: its finalizer frees what its status names,
+        which must not be the new allocation."""
+        for key, noted in list(self._tailnet.items()):
+            try:
+                await self._write_tailnet_allocation(key, noted, now, timeout)
+            except Exception as exc:  # e.g. a role without create: the other reports go on
+                log.warning(
+                    "cannot write RelayEndpoint %s/%s for a tailnet allocation: %s; "
+                    "trying again next pass",
+                    *key,
+                    exc,
+                )
+                return
+
+    async def _write_tailnet_allocation(
+        self, key: Key, noted: TailnetAllocation, now: float, timeout: Callable[[], float]
+    ) -> None:
+        """One of :meth:`_write_tailnet_allocations`: forgotten once written."""
+        resource = self._view.get(key)
+        if resource is None:
+            made = await self._endpoints.create(key[0], noted.body, timeout())
+            if made is not None:
+                self.created += 1
+            else:  # there already, but not yet in the view
+                made = await self._endpoints.get(*key, timeout())
+            if made is None:  # deleted in between: next pass
+                return
+            resource = self._view[key] = _kept(made)
+        if resource["metadata"]["deleting"]:
+            return
+        status = resource["status"]
+        allocation = noted.allocation
+        if (status.get("vni"), status.get("lamportID")) != (allocation.vni, allocation.lamport_id):
+            patch = allocated_status(
+                allocation,
+                noted.relay,
+                bind_lifetime=noted.relay.bind_lifetime,
+                steady_state_lifetime=noted.relay.steady_state_lifetime,
+                generation=resource["metadata"]["generation"],
+                now=now,
+                conditions=status.get("conditions"),
+            )
+            await self._endpoints.patch_status(*key, patch, timeout())
+            resource["status"] = {**status, **patch}
+            self._reported.pop(key, None)
+            self.patches += 1
+        if self._tailnet.get(key) is noted:  # not noted again meanwhile
+            del self._tailnet[key]
 
     async def _list(self, timeout: float) -> None:
         listing = await self._endpoints.listing(self._relay, timeout)
@@ -285,13 +371,16 @@ def _key(resource: dict[str, Any]) -> Key:
 
 
 def _kept(resource: dict[str, Any]) -> dict[str, Any]:
-    """What a report reads of a resource: its name, generation and status."""
+    """What a report reads of a resource: its name, generation, origin, whether it is being
+    deleted, and status."""
     meta = resource["metadata"]
     return {
         "metadata": {
             "namespace": meta["namespace"],
             "name": meta["name"],
             "generation": meta.get("generation", 0),
+            "fromTailnet": from_tailnet(resource),
+            "deleting": bool(meta.get("deletionTimestamp")),
         },
         "status": resource.get("status") or {},
     }
@@ -311,7 +400,8 @@ def endpoint_snapshot(endpoint: Endpoint) -> tuple[Any, ...]:
 def _untouched(endpoint: Endpoint, status: dict[str, Any]) -> bool:
     """Nothing happened yet and the status says so: the operator's own write stands."""
     return (
-        not endpoint.bound
+        status.get("phase") == ALLOCATED
+        and not endpoint.bound
         and all(
             c.handshake is Handshake.INIT and c.addr is None and c.packets == 0
             for c in endpoint.clients

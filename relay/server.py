@@ -51,7 +51,7 @@ from relay.shells.api_limits import AllocationLimits, TooManyRequests
 from relay.shells.keyfile import RelaySecrets
 from relay.shells.metrics import relay_registry, summed_registry
 from relay.shells.transport import BatchedUdpTransport, ipv6_available, open_udp_socket
-from relay.store import RelayRecord, Store, StoreUnavailable
+from relay.store import Allocation, RelayRecord, Store, StoreUnavailable
 from relay.tailnet.metrics import TailnetCollector
 from relay.tailnet.node import TailnetNode, TailnetSettings
 from relay.workers import EndpointChanges, WorkerPool, WorkerRole, WorkersView
@@ -245,7 +245,7 @@ class RelayServer:
     async def _join_tailnet(self, settings: TailnetSettings) -> None:
         """Register as a tailnet node answering peers' allocation requests; a refused login
         stops the start (TailnetLoginError) after closing what started."""
-        node = TailnetNode(settings, self.allocate)
+        node = TailnetNode(settings, self.allocate_for_tailnet)
         try:
             await node.start()
         except BaseException:
@@ -367,6 +367,21 @@ class RelayServer:
         return "this relay takes no allocations through its API (--api-allocations off)"
 
     async def allocate(self, a: DiscoPublicKey, b: DiscoPublicKey) -> ServerEndpoint:
+        """Allocate (or re-use) the endpoint for a pair, and serve it: the allocation API's
+        call."""
+        return self._server_endpoint(await self._allocate(a, b))
+
+    async def allocate_for_tailnet(self, a: DiscoPublicKey, b: DiscoPublicKey) -> ServerEndpoint:
+        """:meth:`allocate` for a peer of the tailnet, asking over DERP; when reporting to
+        Kubernetes, its RelayEndpoint is made (or updated) at the reporter's next pass."""
+        allocation = await self._allocate(a, b)
+        if self.reporter is not None:
+            self.reporter.note_tailnet_allocation(
+                self.config.tailnet_endpoints_namespace(), allocation, self.registry_record()
+            )
+        return self._server_endpoint(allocation)
+
+    async def _allocate(self, a: DiscoPublicKey, b: DiscoPublicKey) -> Allocation:
         """Allocate (or re-use) the endpoint for a pair, and serve it.
 
         A request that would allocate afresh for a pair that has been so too
@@ -394,6 +409,9 @@ class RelayServer:
         if self.pool is not None:
             await self.pool.install(allocation.vni, allocation.lamport_id)
         self.api_limits.handed_out(pair, allocation.vni, allocation.lamport_id)
+        return allocation
+
+    def _server_endpoint(self, allocation: Allocation) -> ServerEndpoint:
         return ServerEndpoint(
             server_disco=self.core.server_key,
             lamport_id=allocation.lamport_id,

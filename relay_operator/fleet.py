@@ -23,6 +23,7 @@ from relay.resource.definition import (
     STATE_ALIVE,
     VERSION,
 )
+from relay.resource.tailnet_endpoint import from_tailnet
 from relay.store import RelayRecord, Store
 
 
@@ -40,8 +41,9 @@ async def list_endpoints(kubeconfig: str | None) -> list[dict[str, Any]]:
 
 
 def summarise_endpoints(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Counts of RelayEndpoints by phase and by relay, and of their peers by protocol version
-    (``unknown`` until a peer has sent a bind message)."""
+    """Counts of RelayEndpoints by phase and by relay, of those a relay made for its tailnet's
+    peers, and of their peers by protocol version (``unknown`` until a peer has sent a bind
+    message)."""
     by_phase: Counter[str] = Counter()
     by_relay: dict[str, Counter[str]] = {}
     clients: Counter[str] = Counter()
@@ -56,6 +58,7 @@ def summarise_endpoints(items: list[dict[str, Any]]) -> dict[str, Any]:
             clients["unknown" if version is None else f"v{version}"] += 1
     return {
         "total": len(items),
+        "fromTailnet": sum(from_tailnet(item) for item in items),
         "byPhase": {phase: by_phase.get(phase, 0) for phase in PHASES},
         "byRelay": {relay: dict(counts) for relay, counts in sorted(by_relay.items())},
         "clientsByProtocol": {v: clients.get(v, 0) for v in ("v0", "v1", "unknown")},
@@ -198,7 +201,10 @@ def format_fleet(fleet: dict[str, Any]) -> str:
         lines.append(f"\nENDPOINTS  unknown: {endpoints['error']}")
     else:
         phases = "  ".join(f"{phase} {n}" for phase, n in endpoints["byPhase"].items())
-        lines.append(f"\nENDPOINTS  {phases}  (total {endpoints['total']})")
+        lines.append(
+            f"\nENDPOINTS  {phases}  (total {endpoints['total']}, "
+            f"{endpoints['fromTailnet']} from a tailnet)"
+        )
         versions = "  ".join(f"{v} {n}" for v, n in endpoints["clientsByProtocol"].items())
         lines.append(f"PEERS      by protocol: {versions}")
         for relay, counts in endpoints["byRelay"].items():

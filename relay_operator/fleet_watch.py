@@ -175,7 +175,10 @@ def render(
         summary = Text(f"RelayEndpoints: unknown ({endpoints['error']})")
     else:
         phases = "  ".join(f"{p} {endpoints['byPhase'].get(p, 0)}" for p in PHASES)
-        summary = Text(f"RelayEndpoints: {phases}  (total {endpoints['total']})")
+        summary = Text(
+            f"RelayEndpoints: {phases}  (total {endpoints['total']}, "
+            f"{endpoints.get('fromTailnet', 0)} from a tailnet)"
+        )
     return Group(table, summary, *(Text(note, style="yellow") for note in notes))
 
 

@@ -17,7 +17,8 @@ a resource whose relay died or came back under another disco key. The Relay
 objects (relay_operator/relay_objects.py) are kept by a loop started and
 stopped here too, and so is the take-up loop, which has a resource left without
 a phase after its handler ran (its writes lost) allocated again. A store outage
-has kopf run the handler again.
+has kopf run the handler again. A RelayEndpoint a relay made for its tailnet's
+peers (:data:`OPERATORS`) is only freed when deleted.
 """
 
 from __future__ import annotations
@@ -40,11 +41,13 @@ from relay.resource.definition import (
     EXPIRED,
     GROUP,
     NO_RELAY_AVAILABLE,
+    ORIGIN_LABEL,
     PAIR_IN_USE,
     PLURAL,
     REALLOCATE_ANNOTATION,
     RELAY_DEAD_ANNOTATION,
     RELAY_LABEL,
+    TAILNET_ORIGIN,
     TAKE_UP_ANNOTATION,
     VERSION,
 )
@@ -75,6 +78,13 @@ PairClaim = tuple[bool, str, str]
 
 registry = kopf.OperatorRegistry()
 """Every handler of the operator, and nothing else's."""
+
+OPERATORS = {ORIGIN_LABEL: kopf.ABSENT}
+"""The filter of the handlers that place and allocate (and of the indexes that feed them): a
+RelayEndpoint a relay made for its tailnet's peers (relay/resource/tailnet_endpoint.py) is the
+relay's to write. The operator frees its allocation when it is deleted, counts it as holding
+its pair, and says when its relay is gone (:func:`tailnet_relay_gone`)."""
+TAILNET_MADE = {ORIGIN_LABEL: TAILNET_ORIGIN}
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +311,7 @@ async def by_relay(status: kopf.Status, meta: kopf.Meta, **_: Any) -> dict[str, 
     return relay_check.index_entry(status, meta) or {}
 
 
-@kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="waiting")
+@kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="waiting", labels=OPERATORS)
 async def waiting(status: kopf.Status, meta: kopf.Meta, **_: Any) -> dict[str, Waiting]:
     """RelayEndpoints waiting for an allocation, for the metrics (relay_operator/pending.py)."""
     return waiting_entry(status, meta, time.time()) or {}
@@ -314,8 +324,8 @@ async def count_waiting_endpoints(
     memo.metrics.count_pending(waiting)
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="allocate")
-@kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="allocate")
+@kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="allocate", labels=OPERATORS)
+@kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="allocate", labels=OPERATORS)
 async def allocate(
     body: kopf.Body,
     patch: kopf.Patch,
@@ -333,7 +343,7 @@ async def allocate(
 # The take-up loop and its rules: relay_operator/take_up.py.
 
 
-@kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="unplaced")
+@kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="unplaced", labels=OPERATORS)
 async def unplaced(
     status: kopf.Status, meta: kopf.Meta, memo: OperatorMemo, **_: Any
 ) -> dict[str, take_up.Unplaced]:
@@ -349,6 +359,7 @@ async def unplaced(
     PLURAL,
     field=("metadata", "annotations", TAKE_UP_ANNOTATION),
     registry=registry,
+    labels=OPERATORS,
     id="take-up",
 )
 async def allocate_taken_up(
@@ -432,6 +443,7 @@ async def allocate_once(
     PLURAL,
     field=("metadata", "annotations", REALLOCATE_ANNOTATION),
     registry=registry,
+    labels=OPERATORS,
     id="reallocate",
 )
 async def reallocate(
@@ -446,7 +458,9 @@ async def reallocate(
         await place(memo, body, patch, retry, None)
 
 
-@kopf.on.field(GROUP, VERSION, PLURAL, field=("spec", "relay"), registry=registry, id="pin")
+@kopf.on.field(
+    GROUP, VERSION, PLURAL, field=("spec", "relay"), registry=registry, id="pin", labels=OPERATORS
+)
 async def pin(
     body: kopf.Body,
     patch: kopf.Patch,
@@ -485,6 +499,7 @@ async def pin(
     PLURAL,
     field=("metadata", "annotations", RELAY_DEAD_ANNOTATION),
     registry=registry,
+    labels=OPERATORS,
     id="relay-dead",
 )
 async def relay_dead(
@@ -505,6 +520,34 @@ async def relay_dead(
         ):
             warn_server_gone(body, current, gone)
             await place(memo, body, patch, retry, current, gone)
+    patch.metadata.annotations[RELAY_DEAD_ANNOTATION] = None
+
+
+@kopf.on.field(
+    GROUP,
+    VERSION,
+    PLURAL,
+    field=("metadata", "annotations", RELAY_DEAD_ANNOTATION),
+    registry=registry,
+    id="tailnet-relay-gone",
+    labels=TAILNET_MADE,
+)
+async def tailnet_relay_gone(
+    body: kopf.Body, patch: kopf.Patch, retry: int, new: Any, memo: OperatorMemo, **_: Any
+) -> None:
+    """The relay that made this resource for its tailnet's peers stopped heart-beating or came
+    back under another disco key. Its peers asked that relay, not the fleet, so nothing is
+    placed elsewhere: the resource waits Pending, saying why, keeping its allocation, until the
+    relay serves it again (its reporter writes it back) or the pair asks again."""
+    if new is None:
+        return
+    current = current_allocation(body.status)
+    with retried_after_store_outage(retry):
+        gone = await memo.allocator.server_gone(current) if current is not None else None
+    if current is not None and current.relay == new and gone is not None:
+        message = server_gone_message(current, gone)
+        write_status(patch, body, pending_status, gone, message)
+        kopf.warn(body, reason=gone, message=f"{message}; its tailnet peers use DERP meanwhile")
     patch.metadata.annotations[RELAY_DEAD_ANNOTATION] = None
 
 

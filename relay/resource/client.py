@@ -2,8 +2,9 @@
 
 :func:`api_client` is the one place a client is made. :class:`RelayEndpointsApi`
 is what a relay's reporter needs of the API server: its RelayEndpoints (a list,
-then a watch of their changes from the list's resourceVersion), and their
-status to patch; and what the operator's loops need: an annotation to set. The
+then a watch of their changes from the list's resourceVersion), their
+status to patch, and the ones it makes for its tailnet's peers to create and
+delete; and what the operator's loops need: an annotation to set. The
 kubernetes client is synchronous, so its calls run in a thread, each within a
 timeout; a watch reads its stream in a daemon thread of its own, which closing
 the watch unblocks at once.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import socket
 import threading
@@ -145,6 +147,31 @@ class RelayEndpointsApi:
             _request_timeout=timeout,
         )
 
+    async def create(
+        self, namespace: str, body: dict[str, Any], timeout: float
+    ) -> dict[str, Any] | None:
+        """Create a RelayEndpoint (its status is ignored: patch it next); the resource as
+        created, or None if one of that name exists already."""
+        made = await self._unless(
+            409, self._api.create_namespaced_custom_object, namespace, body, timeout=timeout
+        )
+        return None if made is _ABSENT else made
+
+    async def get(self, namespace: str, name: str, timeout: float) -> dict[str, Any] | None:
+        """One RelayEndpoint, or None if there is none of that name."""
+        found = await self._unless(
+            404, self._api.get_namespaced_custom_object, namespace, name, timeout=timeout
+        )
+        return None if found is _ABSENT else found
+
+    async def delete(self, namespace: str, name: str, timeout: float) -> bool:
+        """Delete one RelayEndpoint (its finalizer then frees its allocation); False if it
+        was gone already."""
+        deleted = await self._unless(
+            404, self._api.delete_namespaced_custom_object, namespace, name, timeout=timeout
+        )
+        return deleted is not _ABSENT
+
     async def annotate(
         self,
         namespace: str,
@@ -154,27 +181,35 @@ class RelayEndpointsApi:
     ) -> bool:
         """Sets the ``annotations`` of one RelayEndpoint (None removes one); False if the
         resource is gone."""
+        patched = await self._unless(
+            404,
+            self._api.patch_namespaced_custom_object,
+            namespace,
+            name,
+            {"metadata": {"annotations": annotations}},
+            timeout=timeout,
+            _content_type="application/merge-patch+json",
+        )
+        return patched is not _ABSENT
+
+    async def _unless(
+        self, status: int, method: Any, namespace: str, *args: Any, timeout: float, **options: Any
+    ) -> Any:
+        """``method`` of the CustomObjectsApi on RelayEndpoints in ``namespace``, in a thread,
+        within ``timeout``; :data:`_ABSENT` when the API server answers ``status`` (404: no
+        such resource, 409: one exists already)."""
         from kubernetes.client.exceptions import ApiException
 
         try:
-            await asyncio.to_thread(
-                self._api.patch_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                name,
-                {"metadata": {"annotations": annotations}},
-                _content_type="application/merge-patch+json",
-                _request_timeout=timeout,
-            )
+            call = functools.partial(method, _request_timeout=timeout, **options)
+            return await asyncio.to_thread(call, GROUP, VERSION, namespace, PLURAL, *args)
         except ApiException as exc:
-            if exc.status == 404:
-                return False
+            if exc.status == status:
+                return _ABSENT
             raise
-        return True
 
 
+_ABSENT = object()
 _END = object()
 
 

@@ -13,6 +13,14 @@ RELAY_LABEL = "relayfleet.io/relay"
 """The relay an endpoint is placed on. A tenant may edit labels but not status,
 so readers check it against ``status.relay``."""
 
+ORIGIN_LABEL = "relayfleet.io/origin"
+"""Where an endpoint's allocation came from, on the resources a relay made itself: absent on
+those people apply, whose allocation the operator owns."""
+TAILNET_ORIGIN = "tailnet"
+"""The origin label's value on a RelayEndpoint a relay made for an allocation that a peer of
+its tailnet asked for over DERP: the relay owns it (writes its status, deletes it on expiry);
+the operator only frees its allocation when it is deleted."""
+
 REALLOCATE_ANNOTATION = "relayfleet.io/reallocate"
 """Set to a new value to allocate an Expired endpoint afresh."""
 

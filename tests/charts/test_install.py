@@ -15,7 +15,8 @@ from tests.support.controlplane import ControlPlane
 
 CRDS = ("relayendpoints.relayfleet.io", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev")
 NAMESPACED = (
-    "deployments,statefulsets,services,secrets,configmaps,serviceaccounts,poddisruptionbudgets"
+    "deployments,statefulsets,services,secrets,configmaps,serviceaccounts,poddisruptionbudgets,"
+    "roles,rolebindings"
 )
 
 
@@ -92,6 +93,33 @@ def test_install_and_uninstall(control_plane: ControlPlane, kube_namespace: str)
     helm("upgrade", release, str(CHART), *kube, "--reuse-values", "--set", "relays.logLevel=debug")
     assert secret(f"{full}-relay-api-token") == token
     assert secret(f"{full}-relay-keys") == after[0]
+
+    # relays.tailnet: the API server accepts its objects (the pre-auth key's Secret is the
+    # user's; no pod starts here to miss it), the relays may get, create and delete
+    # RelayEndpoints in the release's namespace only, and an upgrade keeps their node keys.
+    tailnet = helm(
+        "upgrade", release, str(CHART), *kube, "--reuse-values",
+        "--set", "relays.tailnet.enabled=true",
+        "--set", "relays.tailnet.loginServer=https://headscale.example",
+        "--set", "relays.tailnet.authKey.existingSecret=tailnet-authkey",
+    )  # fmt: skip
+    assert "get rep -l relayfleet.io/origin=tailnet" in tailnet.stdout  # NOTES.txt
+    assert {
+        f"Role/{full}-relay-tailnet",
+        f"RoleBinding/{full}-relay-tailnet",
+        f"Secret/{full}-relay-tailnet-keys",
+    } <= _names(control_plane, NAMESPACED, kube_namespace, release)
+    nodes = secret(f"{full}-relay-tailnet-keys")
+    assert len(nodes) == 3
+    for verb in ("get", "create", "delete"):
+        what = (verb, "relayendpoints.relayfleet.io")
+        assert can("relay", *what, "-n", kube_namespace) == "yes"
+        assert can("relay", *what, "-n", "default") == "no"
+        # the operator's own role: get, but neither create nor delete
+        assert can("operator", *what, "-n", kube_namespace) == ("yes" if verb == "get" else "no")
+    assert can("relay", "patch", "relayendpoints.relayfleet.io", "-n", kube_namespace) == "no"
+    helm("upgrade", release, str(CHART), *kube, "--reuse-values", "--set", "relays.logLevel=info")
+    assert secret(f"{full}-relay-tailnet-keys") == nodes
 
     helm("uninstall", release, *kube)
     assert _names(control_plane, NAMESPACED, kube_namespace, release) == set()

@@ -49,6 +49,24 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "relays.terminationGracePeriodSeconds": 45,
     },
     "fast-path": {"relays.fastPath": "auto", "relays.fastPathMaxEndpoints": 500},
+    "tailnet": {
+        "relays.tailnet.enabled": True,
+        "relays.tailnet.loginServer": "https://headscale.example",
+        "relays.tailnet.authKey.existingSecret": "tailnet-authkey",
+    },
+    "tailnet-everything": {
+        "relays.tailnet.enabled": True,
+        "relays.tailnet.loginServer": "http://headscale.example:8080",
+        "relays.tailnet.authKey.existingSecret": "tailnet-authkey",
+        "relays.tailnet.authKey.existingSecretKey": "key",
+        "relays.tailnet.caCert.existingConfigMap": "tailnet-ca",
+        "relays.tailnet.caCert.existingConfigMapKey": "root.pem",
+        "relays.tailnet.hostnamePrefix": "eu1-",
+        "relays.tailnet.existingKeySecret": "tailnet-nodes",
+        "relays.hostNetwork": True,
+        "relays.workers": 4,
+        "networkPolicy.enabled": True,
+    },
 }
 
 POD_KINDS = ("Deployment", "StatefulSet")
@@ -325,6 +343,9 @@ def test_metrics_and_network_policies() -> None:
             "at '/relays': additional properties 'apiToken' not allowed",
         ),
         ({"relays.fastPath": "on"}, "at '/relays/fastPath'"),
+        ({"relays.tailnet.loginServer": "headscale:8080"}, "at '/relays/tailnet/loginServer'"),
+        ({"relays.tailnet.hostnamePrefix": "EU 1"}, "at '/relays/tailnet/hostnamePrefix'"),
+        ({"relays.tailnet.enabled": "yes"}, "at '/relays/tailnet/enabled'"),
     ],
 )
 def test_wrong_value_fails_with_clear_message(values: dict[str, Any], message: str) -> None:
@@ -343,6 +364,14 @@ def test_wrong_value_fails_with_clear_message(values: dict[str, Any], message: s
         (
             {"relays.api.enabled": True, "relays.api.port": 9090},
             "relays.api.port and relays.metricsPort are both 9090",
+        ),
+        (
+            {"relays.tailnet.enabled": True, "relays.tailnet.authKey.existingSecret": "k"},
+            "relays.tailnet.enabled needs relays.tailnet.loginServer",
+        ),
+        (
+            {"relays.tailnet.enabled": True, "relays.tailnet.loginServer": "https://hs.example"},
+            "relays.tailnet.enabled needs relays.tailnet.authKey.existingSecret",
         ),
     ],
 )

@@ -111,10 +111,9 @@ def test_a_tailnet_login_server_is_an_http_or_https_url():
             relay_config("--tailnet-login-server", bad)
 
 
-def test_a_tailnet_node_is_refused_where_its_allocations_would_go_unseen(kubeconfig):
+def test_tailnet_relayendpoints_go_to_the_namespace_given_else_the_pods_else_default():
     server = ("--tailnet-login-server", "http://10.0.0.1:8080")
-    assert relay_config(*server).tailnet_refusal() is None
-    reporting = relay_config(*server, "--report-status", "on", "--kubeconfig", str(kubeconfig))
-    assert "RelayEndpoints" in reporting.tailnet_refusal()
-    assert relay_config(*server, *REDIS, "--workers", "2").tailnet_refusal() is None
-    assert relay_config().tailnet_refusal() is None
+    assert relay_config(*server).tailnet_endpoints_namespace() == "default"
+    assert relay_config(*server, "--pod", "fleet/relay-0").tailnet_endpoints_namespace() == "fleet"
+    given = relay_config(*server, "--pod", "fleet/relay-0", "--tailnet-namespace", "peers")
+    assert given.tailnet_endpoints_namespace() == "peers"

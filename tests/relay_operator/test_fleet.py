@@ -1,6 +1,7 @@
 """`relayfleet status`'s data and its terminal view, from a memory store and listed resources."""
 
 from relay.protocol.keys import DiscoPrivateKey
+from relay.resource.definition import ORIGIN_LABEL, TAILNET_ORIGIN
 from relay.store import MemoryStore, RelayRecord
 from relay_operator.fleet import endpoint_rows, format_fleet, gather_fleet, summarise_endpoints
 
@@ -17,16 +18,22 @@ def endpoint(phase=None, relay=None, versions=()):
     return {"metadata": {"name": "x"}, "status": status}
 
 
+def tailnet_made(item):
+    item["metadata"]["labels"] = {ORIGIN_LABEL: TAILNET_ORIGIN}
+    return item
+
+
 def test_endpoints_are_counted_by_phase_and_relay():
     summary = summarise_endpoints(
         [
             endpoint("Allocated", "a", versions=(1, None)),
             endpoint("Bound", "a", versions=(0, 1)),
-            endpoint("Bound", "b", versions=(1, 1)),
+            tailnet_made(endpoint("Bound", "b", versions=(1, 1))),
             endpoint(),
         ]
     )
     assert summary["total"] == 4
+    assert summary["fromTailnet"] == 1
     assert summary["byPhase"] == {
         "Pending": 1,
         "Allocated": 1,
@@ -37,6 +44,7 @@ def test_endpoints_are_counted_by_phase_and_relay():
     assert summary["clientsByProtocol"] == {"v0": 1, "v1": 4, "unknown": 1}
     text = format_fleet({"relays": [], "endpoints": summary})
     assert "PEERS      by protocol: v0 1  v1 4  unknown 1" in text
+    assert "(total 4, 1 from a tailnet)" in text
 
 
 async def test_the_view_shows_relays_and_says_why_endpoints_are_unknown(tmp_path):

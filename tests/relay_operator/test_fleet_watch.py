@@ -84,7 +84,7 @@ def test_a_frame_shows_each_relay_its_state_and_rates_and_the_endpoints():
                 "heartbeatAgeSeconds": 90.0,
             },
         ],
-        "endpoints": {"byPhase": {"Bound": 2, "Pending": 1}, "total": 3},
+        "endpoints": {"byPhase": {"Bound": 2, "Pending": 1}, "total": 3, "fromTailnet": 1},
     }
     counters = read_counters(METRICS)
     rates = {"packets": 12500.0, "bytes": 2.5e6, "handshakes": 2.0, "drops": 0.0}
@@ -95,4 +95,4 @@ def test_a_frame_shows_each_relay_its_state_and_rates_and_the_endpoints():
     assert "alive" in a and "3/100" in a and "12.5k" in a and "2.5MB" in a
     b = next(line for line in text.splitlines() if "relay-b" in line)
     assert "dead" in b and "90s ago" in b
-    assert "Pending 1  Allocated 0  Bound 2  Expired 0  (total 3)" in text
+    assert "Pending 1  Allocated 0  Bound 2  Expired 0  (total 3, 1 from a tailnet)" in text

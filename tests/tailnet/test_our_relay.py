@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import re
 import sys
 import threading
 import urllib.request
@@ -21,11 +23,14 @@ import pytest
 
 from relay.protocol import disco
 from relay.protocol.keys import DiscoPrivateKey
+from relay.resource.definition import ORIGIN_LABEL, TAILNET_ORIGIN
 from relay.tailnet.control import ControlClient, Hostinfo, NodeIdentity
 from relay.tailnet.derp_client import DerpConnection
 from relay.tailnet.identity_file import load_or_create_identity
 from relay.tailnet.netmap import Node as MapNode
+from tests.relay_operator.e2e_support import Operator
 from tests.support import netns
+from tests.support.paths import ROOT
 from tests.support.tailnet import (
     CONTROL_IP,
     CONTROL_PORT,
@@ -57,10 +62,12 @@ def start_our_relay(
     fast_path: str = "off",
     workers: int = 1,
     store: str = "memory",
+    fleet: tuple[str, ...] | list[str] = (),
 ) -> Process:
     """Our relay in ``host``'s namespace, its keys (relay and tailnet node) in ``directory``,
     so that a relay started again there is the same relay and the same node; a node the
-    control server knows needs no pre-auth key (``with_auth_key=False``)."""
+    control server knows needs no pre-auth key (``with_auth_key=False``). ``fleet``: more
+    flags (its name, reporting to Kubernetes)."""
     auth_key = directory / "auth-key"
     auth = ["--tailnet-auth-key-file", str(auth_key)] if with_auth_key else []
     if with_auth_key:
@@ -78,7 +85,7 @@ def start_our_relay(
             "--tailnet-login-server", LOGIN_SERVER,
             *auth,
             "--tailnet-key-file", str(directory / "tailnet-keys"),
-            "--tailnet-hostname", "our-relay", "--log-level", "debug",
+            "--tailnet-hostname", "our-relay", "--log-level", "debug", *fleet,
         ],
     )  # fmt: skip
     tailnet.wait_for(lambda: ready(relay), "our relay to start", timeout=60)
@@ -277,26 +284,63 @@ def test_what_no_grant_allows_gets_no_endpoint_and_is_counted(tailnet: Tailnet, 
     assert metric(host, requests, 'result="answered"') == 0
 
 
-REDIS_PORT = 6390
+CRDS = (ROOT / "crds" / "relayendpoint.yaml", ROOT / "crds" / "relay.yaml")
 
 
-def test_a_relay_of_two_workers_serves_the_tailnet(tailnet: Tailnet, tmp_path: Path) -> None:
-    """The tailnet node runs in the parent; each endpoint it hands out is installed on the
-    worker its VNI steers to, which binds and relays it."""
+def tailnet_endpoints(control_plane, namespace: str) -> list[dict]:
+    result = control_plane.kubectl(
+        "-n", namespace, "get", "rep", "-l", f"{ORIGIN_LABEL}={TAILNET_ORIGIN}", "-o", "json"
+    )  # fmt: skip
+    return json.loads(result.stdout)["items"]
+
+
+def test_a_fleet_relay_of_two_workers_serves_the_tailnet_and_shows_it_bound(
+    tailnet: Tailnet, tmp_path: Path, control_plane, redis_server, kube_namespace
+) -> None:
+    """A relay of a fleet (Redis store, reporting to Kubernetes, an operator beside it) with
+    two workers: the tailnet node runs in the parent, each endpoint it hands out is served
+    by the worker its VNI steers to, and a RelayEndpoint labelled with its tailnet origin
+    shows it Bound. The relay's namespace reaches the host's Redis and API server through
+    forwards (tests/support/netns.py)."""
+    control_plane.kubectl("apply", *(f"--filename={crd}" for crd in CRDS))
+    control_plane.kubectl(
+        "wait", "--for=condition=Established", "crd/relayendpoints.relayfleet.io",
+        "crd/relays.relayfleet.io", "--timeout=30s",
+    )  # fmt: skip
+    operator = Operator(control_plane, redis_server.url(), kube_namespace, tmp_path / "op.log")
     a = tailnet.start_node("a", tailnet.hosts["a"], ["tag:client"])
     b = tailnet.start_node("b", tailnet.hosts["b"], ["tag:client"])
     host = tailnet.add_relay_host("r1")
-    redis = tailnet.spawn(
-        "redis", host.namespace,
-        ["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path)],
-    )  # fmt: skip
-    tailnet.wait_for(lambda: "Ready to accept connections" in redis.log.read_text(), "Redis")
-    start_our_relay(tailnet, host, tmp_path, workers=2,
-                    store=f"redis://127.0.0.1:{REDIS_PORT}")  # fmt: skip
-    tailnet.grant_relay("tag:relay")
-    our_relay_path(tailnet, a, b, host)
-    our_relay_path(tailnet, b, a, host)
-    requests = "relayfleet_relay_tailnet_allocation_requests_total"
-    assert metric(host, requests, 'result="answered"') >= 1
-    assert metric(host, "relayfleet_relay_handshakes_completed_total", 'version="1"') >= 2
+    apiserver = ("127.0.0.1", control_plane.ports["apiserver"])
+    with (
+        netns.forward_into(host.namespace, ("127.0.0.1", redis_server.port)) as redis,
+        netns.forward_into(host.namespace, apiserver) as api,
+    ):
+        kubeconfig = netns.write_forwarded_kubeconfig(
+            control_plane.kubeconfig, api.port, tmp_path / "kubeconfig"
+        )
+        start_our_relay(
+            tailnet, host, tmp_path, workers=2,
+            store=redis_server.url().replace(f":{redis_server.port}/", f":{redis.port}/"),
+            fleet=["--name", "our-relay", "--report-status", "on", "--report-interval", "500ms",
+                   "--kubeconfig", str(kubeconfig), "--tailnet-namespace", kube_namespace],
+        )  # fmt: skip
+        tailnet.grant_relay("tag:relay")
+        path = our_relay_path(tailnet, a, b, host)
+        our_relay_path(tailnet, b, a, host)
+        requests = "relayfleet_relay_tailnet_allocation_requests_total"
+        assert metric(host, requests, 'result="answered"') >= 1
+        assert metric(host, "relayfleet_relay_handshakes_completed_total", 'version="1"') >= 2
+
+        def bound() -> list[dict]:
+            return [
+                item for item in tailnet_endpoints(control_plane, kube_namespace)
+                if item.get("status", {}).get("phase") == "Bound"
+            ]  # fmt: skip
+
+        shown = tailnet.wait_for(bound, "a RelayEndpoint to show the tailnet endpoint Bound")
+    operator.stop()
+    status = shown[0]["status"]
+    assert status["relay"] == "our-relay" and status["clientsBound"] == "2/2"
+    vni = int(re.search(r":vni:(\d+)\)", path).group(1))
+    assert vni in [item["status"]["vni"] for item in shown]
