@@ -33,7 +33,11 @@ forwarders side by side:
   (d) a minimal C forwarder (recvmmsg/sendmmsg, batches of 64, source checked
       against the two client addresses it is given, bench/c/forwarder.c),
       compiled here with gcc into a temporary directory: the practical limit
-      of user space without GRO/GSO.
+      of user space without GRO/GSO; and the same with both offloads
+      (bench/c/forwarder_gso.c: UDP GRO on receive, a train sent whole, and a
+      batch's datagrams grouped by destination, a run of one size sent as one
+      UDP GSO send, as v1.102.5 batches): the limit with them (issue 17:
+      ours >= 0.8x).
 For every (endpoints, size) it prints one row per forwarder: packets/s, loss,
 how busy it was, packets per CPU-second, ours / it for both (above 1: ours is
 faster; issue 7's targets are ours/C >= 0.9 and ours/reference >= 1.2), and
@@ -176,7 +180,7 @@ LATENCY_TAIL = 0.2
 _STAMP = struct.Struct("<Qq")  # sequence number, send time in ns
 MIN_SIZE = geneve.HEADER_LEN + _STAMP.size
 
-OURS, C, LOOPBACK_PAIR = "ours", "C", "loopback"
+OURS, C, C_GSO, LOOPBACK_PAIR = "ours", "C", "C GRO/GSO", "loopback"
 
 
 @dataclass
@@ -588,15 +592,15 @@ def run_relay(
             sock.close()
 
 
-def run_c(binary: Path, count: int, args, started, cells, progress: Progress) -> None:
+def run_c(name: str, binary: Path, count: int, args, started, cells, progress: Progress) -> None:
     sockets = (client_socket(args.buffer), client_socket(args.buffer))
     try:
         ports = [str(s.getsockname()[1]) for s in sockets]
-        forwarder = Forwarder.start(C, [str(binary), "0", *ports], started)
+        forwarder = Forwarder.start(name, [str(binary), "0", *ports], started)
         forwarder.take_sockets(args.buffer)
         for size in args.sizes:
-            progress.cell(f"{C}, {count:,} endpoint(s), {size} B")
-            measure_size(C, forwarder, sockets, 1, size, cells[size], args)
+            progress.cell(f"{name}, {count:,} endpoint(s), {size} B")
+            measure_size(name, forwarder, sockets, 1, size, cells[size], args)
         stop_all(started)
     finally:
         for sock in sockets:
@@ -718,16 +722,19 @@ def main(args: argparse.Namespace) -> None:
     )
     results: dict[int, dict[int, Cell]] = {}
     started: list[Forwarder] = []
-    forwarders = 1 + len(args.ours_flags) + sum(not r.missing for r in references)
+    forwarders = 2 + len(args.ours_flags) + sum(not r.missing for r in references)
     progress = Progress("bench.dataplane", len(args.endpoints) * forwarders * len(args.sizes))
     try:
         with tempfile.TemporaryDirectory() as directory:
             binary = build_program("forwarder", directory)
+            binary_gso = build_program("forwarder_gso", directory)
             for count in args.endpoints:
                 cells = results[count] = {size: Cell() for size in args.sizes}
                 print(f"\n{count:,} endpoint(s) allocated")
                 print("  C recvmmsg/sendmmsg x64 (no endpoints):")
-                run_c(binary, count, args, started, cells, progress)
+                run_c(C, binary, count, args, started, cells, progress)
+                print("  C recvmmsg/sendmmsg x64 with UDP GRO and GSO (no endpoints):")
+                run_c(C_GSO, binary_gso, count, args, started, cells, progress)
                 for variant in args.ours_flags:
                     name = f"{OURS} {variant}" if variant else OURS
                     flags = [*ours_flags, *variant.split()]
