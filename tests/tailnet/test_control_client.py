@@ -239,3 +239,29 @@ def test_relayfleet_relay_refused_by_the_control_server_says_so(headscale, tmp_p
     assert result.returncode == 1, result.stderr
     assert "cannot join the tailnet" in result.stderr
     assert "not-a-key-headscale-knows" not in result.stderr
+
+
+async def test_a_known_node_registers_again_after_its_pre_auth_key_expired(headscale, members):
+    """A relay pod restarted days later still holds the pre-auth key it first joined with
+    (the chart mounts it), long expired: the node the server knows must register anyway."""
+    relay = members("relay-restarted", relay=True)
+    user = headscale.user_id(USER)
+    short_lived = headscale.create_auth_key(user, ["tag:relay"], expiration="2s")
+    await relay.register(short_lived)
+
+    async def expired() -> bool:
+        stranger = members("stranger")
+        try:
+            await stranger.register(short_lived)
+        except RegistrationRefused:
+            return True
+        return False
+
+    await wait_until(expired, "the pre-auth key to expire", timeout=30, interval=0.5)
+    again = ControlClient(headscale.url, relay.identity, Hostinfo(hostname="relay-restarted"),
+                          timeouts=TIMEOUTS)  # fmt: skip
+    try:
+        registration = await again.register(short_lived)
+    finally:
+        await again.close()
+    assert registration.machine_authorized
