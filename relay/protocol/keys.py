@@ -1,5 +1,8 @@
 """Disco keys: Curve25519 key pairs, their text forms, ordering and shared secrets.
 
+The key classes of every kind (disco here; node and machine keys in relay/tailnet)
+share one body, :class:`Curve25519PublicKey` and :class:`Curve25519PrivateKey`.
+
 A disco public key is written ``discokey:`` + 64 lower-case hex digits and is
 ordered by its 32 raw bytes (docs/protocol.md "Keys"). A private key's text form, used
 only in key files, is ``privkey:`` + 64 hex digits.
@@ -10,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import total_ordering
+from typing import Any, ClassVar, Self
 
 from nacl import bindings
 from nacl.public import PrivateKey
@@ -37,48 +41,52 @@ def parse_hex_key(text: str, prefix: str) -> bytes:
     return bytes.fromhex(digits)
 
 
-@total_ordering
 @dataclass(frozen=True, slots=True)
-class DiscoPublicKey:
-    """A client's or server's disco public key (32 raw bytes)."""
+class Curve25519PublicKey:
+    """A public key of one kind (32 raw bytes), written :attr:`PREFIX` and 64 hex digits.
+
+    Each kind is a subclass: disco keys here, node and machine keys in relay/tailnet. Keys of
+    different kinds never compare equal, whatever their bytes."""
 
     raw: bytes
+    PREFIX: ClassVar[str]
+    KIND: ClassVar[str]
+    """What the key is, for errors: "disco", "node", "machine"."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.raw, bytes) or len(self.raw) != KEY_LEN:
-            raise InvalidKey(f"a disco public key is {KEY_LEN} bytes")
+            raise InvalidKey(f"a {self.KIND} public key is {KEY_LEN} bytes")
 
     @classmethod
-    def parse(cls, text: str) -> DiscoPublicKey:
-        return cls(parse_hex_key(text, PUBLIC_PREFIX))
+    def parse(cls, text: str) -> Self:
+        return cls(parse_hex_key(text, cls.PREFIX))
 
     def __str__(self) -> str:
-        return PUBLIC_PREFIX + self.raw.hex()
+        return self.PREFIX + self.raw.hex()
 
     def short(self) -> str:
-        """A short form for logs: ``d:`` and the first 16 hex digits."""
-        return "d:" + self.raw.hex()[:16]
-
-    def __lt__(self, other: DiscoPublicKey) -> bool:
-        return self.raw < other.raw
+        """A short form for logs: the kind's initial, ``:`` and the first 16 hex digits."""
+        return f"{self.KIND[0]}:{self.raw.hex()[:16]}"
 
 
 @dataclass(frozen=True, slots=True)
-class DiscoPrivateKey:
-    """A disco private key. Its repr never shows the key."""
+class Curve25519PrivateKey:
+    """A private key of one kind, written ``privkey:`` and 64 hex digits in key files only.
+    Its repr and str never show the key."""
 
     raw: bytes
+    PUBLIC: ClassVar[type[Curve25519PublicKey]]
 
     def __post_init__(self) -> None:
         if not isinstance(self.raw, bytes) or len(self.raw) != KEY_LEN:
-            raise InvalidKey(f"a disco private key is {KEY_LEN} bytes")
+            raise InvalidKey(f"a {self.PUBLIC.KIND} private key is {KEY_LEN} bytes")
 
     @classmethod
-    def generate(cls) -> DiscoPrivateKey:
+    def generate(cls) -> Self:
         return cls(bytes(PrivateKey.generate()))
 
     @classmethod
-    def parse(cls, text: str) -> DiscoPrivateKey:
+    def parse(cls, text: str) -> Self:
         return cls(parse_hex_key(text, PRIVATE_PREFIX))
 
     def text(self) -> str:
@@ -86,13 +94,37 @@ class DiscoPrivateKey:
         return PRIVATE_PREFIX + self.raw.hex()
 
     def __repr__(self) -> str:
-        return "DiscoPrivateKey(<redacted>)"
+        return f"{type(self).__name__}(<redacted>)"
 
     __str__ = __repr__
 
     @property
-    def public(self) -> DiscoPublicKey:
-        return DiscoPublicKey(bindings.crypto_scalarmult_base(self.raw))
+    def public(self) -> Any:
+        """The public half, of the kind's :attr:`PUBLIC` class."""
+        return self.PUBLIC(bindings.crypto_scalarmult_base(self.raw))
+
+
+# Subclasses add no field and no dataclass decorator (which would write a repr showing the
+# key): their empty __slots__ keep them as small as the base.
+
+
+@total_ordering
+class DiscoPublicKey(Curve25519PublicKey):
+    """A client's or server's disco public key, ordered by its raw bytes."""
+
+    __slots__ = ()
+    PREFIX = PUBLIC_PREFIX
+    KIND = "disco"
+
+    def __lt__(self, other: DiscoPublicKey) -> bool:
+        return self.raw < other.raw
+
+
+class DiscoPrivateKey(Curve25519PrivateKey):
+    """A disco private key."""
+
+    __slots__ = ()
+    PUBLIC = DiscoPublicKey
 
     def shared(self, peer: DiscoPublicKey) -> bytes:
         """The NaCl box precomputed key (``crypto_box_beforenm``) with a peer."""

@@ -10,65 +10,21 @@ files only. The raw 32 bytes are what :mod:`relay.tailnet.derp` takes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from nacl import bindings
-from nacl.public import PrivateKey
-
-from relay.protocol.keys import KEY_LEN, PRIVATE_PREFIX, InvalidKey, parse_hex_key
+from relay.protocol.keys import Curve25519PrivateKey, Curve25519PublicKey
 
 NODE_PUBLIC_PREFIX = "nodekey:"
 
 
-@dataclass(frozen=True, slots=True)
-class NodePublicKey:
-    """A node's public key (32 raw bytes), written ``nodekey:`` and 64 hex digits."""
+class NodePublicKey(Curve25519PublicKey):
+    """A node's public key, written ``nodekey:`` and 64 hex digits."""
 
-    raw: bytes
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.raw, bytes) or len(self.raw) != KEY_LEN:
-            raise InvalidKey(f"a node public key is {KEY_LEN} bytes")
-
-    @classmethod
-    def parse(cls, text: str) -> NodePublicKey:
-        return cls(parse_hex_key(text, NODE_PUBLIC_PREFIX))
-
-    def __str__(self) -> str:
-        return NODE_PUBLIC_PREFIX + self.raw.hex()
-
-    def short(self) -> str:
-        """A short form for logs: ``n:`` and the first 16 hex digits."""
-        return "n:" + self.raw.hex()[:16]
+    __slots__ = ()
+    PREFIX = NODE_PUBLIC_PREFIX
+    KIND = "node"
 
 
-@dataclass(frozen=True, slots=True)
-class NodePrivateKey:
-    """A node's private key. Its repr never shows the key."""
+class NodePrivateKey(Curve25519PrivateKey):
+    """A node's private key."""
 
-    raw: bytes
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.raw, bytes) or len(self.raw) != KEY_LEN:
-            raise InvalidKey(f"a node private key is {KEY_LEN} bytes")
-
-    @classmethod
-    def generate(cls) -> NodePrivateKey:
-        return cls(bytes(PrivateKey.generate()))
-
-    @classmethod
-    def parse(cls, text: str) -> NodePrivateKey:
-        return cls(parse_hex_key(text, PRIVATE_PREFIX))
-
-    def text(self) -> str:
-        """The secret text form; write it only where secrets belong."""
-        return PRIVATE_PREFIX + self.raw.hex()
-
-    def __repr__(self) -> str:
-        return "NodePrivateKey(<redacted>)"
-
-    __str__ = __repr__
-
-    @property
-    def public(self) -> NodePublicKey:
-        return NodePublicKey(bindings.crypto_scalarmult_base(self.raw))
+    __slots__ = ()
+    PUBLIC = NodePublicKey

@@ -40,9 +40,8 @@ from dataclasses import dataclass
 from nacl import bindings
 from nacl.exceptions import CryptoError
 from nacl.exceptions import RuntimeError as NaclRuntimeError
-from nacl.public import PrivateKey
 
-from relay.protocol.keys import KEY_LEN, PRIVATE_PREFIX, InvalidKey, parse_hex_key
+from relay.protocol.keys import KEY_LEN, Curve25519PrivateKey, Curve25519PublicKey
 
 PROTOCOL_NAME = b"Noise_IK_25519_ChaChaPoly_BLAKE2s"
 PROLOGUE_PREFIX = b"Tailscale Control Protocol v"
@@ -93,56 +92,20 @@ class RecordError(NoiseError):
     """A received record is of the wrong type, too long, or does not decrypt."""
 
 
-@dataclass(frozen=True, slots=True)
-class MachinePublicKey:
-    """A machine's (or control server's) long-term Noise public key: 32 raw bytes,
-    written ``mkey:`` and 64 lower-case hex digits."""
+class MachinePublicKey(Curve25519PublicKey):
+    """A machine's (or control server's) long-term Noise public key, written ``mkey:`` and
+    64 lower-case hex digits."""
 
-    raw: bytes
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.raw, bytes) or len(self.raw) != KEY_LEN:
-            raise InvalidKey(f"a machine public key is {KEY_LEN} bytes")
-
-    @classmethod
-    def parse(cls, text: str) -> MachinePublicKey:
-        return cls(parse_hex_key(text, MACHINE_PUBLIC_PREFIX))
-
-    def __str__(self) -> str:
-        return MACHINE_PUBLIC_PREFIX + self.raw.hex()
+    __slots__ = ()
+    PREFIX = MACHINE_PUBLIC_PREFIX
+    KIND = "machine"
 
 
-@dataclass(frozen=True, slots=True)
-class MachinePrivateKey:
-    """A machine's long-term Noise private key, written ``privkey:`` and 64 hex digits
-    in key files only. Its repr never shows the key."""
+class MachinePrivateKey(Curve25519PrivateKey):
+    """A machine's long-term Noise private key."""
 
-    raw: bytes
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.raw, bytes) or len(self.raw) != KEY_LEN:
-            raise InvalidKey(f"a machine private key is {KEY_LEN} bytes")
-
-    @classmethod
-    def generate(cls) -> MachinePrivateKey:
-        return cls(bytes(PrivateKey.generate()))
-
-    @classmethod
-    def parse(cls, text: str) -> MachinePrivateKey:
-        return cls(parse_hex_key(text, PRIVATE_PREFIX))
-
-    def text(self) -> str:
-        """The secret text form; write it only where secrets belong."""
-        return PRIVATE_PREFIX + self.raw.hex()
-
-    def __repr__(self) -> str:
-        return "MachinePrivateKey(<redacted>)"
-
-    __str__ = __repr__
-
-    @property
-    def public(self) -> MachinePublicKey:
-        return MachinePublicKey(bindings.crypto_scalarmult_base(self.raw))
+    __slots__ = ()
+    PUBLIC = MachinePublicKey
 
 
 def _prologue(version: int) -> bytes:
