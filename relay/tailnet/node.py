@@ -8,7 +8,8 @@ peers and their grants, keeps a DERP connection to the node's home region
 door for tailnet peers (:class:`relay.tailnet.peer_relay.PeerRelayDoor`),
 which allocates through the relay's own ``allocate``. Each part retries on
 its own with a backoff: a control server or DERP server that goes away
-costs answers while it is away, never the relay.
+costs answers while it is away, never the relay; one that forgot the node
+(deleted by an admin) has it registered again.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from relay.tailnet.control import (
     RETRYABLE,
     ControlClient,
     Hostinfo,
+    MapPollRefused,
     NodeIdentity,
     RegistrationIncomplete,
     RegistrationRefused,
@@ -80,6 +82,8 @@ class TailnetNode:
         self.netmap: NetMap | None = None
         self.derp_connected = False
         self.derp_connections = 0
+        self.registrations = 0
+        """Registrations after the first: each time the server had forgotten the node."""
         self._derp_target: DerpNode | None = None
         self._derp_changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -133,12 +137,33 @@ class TailnetNode:
             raise TailnetLoginError(f"{self.settings.login_server}: {refused}") from None
 
     async def _follow_map(self) -> None:
-        async for netmap in self.control.maps():
-            self.netmap = netmap
-            target = self._home_derp_node(netmap)
-            if target != self._derp_target:
-                self._derp_target = target
-                self._derp_changed.set()
+        """Follow the map for as long as the node runs. A poll refused for good means the
+        server no longer knows the node (deleted by an admin, say): register again as at the
+        start, retrying with a backoff until it takes, and poll on."""
+        while True:
+            try:
+                async for netmap in self.control.maps():
+                    self.netmap = netmap
+                    target = self._home_derp_node(netmap)
+                    if target != self._derp_target:
+                        self._derp_target = target
+                        self._derp_changed.set()
+            except MapPollRefused as refused:
+                log.warning("%s; registering the node again", refused)
+                await self._register_again()
+
+    async def _register_again(self) -> None:
+        delay = RETRY_MIN
+        while True:
+            try:
+                await self._register()
+                self.registrations += 1
+                log.info("registered again with %s", self.settings.login_server)
+                return
+            except TailnetLoginError as exc:
+                log.warning("%s; trying again in %.1f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
 
     def _home_derp_node(self, netmap: NetMap) -> DerpNode | None:
         if netmap.derp_map is None:

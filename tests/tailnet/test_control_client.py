@@ -29,6 +29,7 @@ from relay.tailnet.control import (
     RegistrationRefused,
 )
 from relay.tailnet.netmap import CAP_RELAY, CAP_RELAY_TARGET, NetMap, Node
+from relay.tailnet.node import TailnetNode, TailnetSettings
 from tests.support.headscale import REGION_ID, Headscale, default_policy
 from tests.support.waiting import wait_until
 from tests.tailnet.conftest import USER
@@ -265,3 +266,39 @@ async def test_a_known_node_registers_again_after_its_pre_auth_key_expired(heads
     finally:
         await again.close()
     assert registration.machine_authorized
+
+
+async def test_a_node_the_server_forgot_registers_again_and_follows_the_map(headscale):
+    """An admin deleted the relay's node (``headscale nodes delete``): its next map poll is
+    refused, and the relay's node registers again with its pre-auth key and polls on."""
+
+    async def allocate(a, b):
+        raise AssertionError("no allocation is asked for here")
+
+    settings = TailnetSettings(
+        headscale.url, "relay-forgotten", key_for(headscale, "tag:relay"), NodeIdentity.generate()
+    )
+    node = TailnetNode(settings, allocate)
+    await node.start()
+    try:
+        await wait_until(lambda: node.netmap is not None, "the first map")
+        node_key = str(settings.identity.node_key.public)
+        first = next(n for n in headscale.nodes() if n["node_key"] == node_key)
+        headscale.cli("nodes", "delete", "--identifier", str(first["id"]), "--force")
+        # Headscale keeps a deleted node's open poll; the next one (after a restart here, a
+        # network blip anywhere) is refused.
+        headscale.restart()
+
+        def listed_again():
+            nodes = [n for n in headscale.nodes() if n["node_key"] == node_key]
+            return nodes and nodes[0]["id"] != first["id"] and nodes[0]
+
+        again = await wait_until(listed_again, "the node registered again", interval=0.5)
+        await wait_until(lambda: node.registrations == 1, "the node to see itself registered")
+        await wait_until(
+            lambda: node.netmap.self_node and node.netmap.self_node.id == int(again["id"]),
+            "the map of the node as registered again",
+        )
+        assert again["name"] == "relay-forgotten" and "tag:relay" in again.get("tags", [])
+    finally:
+        await node.close()
