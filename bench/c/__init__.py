@@ -3,7 +3,8 @@
 * ``forwarder.c``: the minimal user-space relay (recvmmsg/sendmmsg, batches of 64,
   source checked) that bench.dataplane and bench.fastpath measure beside ours;
 * ``forwarder_gso.c``: the same with UDP GRO on receive and UDP GSO on send, batched as
-  tailscale.com v1.102.5 batches (bench.dataplane's "C GRO/GSO");
+  tailscale.com v1.102.5 batches (bench.dataplane's "C GRO/GSO"); both take their
+  arguments and open their socket with ``forwarder_socket.h``;
 * ``sender.c``: bench.fastpath's load, paced or unpaced sendmmsg;
 * ``spinner.c``: bench.fastpath's meter of a CPU's idle time.
 """

@@ -9,6 +9,8 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "forwarder_socket.h"
+
 #ifndef SOL_UDP
 #define SOL_UDP 17
 #endif
@@ -59,38 +61,15 @@ static int gro_size(struct msghdr *header) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 4 && argc != 6) {
-        fprintf(stderr, "usage: forwarder_gso PORT A_PORT B_PORT [A_IP B_IP]\n");
-        return 2;
-    }
-    int fd = socket(AF_INET, SOCK_DGRAM, 0);
-    int buffer = 4 << 20, one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer, sizeof buffer);
-    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buffer, sizeof buffer);
+    struct sockaddr_in a, b;
+    int status, one = 1;
+    int fd = open_forwarder_socket(argc, argv, &a, &b, &status);
+    if (fd < 0)
+        return status;
     if (setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof one) < 0) {
         perror("UDP_GRO");
         return 1;
     }
-    struct sockaddr_in me = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[1]))};
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
-    struct sockaddr_in b = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[3]))};
-    me.sin_addr.s_addr = a.sin_addr.s_addr = b.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (argc == 6) {
-        me.sin_addr.s_addr = htonl(INADDR_ANY);
-        if (inet_pton(AF_INET, argv[4], &a.sin_addr) != 1
-            || inet_pton(AF_INET, argv[5], &b.sin_addr) != 1) {
-            fprintf(stderr, "bad IPv4 address\n");
-            return 2;
-        }
-    }
-    if (bind(fd, (struct sockaddr *)&me, sizeof me) < 0) {
-        perror("bind");
-        return 1;
-    }
-    socklen_t length = sizeof me;
-    getsockname(fd, (struct sockaddr *)&me, &length);
-    printf("{\"udp_port\": %d}\n", ntohs(me.sin_port));
-    fflush(stdout);
 
     static char data[BATCH][SIZE];
     static char in_control[BATCH][CMSG_SPACE(sizeof(int))];
