@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import re
 import sys
 import threading
 import urllib.request
@@ -326,7 +325,7 @@ def test_a_fleet_relay_of_two_workers_serves_the_tailnet_and_shows_it_bound(
                    "--kubeconfig", str(kubeconfig), "--tailnet-namespace", kube_namespace],
         )  # fmt: skip
         tailnet.grant_relay("tag:relay")
-        path = our_relay_path(tailnet, a, b, host)
+        our_relay_path(tailnet, a, b, host)
         our_relay_path(tailnet, b, a, host)
         requests = "relayfleet_relay_tailnet_allocation_requests_total"
         assert metric(host, requests, 'result="answered"') >= 1
@@ -340,7 +339,8 @@ def test_a_fleet_relay_of_two_workers_serves_the_tailnet_and_shows_it_bound(
 
         shown = tailnet.wait_for(bound, "a RelayEndpoint to show the tailnet endpoint Bound")
     operator.stop()
+    # One pair, one resource: a pair allocated afresh after binding (clients ask again) moves
+    # its resource to the new VNI rather than making another.
+    assert len(shown) == 1 and len(tailnet_endpoints(control_plane, kube_namespace)) == 1
     status = shown[0]["status"]
     assert status["relay"] == "our-relay" and status["clientsBound"] == "2/2"
-    vni = int(re.search(r":vni:(\d+)\)", path).group(1))
-    assert vni in [item["status"]["vni"] for item in shown]
