@@ -110,7 +110,6 @@ class StatusReporter:
         self._watch_forbidden_until = 0.0
         self._failing = False  # a failure of the list or watch was logged, not yet a recovery
         self.patches = 0
-        self.created = 0
         self.deleted = 0
         self.passes = 0
         self.lists = 0
@@ -244,9 +243,7 @@ class StatusReporter:
         resource = self._view.get(key)
         if resource is None:
             made = await self._endpoints.create(key[0], noted.body, timeout())
-            if made is not None:
-                self.created += 1
-            else:  # there already, but not yet in the view
+            if made is None:  # there already, but not yet in the view
                 made = await self._endpoints.get(*key, timeout())
             if made is None:  # deleted in between: next pass
                 return

@@ -18,7 +18,7 @@ objects (relay_operator/relay_objects.py) are kept by a loop started and
 stopped here too, and so is the take-up loop, which has a resource left without
 a phase after its handler ran (its writes lost) allocated again. A store outage
 has kopf run the handler again. A RelayEndpoint a relay made for its tailnet's
-peers (:data:`OPERATORS`) is only freed when deleted.
+peers (:data:`OPERATORS`) is only freed when deleted, and told when its relay is gone.
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ from relay.resource.definition import (
     REALLOCATE_ANNOTATION,
     RELAY_DEAD_ANNOTATION,
     RELAY_LABEL,
-    TAILNET_ORIGIN,
     TAKE_UP_ANNOTATION,
     VERSION,
 )
@@ -57,6 +56,7 @@ from relay.resource.status import (
     missing_status,
     pending_status,
 )
+from relay.resource.tailnet_endpoint import from_tailnet
 from relay.store import StoreUnavailable, VNIExhausted
 from relay_operator import relay_check, relay_objects, take_up
 from relay_operator.allocating import (
@@ -83,8 +83,7 @@ OPERATORS = {ORIGIN_LABEL: kopf.ABSENT}
 """The filter of the handlers that place and allocate (and of the indexes that feed them): a
 RelayEndpoint a relay made for its tailnet's peers (relay/resource/tailnet_endpoint.py) is the
 relay's to write. The operator frees its allocation when it is deleted, counts it as holding
-its pair, and says when its relay is gone (:func:`tailnet_relay_gone`)."""
-TAILNET_MADE = {ORIGIN_LABEL: TAILNET_ORIGIN}
+its pair, and says when its relay is gone (:func:`relay_dead`)."""
 
 log = logging.getLogger(__name__)
 
@@ -499,14 +498,17 @@ async def pin(
     PLURAL,
     field=("metadata", "annotations", RELAY_DEAD_ANNOTATION),
     registry=registry,
-    labels=OPERATORS,
     id="relay-dead",
 )
 async def relay_dead(
     body: kopf.Body, patch: kopf.Patch, retry: int, new: Any, memo: OperatorMemo, **_: Any
 ) -> None:
     """The relay check marked this resource's relay dead, or come back under another disco
-    key: the server its clients were given is gone, so place it again."""
+    key: the server its clients were given is gone, so place it again.
+
+    Not a resource a relay made for its tailnet's peers: they asked that relay, not the
+    fleet, so it waits Pending, saying why, keeping its allocation, until the relay serves
+    it again (its reporter writes it back) or the pair asks again."""
     if new is None:
         return
     current = current_allocation(body.status)
@@ -518,36 +520,13 @@ async def relay_dead(
             and body.status.get("phase") in (ALLOCATED, BOUND)
             and gone is not None
         ):
-            warn_server_gone(body, current, gone)
-            await place(memo, body, patch, retry, current, gone)
-    patch.metadata.annotations[RELAY_DEAD_ANNOTATION] = None
-
-
-@kopf.on.field(
-    GROUP,
-    VERSION,
-    PLURAL,
-    field=("metadata", "annotations", RELAY_DEAD_ANNOTATION),
-    registry=registry,
-    id="tailnet-relay-gone",
-    labels=TAILNET_MADE,
-)
-async def tailnet_relay_gone(
-    body: kopf.Body, patch: kopf.Patch, retry: int, new: Any, memo: OperatorMemo, **_: Any
-) -> None:
-    """The relay that made this resource for its tailnet's peers stopped heart-beating or came
-    back under another disco key. Its peers asked that relay, not the fleet, so nothing is
-    placed elsewhere: the resource waits Pending, saying why, keeping its allocation, until the
-    relay serves it again (its reporter writes it back) or the pair asks again."""
-    if new is None:
-        return
-    current = current_allocation(body.status)
-    with retried_after_store_outage(retry):
-        gone = await memo.allocator.server_gone(current) if current is not None else None
-    if current is not None and current.relay == new and gone is not None:
-        message = server_gone_message(current, gone)
-        write_status(patch, body, pending_status, gone, message)
-        kopf.warn(body, reason=gone, message=f"{message}; its tailnet peers use DERP meanwhile")
+            if from_tailnet(body):
+                message = server_gone_message(current, gone)
+                write_status(patch, body, pending_status, gone, message)
+                kopf.warn(body, reason=gone, message=f"{message}; its tailnet peers use DERP")
+            else:
+                warn_server_gone(body, current, gone)
+                await place(memo, body, patch, retry, current, gone)
     patch.metadata.annotations[RELAY_DEAD_ANNOTATION] = None
 
 

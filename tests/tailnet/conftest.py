@@ -17,8 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.relay_operator.conftest import crd, operator, start_operator
 from tests.support import tailnet as bed
 from tests.support.headscale import Headscale, default_policy
+
+__all__ = ["crd", "operator", "start_operator"]
+"""The operator tests' fixtures, for the bed test of a relay in a fleet."""
 
 USER = "relays"
 """The user of the ``headscale`` fixture's nodes."""

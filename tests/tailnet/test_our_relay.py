@@ -27,9 +27,7 @@ from relay.tailnet.control import ControlClient, Hostinfo, NodeIdentity
 from relay.tailnet.derp_client import DerpConnection
 from relay.tailnet.identity_file import load_or_create_identity
 from relay.tailnet.netmap import Node as MapNode
-from tests.relay_operator.e2e_support import Operator
 from tests.support import netns
-from tests.support.paths import ROOT
 from tests.support.tailnet import (
     CONTROL_IP,
     CONTROL_PORT,
@@ -283,9 +281,6 @@ def test_what_no_grant_allows_gets_no_endpoint_and_is_counted(tailnet: Tailnet, 
     assert metric(host, requests, 'result="answered"') == 0
 
 
-CRDS = (ROOT / "crds" / "relayendpoint.yaml", ROOT / "crds" / "relay.yaml")
-
-
 def tailnet_endpoints(control_plane, namespace: str) -> list[dict]:
     result = control_plane.kubectl(
         "-n", namespace, "get", "rep", "-l", f"{ORIGIN_LABEL}={TAILNET_ORIGIN}", "-o", "json"
@@ -294,19 +289,14 @@ def tailnet_endpoints(control_plane, namespace: str) -> list[dict]:
 
 
 def test_a_fleet_relay_of_two_workers_serves_the_tailnet_and_shows_it_bound(
-    tailnet: Tailnet, tmp_path: Path, control_plane, redis_server, kube_namespace
+    tailnet: Tailnet, tmp_path: Path, crd, operator, redis_server, kube_namespace
 ) -> None:
     """A relay of a fleet (Redis store, reporting to Kubernetes, an operator beside it) with
     two workers: the tailnet node runs in the parent, each endpoint it hands out is served
     by the worker its VNI steers to, and a RelayEndpoint labelled with its tailnet origin
     shows it Bound. The relay's namespace reaches the host's Redis and API server through
     forwards (tests/support/netns.py)."""
-    control_plane.kubectl("apply", *(f"--filename={crd}" for crd in CRDS))
-    control_plane.kubectl(
-        "wait", "--for=condition=Established", "crd/relayendpoints.relayfleet.io",
-        "crd/relays.relayfleet.io", "--timeout=30s",
-    )  # fmt: skip
-    operator = Operator(control_plane, redis_server.url(), kube_namespace, tmp_path / "op.log")
+    control_plane = crd  # the session's API server, with the fleet's CRDs applied
     a = tailnet.start_node("a", tailnet.hosts["a"], ["tag:client"])
     b = tailnet.start_node("b", tailnet.hosts["b"], ["tag:client"])
     host = tailnet.add_relay_host("r1")
@@ -338,7 +328,6 @@ def test_a_fleet_relay_of_two_workers_serves_the_tailnet_and_shows_it_bound(
             ]  # fmt: skip
 
         shown = tailnet.wait_for(bound, "a RelayEndpoint to show the tailnet endpoint Bound")
-    operator.stop()
     # One pair, one resource: a pair allocated afresh after binding (clients ask again) moves
     # its resource to the new VNI rather than making another.
     assert len(shown) == 1 and len(tailnet_endpoints(control_plane, kube_namespace)) == 1
