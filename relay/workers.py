@@ -29,8 +29,8 @@ was last asked, those it no longer serves and those it expired; a worker
 started again sends all of its endpoints. The pickles go over the workers'
 Unix sockets, in a directory only this user may enter.
 
-Not yet across workers (issue 17 item 2, refused with a message by
-``RelayConfig.workers_refusal``): the kernel fast path.
+Rule 5: each worker keeps its own kernel fast path (a table of its own, for the
+endpoints it owns, hooked at the relay's devices), as it keeps its own core.
 """
 
 from __future__ import annotations

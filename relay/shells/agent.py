@@ -360,6 +360,9 @@ class RelayAgent:
         elif change.kind == "alloc":
             if self._owns is not None and not self._owns(change.vni):
                 return
+            served = self._core.endpoint(change.vni)
+            if served is not None and served.allocation.lamport_id == change.lamport_id:
+                return  # installed already, by this process's own allocate or its parent
             allocation = await self._store.allocation(self.name, change.vni)
             if allocation is not None and allocation.lamport_id == change.lamport_id:
                 self.install(allocation)
