@@ -25,7 +25,7 @@ import logging
 from collections import Counter, deque
 from collections.abc import Callable
 
-from relay.aio import SLICE, in_turns, stop_tasks
+from relay.aio import SLICE, Backoff, in_turns, stop_tasks
 from relay.protocol.core import Endpoint, RelayCore
 from relay.protocol.keys import DiscoPublicKey
 from relay.shells import gc_freeze
@@ -38,8 +38,9 @@ MAX_BACKOFF = 5.0
 EXPIRY_BATCH = 256
 
 
-class Backoff:
-    """Exponential delays for retrying an unreachable store, logged once per outage.
+class StoreRetries:
+    """Retrying an unreachable store after the delays of a :class:`relay.aio.Backoff`,
+    logged once per outage.
 
     Every failure is counted in ``errors`` under the operation's name
     (``heartbeat``, ``changes``, ``resync``, ``write_back``).
@@ -54,23 +55,22 @@ class Backoff:
     ) -> None:
         self._what = what
         self._errors = errors
-        self._first = first
-        self._limit = limit
-        self._delay = 0.0
+        self._delays = Backoff(first, limit)
+        self._failing = False
 
     def failed(self, error: Exception) -> float:
+        """Count and (first in an outage) log a failure; the delay before trying again."""
         self._errors[self._what] += 1
-        if not self._delay:
+        if not self._failing:
             log.warning("store unavailable during %s (%s); retrying", self._what, error)
-            self._delay = self._first
-        else:
-            self._delay = min(self._delay * 2, self._limit)
-        return self._delay
+            self._failing = True
+        return self._delays.next_delay()
 
     def succeeded(self) -> None:
-        if self._delay:
+        if self._failing:
             log.info("store reachable again (%s)", self._what)
-        self._delay = 0.0
+            self._failing = False
+            self._delays.reset()
 
 
 class PendingFrees(set[tuple[int, int]]):
@@ -305,7 +305,7 @@ class RelayAgent:
     # -- loops ---------------------------------------------------------------
 
     async def _expiry_loop(self) -> None:
-        backoff = Backoff("write_back", self.store_errors)
+        backoff = StoreRetries("write_back", self.store_errors)
         core = self._core
         tick = min(MAX_EXPIRY_TICK, core.bind_lifetime / 10, core.steady_state_lifetime / 10)
         while True:
@@ -329,7 +329,7 @@ class RelayAgent:
             await asyncio.sleep(delay)
 
     async def _heartbeat_loop(self) -> None:
-        backoff = Backoff("heartbeat", self.store_errors)
+        backoff = StoreRetries("heartbeat", self.store_errors)
         while True:
             delay = self.heartbeat_interval
             try:
@@ -341,7 +341,7 @@ class RelayAgent:
             await asyncio.sleep(delay)
 
     async def _changes_loop(self) -> None:
-        backoff = Backoff("changes", self.store_errors)
+        backoff = StoreRetries("changes", self.store_errors)
         while True:
             try:
                 applied = 0
@@ -372,7 +372,7 @@ class RelayAgent:
                 self._removed_during_resync.add((change.vni, change.lamport_id))
 
     async def _resync_loop(self) -> None:
-        backoff = Backoff("resync", self.store_errors)
+        backoff = StoreRetries("resync", self.store_errors)
         delay = self.resync_interval
         while True:
             await asyncio.sleep(delay)

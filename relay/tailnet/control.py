@@ -26,6 +26,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from relay.aio import Backoff
 from relay.protocol.keys import DiscoPrivateKey
 from relay.tailnet import control_messages as msgs
 from relay.tailnet.control_conn import (
@@ -211,17 +212,19 @@ class ControlClient:
         """The net map after each change, for as long as the caller iterates: polls again,
         after a backoff, whenever a poll breaks. Raises only what retrying cannot fix
         (:class:`MapPollRefused`)."""
-        delay = self.timeouts.retry_min
+        delays = Backoff(self.timeouts.retry_min, self.timeouts.retry_max)
         while True:
+            reason: object = "the stream ended"
             try:
                 async for netmap in self.poll():
-                    delay = self.timeouts.retry_min
+                    delays.reset()
                     yield netmap
             except RETRYABLE as error:
-                log.warning("map poll broke (%s); polling again in %.1f s", error, delay)
+                reason = error
+            delay = delays.next_delay()
+            log.warning("map poll broke (%s); polling again in %.1f s", reason, delay)
             await self._drop_connection()
             await asyncio.sleep(delay)
-            delay = min(delay * 2, self.timeouts.retry_max)
 
     async def close(self) -> None:
         await self._drop_connection()

@@ -20,7 +20,7 @@ import logging
 import ssl
 from dataclasses import dataclass
 
-from relay.aio import stop_tasks
+from relay.aio import Backoff, stop_tasks
 from relay.tailnet.allocation_requests import Peer, RequestGate
 from relay.tailnet.control import (
     RETRYABLE,
@@ -153,7 +153,7 @@ class TailnetNode:
                 await self._register_again()
 
     async def _register_again(self) -> None:
-        delay = RETRY_MIN
+        delays = Backoff(RETRY_MIN, RETRY_MAX)
         while True:
             try:
                 await self._register()
@@ -161,9 +161,9 @@ class TailnetNode:
                 log.info("registered again with %s", self.settings.login_server)
                 return
             except TailnetLoginError as exc:
+                delay = delays.next_delay()
                 log.warning("%s; trying again in %.1f s", exc, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX)
 
     def _home_derp_node(self, netmap: NetMap) -> DerpNode | None:
         if netmap.derp_map is None:
@@ -176,7 +176,7 @@ class TailnetNode:
 
     async def _serve_derp(self) -> None:
         """Hold a connection to the home region's DERP node, moving when the home moves."""
-        delay = RETRY_MIN
+        delays = Backoff(RETRY_MIN, RETRY_MAX)
         while True:
             await self._derp_changed.wait()
             self._derp_changed.clear()
@@ -188,14 +188,13 @@ class TailnetNode:
             await asyncio.wait({serving, moved}, return_when=asyncio.FIRST_COMPLETED)
             await stop_tasks(moved)
             if serving.done():
-                error = serving.exception()
+                error, delay = serving.exception(), delays.next_delay()
                 log.warning("DERP %s: %s; again in %.1f s", target.host_name, error, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
                 self._derp_changed.set()
             else:
                 await stop_tasks(serving)
-                delay = RETRY_MIN
+                delays.reset()
 
     async def _serve_derp_node(self, target: DerpNode) -> None:
         host = target.ipv4 or target.ipv6 or target.host_name
