@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import struct
 from dataclasses import dataclass
 
 from nacl import bindings
@@ -51,6 +52,8 @@ ENDPOINT_FIXED_LEN = 3 * KEY_LEN + 8 + 4 + 8 + 8
 """An endpoint before its addresses: server key, client keys, LamportID, VNI, two lifetimes."""
 ADDR_PORT_LEN = 16 + 2
 """One address: 16 bytes of IPv6 (IPv4 mapped into it) and a port."""
+_BIND_V1 = struct.Struct(f">BBII{KEY_LEN}s{CHALLENGE_LEN}s")
+"""A version 1 bind message's payload: type, version, VNI, generation, key, challenge."""
 
 
 class DiscoError(ValueError):
@@ -163,6 +166,8 @@ Message = (
 
 def marshal(message: Message) -> bytes:
     """The plaintext payload of a message: type, version, body."""
+    if type(message) is BindV1:  # every version 1 handshake's, so the first looked for
+        return _marshal_bind_v1(message)
     match message:
         case BindUDPRelayEndpoint():
             return bytes((TYPE_BIND, MESSAGE_VERSION)) + bytes(BIND_PADDING_LEN)
@@ -170,16 +175,6 @@ def marshal(message: Message) -> bytes:
             return bytes((TYPE_CHALLENGE, MESSAGE_VERSION)) + _fixed(challenge)
         case BindUDPRelayEndpointAnswer(answer):
             return bytes((TYPE_ANSWER, MESSAGE_VERSION)) + _fixed(answer)
-        case BindV1(kind, vni, generation, remote_key, challenge):
-            if kind not in BIND_TYPES or len(remote_key) != KEY_LEN:
-                raise ValueError("a version 1 bind message needs a bind type and a 32-byte key")
-            return (
-                bytes((kind, MESSAGE_VERSION))
-                + vni.to_bytes(4, "big")
-                + generation.to_bytes(4, "big")
-                + bytes(remote_key)
-                + _fixed(challenge)
-            )
         case CallMeMaybeVia(endpoint):
             return bytes((TYPE_CALL_ME_MAYBE_VIA, MESSAGE_VERSION)) + _endpoint_bytes(endpoint)
         case AllocateUDPRelayEndpointRequest(client_disco, generation):
@@ -195,6 +190,24 @@ def marshal(message: Message) -> bytes:
                 + _endpoint_bytes(endpoint)
             )
     raise TypeError(f"cannot marshal {message!r}")
+
+
+def _marshal_bind_v1(message: BindV1) -> bytes:
+    if message.type not in BIND_TYPES or len(message.remote_key) != KEY_LEN:
+        raise ValueError("a version 1 bind message needs a bind type and a 32-byte key")
+    if len(message.challenge) != CHALLENGE_LEN:
+        raise ValueError(f"challenge and answer are {CHALLENGE_LEN} bytes")
+    try:
+        return _BIND_V1.pack(
+            message.type,
+            MESSAGE_VERSION,
+            message.vni,
+            message.generation,
+            message.remote_key,
+            message.challenge,
+        )
+    except struct.error:
+        raise ValueError("a version 1 bind's VNI and generation are 32-bit unsigned") from None
 
 
 def _fixed(value: bytes) -> bytes:
@@ -263,15 +276,11 @@ def parse(payload: bytes) -> Message:
     """
     if len(payload) < 2:
         raise DiscoError("message shorter than its type and version")
-    kind, body = payload[0], payload[2:]
-    if kind in BIND_TYPES and len(body) >= V1_BODY_LEN:
-        return BindV1(
-            kind,
-            int.from_bytes(body[0:4], "big"),
-            int.from_bytes(body[4:8], "big"),
-            bytes(body[8:40]),
-            bytes(body[40:72]),
-        )
+    kind = payload[0]
+    if kind in BIND_TYPES and len(payload) >= _BIND_V1.size:
+        kind, _, vni, generation, remote_key, challenge = _BIND_V1.unpack_from(payload)
+        return BindV1(kind, vni, generation, remote_key, challenge)
+    body = payload[2:]
     if kind == TYPE_BIND:
         return BindUDPRelayEndpoint()
     if kind in (TYPE_CHALLENGE, TYPE_ANSWER):
