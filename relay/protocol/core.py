@@ -123,14 +123,14 @@ class ClientState:
     one); ``generation`` is the version 1 handshake in progress (0: none), and
     ``bound_generation`` the one that bound it last. A bound client may have a
     handshake in progress while it re-binds, and keeps its address until that
-    ends.
+    ends. When its handshake began is the core's to keep (``RelayCore._challenged_at``),
+    for no longer than the handshake: a slot less for every client.
     """
 
     __slots__ = (
         "addr",
         "bound_generation",
         "bytes",
-        "challenged_at",
         "generation",
         "handshake",
         "last_seen",
@@ -143,7 +143,6 @@ class ClientState:
         self.version: int | None = None
         self.generation = 0
         self.bound_generation = 0
-        self.challenged_at: float | None = None
         self.addr: Address | None = None
         self.last_seen: float | None = None
         self.packets = 0
@@ -158,6 +157,10 @@ class _UntouchedClientState(ClientState):
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("an untouched client's state is shared: Endpoint.touch() first")
 
+    def __reduce__(self) -> str:
+        """Copied (copy, deepcopy) or pickled as the one shared default it is."""
+        return "_UNTOUCHED"
+
 
 def _untouched() -> ClientState:
     state = ClientState()
@@ -165,36 +168,41 @@ def _untouched() -> ClientState:
     return state
 
 
-_UNTOUCHED = (_untouched(), _untouched())
+_UNTOUCHED = _untouched()
 
 
 class Endpoint:
     """The live state of one allocation.
 
-    ``clients[0]`` and ``clients[1]`` follow ``allocation.disco_keys`` (raw-byte order).
-    Most allocations wait for their clients, and many never see one: until the
-    first control packet for an endpoint, its clients' state is one shared,
-    read-only default, which saves two objects per endpoint.
+    Its clients' state follows ``allocation.disco_keys`` (raw-byte order): ``_a``
+    is the first key's, ``_b`` the second's, in two slots rather than a tuple
+    (56 B) of them. Most allocations wait for their clients, and many never see
+    one: until the first control packet for an endpoint, both slots hold one
+    shared, read-only default, which saves two objects per endpoint.
+
+    ``deadline`` is when :meth:`RelayCore.expire` next looks at the endpoint, the
+    time of its one live entry in the deadline heap: its bind deadline until it
+    is bound, then no later than it expires (:meth:`RelayCore.expires_at`).
     """
 
-    __slots__ = ("_clients", "allocation", "bound", "bound_at", "deadline")
+    __slots__ = ("_a", "_b", "allocation", "bound", "bound_at", "deadline")
 
     def __init__(self, allocation: Allocation) -> None:
         self.allocation = allocation
-        self._clients: tuple[ClientState, ClientState] | None = None
+        self._a = self._b = _UNTOUCHED
         self.bound = False
         self.bound_at: float | None = None
         self.deadline = allocation.allocated_at
 
     @property
     def clients(self) -> tuple[ClientState, ClientState]:
-        return _UNTOUCHED if self._clients is None else self._clients
+        return self._a, self._b
 
     def touch(self) -> tuple[ClientState, ClientState]:
         """The clients' own state, made on first use; what the core writes to."""
-        if self._clients is None:
-            self._clients = (ClientState(), ClientState())
-        return self._clients
+        if self._a is _UNTOUCHED:
+            self._a, self._b = ClientState(), ClientState()
+        return self._a, self._b
 
 
 class RelayCore:
@@ -226,6 +234,9 @@ class RelayCore:
         self._handshake_limiter = HandshakeLimiter(handshake_limits)
         self._by_vni: dict[int, Endpoint] = {}
         self._shared_keys: dict[DiscoPublicKey, bytes] = {}
+        self._challenged_at: dict[ClientState, float] = {}
+        """When each client with a handshake in progress sent its first bind, for
+        :attr:`handshake_seconds`; the entry goes when the handshake ends or its endpoint does."""
         self._deadlines: list[tuple[float, int]] = []
         self._bound_watchers: list[list[Endpoint]] = []
         self._bound_for_store = self.watch_bound()
@@ -282,6 +293,8 @@ class RelayCore:
 
     def _discard(self, endpoint: Endpoint) -> None:
         del self._by_vni[endpoint.allocation.vni]
+        for client in endpoint.clients:
+            self._challenged_at.pop(client, None)
         if endpoint.bound:
             self.bound_count -= 1
 
@@ -358,9 +371,10 @@ class RelayCore:
         Works through at most ``budget`` deadlines, so one call never stalls
         the caller; a caller that gets ``budget`` or more back calls again.
         Each endpoint has one live deadline: its bind deadline until it is
-        bound, then the steady-state deadline of its quieter client, re-armed
-        when reached if traffic moved it on. Entries of removed endpoints and
-        superseded deadlines are skipped as they surface.
+        bound (and until reached, if the steady-state deadline is later), then
+        the steady-state deadline of its quieter client, re-armed when reached
+        if traffic moved it on. Entries of removed endpoints and superseded
+        deadlines are skipped as they surface.
         """
         expired: list[Endpoint] = []
         heap = self._deadlines
@@ -402,14 +416,15 @@ class RelayCore:
         if not endpoint.bound:
             self.drops[Drop.DATA_BEFORE_BOUND] += 1
             return None
-        a, b = endpoint._clients  # bound: both clients were touched
+        a = endpoint._a  # bound: both clients were touched
         if source == a.addr:
-            sender, destination = a, b.addr
-        elif source == b.addr:
-            sender, destination = b, a.addr
+            sender, destination = a, endpoint._b.addr
         else:
-            self.drops[Drop.DATA_FROM_UNKNOWN_SOURCE] += 1
-            return None
+            sender = endpoint._b
+            if source != sender.addr:
+                self.drops[Drop.DATA_FROM_UNKNOWN_SOURCE] += 1
+                return None
+            destination = a.addr
         sender.last_seen = now
         sender.packets += 1
         sender.bytes += size
@@ -459,8 +474,8 @@ class RelayCore:
                 if answer is not None and answer[0] is segment:
                     run_start, destination = 0, answer[1]
                     vni = words[0] >> 8
-                    a, b = self._by_vni[vni]._clients
-                    sender = a if source == a.addr else b
+                    endpoint = self._by_vni[vni]
+                    sender = endpoint._a if source == endpoint._a.addr else endpoint._b
                     packets, size_sum = full - 1, (full - 1) * segment_size
                     start = full * segment_size
                 elif answer is not None:
@@ -491,8 +506,8 @@ class RelayCore:
                     # relayed: later segments like it follow inline, to the same place
                     run_start, destination = start, to
                     vni = _unpack_header(train, start)[1] >> 8
-                    a, b = self._by_vni[vni]._clients
-                    sender = a if source == a.addr else b
+                    endpoint = self._by_vni[vni]
+                    sender = endpoint._a if source == endpoint._a.addr else endpoint._b
                 else:
                     answers.append(answer)
             start = stop
@@ -568,7 +583,7 @@ class RelayCore:
         client = endpoint.touch()[index]
         if client.handshake is Handshake.INIT:
             client.addr = source
-            client.challenged_at = now
+            self._challenged_at[client] = now
         elif source != client.addr:
             self.drops[Drop.WRONG_SOURCE] += 1
             return None
@@ -604,9 +619,9 @@ class RelayCore:
         client.last_seen = now
         self.handshakes_completed += 1
         self.handshakes_by_version[version] += 1
-        if client.challenged_at is not None:
-            self.handshake_seconds[version].observe(now - client.challenged_at)
-            client.challenged_at = None
+        challenged_at = self._challenged_at.pop(client, None)
+        if challenged_at is not None:
+            self.handshake_seconds[version].observe(now - challenged_at)
         if endpoint.bound:
             if moved:
                 for watcher, notify in self._move_watchers:
@@ -618,7 +633,12 @@ class RelayCore:
             endpoint.bound = True
             endpoint.bound_at = now
             self.bound_count += 1
-            self._arm(endpoint, now + self.steady_state_lifetime)
+            # A bind deadline no later than the steady-state one stays the live entry:
+            # expire() finds the endpoint bound then and re-arms it, so no second entry
+            # waits in the heap meanwhile (88 B).
+            steady_deadline = now + self.steady_state_lifetime
+            if steady_deadline < endpoint.deadline:
+                self._arm(endpoint, steady_deadline)
             for watcher in self._bound_watchers:
                 watcher.append(endpoint)
 
@@ -643,8 +663,7 @@ class RelayCore:
             client.generation = message.generation
             if client.handshake is not Handshake.BOUND:
                 client.handshake = Handshake.CHALLENGE_SENT
-            if client.challenged_at is None:
-                client.challenged_at = now
+            self._challenged_at.setdefault(client, now)
             period = self._period(now)
             challenge = disco.BindV1(
                 disco.TYPE_CHALLENGE,

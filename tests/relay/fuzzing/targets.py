@@ -1085,8 +1085,10 @@ class CorePackets(Target):
             bound_now = endpoint.clients[1 - index].handshake is Handshake.BOUND
             changes: dict[str, Any] = {}
             if bound_now:
+                changes = {"bound": True, "bound_at": now}
                 deadline = now + self.world.steady_state_lifetime
-                changes = {"bound": True, "bound_at": now, "deadline": deadline}
+                if deadline < endpoint.deadline:  # else the bind deadline's entry stays live
+                    changes["deadline"] = deadline
             expected = with_client(
                 before,
                 vni,

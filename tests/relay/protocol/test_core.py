@@ -1,5 +1,7 @@
 """Every rule of docs/protocol.md against the sans-I/O core, with a fake clock."""
 
+import copy
+
 import pytest
 from nacl import bindings
 
@@ -41,6 +43,27 @@ def test_bind_in_init_records_source_and_answers_sealed_challenge(h):
     assert endpoint.clients[0].handshake is Handshake.CHALLENGE_SENT
     assert endpoint.clients[0].addr == A_ADDR
     assert endpoint.clients[1].handshake is Handshake.INIT
+
+
+def test_a_handshake_is_timed_from_its_first_bind_and_forgotten_with_its_endpoint(h):
+    pair = h.allocate()
+    h.challenge_for(pair.a, A_ADDR)
+    h.now += 0.02
+    h.bind(pair.a, A_ADDR)  # a second bind, then the answer
+    histogram = h.core.handshake_seconds[0]
+    assert histogram.count == 1 and histogram.sum == pytest.approx(0.02)
+    h.challenge_for(pair.b, B_ADDR)  # never answered
+    assert len(h.core._challenged_at) == 1
+    assert expired(h, h.now + 30) == [pair.allocation]
+    assert h.core._challenged_at == {}
+
+
+def test_an_untouched_endpoint_copies_as_the_shared_default(h):
+    h.allocate()
+    twin = copy.deepcopy(h.core)
+    assert twin.endpoint(1).clients == h.core.endpoint(1).clients
+    twin.endpoint(1).touch()[0].packets = 1
+    assert [c.packets for c in h.core.endpoint(1).clients] == [0, 0]
 
 
 def test_bind_retransmit_from_same_source_gets_the_same_challenge(h):
@@ -331,6 +354,18 @@ def test_steady_state_shorter_than_bind_lifetime_expires_on_time():
     assert expired(h, h.now + 5) == []
     assert expired(h, h.now + 5.001) == [pair.allocation]
     assert expired(h, h.now + 61) == []
+
+
+def test_binding_adds_no_deadline_while_the_bind_deadline_comes_first(h):
+    """The bind deadline stays the endpoint's one heap entry; reached, it is re-armed."""
+    pair = h.allocate()
+    h.now += 1
+    h.bind_pair(pair)
+    assert len(h.core._deadlines) == 1
+    assert h.core.next_deadline() == h.now - 1 + 30
+    assert expired(h, h.now + 30) == []
+    assert h.core.next_deadline() == h.now + 300
+    assert len(h.core._deadlines) == 1
 
 
 def test_traffic_both_ways_keeps_a_bound_endpoint_alive(h):
