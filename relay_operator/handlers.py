@@ -66,6 +66,7 @@ from relay_operator.allocating import (
     NoRelayAvailable,
     Placement,
 )
+from relay_operator.api_session import bounded_session
 from relay_operator.config import OperatorConfig
 from relay_operator.metrics import OperatorMetrics
 from relay_operator.pending import Waiting, waiting_entry
@@ -284,9 +285,11 @@ async def place(
 
 
 @kopf.on.login(registry=registry)
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """In a pod, the service account; elsewhere, the kubeconfig (KUBECONFIG or ~/.kube/config)."""
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
+    """In a pod, the service account; elsewhere, the kubeconfig (KUBECONFIG or ~/.kube/config);
+    over a bounded pool of connections (relay_operator/api_session.py)."""
+    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    return None if info is None else bounded_session(info)
 
 
 # Every index returns {} for a resource that leaves it, never None: kopf keeps what an index
