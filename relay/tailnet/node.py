@@ -163,7 +163,7 @@ class TailnetNode:
             except TailnetLoginError as exc:
                 delay = delays.next_delay()
                 log.warning("%s; trying again in %.1f s", exc, delay)
-            await asyncio.sleep(delay)
+                await asyncio.sleep(delay)
 
     def _home_derp_node(self, netmap: NetMap) -> DerpNode | None:
         if netmap.derp_map is None:
