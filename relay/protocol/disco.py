@@ -195,8 +195,6 @@ def marshal(message: Message) -> bytes:
 def _marshal_bind_v1(message: BindV1) -> bytes:
     if message.type not in BIND_TYPES or len(message.remote_key) != KEY_LEN:
         raise ValueError("a version 1 bind message needs a bind type and a 32-byte key")
-    if len(message.challenge) != CHALLENGE_LEN:
-        raise ValueError(f"challenge and answer are {CHALLENGE_LEN} bytes")
     try:
         return _BIND_V1.pack(
             message.type,
@@ -204,7 +202,7 @@ def _marshal_bind_v1(message: BindV1) -> bytes:
             message.vni,
             message.generation,
             message.remote_key,
-            message.challenge,
+            _fixed(message.challenge),
         )
     except struct.error:
         raise ValueError("a version 1 bind's VNI and generation are 32-bit unsigned") from None
