@@ -33,7 +33,9 @@ import hashlib
 import heapq
 import hmac
 import struct
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from itertools import count as _count
+from operator import itemgetter
 
 from relay.protocol import disco, geneve
 from relay.protocol.allocation import (
@@ -65,18 +67,26 @@ _CONTROL_BIT = geneve.CONTROL_BIT
 _unpack_header = struct.Struct(">xBxxI").unpack_from  # (flags byte, VNI << 8 | reserved)
 
 
-_TRAIN_HEADERS: dict[tuple[int, int], struct.Struct] = {}
+_HEADERS_EVERY: dict[tuple[int, int], struct.Struct] = {}
 
 
-def _train_headers(segment_size: int, count: int) -> struct.Struct:
-    """Unpacks (flags byte, VNI word) of each of ``count`` ``segment_size``-byte segments."""
-    headers = _TRAIN_HEADERS.get((segment_size, count))
+def _headers_every(stride: int, count: int) -> struct.Struct:
+    """Unpacks (flags byte, VNI word) of ``count`` headers, one every ``stride`` bytes
+    (a train's segments, a batch's slots)."""
+    headers = _HEADERS_EVERY.get((stride, count))
     if headers is None:
-        if len(_TRAIN_HEADERS) >= 256:
-            _TRAIN_HEADERS.clear()
-        one = f"xBxxI{segment_size - _FRAME}x"
-        headers = _TRAIN_HEADERS[segment_size, count] = struct.Struct(">" + one * count)
+        if len(_HEADERS_EVERY) >= 256:
+            _HEADERS_EVERY.clear()
+        one = f"xBxxI{stride - _FRAME}x"
+        headers = _HEADERS_EVERY[stride, count] = struct.Struct(">" + one * count)
     return headers
+
+
+def sum_at(values: Sequence[int], indexes: Sequence[int]) -> int:
+    """The sum of ``values`` at ``indexes`` (not empty), in one C call."""
+    if len(indexes) == 1:
+        return values[indexes[0]]
+    return sum(itemgetter(*indexes)(values))
 
 
 class Handshake(enum.IntEnum):
@@ -465,7 +475,7 @@ class RelayCore:
         if full >= 3 and segment_size >= _FRAME:
             # the usual train: every full segment data of one VNI, checked in one C call;
             # the first then goes through handle, and the rest follow it inline
-            values = _train_headers(segment_size, full).unpack_from(train)
+            values = _headers_every(segment_size, full).unpack_from(train)
             words = values[1::2]
             if max(values[0::2]) < control_bit and words.count(words[0]) == full:
                 segment = train[:segment_size]
@@ -516,6 +526,88 @@ class RelayCore:
         if packets:
             self._credit_inline(sender, packets, size_sum, now)
         return runs, answers
+
+    def handle_batch(
+        self,
+        slots: memoryview,
+        stride: int,
+        first: int,
+        sizes: Sequence[int],
+        sources: Sequence[Address],
+        now: float,
+    ) -> tuple[dict[Address, list[int]], list[Send]]:
+        """Act on a batch of datagrams received one per slot, as :meth:`handle` would on
+        each in turn, and count exactly as it would.
+
+        Datagram ``k`` of the batch is the first ``sizes[k]`` bytes of slot
+        ``first + k``, which is ``slots[(first + k) * stride:]``, from ``sources[k]``.
+        ``relayed`` maps each destination to the datagrams (their ``k``) to send it
+        as they are, in the order received; ``answers`` are datagrams made here
+        (challenges), in order.
+
+        A data datagram with the header (flags and VNI) and source of one relayed
+        earlier in the batch is relayed and counted inline, as long as no control
+        datagram came between them: only a control datagram changes where a
+        client's data goes. Any other datagram goes through :meth:`handle`.
+        """
+        relayed: dict[Address, list[int]] = {}
+        answers: list[Send] = []
+        count = len(sizes)
+        if count <= 1:  # nothing to follow inline (a quiet relay's wake-up: keep it short)
+            if count:
+                start = first * stride
+                datagram = slots[start : start + sizes[0]]
+                answer = self.handle(datagram, sources[0], now)
+                if answer is not None:
+                    if answer[0] is datagram:
+                        relayed[answer[1]] = [0]
+                    else:
+                        answers.append(answer)
+            return relayed, answers
+        headers = _headers_every(stride, count).unpack_from(slots, first * stride)
+        words = headers[1::2]
+        keys: Sequence[int] = words  # a batch of data datagrams only: the VNI word
+        if max(headers[0::2]) >= _CONTROL_BIT or min(sizes) < _FRAME:
+            # flags << 32 | VNI word; a short datagram's slot holds an older header: no key
+            keys = [
+                flags << 32 | word if size >= _FRAME else -1
+                for flags, word, size in zip(headers[0::2], words, sizes, strict=True)
+            ]
+        inline: dict[Address, tuple[int, Callable[[int], None], Callable[[int], None]]] = {}
+        """By source: the key followed inline, and the appends of its destination's
+        datagrams and of those credited inline."""
+        credits: list[tuple[ClientState, list[int]]] = []
+        handle = self.handle
+        follows = inline.get
+        for k, source, key in zip(_count(), sources, keys):
+            follow = follows(source)
+            if follow is not None and follow[0] == key:
+                follow[1](k)
+                follow[2](k)
+                continue
+            start = (first + k) * stride
+            datagram = slots[start : start + sizes[k]]
+            answer = handle(datagram, source, now)
+            if answer is not None:
+                payload, destination = answer
+                if payload is datagram:
+                    group = relayed.get(destination)
+                    if group is None:
+                        group = relayed[destination] = []
+                    group.append(k)
+                    endpoint = self._by_vni[(key & 0xFFFFFFFF) >> 8]
+                    sender = endpoint._a if source == endpoint._a.addr else endpoint._b
+                    credited: list[int] = []
+                    credits.append((sender, credited))
+                    inline[source] = (key, group.append, credited.append)
+                    continue
+                answers.append(answer)
+            if key >> 32 & _CONTROL_BIT:
+                inline.clear()
+        for sender, credited in credits:
+            if credited:
+                self._credit_inline(sender, len(credited), sum_at(sizes, credited), now)
+        return relayed, answers
 
     def _credit_inline(self, sender: ClientState, packets: int, size: int, now: float) -> None:
         sender.last_seen = now

@@ -12,8 +12,14 @@ once at start:
   compares and hands back as a destination; :func:`relay.protocol.addresses.format_address`
   turns them into text for status and the API.
 
-Each datagram goes to :meth:`RelayCore.handle` as a memoryview of its slot,
-with one clock reading per wake-up. No logging, no awaiting, no locks here.
+The single datagrams of a read go to :meth:`RelayCore.handle_batch` together:
+the slots, their sizes and their sources, each unpacked in one ``struct``
+call, with one clock reading per wake-up. The core relays most of a busy
+batch inline (a datagram like one it relayed just before, from the same
+source), so on this path the interpreter's work per datagram is a few
+operations, and what the shell does with the result is paid per destination:
+a group's iovecs are written an entry at a time. No logging, no awaiting, no
+locks here.
 
 Trains (issue 17): Python's per-datagram cost is paid once per train where the
 kernel allows it.
@@ -44,14 +50,23 @@ import ctypes
 import errno
 import mmap
 import socket
+import struct
+from array import array
 from collections.abc import Callable
+from operator import itemgetter
 
 from relay.protocol.core import RelayCore
 
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
-BATCH = 64
+BATCH = 128
+"""Datagrams per read, as v1.102.5 reads: a batch's fixed costs (two system calls
+through ctypes, a few dozen interpreted steps, a GSO send per destination) are
+shared by twice as many datagrams as at 64 (docs/performance.md, 2026-12-04)."""
 SLOT_BYTES = 65536
-BATCHES_PER_WAKEUP = 16
+"""Room for a whole GRO train; the mapping is virtual memory until a slot is used
+(a single datagram touches one page of its slot)."""
+BATCHES_PER_WAKEUP = 8
+"""Reads per wake-up before other callbacks (timers, the agent) get their turn."""
 
 SOL_UDP = 17
 UDP_SEGMENT = 103
@@ -171,6 +186,26 @@ def open_udp_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _received_fields(count: int) -> struct.Struct:
+    """Unpacks (msg_controllen, msg_len) of each of ``count`` mmsghdrs."""
+    control_at, length_at = _MsgHdr.msg_controllen.offset, _MMsgHdr.msg_len.offset
+    one = f"{control_at}xQ{length_at - control_at - 8}xI{ctypes.sizeof(_MMsgHdr) - length_at - 4}x"
+    return struct.Struct("=" + one * count)
+
+
+_REPEATED: dict[int, array] = {}
+
+
+def _repeated(value: int, count: int) -> array:
+    """``count`` times ``value`` as unsigned 64-bit words (a few sizes recur: kept)."""
+    words = _REPEATED.get(value)
+    if words is None or len(words) < count:
+        if len(_REPEATED) >= 256:
+            _REPEATED.clear()
+        words = _REPEATED[value] = array("Q", [value]) * max(count, GSO_MAX_SEGMENTS)
+    return words[:count]
+
+
 def _address_of(buffer: object) -> int:
     return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
 
@@ -190,9 +225,6 @@ class _Messages:
             header.msg_iov = ctypes.addressof(self.iovecs[i])
             header.msg_iovlen = 1
         self.address = ctypes.addressof(self.headers)
-        self.iovec_words = memoryview(self.iovecs).cast("B").cast("Q")
-        self.header_words = memoryview(self.headers).cast("B").cast("I")
-        self.names_view = memoryview(self.names).cast("B")
 
 
 class _SendQueue:
@@ -268,7 +300,7 @@ class BatchedUdpTransport:
     ) -> None:
         self._sock = sock
         self._fd = sock.fileno()
-        self._handle = core.handle
+        self._handle_batch = core.handle_batch
         self._handle_train = core.handle_train
         self._clock = clock
         self.name_len = 28 if sock.family == socket.AF_INET6 else 16
@@ -285,18 +317,14 @@ class BatchedUdpTransport:
         slots_at = _address_of(self._slots)
         self._slot_starts = [i * SLOT_BYTES for i in range(BATCH)]
         self._slot_addresses = [slots_at + start for start in self._slot_starts]
-        self._name_slices = [
-            slice(i * self.name_len, (i + 1) * self.name_len) for i in range(BATCH)
-        ]
 
         self._received = _Messages(BATCH, self.name_len)
         for i in range(BATCH):
             self._received.iovecs[i].iov_base = self._slot_addresses[i]
             self._received.iovecs[i].iov_len = SLOT_BYTES
-        header_words = ctypes.sizeof(_MMsgHdr) // 4
-        length_word = _MMsgHdr.msg_len.offset // 4
-        self._length_words = [i * header_words + length_word for i in range(BATCH)]
-        self._received_words = memoryview(self._received.headers).cast("B").cast("Q")
+        self._received_fields = [_received_fields(count) for count in range(BATCH + 1)]
+        self._sources = [struct.Struct(f"{self.name_len}s" * count) for count in range(BATCH + 1)]
+        """Unpacks the source addresses of ``count`` received datagrams."""
         self._controls = ctypes.create_string_buffer(BATCH * _CONTROL_SPACE)
         self._control_words = memoryview(self._controls).cast("B").cast("i")
         if self.gro:
@@ -309,8 +337,8 @@ class BatchedUdpTransport:
         self._received_layout = (ctypes.c_char * ctypes.sizeof(self._received.headers))()
         ctypes.memmove(self._received_layout, self._received.address, len(self._received_layout))
         self._sending = _SendQueue(self.name_len)
-        self._groups: dict[bytes, list[int]] = {}
-        """A batch's relayed datagrams: their slot numbers by destination, in order."""
+        self._queued = self._used = 0
+        """The send queue's entries and iovecs taken."""
         self._send_name_slices = [
             slice(i * self.name_len, (i + 1) * self.name_len) for i in range(SEND_MESSAGES)
         ]
@@ -327,15 +355,7 @@ class BatchedUdpTransport:
 
     def _on_readable(self) -> None:
         received = self._received
-        header_words = received.header_words
-        received_words = self._received_words
-        control_words = self._control_words
-        length_words = self._length_words
-        slot_starts = self._slot_starts
-        name_slices = self._name_slices
-        slots = self._slots_view
-        handle = self._handle
-        groups = self._groups
+        fields = self._received_fields
         gro = self.gro
         now = self._clock()
         for _ in range(BATCHES_PER_WAKEUP):
@@ -344,119 +364,180 @@ class BatchedUdpTransport:
                 if count < 0 and ctypes.get_errno() not in _RETRY_LATER:
                     self.receive_errors += 1
                 return
-            names = received.names.raw
-            queued = used = 0  # sendmmsg entries and iovecs taken
-            for i in range(count):
-                start = slot_starts[i]
-                size = header_words[length_words[i]]
-                if gro and received_words[i * _HEADER_WORDS + _CONTROLLEN]:
-                    c = i * (_CONTROL_SPACE // 4)
-                    train = control_words[c + 4]
-                    if (
-                        control_words[c + 2] == SOL_UDP
-                        and control_words[c + 3] == UDP_GRO
-                        and 0 < train < size
-                    ):
-                        if groups:  # what came before goes first
-                            queued, used = self._queue_groups(queued, used)
-                        queued, used = self._relay_train(i, size, train, names, now, queued, used)
-                        continue
-                datagram = slots[start : start + size]
-                answer = handle(datagram, names[name_slices[i]], now)
-                if answer is None:
-                    continue
-                payload, destination = answer
-                if payload is not datagram:
-                    self._send_one(payload, destination)
-                    continue
-                group = groups.get(destination)
-                if group is None:
-                    groups[destination] = [i]
-                else:
-                    group.append(i)
-            if groups:
-                queued, used = self._queue_groups(queued, used)
-            if gro:
+            values = fields[count].unpack_from(received.headers)
+            sizes = values[1::2]
+            sources = self._sources[count].unpack_from(received.names)
+            self._queued = self._used = 0
+            if gro and any(values[0::2]):
+                first = 0
+                for i in range(count):
+                    train = self._train_size(i, sizes[i]) if values[2 * i] else 0
+                    if train:
+                        if first < i:  # what came before goes first
+                            self._relay_batch(first, i, sizes, sources, now)
+                        self._relay_train(i, sizes[i], train, sources[i], now)
+                        first = i + 1
+                if first < count:
+                    self._relay_batch(first, count, sizes, sources, now)
+            else:
+                self._relay_batch(0, count, sizes, sources, now)
+            if gro:  # the kernel wrote each msg_controllen: room for the next read's
                 ctypes.memmove(
                     received.address, self._received_layout, count * ctypes.sizeof(_MMsgHdr)
                 )
-            if queued:
-                self._send_queued(queued)
+            if self._queued:
+                self._send_queued(self._queued)
             if count < BATCH:
                 return
 
-    def _queue_groups(self, queued: int, used: int) -> tuple[int, int]:
-        """Queue the relayed datagrams of :attr:`_groups` (slot numbers by destination, in
-        the order received), and empty it: each destination's datagrams in entries of
-        one size, the last of an entry maybe shorter, as UDP_SEGMENT wants them, within
-        the kernel's limits; the queue's new (entries, iovecs)."""
+    def _train_size(self, i: int, size: int) -> int:
+        """The segment size of received message ``i`` if it is a GRO train, else 0."""
+        c = i * (_CONTROL_SPACE // 4)
+        words = self._control_words
+        if words[c + 2] == SOL_UDP and words[c + 3] == UDP_GRO and 0 < words[c + 4] < size:
+            return words[c + 4]
+        return 0
+
+    def _relay_batch(
+        self, first: int, stop: int, sizes: tuple[int, ...], sources: list[bytes], now: float
+    ) -> None:
+        """Let the core act on received slots ``first:stop`` (single datagrams), send its
+        answers, queue what it relays."""
+        if first or stop < len(sizes):
+            sizes, sources = sizes[first:stop], sources[first:stop]
+        relayed, answers = self._handle_batch(
+            self._slots_view, SLOT_BYTES, first, sizes, sources, now
+        )
+        for payload, destination in answers:
+            self._send_one(payload, destination)
+        if relayed:
+            self._queue_groups(relayed, sizes, first)
+
+    def _queue_groups(
+        self, relayed: dict[bytes, list[int]], sizes: tuple[int, ...], first: int
+    ) -> None:
+        """Queue relayed datagrams (by destination, in the order received; datagram ``k``
+        is in slot ``first + k`` and holds ``sizes[k]`` bytes): each destination's
+        datagrams in entries of one size, the last of an entry maybe shorter, as
+        UDP_SEGMENT wants them, within the kernel's limits."""
+        addresses = self._slot_addresses[first:] if first else self._slot_addresses
+        one_size = sizes.count(sizes[0]) == len(sizes)
+        for destination, group in relayed.items():
+            if len(group) == 1 or not self.gso:
+                self._queue_one_by_one(destination, group, sizes, addresses)
+                continue
+            pick = itemgetter(*group)
+            if one_size:
+                self._queue_segments(destination, array("Q", pick(addresses)), None, sizes[0])
+                continue
+            lengths = array("Q", pick(sizes))
+            segment = lengths[0]
+            same = lengths.count(segment)
+            if same == len(group) or (same == len(group) - 1 and lengths[-1] < segment):
+                self._queue_segments(destination, array("Q", pick(addresses)), lengths, segment)
+            else:  # sizes that change within the group
+                self._queue_one_by_one(destination, group, sizes, addresses)
+
+    def _queue_segments(
+        self, destination: bytes, bases: array, lengths: array | None, segment: int
+    ) -> None:
+        """Queue datagrams at ``bases`` for ``destination``, all ``segment`` bytes long
+        (``lengths`` None) or as ``lengths`` says, where only the last may be shorter:
+        as few entries as the kernel's limits allow, their iovecs written a whole
+        entry at a time."""
         sending = self._sending
-        words = sending.header_words
-        iovecs = sending.iovec_words
-        iovecs_at = sending.iovecs_at
-        send_names = sending.names_view
-        send_name_slices = self._send_name_slices
-        segment_sizes = sending.segment_sizes
-        header_words = self._received.header_words
-        length_words = self._length_words
-        slot_addresses = self._slot_addresses
-        limit = GSO_MAX_SEGMENTS if self.gso else 1
-        gso_sends = 0
-        for destination, slots in self._groups.items():
-            segment = segments = total = 0  # of the open entry; segment 0: none open
-            for i in slots:
-                size = header_words[length_words[i]]
-                if (
-                    size <= segment
-                    and segments < limit
-                    and total + size <= GSO_MAX_BYTES
-                    and used < SEND_MESSAGES
-                ):
-                    # one more segment of the open entry; a shorter one is its last
-                    iovecs[2 * used] = slot_addresses[i]
-                    iovecs[2 * used + 1] = size
-                    used += 1
-                    segments += 1
-                    total += size
-                    o = (queued - 1) * _HEADER_WORDS
-                    words[o + _IOVLEN] = segments
-                    if segments == 2:
-                        words[o + _CONTROLLEN] = _CONTROL_SPACE
-                        segment_sizes[(queued - 1) * (_CONTROL_SPACE // 2) + 8] = segment
-                        gso_sends += 1
-                    if size < segment:
-                        segment = 0
-                    continue
-                if queued == SEND_MESSAGES or used == SEND_MESSAGES:
-                    self._send_queued(queued)
-                    queued = used = 0
-                o = queued * _HEADER_WORDS
-                words[o + _IOV] = iovecs_at + 16 * used
-                words[o + _IOVLEN] = 1
+        words, iovecs = sending.header_words, sending.iovec_words
+        queued, used = self._queued, self._used
+        n = len(bases)
+        per_entry = max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // segment))
+        for at in range(0, n, per_entry):
+            m = min(per_entry, n - at)
+            if queued == SEND_MESSAGES or used + m > SEND_MESSAGES:
+                self._send_queued(queued)
+                queued = used = 0
+            o = queued * _HEADER_WORDS
+            words[o + _IOV] = sending.iovecs_at + 16 * used
+            words[o + _IOVLEN] = m
+            if m > 1:
+                words[o + _CONTROLLEN] = _CONTROL_SPACE
+                sending.segment_sizes[queued * (_CONTROL_SPACE // 2) + 8] = segment
+                self.gso_sends += 1
+            else:
                 words[o + _CONTROLLEN] = 0
-                send_names[send_name_slices[queued]] = destination
-                iovecs[2 * used] = slot_addresses[i]
+            sending.names_view[self._send_name_slices[queued]] = destination
+            iovecs[2 * used : 2 * (used + m) : 2] = bases[at : at + m]
+            iovecs[2 * used + 1 : 2 * (used + m) : 2] = (
+                _repeated(segment, m) if lengths is None else lengths[at : at + m]
+            )
+            used += m
+            queued += 1
+        self._queued, self._used = queued, used
+
+    def _queue_one_by_one(
+        self,
+        destination: bytes,
+        group: list[int],
+        sizes: tuple[int, ...],
+        addresses: list[int],
+    ) -> None:
+        """Queue the datagrams ``group`` for ``destination`` one at a time, each joining
+        the open entry while it keeps UDP_SEGMENT's shape (a shorter one is its last)."""
+        sending = self._sending
+        words, iovecs = sending.header_words, sending.iovec_words
+        segment_sizes = sending.segment_sizes
+        queued, used = self._queued, self._used
+        limit = GSO_MAX_SEGMENTS if self.gso else 1
+        segment = segments = total = 0  # of the open entry; segment 0: none open
+        for k in group:
+            size = sizes[k]
+            if (
+                size <= segment
+                and segments < limit
+                and total + size <= GSO_MAX_BYTES
+                and used < SEND_MESSAGES
+            ):
+                # one more segment of the open entry; a shorter one is its last
+                iovecs[2 * used] = addresses[k]
                 iovecs[2 * used + 1] = size
                 used += 1
-                queued += 1
-                segment, segments, total = size, 1, size
-        self._groups.clear()
-        self.gso_sends += gso_sends
-        return queued, used
+                segments += 1
+                total += size
+                o = (queued - 1) * _HEADER_WORDS
+                words[o + _IOVLEN] = segments
+                if segments == 2:
+                    words[o + _CONTROLLEN] = _CONTROL_SPACE
+                    segment_sizes[(queued - 1) * (_CONTROL_SPACE // 2) + 8] = segment
+                    self.gso_sends += 1
+                if size < segment:
+                    segment = 0
+                continue
+            if queued == SEND_MESSAGES or used == SEND_MESSAGES:
+                self._send_queued(queued)
+                queued = used = 0
+            o = queued * _HEADER_WORDS
+            words[o + _IOV] = sending.iovecs_at + 16 * used
+            words[o + _IOVLEN] = 1
+            words[o + _CONTROLLEN] = 0
+            sending.names_view[self._send_name_slices[queued]] = destination
+            iovecs[2 * used] = addresses[k]
+            iovecs[2 * used + 1] = size
+            used += 1
+            queued += 1
+            segment, segments, total = size, 1, size
+        self._queued, self._used = queued, used
 
-    def _relay_train(
-        self, i: int, size: int, segment: int, names: bytes, now: float, queued: int, used: int
-    ) -> tuple[int, int]:
+    def _relay_train(self, i: int, size: int, segment: int, source: bytes, now: float) -> None:
         """Slot ``i`` holds a GRO train of ``segment``-byte datagrams: let the core check
         each, queue what it relays as GSO entries (one iovec each, at most
         :data:`GSO_MAX_SEGMENTS` segments and :data:`GSO_MAX_BYTES` bytes), send its
-        answers; the queue's new (entries, iovecs)."""
+        answers."""
         self.trains_received += 1
+        queued, used = self._queued, self._used
         start = self._slot_starts[i]
         runs, answers = self._handle_train(
             self._slots_view[start : start + size],
             segment,
-            names[self._name_slices[i]],
+            source,
             now,
         )
         sending = self._sending
@@ -486,7 +567,7 @@ class BatchedUdpTransport:
                 queued += 1
         for payload, destination in answers:
             self._send_one(payload, destination)
-        return queued, used
+        self._queued, self._used = queued, used
 
     def _send_queued(self, queued: int) -> None:
         header_size = ctypes.sizeof(_MMsgHdr)

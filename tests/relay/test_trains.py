@@ -140,6 +140,31 @@ async def test_interleaved_datagrams_go_out_per_destination_in_their_order(relay
     assert relay.server.core.forwarded_packets == 20
 
 
+async def test_datagrams_of_changing_sizes_for_one_destination_arrive_whole_in_order(relay):
+    # a shorter datagram ends a GSO send, a longer one starts the next
+    pair = await relay.bound_pair()
+    udp = the_transport(relay)
+    sizes = [300, 300, 100, 300, 300, 300, 50, 1400, 1400, 20, 20]
+    datagrams = [data(pair.clients[0], i, size) for i, size in enumerate(sizes)]
+    for datagram in datagrams:  # one read at the relay
+        pair.peers[0].send(datagram, relay.relay)
+    assert await receive_all(pair.peers[1], len(datagrams)) == datagrams
+    assert udp.gso_sends >= 3
+    assert relay.server.core.forwarded_packets == len(datagrams)
+
+
+async def test_more_single_datagrams_than_one_gso_send_holds_go_in_several(relay):
+    # 46 segments of 1400 bytes fill a GSO send (65 507 bytes at most)
+    pair = await relay.bound_pair()
+    udp = the_transport(relay)
+    datagrams = [data(pair.clients[1], i, 1400) for i in range(100)]
+    for datagram in datagrams:
+        pair.peers[1].send(datagram, relay.relay)
+    assert await receive_all(pair.peers[0], 100) == datagrams
+    assert udp.gso_sends >= 3 and udp.send_errors == 0
+    assert relay.server.core.forwarded_packets == 100
+
+
 async def test_a_segment_of_another_vni_is_relayed_on_its_own(relay):
     first = await bound_v1_pair(relay)
     # the same two sockets are the clients of a second endpoint
