@@ -399,7 +399,7 @@ class BatchedUdpTransport:
         return 0
 
     def _relay_batch(
-        self, first: int, stop: int, sizes: tuple[int, ...], sources: list[bytes], now: float
+        self, first: int, stop: int, sizes: tuple[int, ...], sources: tuple[bytes, ...], now: float
     ) -> None:
         """Let the core act on received slots ``first:stop`` (single datagrams), send its
         answers, queue what it relays."""
