@@ -260,6 +260,24 @@ class _SendQueue:
         self.names_view = memoryview(self.names).cast("B")
         self.segment_sizes = memoryview(self.controls).cast("B").cast("H")
         """The uint16 of entry ``i`` is at ``i * _CONTROL_SPACE // 2 + 8``."""
+        self.name_slices = [slice(i * name_len, (i + 1) * name_len) for i in range(count)]
+
+    def open_entry(
+        self, entry: int, iovec: int, iovecs: int, segment: int, destination: bytes
+    ) -> None:
+        """Entry ``entry`` sends ``iovecs`` iovecs from number ``iovec`` on to ``destination``,
+        as one UDP_SEGMENT send of ``segment``-byte segments, or as one datagram where
+        ``segment`` is 0."""
+        words = self.header_words
+        o = entry * _HEADER_WORDS
+        words[o + _IOV] = self.iovecs_at + 16 * iovec
+        words[o + _IOVLEN] = iovecs
+        if segment:
+            words[o + _CONTROLLEN] = _CONTROL_SPACE
+            self.segment_sizes[entry * (_CONTROL_SPACE // 2) + 8] = segment
+        else:
+            words[o + _CONTROLLEN] = 0
+        self.names_view[self.name_slices[entry]] = destination
 
     def segments(self, first: int, stop: int) -> list[tuple[int, int, int, int]]:
         """Entries ``first:stop`` as datagrams: (address, length, name, name length) each."""
@@ -339,9 +357,6 @@ class BatchedUdpTransport:
         self._sending = _SendQueue(self.name_len)
         self._queued = self._used = 0
         """The send queue's entries and iovecs taken."""
-        self._send_name_slices = [
-            slice(i * self.name_len, (i + 1) * self.name_len) for i in range(SEND_MESSAGES)
-        ]
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -446,7 +461,7 @@ class BatchedUdpTransport:
         as few entries as the kernel's limits allow, their iovecs written a whole
         entry at a time."""
         sending = self._sending
-        words, iovecs = sending.header_words, sending.iovec_words
+        iovecs = sending.iovec_words
         queued, used = self._queued, self._used
         n = len(bases)
         per_entry = max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // segment))
@@ -455,16 +470,9 @@ class BatchedUdpTransport:
             if queued == SEND_MESSAGES or used + m > SEND_MESSAGES:
                 self._send_queued(queued)
                 queued = used = 0
-            o = queued * _HEADER_WORDS
-            words[o + _IOV] = sending.iovecs_at + 16 * used
-            words[o + _IOVLEN] = m
+            sending.open_entry(queued, used, m, segment if m > 1 else 0, destination)
             if m > 1:
-                words[o + _CONTROLLEN] = _CONTROL_SPACE
-                sending.segment_sizes[queued * (_CONTROL_SPACE // 2) + 8] = segment
                 self.gso_sends += 1
-            else:
-                words[o + _CONTROLLEN] = 0
-            sending.names_view[self._send_name_slices[queued]] = destination
             iovecs[2 * used : 2 * (used + m) : 2] = bases[at : at + m]
             iovecs[2 * used + 1 : 2 * (used + m) : 2] = (
                 _repeated(segment, m) if lengths is None else lengths[at : at + m]
@@ -514,11 +522,7 @@ class BatchedUdpTransport:
             if queued == SEND_MESSAGES or used == SEND_MESSAGES:
                 self._send_queued(queued)
                 queued = used = 0
-            o = queued * _HEADER_WORDS
-            words[o + _IOV] = sending.iovecs_at + 16 * used
-            words[o + _IOVLEN] = 1
-            words[o + _CONTROLLEN] = 0
-            sending.names_view[self._send_name_slices[queued]] = destination
+            sending.open_entry(queued, used, 1, 0, destination)
             iovecs[2 * used] = addresses[k]
             iovecs[2 * used + 1] = size
             used += 1
@@ -541,7 +545,7 @@ class BatchedUdpTransport:
             now,
         )
         sending = self._sending
-        words, iovecs = sending.header_words, sending.iovec_words
+        iovecs = sending.iovec_words
         base = self._slot_addresses[i]
         per_send = max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // segment)) if self.gso else 1
         chunk = per_send * segment
@@ -551,16 +555,9 @@ class BatchedUdpTransport:
                     self._send_queued(queued)
                     queued = used = 0
                 length = min(chunk, run_stop - at)
-                o = queued * _HEADER_WORDS
-                words[o + _IOV] = sending.iovecs_at + 16 * used
-                words[o + _IOVLEN] = 1
+                sending.open_entry(queued, used, 1, segment if length > segment else 0, destination)
                 if length > segment:
-                    words[o + _CONTROLLEN] = _CONTROL_SPACE
-                    sending.segment_sizes[queued * (_CONTROL_SPACE // 2) + 8] = segment
                     self.gso_sends += 1
-                else:
-                    words[o + _CONTROLLEN] = 0
-                sending.names_view[self._send_name_slices[queued]] = destination
                 iovecs[2 * used] = base + at
                 iovecs[2 * used + 1] = length
                 used += 1

@@ -95,3 +95,24 @@ class CoreHarness:
             )
             for e in self.core.endpoints()
         }
+
+
+def assert_same_state(core: RelayCore, other: RelayCore, vnis) -> None:
+    """``core`` counted, dropped and bound as ``other`` did, on the endpoints ``vnis``."""
+    assert core.drops == other.drops
+    assert (core.forwarded_packets, core.forwarded_bytes) == (
+        other.forwarded_packets,
+        other.forwarded_bytes,
+    )
+    assert core.handshakes_completed == other.handshakes_completed
+    for vni in vnis:
+        mine, theirs = core.endpoint(vni), other.endpoint(vni)
+        assert mine.bound == theirs.bound
+        for m, t in zip(mine.clients, theirs.clients, strict=True):
+            assert (m.packets, m.bytes, m.last_seen, m.addr, m.handshake) == (
+                t.packets,
+                t.bytes,
+                t.last_seen,
+                t.addr,
+                t.handshake,
+            )

@@ -16,7 +16,14 @@ import pytest
 
 from relay.protocol import geneve
 from relay.protocol.core import Drop
-from tests.relay.core_harness import A_ADDR, B_ADDR, STRANGER_ADDR, CoreHarness, Pair
+from tests.relay.core_harness import (
+    A_ADDR,
+    B_ADDR,
+    STRANGER_ADDR,
+    CoreHarness,
+    Pair,
+    assert_same_state,
+)
 
 MOVED_ADDR = ("192.0.2.9", 40009)
 STRIDE = 512
@@ -82,26 +89,6 @@ def expected(h: CoreHarness, batch):
         elif send is not None:
             answers.append(send)
     return relayed, answers, twin
-
-
-def assert_same_state(core, other, vnis) -> None:
-    assert core.drops == other.drops
-    assert (core.forwarded_packets, core.forwarded_bytes) == (
-        other.forwarded_packets,
-        other.forwarded_bytes,
-    )
-    assert core.handshakes_completed == other.handshakes_completed
-    for vni in vnis:
-        mine, theirs = core.endpoint(vni), other.endpoint(vni)
-        assert mine.bound == theirs.bound
-        for m, t in zip(mine.clients, theirs.clients, strict=True):
-            assert (m.packets, m.bytes, m.last_seen, m.addr, m.handshake) == (
-                t.packets,
-                t.bytes,
-                t.last_seen,
-                t.addr,
-                t.handshake,
-            )
 
 
 def test_a_batch_of_two_clients_is_relayed_to_each_other_in_order(h):
