@@ -484,8 +484,7 @@ class RelayCore:
                 if answer is not None and answer[0] is segment:
                     run_start, destination = 0, answer[1]
                     vni = words[0] >> 8
-                    endpoint = self._by_vni[vni]
-                    sender = endpoint._a if source == endpoint._a.addr else endpoint._b
+                    sender = self._sender(vni, source)
                     packets, size_sum = full - 1, (full - 1) * segment_size
                     start = full * segment_size
                 elif answer is not None:
@@ -516,8 +515,7 @@ class RelayCore:
                     # relayed: later segments like it follow inline, to the same place
                     run_start, destination = start, to
                     vni = _unpack_header(train, start)[1] >> 8
-                    endpoint = self._by_vni[vni]
-                    sender = endpoint._a if source == endpoint._a.addr else endpoint._b
+                    sender = self._sender(vni, source)
                 else:
                     answers.append(answer)
             start = stop
@@ -595,8 +593,7 @@ class RelayCore:
                     if group is None:
                         group = relayed[destination] = []
                     group.append(k)
-                    endpoint = self._by_vni[(key & 0xFFFFFFFF) >> 8]
-                    sender = endpoint._a if source == endpoint._a.addr else endpoint._b
+                    sender = self._sender((key & 0xFFFFFFFF) >> 8, source)
                     credited: list[int] = []
                     credits.append((sender, credited))
                     inline[source] = (key, group.append, credited.append)
@@ -608,6 +605,11 @@ class RelayCore:
             if credited:
                 self._credit_inline(sender, len(credited), sum_at(sizes, credited), now)
         return relayed, answers
+
+    def _sender(self, vni: int, source: Address) -> ClientState:
+        """The client at ``source`` of the endpoint ``vni``, which just relayed data from it."""
+        endpoint = self._by_vni[vni]
+        return endpoint._a if source == endpoint._a.addr else endpoint._b
 
     def _credit_inline(self, sender: ClientState, packets: int, size: int, now: float) -> None:
         sender.last_seen = now
