@@ -199,9 +199,10 @@ class RelayAgent:
         """Write the bound marks the core learnt; raises StoreUnavailable."""
         for allocation in self._core.take_bound():
             self._pending_bound.add((allocation.vni, allocation.lamport_id))
-        for vni, lamport_id in sorted(self._pending_bound):
-            await self._store.mark_bound(self.name, vni, lamport_id)
-            self._pending_bound.discard((vni, lamport_id))
+        marks = sorted(self._pending_bound)
+        if marks:
+            await self._store.mark_bound(self.name, marks)
+            self._pending_bound.difference_update(marks)
 
     async def free_now(self, allocation: Allocation) -> None:
         """Write one expired allocation's free ahead of the queue; raises StoreUnavailable."""

@@ -8,7 +8,7 @@ know which implementation they talk to.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -92,8 +92,13 @@ class Store(Protocol):
         """
         ...
 
-    async def mark_bound(self, relay: str, vni: int, lamport_id: int) -> bool:
-        """Record that both clients bound; False if that allocation is gone."""
+    async def mark_bound(self, relay: str, endpoints: Sequence[tuple[int, int]]) -> list[bool]:
+        """Record that both clients bound, for each endpoint given by (VNI, LamportID):
+        True where it is marked, False where that allocation is gone.
+
+        One call marks many, so that a relay binding thousands of endpoints a
+        second pays a store round trip per slice of them, not per endpoint.
+        """
         ...
 
     async def free(self, relay: str, vni: int, lamport_id: int) -> bool:

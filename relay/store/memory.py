@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from relay.protocol.geneve import MAX_VNI
@@ -110,13 +110,15 @@ class MemoryStore:
             return None
         return allocation
 
-    async def mark_bound(self, relay: str, vni: int, lamport_id: int) -> bool:
-        allocation = self._current(relay, vni, lamport_id)
-        if allocation is None:
-            return False
-        self._relays[relay].by_vni[vni] = allocation.as_bound()
-        self._publish(relay, "bound", allocation)
-        return True
+    async def mark_bound(self, relay: str, endpoints: Sequence[tuple[int, int]]) -> list[bool]:
+        marked = []
+        for vni, lamport_id in endpoints:
+            allocation = self._current(relay, vni, lamport_id)
+            if allocation is not None:
+                self._relays[relay].by_vni[vni] = allocation.as_bound()
+                self._publish(relay, "bound", allocation)
+            marked.append(allocation is not None)
+        return marked
 
     async def free(self, relay: str, vni: int, lamport_id: int) -> bool:
         allocation = self._current(relay, vni, lamport_id)

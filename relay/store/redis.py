@@ -39,7 +39,7 @@ import contextlib
 import inspect
 import json
 import struct
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -325,16 +325,26 @@ class RedisStore:
             return None
         return [_vni_field(vni), _LAMPORT.pack(lamport_id)]
 
-    async def mark_bound(self, relay: str, vni: int, lamport_id: int) -> bool:
+    async def mark_bound(self, relay: str, endpoints: Sequence[tuple[int, int]]) -> list[bool]:
         keys = [self._key(relay, "endpoints")]
-        identity = self._identity(vni, lamport_id)
-        if identity is None:
-            return False
-        args = [*identity, self.channel(relay), f"bound {vni} {lamport_id}"]
-        done = await self._call(
-            f"mark_bound on relay {relay!r}", self._mark_bound(keys=keys, args=args)
-        )
-        return bool(done)
+        marked = [False] * len(endpoints)
+        for start in range(0, len(endpoints), SCAN_SLICE):
+            args: list[bytes | str] = [self.channel(relay)]
+            sent = []  # the positions of this slice's valid endpoints, in args' order
+            for at in range(start, min(start + SCAN_SLICE, len(endpoints))):
+                vni, lamport_id = endpoints[at]
+                identity = self._identity(vni, lamport_id)
+                if identity is not None:
+                    args += [*identity, f"bound {vni} {lamport_id}"]
+                    sent.append(at)
+            if not sent:
+                continue
+            done = await self._call(
+                f"mark_bound on relay {relay!r}", self._mark_bound(keys=keys, args=args)
+            )
+            for at, one in zip(sent, done, strict=True):
+                marked[at] = bool(one)
+        return marked
 
     async def free(self, relay: str, vni: int, lamport_id: int) -> bool:
         keys = [self._key(relay, "endpoints"), self._key(relay, "pairs")]

@@ -82,18 +82,24 @@ return 1
 """
 
 # KEYS: endpoints
-# ARGV: VNI (3 bytes), LamportID (8 bytes), channel, change message
+# ARGV: channel, then for each endpoint: VNI (3 bytes), LamportID (8 bytes), change message
+# Returns 1 for each endpoint marked (or marked already), 0 for each that is gone.
 MARK_BOUND = """
 local endpoints = KEYS[1]
-local record = redis.call('HGET', endpoints, ARGV[1])
-if not record or string.sub(record, 1, 8) ~= ARGV[2] then
-    return 0
+local done = {}
+for i = 2, #ARGV, 3 do
+    local record = redis.call('HGET', endpoints, ARGV[i])
+    if record and string.sub(record, 1, 8) == ARGV[i + 1] then
+        if string.byte(record, 81) == 0 then
+            redis.call('HSET', endpoints, ARGV[i], string.sub(record, 1, 80) .. '\\1')
+        end
+        redis.call('PUBLISH', ARGV[1], ARGV[i + 2])
+        done[#done + 1] = 1
+    else
+        done[#done + 1] = 0
+    end
 end
-if string.byte(record, 81) == 0 then
-    redis.call('HSET', endpoints, ARGV[1], string.sub(record, 1, 80) .. '\\1')
-end
-redis.call('PUBLISH', ARGV[3], ARGV[4])
-return 1
+return done
 """
 
 # KEYS: registry

@@ -162,7 +162,7 @@ async def test_a_relay_back_under_a_new_key_frees_what_it_held_under_the_old_one
     first = await run_relay(store, RelaySecrets.generate())
     await wait_until(lambda: registered_as(store, "relay-r", first.core.server_key), "registered")
     old = [(await store.allocate("relay-r", new_pair(), time.time())).allocation for _ in range(2)]
-    assert await store.mark_bound("relay-r", old[1].vni, old[1].lamport_id)
+    assert await store.mark_bound("relay-r", [(old[1].vni, old[1].lamport_id)]) == [True]
     await wait_until(lambda: len(first.core) == 2, "both served")
     await first.close()
 

@@ -110,7 +110,7 @@ async def test_a_relays_keys_share_one_slot_and_relays_spread_over_the_nodes(
     store = cluster_stores()
     for relay in relays:
         allocation = (await store.allocate(relay, pair(), 0.0)).allocation
-        assert await store.mark_bound(relay, allocation.vni, allocation.lamport_id)
+        assert await store.mark_bound(relay, [(allocation.vni, allocation.lamport_id)]) == [True]
         assert (await store.allocate(relay, allocation.disco_keys, 1.0)).replaced
         await store.register(record(relay), ttl=60.0)
 

@@ -157,7 +157,7 @@ async def test_memory_grows_with_allocations_only(redis_stores, raw, prefix):
 async def test_every_key_of_a_relay_is_in_one_cluster_slot(redis_stores, raw, prefix):
     store = redis_stores()
     allocation = (await store.allocate("relay-a", pair(), 0.0)).allocation
-    await store.mark_bound("relay-a", allocation.vni, allocation.lamport_id)
+    await store.mark_bound("relay-a", [(allocation.vni, allocation.lamport_id)])
     await store.allocate("relay-a", allocation.disco_keys, 1.0)
     names = await key_names(raw, prefix)
     assert names == sorted(relay_keys(prefix, "relay-a"))
@@ -240,7 +240,7 @@ async def test_nothing_allocated_is_lost_across_a_restart_with_aof(own_server, s
         for allocation in made[:50]:
             assert await store.free("r", allocation.vni, allocation.lamport_id)
         for allocation in made[50:100]:
-            assert await store.mark_bound("r", allocation.vni, allocation.lamport_id)
+            assert await store.mark_bound("r", [(allocation.vni, allocation.lamport_id)]) == [True]
         before = await store.allocations("r")
         assert len(before) == 150
 
@@ -274,7 +274,7 @@ async def test_a_stopped_redis_is_unavailable_promptly_and_the_store_recovers_by
         server.stop()
         calls = [
             lambda: store.allocate("r", pair(), 0.0),
-            lambda: store.mark_bound("r", allocation.vni, allocation.lamport_id),
+            lambda: store.mark_bound("r", [(allocation.vni, allocation.lamport_id)]),
             lambda: store.free("r", allocation.vni, allocation.lamport_id),
             lambda: store.allocations("r"),
             lambda: store.memory_per_endpoint("r"),
@@ -316,8 +316,8 @@ async def test_every_change_is_published_on_the_relay_channel(redis_server, redi
 
         first = (await store.allocate("r", pair(), 0.0)).allocation
         await store.allocate("r", first.disco_keys, 0.0)
-        await store.mark_bound("r", first.vni, first.lamport_id)
-        await store.mark_bound("r", first.vni, first.lamport_id)
+        await store.mark_bound("r", [(first.vni, first.lamport_id)])
+        await store.mark_bound("r", [(first.vni, first.lamport_id)])
         second = (await store.allocate("r", first.disco_keys, 0.0)).allocation
         await store.free("r", second.vni, second.lamport_id + 1)
         await store.free("r", second.vni, second.lamport_id)

@@ -30,7 +30,7 @@ async def test_same_pair_after_bind_is_discarded_and_allocated_afresh(make_store
     store = make_store()
     keys = pair()
     first = (await store.allocate("r", keys, 1.0)).allocation
-    assert await store.mark_bound("r", first.vni, first.lamport_id)
+    assert await store.mark_bound("r", [(first.vni, first.lamport_id)]) == [True]
     second = await store.allocate("r", keys, 2.0)
     assert second.created
     assert second.replaced == first.as_bound()
@@ -89,7 +89,7 @@ async def test_free_and_mark_bound_name_one_allocation_exactly(make_store):
     store = make_store()
     allocation = (await store.allocate("r", pair(), 0.0)).allocation
     assert not await store.free("r", allocation.vni, allocation.lamport_id + 1)
-    assert not await store.mark_bound("r", allocation.vni, allocation.lamport_id + 1)
+    assert await store.mark_bound("r", [(allocation.vni, allocation.lamport_id + 1)]) == [False]
     assert not await store.free("nobody", allocation.vni, allocation.lamport_id)
     assert await store.free("r", allocation.vni, allocation.lamport_id)
     assert not await store.free("r", allocation.vni, allocation.lamport_id)
@@ -101,25 +101,53 @@ async def test_unknown_or_impossible_vnis_and_lamport_ids_are_simply_not_found(m
     allocation = (await store.allocate("r", pair(), 0.0)).allocation
     for vni, lamport_id in [(0, 1), (MAX_VNI + 1, 1), (-1, 1), (allocation.vni, -1), (9, 1)]:
         assert not await store.free("r", vni, lamport_id)
-        assert not await store.mark_bound("r", vni, lamport_id)
+        assert await store.mark_bound("r", [(vni, lamport_id)]) == [False]
     assert await store.allocations("r") == [allocation]
 
 
 async def test_mark_bound_keeps_the_allocation_and_is_idempotent(make_store):
     store = make_store()
     allocation = (await store.allocate("r", pair(), 7.25)).allocation
-    assert await store.mark_bound("r", allocation.vni, allocation.lamport_id)
-    assert await store.mark_bound("r", allocation.vni, allocation.lamport_id)
+    assert await store.mark_bound("r", [(allocation.vni, allocation.lamport_id)]) == [True]
+    assert await store.mark_bound("r", [(allocation.vni, allocation.lamport_id)]) == [True]
     assert await store.allocations("r") == [allocation.as_bound()]
     assert await store.free("r", allocation.vni, allocation.lamport_id)
-    assert not await store.mark_bound("r", allocation.vni, allocation.lamport_id)
+    assert await store.mark_bound("r", [(allocation.vni, allocation.lamport_id)]) == [False]
+
+
+async def test_one_mark_bound_marks_many_and_answers_for_each_in_order(make_store):
+    store = make_store()
+    made = [(await store.allocate("r", pair(), 0.0)).allocation for _ in range(300)]
+    gone = made[7]
+    await store.free("r", gone.vni, gone.lamport_id)
+    changes = store.changes("r")
+    try:
+        assert await asyncio.wait_for(anext(changes), 5) == SUBSCRIBED
+        marks = [(a.vni, a.lamport_id) for a in made]
+        marks[3] = (made[3].vni, made[3].lamport_id + 1)  # a LamportID the VNI no longer has
+        marks.insert(200, (0, 1))  # never a VNI
+        answered = await store.mark_bound("r", marks)
+        expected = [mark not in {marks[3], marks[200], (gone.vni, gone.lamport_id)} for mark in marks]
+        assert answered == expected
+        assert expected.count(False) == 3
+        live = [a for a in made if a is not gone]
+        assert await store.allocations("r") == [
+            a if a is made[3] else a.as_bound() for a in live
+        ]
+        announced = [m for m, marked in zip(marks, expected, strict=True) if marked]
+        assert [await asyncio.wait_for(anext(changes), 5) for _ in announced] == [
+            Change("bound", *m) for m in announced
+        ]
+        assert await store.mark_bound("r", []) == []
+    finally:
+        await changes.aclose()
 
 
 async def test_allocations_list_every_live_one_oldest_first(make_store):
     store = make_store()
     made = [(await store.allocate("r", pair(), float(i))).allocation for i in range(5)]
     await store.free("r", made[1].vni, made[1].lamport_id)
-    await store.mark_bound("r", made[3].vni, made[3].lamport_id)
+    await store.mark_bound("r", [(made[3].vni, made[3].lamport_id)])
     expected = [made[0], made[2], made[3].as_bound(), made[4]]
     assert await store.allocations("r") == expected
     assert await store.allocations("nobody") == []
@@ -139,7 +167,7 @@ async def test_one_allocation_is_found_by_its_vni(make_store):
     store = make_store()
     allocation = (await store.allocate("r", pair(), 3.0)).allocation
     assert await store.allocation("r", allocation.vni) == allocation
-    await store.mark_bound("r", allocation.vni, allocation.lamport_id)
+    await store.mark_bound("r", [(allocation.vni, allocation.lamport_id)])
     assert await store.allocation("r", allocation.vni) == allocation.as_bound()
     assert await store.allocation("r", allocation.vni + 1) is None
     assert await store.allocation("r", 0) is None
@@ -157,7 +185,7 @@ async def test_changes_start_with_subscribed_and_follow_every_change_in_order(ma
         assert await asyncio.wait_for(anext(others), 5) == SUBSCRIBED
         first = (await store.allocate("r", pair(), 0.0)).allocation
         await store.allocate("r", first.disco_keys, 0.0)
-        assert await store.mark_bound("r", first.vni, first.lamport_id)
+        assert await store.mark_bound("r", [(first.vni, first.lamport_id)]) == [True]
         second = (await store.allocate("r", first.disco_keys, 0.0)).allocation
         assert not await store.free("r", second.vni, second.lamport_id + 1)
         assert await store.free("r", second.vni, second.lamport_id)
