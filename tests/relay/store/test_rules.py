@@ -127,13 +127,12 @@ async def test_one_mark_bound_marks_many_and_answers_for_each_in_order(make_stor
         marks[3] = (made[3].vni, made[3].lamport_id + 1)  # a LamportID the VNI no longer has
         marks.insert(200, (0, 1))  # never a VNI
         answered = await store.mark_bound("r", marks)
-        expected = [mark not in {marks[3], marks[200], (gone.vni, gone.lamport_id)} for mark in marks]
+        unmarkable = {marks[3], marks[200], (gone.vni, gone.lamport_id)}
+        expected = [mark not in unmarkable for mark in marks]
         assert answered == expected
         assert expected.count(False) == 3
         live = [a for a in made if a is not gone]
-        assert await store.allocations("r") == [
-            a if a is made[3] else a.as_bound() for a in live
-        ]
+        assert await store.allocations("r") == [a if a is made[3] else a.as_bound() for a in live]
         announced = [m for m, marked in zip(marks, expected, strict=True) if marked]
         assert [await asyncio.wait_for(anext(changes), 5) for _ in announced] == [
             Change("bound", *m) for m in announced
