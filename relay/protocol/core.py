@@ -65,6 +65,8 @@ _MAGIC = slice(_FRAME, _FRAME + disco.SENDER_OFFSET)
 _SENDER = slice(_FRAME + disco.SENDER_OFFSET, _FRAME + disco.NONCE_OFFSET)
 _CONTROL_BIT = geneve.CONTROL_BIT
 _unpack_header = struct.Struct(">xBxxI").unpack_from  # (flags byte, VNI << 8 | reserved)
+_BIND_FIELDS = struct.Struct(f">II{disco.KEY_LEN}s")
+"""What a version 1 challenge covers of its bind: VNI, generation, the other client's key."""
 
 
 _HEADERS_EVERY: dict[tuple[int, int], struct.Struct] = {}
@@ -243,7 +245,8 @@ class RelayCore:
         self.steady_state_lifetime = steady_state_lifetime
         self._handshake_limiter = HandshakeLimiter(handshake_limits)
         self._by_vni: dict[int, Endpoint] = {}
-        self._shared_keys: dict[DiscoPublicKey, bytes] = {}
+        self._shared_keys: dict[bytes, bytes] = {}
+        """Box keys shared with clients, by their raw public key."""
         self._challenged_at: dict[ClientState, float] = {}
         """When each client with a handshake in progress sent its first bind, for
         :attr:`handshake_seconds`; the entry goes when the handshake ends or its endpoint does."""
@@ -642,8 +645,9 @@ class RelayCore:
         if not self._handshake_limiter.allow(source, now):
             self.drops[Drop.RATE_LIMITED] += 1
             return None
+        shared = self._shared_key(keys[index])
         try:
-            payload = disco.open_frame(datagram[_FRAME:], self._shared_key(endpoint, index))
+            payload = disco.open_frame(datagram[_FRAME:], shared)
         except disco.DiscoError:
             self.drops[Drop.UNDECRYPTABLE] += 1
             return None
@@ -653,9 +657,9 @@ class RelayCore:
             self.drops[Drop.MALFORMED_MESSAGE] += 1
             return None
         if isinstance(message, disco.BindV1):
-            return self._on_v1(endpoint, index, message, source, now)
+            return self._on_v1(endpoint, index, message, source, now, shared)
         if isinstance(message, disco.BindUDPRelayEndpoint):
-            return self._on_bind(endpoint, index, source, now)
+            return self._on_bind(endpoint, index, source, now, shared)
         if isinstance(message, disco.BindUDPRelayEndpointAnswer):
             self._on_answer(endpoint, index, source, message.answer, now)
             return None
@@ -673,7 +677,9 @@ class RelayCore:
             return Drop.BAD_MAGIC
         return None
 
-    def _on_bind(self, endpoint: Endpoint, index: int, source: Address, now: float) -> Send | None:
+    def _on_bind(
+        self, endpoint: Endpoint, index: int, source: Address, now: float, shared: bytes
+    ) -> Send | None:
         client = endpoint.touch()[index]
         if client.handshake is Handshake.INIT:
             client.addr = source
@@ -684,7 +690,7 @@ class RelayCore:
         client.version = 0
         client.handshake = Handshake.CHALLENGE_SENT
         challenge = disco.BindUDPRelayEndpointChallenge(self.challenge(endpoint.allocation, index))
-        frame = disco.seal(self._server_key_raw, self._shared_key(endpoint, index), challenge)
+        frame = disco.seal(self._server_key_raw, shared, challenge)
         return geneve.control_header(endpoint.allocation.vni) + frame, source
 
     def _on_answer(
@@ -737,7 +743,13 @@ class RelayCore:
                 watcher.append(endpoint)
 
     def _on_v1(
-        self, endpoint: Endpoint, index: int, message: disco.BindV1, source: Address, now: float
+        self,
+        endpoint: Endpoint,
+        index: int,
+        message: disco.BindV1,
+        source: Address,
+        now: float,
+        shared: bytes,
     ) -> Send | None:
         """Version 1: answer every valid bind with a challenge; bind (or move) on an answer."""
         allocation = endpoint.allocation
@@ -758,15 +770,14 @@ class RelayCore:
             if client.handshake is not Handshake.BOUND:
                 client.handshake = Handshake.CHALLENGE_SENT
             self._challenged_at.setdefault(client, now)
-            period = self._period(now)
-            challenge = disco.BindV1(
+            challenge = disco.bind_v1_payload(
                 disco.TYPE_CHALLENGE,
                 allocation.vni,
                 message.generation,
                 remote_key,
-                self.challenge_v1(message, source, period),
+                self.challenge_v1(message, source, self._period(now)),
             )
-            frame = disco.seal(self._server_key_raw, self._shared_key(endpoint, index), challenge)
+            frame = disco.seal_payload(self._server_key_raw, shared, challenge)
             return geneve.control_header(allocation.vni) + frame, source
         if message.type != disco.TYPE_ANSWER:
             self.drops[Drop.UNEXPECTED_MESSAGE] += 1
@@ -801,23 +812,19 @@ class RelayCore:
                 key=self._challenge_secret,
                 person=_PERIOD_KEY_PERSON,
             ).digest()
-        bind = (
-            message.vni.to_bytes(4, "big")
-            + message.generation.to_bytes(4, "big")
-            + message.remote_key
-            + _address_bytes(source)
-        )
-        return hashlib.blake2s(bind, key=key, person=_CHALLENGE_V1_PERSON).digest()
+        bind = _BIND_FIELDS.pack(message.vni, message.generation, message.remote_key)
+        return hashlib.blake2s(
+            bind + _address_bytes(source), key=key, person=_CHALLENGE_V1_PERSON
+        ).digest()
 
-    def _shared_key(self, endpoint: Endpoint, index: int) -> bytes:
-        """The box key shared with a client, cached by client key: a peer uses one disco
-        key for all its endpoints, and the X25519 behind it is a handshake's dearest step."""
-        client_key = endpoint.allocation.disco_keys[index]
-        shared = self._shared_keys.get(client_key)
+    def _shared_key(self, client_key: DiscoPublicKey) -> bytes:
+        """The box key shared with a client, cached: a peer uses one disco key for all its
+        endpoints, and the X25519 behind it is a handshake's dearest step."""
+        shared = self._shared_keys.get(client_key.raw)
         if shared is None:
             if len(self._shared_keys) >= SHARED_KEY_CACHE_SIZE:
                 self._shared_keys.clear()
-            shared = self._shared_keys[client_key] = self._private_key.shared(client_key)
+            shared = self._shared_keys[client_key.raw] = self._private_key.shared(client_key)
         return shared
 
     def challenge(self, allocation: Allocation, index: int) -> bytes:

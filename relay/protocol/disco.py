@@ -193,17 +193,21 @@ def marshal(message: Message) -> bytes:
 
 
 def _marshal_bind_v1(message: BindV1) -> bytes:
-    if message.type not in BIND_TYPES or len(message.remote_key) != KEY_LEN:
+    return bind_v1_payload(
+        message.type, message.vni, message.generation, message.remote_key, message.challenge
+    )
+
+
+def bind_v1_payload(
+    kind: int, vni: int, generation: int, remote_key: bytes, challenge: bytes
+) -> bytes:
+    """The payload of a version 1 bind message of type ``kind``, as :func:`marshal` writes
+    it, without making a :class:`BindV1` first (the relay writes one per challenge).
+    Fields that do not fit raise ValueError."""
+    if kind not in BIND_TYPES or len(remote_key) != KEY_LEN:
         raise ValueError("a version 1 bind message needs a bind type and a 32-byte key")
     try:
-        return _BIND_V1.pack(
-            message.type,
-            MESSAGE_VERSION,
-            message.vni,
-            message.generation,
-            message.remote_key,
-            _fixed(message.challenge),
-        )
+        return _BIND_V1.pack(kind, MESSAGE_VERSION, vni, generation, remote_key, _fixed(challenge))
     except struct.error:
         raise ValueError("a version 1 bind's VNI and generation are 32-bit unsigned") from None
 
@@ -346,9 +350,16 @@ def body_len(frame_len: int) -> int:
 
 def seal(sender: bytes, shared_key: bytes, message: Message, nonce: bytes | None = None) -> bytes:
     """A whole frame from ``sender`` (raw public key), boxed with a precomputed key."""
+    return seal_payload(sender, shared_key, marshal(message), nonce)
+
+
+def seal_payload(
+    sender: bytes, shared_key: bytes, payload: bytes, nonce: bytes | None = None
+) -> bytes:
+    """:func:`seal` of a payload already marshalled (:func:`bind_v1_payload`)."""
     if nonce is None:
         nonce = os.urandom(NONCE_LEN)
-    box = bindings.crypto_box_afternm(marshal(message), nonce, shared_key)
+    box = bindings.crypto_box_afternm(payload, nonce, shared_key)
     return MAGIC + sender + nonce + box
 
 

@@ -6,6 +6,7 @@ protocol type and the 24-bit VNI. See docs/protocol.md "Underlay".
 
 from __future__ import annotations
 
+import struct
 from typing import NamedTuple
 
 HEADER_LEN = 8
@@ -14,6 +15,8 @@ PROTOCOL_WIREGUARD = 0x7A12
 CONTROL_BIT = 0x80
 MAX_VNI = (1 << 24) - 1
 MAX_VERSION = 3
+_FIXED = struct.Struct(">BBHI")
+"""Version and option length, flags, protocol type, VNI and the reserved byte."""
 
 
 class GeneveHeader(NamedTuple):
@@ -25,24 +28,18 @@ class GeneveHeader(NamedTuple):
 
 def encode(header: GeneveHeader) -> bytes:
     """Encode a header; a VNI or version out of range raises ValueError."""
-    if not 0 <= header.vni <= MAX_VNI:
-        raise ValueError(f"VNI {header.vni} does not fit in 24 bits")
+    _check_vni(header.vni)
     if not 0 <= header.version <= MAX_VERSION:
         raise ValueError(f"Geneve version {header.version} does not fit in 2 bits")
     if not 0 <= header.protocol <= 0xFFFF:
         raise ValueError(f"protocol type {header.protocol:#x} does not fit in 16 bits")
-    return bytes(
-        (
-            header.version << 6,
-            CONTROL_BIT if header.control else 0,
-            header.protocol >> 8,
-            header.protocol & 0xFF,
-            header.vni >> 16,
-            (header.vni >> 8) & 0xFF,
-            header.vni & 0xFF,
-            0,
-        )
-    )
+    flags = CONTROL_BIT if header.control else 0
+    return _FIXED.pack(header.version << 6, flags, header.protocol, header.vni << 8)
+
+
+def _check_vni(vni: int) -> None:
+    if not 0 <= vni <= MAX_VNI:
+        raise ValueError(f"VNI {vni} does not fit in 24 bits")
 
 
 def decode(datagram: bytes) -> GeneveHeader:
@@ -58,8 +55,12 @@ def decode(datagram: bytes) -> GeneveHeader:
 
 
 def control_header(vni: int) -> bytes:
-    return encode(GeneveHeader(PROTOCOL_DISCO, vni, control=True))
+    """The header of every control packet of ``vni`` (written once per challenge: no
+    :class:`GeneveHeader` made)."""
+    _check_vni(vni)
+    return _FIXED.pack(0, CONTROL_BIT, PROTOCOL_DISCO, vni << 8)
 
 
 def data_header(vni: int) -> bytes:
-    return encode(GeneveHeader(PROTOCOL_WIREGUARD, vni, control=False))
+    _check_vni(vni)
+    return _FIXED.pack(0, 0, PROTOCOL_WIREGUARD, vni << 8)

@@ -124,6 +124,7 @@ class RelayAgent:
         self._removed_during_resync: set[tuple[int, int]] | None = None
         self._resyncing = asyncio.Lock()
         self._taking_over = asyncio.Lock()
+        self._flushing_bound = asyncio.Lock()
         self.taken_over = False
         self.freed_under_old_key = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -196,13 +197,18 @@ class RelayAgent:
             pending.order.popleft()
 
     async def flush_bound(self) -> None:
-        """Write the bound marks the core learnt; raises StoreUnavailable."""
-        for allocation in self._core.take_bound():
-            self._pending_bound.add((allocation.vni, allocation.lamport_id))
-        marks = sorted(self._pending_bound)
-        if marks:
-            await self._store.mark_bound(self.name, marks)
-            self._pending_bound.difference_update(marks)
+        """Write the bound marks the core learnt; raises StoreUnavailable.
+
+        One flush at a time: every allocation request flushes first, and a
+        burst of them would otherwise each write the same marks.
+        """
+        async with self._flushing_bound:
+            for allocation in self._core.take_bound():
+                self._pending_bound.add((allocation.vni, allocation.lamport_id))
+            marks = sorted(self._pending_bound)
+            if marks:
+                await self._store.mark_bound(self.name, marks)
+                self._pending_bound.difference_update(marks)
 
     async def free_now(self, allocation: Allocation) -> None:
         """Write one expired allocation's free ahead of the queue; raises StoreUnavailable."""

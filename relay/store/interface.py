@@ -46,7 +46,7 @@ class AllocationResult:
 class Change(NamedTuple):
     """One change to a relay's allocations, as announced to its subscribers."""
 
-    kind: str  # "alloc", "bound" or "free"
+    kind: str  # "alloc" or "free"
     vni: int
     lamport_id: int
 

@@ -116,7 +116,6 @@ class MemoryStore:
             allocation = self._current(relay, vni, lamport_id)
             if allocation is not None:
                 self._relays[relay].by_vni[vni] = allocation.as_bound()
-                self._publish(relay, "bound", allocation)
             marked.append(allocation is not None)
         return marked
 

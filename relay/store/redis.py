@@ -15,7 +15,7 @@ script touches one slot and runs unchanged on Redis Cluster::
     <prefix>{<relay>}:cursor     string  where the search for a free VNI starts
     <prefix>{<relay>}:endpoints  hash    VNI (3 bytes) -> endpoint record (81 bytes)
     <prefix>{<relay>}:pairs      hash    both raw keys, sorted (64 bytes) -> VNI (3 bytes)
-    <prefix>{<relay>}:changes    channel "alloc|free|bound <vni> <lamport>" per change
+    <prefix>{<relay>}:changes    channel "alloc|free <vni> <lamport>" per change
     <prefix>registry             hash    relay name -> "<expiry ms> <JSON record>"
 
 VNIs and integers in records are big-endian. An endpoint record is the
@@ -84,7 +84,7 @@ _UNAVAILABLE = (
     redis_errors.SlotNotCoveredError,
 )
 
-_CHANGE_KINDS = frozenset({"alloc", "bound", "free"})
+_CHANGE_KINDS = frozenset({"alloc", "free"})
 
 
 def _vni_field(vni: int) -> bytes:
@@ -243,7 +243,7 @@ class RedisStore:
         return f"{self._prefix}{{{relay}}}:{name}"
 
     def channel(self, relay: str) -> str:
-        """The pub/sub channel carrying "alloc|free|bound <vni> <lamport>" for a relay."""
+        """The pub/sub channel carrying "alloc|free <vni> <lamport>" for a relay."""
         return self._key(relay, "changes")
 
     async def _routed(self, request: Awaitable[_T]) -> _T:
@@ -329,13 +329,13 @@ class RedisStore:
         keys = [self._key(relay, "endpoints")]
         marked = [False] * len(endpoints)
         for start in range(0, len(endpoints), SCAN_SLICE):
-            args: list[bytes | str] = [self.channel(relay)]
+            args: list[bytes] = []
             sent = []  # the positions of this slice's valid endpoints, in args' order
             for at in range(start, min(start + SCAN_SLICE, len(endpoints))):
                 vni, lamport_id = endpoints[at]
                 identity = self._identity(vni, lamport_id)
                 if identity is not None:
-                    args += [*identity, f"bound {vni} {lamport_id}"]
+                    args += identity
                     sent.append(at)
             if not sent:
                 continue

@@ -82,18 +82,19 @@ return 1
 """
 
 # KEYS: endpoints
-# ARGV: channel, then for each endpoint: VNI (3 bytes), LamportID (8 bytes), change message
+# ARGV: for each endpoint: VNI (3 bytes), LamportID (8 bytes)
 # Returns 1 for each endpoint marked (or marked already), 0 for each that is gone.
+# Announces nothing: no one acts on a bound mark, and every subscribed relay
+# process would pay for reading one per endpoint.
 MARK_BOUND = """
 local endpoints = KEYS[1]
 local done = {}
-for i = 2, #ARGV, 3 do
+for i = 1, #ARGV, 2 do
     local record = redis.call('HGET', endpoints, ARGV[i])
     if record and string.sub(record, 1, 8) == ARGV[i + 1] then
         if string.byte(record, 81) == 0 then
             redis.call('HSET', endpoints, ARGV[i], string.sub(record, 1, 80) .. '\\1')
         end
-        redis.call('PUBLISH', ARGV[1], ARGV[i + 2])
         done[#done + 1] = 1
     else
         done[#done + 1] = 0
