@@ -177,7 +177,8 @@ class RelayConfig:
     resync_interval: float = flag(
         "--resync-interval", 60.0, parse=duration, metavar="DUR",
         help="how often the relay re-reads all its allocations from the store, besides "
-        "following announcements",
+        "following announcements; a relay whose resync takes longer than 1%% of this "
+        "(a million endpoints: seconds) waits 100 times the resync's duration instead",
     )  # fmt: skip
     report_status: str = flag(
         "--report-status", "auto", choices=("auto", "on", "off"),

@@ -36,6 +36,16 @@ log = logging.getLogger(__name__)
 MAX_EXPIRY_TICK = 1.0
 MAX_BACKOFF = 5.0
 EXPIRY_BATCH = 256
+RESYNC_SHARE = 0.01
+"""At most this share of a relay's time goes to periodic resyncs: a resync that takes
+longer than ``RESYNC_SHARE`` of ``--resync-interval`` (a million endpoints: seconds)
+puts the next one off to ``1 / RESYNC_SHARE`` times its duration."""
+
+
+def resync_delay(interval: float, took: float) -> float:
+    """The wait before the next periodic resync after one that took ``took`` seconds:
+    ``interval``, or ``took / RESYNC_SHARE`` where that is longer."""
+    return max(interval, took / RESYNC_SHARE)
 
 
 class StoreRetries:
@@ -279,6 +289,9 @@ class RelayAgent:
                         continue
                     key = (allocation.vni, allocation.lamport_id)
                     wanted.add(key)
+                    served = self._core.endpoint(allocation.vni)
+                    if served is not None and served.allocation.lamport_id == key[1]:
+                        continue  # the common case: nothing to do
                     if key not in self._removed_during_resync:
                         self.install(allocation)
                 await asyncio.sleep(0)
@@ -380,12 +393,24 @@ class RelayAgent:
 
     async def _resync_loop(self) -> None:
         backoff = StoreRetries("resync", self.store_errors)
+        loop = asyncio.get_running_loop()
         delay = self.resync_interval
         while True:
             await asyncio.sleep(delay)
             delay = self.resync_interval
+            started = loop.time()
             try:
                 await self.resync()
                 backoff.succeeded()
             except StoreUnavailable as error:
                 delay = min(delay, backoff.failed(error))
+                continue
+            took = loop.time() - started
+            delay = resync_delay(self.resync_interval, took)
+            if delay > self.resync_interval:
+                log.debug(
+                    "resync of %d endpoints: %.1f s; the next in %.0f s",
+                    len(self._core),
+                    took,
+                    delay,
+                )

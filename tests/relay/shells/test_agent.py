@@ -10,7 +10,7 @@ from relay.config import RelayConfig
 from relay.protocol.core import Drop
 from relay.protocol.keys import DiscoPrivateKey, sorted_pair
 from relay.server import RelayServer
-from relay.shells.agent import EXPIRY_BATCH
+from relay.shells.agent import EXPIRY_BATCH, RESYNC_SHARE, resync_delay
 from relay.shells.keyfile import RelaySecrets
 from relay.store import Allocation, MemoryStore
 from relay.store.interface import SCAN_SLICE
@@ -59,6 +59,23 @@ async def test_resync_serves_exactly_the_stores_allocations(relay):
     await server.agent.resync()
     assert server.core.endpoint(4242) is None
     assert server.core.endpoint(kept.vni).allocation == kept
+
+
+async def test_resync_replaces_an_endpoint_served_under_another_lamport_id(relay):
+    server = relay.server
+    name = server.config.name
+    kept = (await server.store.allocate(name, new_pair(), 0.0)).allocation
+    await wait_until(lambda: server.core.endpoint(kept.vni) is not None, "installed")
+    server.core.install(Allocation(name, kept.vni, kept.lamport_id + 7, new_pair(), 0.0))
+    await server.agent.resync()
+    assert server.core.endpoint(kept.vni).allocation == kept
+
+
+def test_a_resync_that_takes_long_puts_the_next_one_off_to_bound_its_share():
+    assert resync_delay(60.0, 0.2) == 60.0
+    assert resync_delay(60.0, RESYNC_SHARE * 60.0) == 60.0
+    assert resync_delay(60.0, 8.0) == pytest.approx(8.0 / RESYNC_SHARE)
+    assert 8.0 / resync_delay(60.0, 8.0) <= RESYNC_SHARE
 
 
 async def test_the_relay_registers_itself_with_a_heartbeat(relay):
