@@ -167,7 +167,9 @@ Message = (
 def marshal(message: Message) -> bytes:
     """The plaintext payload of a message: type, version, body."""
     if type(message) is BindV1:  # every version 1 handshake's, so the first looked for
-        return _marshal_bind_v1(message)
+        return bind_v1_payload(
+            message.type, message.vni, message.generation, message.remote_key, message.challenge
+        )
     match message:
         case BindUDPRelayEndpoint():
             return bytes((TYPE_BIND, MESSAGE_VERSION)) + bytes(BIND_PADDING_LEN)
@@ -190,12 +192,6 @@ def marshal(message: Message) -> bytes:
                 + _endpoint_bytes(endpoint)
             )
     raise TypeError(f"cannot marshal {message!r}")
-
-
-def _marshal_bind_v1(message: BindV1) -> bytes:
-    return bind_v1_payload(
-        message.type, message.vni, message.generation, message.remote_key, message.challenge
-    )
 
 
 def bind_v1_payload(
