@@ -191,9 +191,10 @@ class Allocator:
         return Placement(result.allocation, relay, result.created)
 
     async def free(self, current: CurrentAllocation) -> bool:
-        return await self._bounded(
-            lambda: self._store.free(current.relay, current.vni, current.lamport_id)
+        [freed] = await self._bounded(
+            lambda: self._store.free(current.relay, [(current.vni, current.lamport_id)])
         )
+        return freed
 
     def _count(self, relay: RelayRecord) -> None:
         since, count = self._placed.get(relay.name, (relay.heartbeat_at, 0))

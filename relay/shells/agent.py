@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 MAX_EXPIRY_TICK = 1.0
 MAX_BACKOFF = 5.0
 EXPIRY_BATCH = 256
+"""Endpoints the core expires per step, and expired ones freed in the store per call."""
 RESYNC_SHARE = 0.01
 """At most this share of a relay's time goes to periodic resyncs: a resync that takes
 longer than ``RESYNC_SHARE`` of ``--resync-interval`` (a million endpoints: seconds)
@@ -194,17 +195,23 @@ class RelayAgent:
     async def flush(self) -> None:
         """Write what the core learnt (bound, expired) to the store; raises StoreUnavailable."""
         await self.flush_bound()
-        written = 0
         pending = self._pending_free
-        while pending.order:
-            key = pending.order[0]
-            if key in pending:
-                await self._store.free(self.name, *key)
-                pending.discard(key)
-                written += 1
-                if written % SLICE == 0:
-                    await asyncio.sleep(0)
-            pending.order.popleft()
+        order = pending.order
+        while order:
+            frees: list[tuple[int, int]] = []
+            span = 0  # entries of the order they came from, freed by another call included
+            for key in order:
+                if len(frees) == EXPIRY_BATCH:
+                    break
+                span += 1
+                if key in pending:
+                    frees.append(key)
+            if frees:
+                await self._store.free(self.name, frees)
+                pending.difference_update(frees)
+            for _ in range(span):
+                order.popleft()
+            await asyncio.sleep(0)
 
     async def flush_bound(self) -> None:
         """Write the bound marks the core learnt; raises StoreUnavailable.
@@ -222,7 +229,7 @@ class RelayAgent:
 
     async def free_now(self, allocation: Allocation) -> None:
         """Write one expired allocation's free ahead of the queue; raises StoreUnavailable."""
-        await self._store.free(self.name, allocation.vni, allocation.lamport_id)
+        await self._store.free(self.name, [(allocation.vni, allocation.lamport_id)])
         self._pending_free.discard((allocation.vni, allocation.lamport_id))
 
     async def take_over(self) -> None:
@@ -252,9 +259,10 @@ class RelayAgent:
             previous = next((r for r in await self._store.relays() if r.name == self.name), None)
             if previous is not None and previous.server_disco != key:
                 async for allocations in self._store.scan_allocations(self.name):
-                    for allocation in allocations:
-                        if await self._store.free(self.name, allocation.vni, allocation.lamport_id):
-                            self.freed_under_old_key += 1
+                    freed = await self._store.free(
+                        self.name, [(a.vni, a.lamport_id) for a in allocations]
+                    )
+                    self.freed_under_old_key += sum(freed)
                 log.warning(
                     "relay %s last ran as %s, now as %s: freed the %d allocations made under "
                     "the old key (their clients could never bind); the operator places their "

@@ -101,8 +101,13 @@ class Store(Protocol):
         """
         ...
 
-    async def free(self, relay: str, vni: int, lamport_id: int) -> bool:
-        """Free an allocation and its VNI; False if it was already gone or replaced."""
+    async def free(self, relay: str, endpoints: Sequence[tuple[int, int]]) -> list[bool]:
+        """Free allocations and their VNIs, each given by (VNI, LamportID): True where it
+        is freed, False where it was already gone or replaced.
+
+        Like :meth:`mark_bound`, one call frees many: a relay expiring thousands
+        of endpoints at once pays a store round trip per slice of them.
+        """
         ...
 
     async def allocations(self, relay: str) -> list[Allocation]:

@@ -119,13 +119,15 @@ class MemoryStore:
             marked.append(allocation is not None)
         return marked
 
-    async def free(self, relay: str, vni: int, lamport_id: int) -> bool:
-        allocation = self._current(relay, vni, lamport_id)
-        if allocation is None:
-            return False
-        self._relays[relay].drop(allocation)
-        self._publish(relay, "free", allocation)
-        return True
+    async def free(self, relay: str, endpoints: Sequence[tuple[int, int]]) -> list[bool]:
+        freed = []
+        for vni, lamport_id in endpoints:
+            allocation = self._current(relay, vni, lamport_id)
+            if allocation is not None:
+                self._relays[relay].drop(allocation)
+                self._publish(relay, "free", allocation)
+            freed.append(allocation is not None)
+        return freed
 
     async def allocations(self, relay: str) -> list[Allocation]:
         state = self._relays.get(relay)

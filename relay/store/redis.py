@@ -327,33 +327,40 @@ class RedisStore:
 
     async def mark_bound(self, relay: str, endpoints: Sequence[tuple[int, int]]) -> list[bool]:
         keys = [self._key(relay, "endpoints")]
-        marked = [False] * len(endpoints)
-        for start in range(0, len(endpoints), SCAN_SLICE):
-            args: list[bytes] = []
-            sent = []  # the positions of this slice's valid endpoints, in args' order
-            for at in range(start, min(start + SCAN_SLICE, len(endpoints))):
-                vni, lamport_id = endpoints[at]
-                identity = self._identity(vni, lamport_id)
-                if identity is not None:
-                    args += identity
-                    sent.append(at)
-            if not sent:
-                continue
-            done = await self._call(
-                f"mark_bound on relay {relay!r}", self._mark_bound(keys=keys, args=args)
-            )
-            for at, one in zip(sent, done, strict=True):
-                marked[at] = bool(one)
-        return marked
+        return await self._per_slice(
+            f"mark_bound on relay {relay!r}", endpoints, keys, [], self._mark_bound
+        )
 
-    async def free(self, relay: str, vni: int, lamport_id: int) -> bool:
+    async def free(self, relay: str, endpoints: Sequence[tuple[int, int]]) -> list[bool]:
         keys = [self._key(relay, "endpoints"), self._key(relay, "pairs")]
-        identity = self._identity(vni, lamport_id)
-        if identity is None:
-            return False
-        args = [*identity, self.channel(relay), f"free {vni} {lamport_id}"]
-        done = await self._call(f"free on relay {relay!r}", self._free(keys=keys, args=args))
-        return bool(done)
+        args = [self.channel(relay)]
+        return await self._per_slice(f"free on relay {relay!r}", endpoints, keys, args, self._free)
+
+    async def _per_slice(
+        self,
+        what: str,
+        endpoints: Sequence[tuple[int, int]],
+        keys: list[str],
+        args: list[str | bytes],
+        script: scripts.Script,
+    ) -> list[bool]:
+        """Run ``script`` on ``endpoints`` (VNI, LamportID), a slice of them per call, after
+        ``args``: True for each it answered 1 for, False for the others and for an
+        identity no allocation can have."""
+        done = [False] * len(endpoints)
+        for start in range(0, len(endpoints), SCAN_SLICE):
+            identities: list[str | bytes] = list(args)
+            sent = []  # the positions of this slice's valid endpoints, in identities' order
+            for at in range(start, min(start + SCAN_SLICE, len(endpoints))):
+                identity = self._identity(*endpoints[at])
+                if identity is not None:
+                    identities += identity
+                    sent.append(at)
+            if sent:
+                answers = await self._call(what, script(keys=keys, args=identities))
+                for at, answer in zip(sent, answers, strict=True):
+                    done[at] = bool(answer)
+        return done
 
     async def allocations(self, relay: str) -> list[Allocation]:
         """Every live allocation of a relay, oldest (lowest LamportID) first."""

@@ -68,17 +68,25 @@ return result
 """
 
 # KEYS: endpoints, pairs
-# ARGV: VNI (3 bytes), LamportID (8 bytes), channel, change message
+# ARGV: channel, then for each endpoint: VNI (3 bytes), LamportID (8 bytes)
+# Returns 1 for each endpoint freed, 0 for each already gone or replaced; each
+# free is announced on the channel.
 FREE = """
-local endpoints, pairs = KEYS[1], KEYS[2]
-local record = redis.call('HGET', endpoints, ARGV[1])
-if not record or string.sub(record, 1, 8) ~= ARGV[2] then
-    return 0
+local endpoints, pairs, channel = KEYS[1], KEYS[2], ARGV[1]
+local done = {}
+for i = 2, #ARGV, 2 do
+    local record = redis.call('HGET', endpoints, ARGV[i])
+    if record and string.sub(record, 1, 8) == ARGV[i + 1] then
+        redis.call('HDEL', endpoints, ARGV[i])
+        redis.call('HDEL', pairs, string.sub(record, 9, 72))
+        redis.call('PUBLISH', channel, string.format('free %d %d',
+            struct.unpack('>I3', ARGV[i]), struct.unpack('>I8', ARGV[i + 1])))
+        done[#done + 1] = 1
+    else
+        done[#done + 1] = 0
+    end
 end
-redis.call('HDEL', endpoints, ARGV[1])
-redis.call('HDEL', pairs, string.sub(record, 9, 72))
-redis.call('PUBLISH', ARGV[3], ARGV[4])
-return 1
+return done
 """
 
 # KEYS: endpoints

@@ -82,7 +82,7 @@ async def pairs_on_every_worker(store: RedisStore, relay: RelayProcess, each: in
         allocation = (await store.allocate(NAME, pair_keys, time.time())).allocation
         worker = worker_for_vni(allocation.vni, WORKERS)
         if owned[worker] == each:
-            await store.free(NAME, allocation.vni, allocation.lamport_id)
+            await store.free(NAME, [(allocation.vni, allocation.lamport_id)])
             continue
         owned[worker] += 1
         body = {"ServerDisco": relay.ready["server_disco"], "VNI": allocation.vni}

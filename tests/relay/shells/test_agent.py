@@ -34,7 +34,7 @@ async def test_an_allocation_made_elsewhere_is_installed_from_its_announcement(r
 async def test_an_allocation_freed_elsewhere_stops_being_served(relay):
     pair = await relay.bound_pair()
     vni, lamport_id = pair.endpoint.vni, pair.endpoint.lamport_id
-    assert await relay.server.store.free(relay.server.config.name, vni, lamport_id)
+    assert await relay.server.store.free(relay.server.config.name, [(vni, lamport_id)]) == [True]
     await wait_until(lambda: relay.server.core.endpoint(vni) is None, "removed")
     pair.peers[0].send(pair.clients[0].data(b"after free"), relay.relay)
     await relay.dropped(Drop.UNKNOWN_VNI)

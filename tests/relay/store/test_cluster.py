@@ -85,7 +85,7 @@ async def test_concurrent_allocators_on_three_nodes_never_share_a_vni_and_ids_on
             if len(held[relay]) > keep:
                 oldest = held[relay].popleft()
                 del holder[relay, oldest.vni]
-                assert await store.free(relay, oldest.vni, oldest.lamport_id)
+                assert await store.free(relay, [(oldest.vni, oldest.lamport_id)]) == [True]
         for relay in relays:
             still_held[relay].extend(held[relay])
 

@@ -101,7 +101,7 @@ async def test_concurrent_allocators_never_share_a_vni_and_lamport_ids_only_rise
             if len(held) > keep:
                 oldest = held.popleft()
                 del holder[oldest.vni]
-                assert await store.free("r", oldest.vni, oldest.lamport_id)
+                assert await store.free("r", [(oldest.vni, oldest.lamport_id)]) == [True]
         still_held.extend(held)
 
     await asyncio.wait_for(asyncio.gather(*(allocator(t) for t in range(tasks))), 20)
@@ -147,7 +147,7 @@ async def test_memory_grows_with_allocations_only(redis_stores, raw, prefix):
     assert 100 < per_endpoint <= 300
 
     for allocation in [first, *made]:
-        assert await store.free("r", allocation.vni, allocation.lamport_id)
+        assert await store.free("r", [(allocation.vni, allocation.lamport_id)]) == [True]
     names = await key_names(raw, prefix)
     assert names == sorted([keys[0], keys[3]])
     assert (await footprint())[1] < 256
@@ -238,7 +238,7 @@ async def test_nothing_allocated_is_lost_across_a_restart_with_aof(own_server, s
     try:
         made = [(await store.allocate("r", pair(), 1000.0 + i)).allocation for i in range(200)]
         for allocation in made[:50]:
-            assert await store.free("r", allocation.vni, allocation.lamport_id)
+            assert await store.free("r", [(allocation.vni, allocation.lamport_id)]) == [True]
         for allocation in made[50:100]:
             assert await store.mark_bound("r", [(allocation.vni, allocation.lamport_id)]) == [True]
         before = await store.allocations("r")
@@ -275,7 +275,7 @@ async def test_a_stopped_redis_is_unavailable_promptly_and_the_store_recovers_by
         calls = [
             lambda: store.allocate("r", pair(), 0.0),
             lambda: store.mark_bound("r", [(allocation.vni, allocation.lamport_id)]),
-            lambda: store.free("r", allocation.vni, allocation.lamport_id),
+            lambda: store.free("r", [(allocation.vni, allocation.lamport_id)]),
             lambda: store.allocations("r"),
             lambda: store.memory_per_endpoint("r"),
         ]
@@ -321,8 +321,8 @@ async def test_every_allocation_and_free_is_published_on_the_relay_channel(
         await store.mark_bound("r", [(first.vni, first.lamport_id)])
         await store.mark_bound("r", [(first.vni, first.lamport_id)])
         second = (await store.allocate("r", first.disco_keys, 0.0)).allocation
-        await store.free("r", second.vni, second.lamport_id + 1)
-        await store.free("r", second.vni, second.lamport_id)
+        await store.free("r", [(second.vni, second.lamport_id + 1)])
+        await store.free("r", [(second.vni, second.lamport_id)])
         await store.allocate("other", pair(), 0.0)
 
         expected = [  # bound marks are not announced

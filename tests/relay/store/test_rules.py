@@ -54,7 +54,7 @@ async def test_no_vni_free_is_an_error_and_freeing_one_makes_room(make_store):
     assert sorted(a.vni for a in allocations) == [1, 2, 3]
     with pytest.raises(VNIExhausted):
         await store.allocate("r", pair(), 0.0)
-    assert await store.free("r", 2, allocations[1].lamport_id)
+    assert await store.free("r", [(2, allocations[1].lamport_id)]) == [True]
     again = await store.allocate("r", pair(), 0.0)
     assert again.allocation.vni == 2
     assert again.allocation.lamport_id == 4
@@ -72,7 +72,7 @@ async def test_a_per_call_limit_is_the_relays_capacity(make_store):
 async def test_freed_vnis_come_back_last(make_store):
     store = make_store(max_vni=10)
     first = (await store.allocate("r", pair(), 0.0)).allocation
-    await store.free("r", first.vni, first.lamport_id)
+    await store.free("r", [(first.vni, first.lamport_id)])
     second = (await store.allocate("r", pair(), 0.0)).allocation
     assert second.vni == 2
 
@@ -81,18 +81,18 @@ async def test_the_vni_search_wraps_from_the_cursor_to_the_first_free_one(make_s
     store = make_store(max_vni=4)
     allocations = [(await store.allocate("r", pair(), 0.0)).allocation for _ in range(4)]
     for allocation in allocations[2], allocations[0]:
-        assert await store.free("r", allocation.vni, allocation.lamport_id)
+        assert await store.free("r", [(allocation.vni, allocation.lamport_id)]) == [True]
     assert [(await store.allocate("r", pair(), 0.0)).allocation.vni for _ in range(2)] == [1, 3]
 
 
 async def test_free_and_mark_bound_name_one_allocation_exactly(make_store):
     store = make_store()
     allocation = (await store.allocate("r", pair(), 0.0)).allocation
-    assert not await store.free("r", allocation.vni, allocation.lamport_id + 1)
+    assert await store.free("r", [(allocation.vni, allocation.lamport_id + 1)]) == [False]
     assert await store.mark_bound("r", [(allocation.vni, allocation.lamport_id + 1)]) == [False]
-    assert not await store.free("nobody", allocation.vni, allocation.lamport_id)
-    assert await store.free("r", allocation.vni, allocation.lamport_id)
-    assert not await store.free("r", allocation.vni, allocation.lamport_id)
+    assert await store.free("nobody", [(allocation.vni, allocation.lamport_id)]) == [False]
+    assert await store.free("r", [(allocation.vni, allocation.lamport_id)]) == [True]
+    assert await store.free("r", [(allocation.vni, allocation.lamport_id)]) == [False]
     assert await store.allocations("r") == []
 
 
@@ -100,7 +100,7 @@ async def test_unknown_or_impossible_vnis_and_lamport_ids_are_simply_not_found(m
     store = make_store()
     allocation = (await store.allocate("r", pair(), 0.0)).allocation
     for vni, lamport_id in [(0, 1), (MAX_VNI + 1, 1), (-1, 1), (allocation.vni, -1), (9, 1)]:
-        assert not await store.free("r", vni, lamport_id)
+        assert await store.free("r", [(vni, lamport_id)]) == [False]
         assert await store.mark_bound("r", [(vni, lamport_id)]) == [False]
     assert await store.allocations("r") == [allocation]
 
@@ -111,7 +111,7 @@ async def test_mark_bound_keeps_the_allocation_and_is_idempotent(make_store):
     assert await store.mark_bound("r", [(allocation.vni, allocation.lamport_id)]) == [True]
     assert await store.mark_bound("r", [(allocation.vni, allocation.lamport_id)]) == [True]
     assert await store.allocations("r") == [allocation.as_bound()]
-    assert await store.free("r", allocation.vni, allocation.lamport_id)
+    assert await store.free("r", [(allocation.vni, allocation.lamport_id)]) == [True]
     assert await store.mark_bound("r", [(allocation.vni, allocation.lamport_id)]) == [False]
 
 
@@ -119,7 +119,7 @@ async def test_one_mark_bound_marks_many_and_answers_for_each_in_order(make_stor
     store = make_store()
     made = [(await store.allocate("r", pair(), 0.0)).allocation for _ in range(300)]
     gone = made[7]
-    await store.free("r", gone.vni, gone.lamport_id)
+    await store.free("r", [(gone.vni, gone.lamport_id)])
     marks = [(a.vni, a.lamport_id) for a in made]
     marks[3] = (made[3].vni, made[3].lamport_id + 1)  # a LamportID the VNI no longer has
     marks.insert(200, (0, 1))  # never a VNI
@@ -132,10 +132,33 @@ async def test_one_mark_bound_marks_many_and_answers_for_each_in_order(make_stor
     assert await store.mark_bound("r", []) == []
 
 
+async def test_one_free_frees_many_answers_for_each_in_order_and_announces_each(make_store):
+    store = make_store()
+    made = [(await store.allocate("r", pair(), 0.0)).allocation for _ in range(300)]
+    kept = made[150]
+    frees = [(a.vni, a.lamport_id) for a in made if a is not kept]
+    frees[3] = (made[3].vni, made[3].lamport_id + 1)  # a LamportID the VNI no longer has
+    frees.insert(200, (0, 1))  # never a VNI
+    frees.append(frees[10])  # freed earlier in the same call
+    expected = [free not in (frees[3], frees[200]) for free in frees]
+    expected[-1] = False
+    changes = store.changes("r")
+    try:
+        assert await asyncio.wait_for(anext(changes), 5) == SUBSCRIBED
+        assert await store.free("r", frees) == expected
+        assert await store.allocations("r") == [made[3], kept]
+        freed = [free for free, done in zip(frees, expected, strict=True) if done]
+        announced = [await asyncio.wait_for(anext(changes), 5) for _ in freed]
+        assert announced == [Change("free", vni, lamport_id) for vni, lamport_id in freed]
+        assert await store.free("r", []) == []
+    finally:
+        await changes.aclose()
+
+
 async def test_allocations_list_every_live_one_oldest_first(make_store):
     store = make_store()
     made = [(await store.allocate("r", pair(), float(i))).allocation for i in range(5)]
-    await store.free("r", made[1].vni, made[1].lamport_id)
+    await store.free("r", [(made[1].vni, made[1].lamport_id)])
     await store.mark_bound("r", [(made[3].vni, made[3].lamport_id)])
     expected = [made[0], made[2], made[3].as_bound(), made[4]]
     assert await store.allocations("r") == expected
@@ -161,7 +184,7 @@ async def test_one_allocation_is_found_by_its_vni(make_store):
     assert await store.allocation("r", allocation.vni + 1) is None
     assert await store.allocation("r", 0) is None
     assert await store.allocation("nobody", allocation.vni) is None
-    await store.free("r", allocation.vni, allocation.lamport_id)
+    await store.free("r", [(allocation.vni, allocation.lamport_id)])
     assert await store.allocation("r", allocation.vni) is None
 
 
@@ -176,8 +199,8 @@ async def test_changes_start_with_subscribed_and_follow_every_change_in_order(ma
         await store.allocate("r", first.disco_keys, 0.0)
         assert await store.mark_bound("r", [(first.vni, first.lamport_id)]) == [True]
         second = (await store.allocate("r", first.disco_keys, 0.0)).allocation
-        assert not await store.free("r", second.vni, second.lamport_id + 1)
-        assert await store.free("r", second.vni, second.lamport_id)
+        assert await store.free("r", [(second.vni, second.lamport_id + 1)]) == [False]
+        assert await store.free("r", [(second.vni, second.lamport_id)]) == [True]
         await store.allocate("other", pair(), 0.0)
         expected = [  # a bound mark is not announced
             Change("alloc", first.vni, first.lamport_id),
@@ -227,7 +250,7 @@ async def test_a_scan_yields_every_allocation_once_in_slices(make_store):
     made = [(await store.allocate("r", pair(), 1.0)).allocation for _ in range(2500)]
     freed = made[::7]
     for allocation in freed:
-        assert await store.free("r", allocation.vni, allocation.lamport_id)
+        assert await store.free("r", [(allocation.vni, allocation.lamport_id)]) == [True]
     slices = [found async for found in store.scan_allocations("r")]
     scanned = [allocation for found in slices for allocation in found]
     assert len(slices) > 1
@@ -244,5 +267,5 @@ async def test_holding_names_the_relay_with_an_allocation_for_the_pair(make_stor
     made = (await store.allocate("s", keys, 1.0)).allocation
     assert await store.holding(["r", "s"], tuple(reversed(keys))) == "s"
     assert await store.holding(["r"], keys) is None
-    assert await store.free("s", made.vni, made.lamport_id)
+    assert await store.free("s", [(made.vni, made.lamport_id)]) == [True]
     assert await store.holding(["r", "s"], keys) is None

@@ -74,7 +74,7 @@ async def test_calls_and_changes_follow_a_failover_to_the_new_master(own_sentine
         with replica.client(DB) as client:
             channel = store.channel("r")
             assert client.pubsub_numsub(channel) == [(channel.encode(), 1)]
-        assert await store.free("r", first.vni, first.lamport_id)
+        assert await store.free("r", [(first.vni, first.lamport_id)]) == [True]
         assert await asyncio.wait_for(anext(changes), 5) == Change("free", 1, 1)
         await changes.aclose()
     finally:
