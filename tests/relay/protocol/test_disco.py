@@ -1,5 +1,7 @@
 """Disco frames and the three bind messages, byte for byte (docs/protocol.md "Control packets")."""
 
+import os
+
 import pytest
 from nacl.public import Box, PrivateKey, PublicKey
 
@@ -116,3 +118,26 @@ def test_open_frame_round_trip_and_tamper(keys):
 def test_short_or_unmagical_frames_are_errors(frame):
     with pytest.raises(disco.DiscoError):
         disco.frame_sender(frame)
+
+
+def test_nonces_never_repeat_and_a_forked_child_draws_its_own():
+    """The relay's processes share one key: a forked worker must not count on from the
+    parent's nonces."""
+    mine = [disco.new_nonce() for _ in range(1000)]
+    assert len(set(mine)) == 1000
+    assert all(len(nonce) == disco.NONCE_LEN for nonce in mine)
+    reading, writing = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child only writes and leaves
+        os.write(writing, b"".join(disco.new_nonce() for _ in range(1000)))
+        os._exit(0)
+    os.close(writing)
+    with os.fdopen(reading, "rb") as pipe:
+        theirs = pipe.read()
+    os.waitpid(child, 0)
+    theirs_nonces = {
+        theirs[i : i + disco.NONCE_LEN] for i in range(0, len(theirs), disco.NONCE_LEN)
+    }
+    assert len(theirs_nonces) == 1000
+    assert not theirs_nonces & {*mine, *(disco.new_nonce() for _ in range(1000))}
+    assert {n[:16] for n in theirs_nonces}.isdisjoint(n[:16] for n in mine)
