@@ -74,6 +74,16 @@ class MapPollRefused(ControlError):
         self.status = status
 
 
+def map_answer_error(status: int, body: bytes) -> ControlError:
+    """What a map request answered with a status other than 200 means: refused for good
+    (4xx, :class:`MapPollRefused`), or a server that may answer next time (anything
+    else: Headscale answers 500 for a while after it restarts), which breaks this poll
+    and not the client."""
+    if 400 <= status < 500:
+        return MapPollRefused(status, body)
+    return ControlConnectionError(f"map request answered HTTP {status}: {body[:300]!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class NodeIdentity:
     """A node's three keys; persist them and the node stays the same node across restarts."""
@@ -174,7 +184,7 @@ class ControlClient:
             MAP_PATH, msgs.encode(request), node_key=self.node_key, timeout=self.timeouts.request
         )
         if response.status != 200:
-            raise MapPollRefused(response.status, response.body)
+            raise map_answer_error(response.status, response.body)
 
     async def poll(self) -> AsyncIterator[NetMap]:
         """One map poll: the net map after each message that changed it, until the stream
@@ -189,10 +199,7 @@ class ControlClient:
         )
         try:
             if stream.status != 200:
-                body = await stream.read_all(self.timeouts.request)
-                if 400 <= stream.status < 500:
-                    raise MapPollRefused(stream.status, body)
-                raise ControlConnectionError(f"map poll answered HTTP {stream.status}: {body!r}")
+                raise map_answer_error(stream.status, await stream.read_all(self.timeouts.request))
             netmap = NetMap()
             frames = msgs.MapFrameReader()
             async for chunk in stream.chunks(self.timeouts.map_read):
