@@ -20,6 +20,7 @@ import ipaddress
 import itertools
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -58,8 +59,8 @@ _BIND_V1 = struct.Struct(f">BBII{KEY_LEN}s{CHALLENGE_LEN}s")
 """A version 1 bind message's payload: type, version, VNI, generation, key, challenge."""
 
 
-_nonce_prefix = os.urandom(NONCE_LEN - 8)
-_nonce_counter = itertools.count()
+_nonce_prefix: bytes
+_nonce_counter: Iterator[int]
 
 
 def _fresh_nonces() -> None:
@@ -68,6 +69,7 @@ def _fresh_nonces() -> None:
     _nonce_counter = itertools.count()
 
 
+_fresh_nonces()
 os.register_at_fork(after_in_child=_fresh_nonces)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections import Counter, deque
 from collections.abc import Callable
@@ -198,14 +199,8 @@ class RelayAgent:
         pending = self._pending_free
         order = pending.order
         while order:
-            frees: list[tuple[int, int]] = []
-            span = 0  # entries of the order they came from, freed by another call included
-            for key in order:
-                if len(frees) == EXPIRY_BATCH:
-                    break
-                span += 1
-                if key in pending:
-                    frees.append(key)
+            span = min(EXPIRY_BATCH, len(order))  # some maybe freed already by free_now
+            frees = [key for key in itertools.islice(order, span) if key in pending]
             if frees:
                 await self._store.free(self.name, frees)
                 pending.difference_update(frees)
