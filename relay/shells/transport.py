@@ -8,6 +8,8 @@ once at start:
 
 * each received datagram lands in its own slot of one anonymous mapping;
 * a relayed datagram is sent from that same slot: user space never copies it;
+* an answer the core makes (a challenge) is copied into an answer slot and
+  goes out in the same ``sendmmsg`` as what the read relays;
 * a source address is the kernel's ``sockaddr`` bytes, which the core only
   compares and hands back as a destination; :func:`relay.protocol.addresses.format_address`
   turns them into text for status and the API.
@@ -77,6 +79,11 @@ GSO_MAX_BYTES = 65535 - 20 - 8
 """The largest UDP payload of one IPv4 datagram, the tighter of the two families."""
 SEND_MESSAGES = 1024
 """sendmmsg entries (and iovecs) queued before a send: the kernel's UIO_MAXIOV."""
+ANSWER_BYTES = 256
+"""Room for one answer the core makes (a version 1 challenge is 160 bytes) in the
+answer slots, from which answers are sent with what the batch relays."""
+ANSWER_SLOTS = BATCH
+"""Answers queued before a send: one per datagram of a read of single datagrams."""
 _CONTROL_SPACE = 24  # CMSG_SPACE(sizeof(int)): a 16-byte cmsghdr and the value, aligned
 _SEGMENT_CONTROL_LEN = 18  # CMSG_LEN(sizeof(uint16_t))
 # an mmsghdr in 64-bit words: msg_name, msg_namelen, msg_iov, msg_iovlen, msg_control,
@@ -357,6 +364,11 @@ class BatchedUdpTransport:
         self._sending = _SendQueue(self.name_len)
         self._queued = self._used = 0
         """The send queue's entries and iovecs taken."""
+        self._answers = ctypes.create_string_buffer(ANSWER_SLOTS * ANSWER_BYTES)
+        self._answers_view = memoryview(self._answers).cast("B")
+        self._answers_at = ctypes.addressof(self._answers)
+        self._answers_taken = 0
+        """Answer slots holding a queued answer; all free again once the queue is sent."""
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -382,7 +394,7 @@ class BatchedUdpTransport:
             values = fields[count].unpack_from(received.headers)
             sizes = values[1::2]
             sources = self._sources[count].unpack_from(received.names)
-            self._queued = self._used = 0
+            self._queued = self._used = self._answers_taken = 0
             if gro and any(values[0::2]):
                 first = 0
                 for i in range(count):
@@ -416,15 +428,15 @@ class BatchedUdpTransport:
     def _relay_batch(
         self, first: int, stop: int, sizes: tuple[int, ...], sources: tuple[bytes, ...], now: float
     ) -> None:
-        """Let the core act on received slots ``first:stop`` (single datagrams), send its
-        answers, queue what it relays."""
+        """Let the core act on received slots ``first:stop`` (single datagrams), queue its
+        answers and what it relays."""
         if first or stop < len(sizes):
             sizes, sources = sizes[first:stop], sources[first:stop]
         relayed, answers = self._handle_batch(
             self._slots_view, SLOT_BYTES, first, sizes, sources, now
         )
-        for payload, destination in answers:
-            self._send_one(payload, destination)
+        if answers:
+            self._queue_answers(answers)
         if relayed:
             self._queue_groups(relayed, sizes, first)
 
@@ -533,7 +545,7 @@ class BatchedUdpTransport:
     def _relay_train(self, i: int, size: int, segment: int, source: bytes, now: float) -> None:
         """Slot ``i`` holds a GRO train of ``segment``-byte datagrams: let the core check
         each, queue what it relays as GSO entries (one iovec each, at most
-        :data:`GSO_MAX_SEGMENTS` segments and :data:`GSO_MAX_BYTES` bytes), send its
+        :data:`GSO_MAX_SEGMENTS` segments and :data:`GSO_MAX_BYTES` bytes), and its
         answers."""
         self.trains_received += 1
         queued, used = self._queued, self._used
@@ -562,11 +574,38 @@ class BatchedUdpTransport:
                 iovecs[2 * used + 1] = length
                 used += 1
                 queued += 1
-        for payload, destination in answers:
-            self._send_one(payload, destination)
         self._queued, self._used = queued, used
+        if answers:
+            self._queue_answers(answers)
+
+    def _queue_answers(self, answers: list[tuple[bytes, bytes]]) -> None:
+        """Queue the core's answers (challenges), one entry each, copied into answer slots:
+        they go out in the read's sendmmsg with what it relays, not a system call each."""
+        sending = self._sending
+        iovecs = sending.iovec_words
+        view = self._answers_view
+        queued, used, taken = self._queued, self._used, self._answers_taken
+        for payload, destination in answers:
+            size = len(payload)
+            if size > ANSWER_BYTES:
+                self._send_one(payload, destination)
+                continue
+            if queued == SEND_MESSAGES or used == SEND_MESSAGES or taken == ANSWER_SLOTS:
+                self._send_queued(queued)
+                queued = used = taken = 0
+            start = taken * ANSWER_BYTES
+            view[start : start + size] = payload
+            sending.open_entry(queued, used, 1, 0, destination)
+            iovecs[2 * used] = self._answers_at + start
+            iovecs[2 * used + 1] = size
+            used += 1
+            queued += 1
+            taken += 1
+        self._queued, self._used, self._answers_taken = queued, used, taken
 
     def _send_queued(self, queued: int) -> None:
+        """Send the queue's first ``queued`` entries; its answer slots are free again."""
+        self._answers_taken = 0
         header_size = ctypes.sizeof(_MMsgHdr)
         first = 0
         while first < queued:

@@ -212,6 +212,31 @@ async def test_a_control_segment_is_answered_on_its_own(relay):
     assert relay.total_drops() == 0
 
 
+async def test_more_answers_than_a_read_has_slots_for_all_go_out_whole(relay, monkeypatch):
+    # challenges go out with a read's sendmmsg, not a sendto each: from single datagrams
+    # (the handshakes), and from three trains of 64 re-binds in one read, 192
+    # challenges, more than the transport's ANSWER_SLOTS: each once and intact
+    sent_alone = []
+    monkeypatch.setattr(transport, "_sendto", lambda *args: sent_alone.append(args) or -1)
+    pair = await bound_v1_pair(relay)
+    client = pair.clients[0]
+    trains, generations = [], []
+    for _ in range(3):
+        binds = []
+        for _ in range(64):
+            binds.append(client.bind())
+            generations.append(client.generation)
+        trains.append(binds)
+    assert len(generations) > transport.ANSWER_SLOTS
+    for binds in trains:
+        send_train(pair.peers[0], binds, relay.relay, len(binds[0]))
+    challenges = [client.read_control(await pair.peers[0].receive()) for _ in generations]
+    assert the_transport(relay).trains_received == 3
+    assert sent_alone == []
+    assert sorted(c.generation for c in challenges) == sorted(generations)
+    assert relay.total_drops() == 0
+
+
 async def test_a_short_last_segment_is_dropped_and_counted(relay):
     pair = await relay.bound_pair()
     mine = pair.clients[0]
