@@ -133,6 +133,9 @@ class RelayAgent:
         self._pending_bound: set[tuple[int, int]] = set()
         self._pending_free = PendingFrees()
         self._installed_during_resync: set[int] | None = None
+        self._installed_since_exempt = 0
+        """Endpoints installed one at a time since they were last exempted from garbage
+        collection (relay/shells/gc_freeze.py)."""
         self._removed_during_resync: set[tuple[int, int]] | None = None
         self._resyncing = asyncio.Lock()
         self._taking_over = asyncio.Lock()
@@ -183,6 +186,11 @@ class RelayAgent:
         self._core.install(allocation, self._clock())
         if self._installed_during_resync is not None:
             self._installed_during_resync.add(allocation.vni)
+            return  # the resync exempts what it installs, all at once
+        self._installed_since_exempt += 1
+        if self._installed_since_exempt >= gc_freeze.EXEMPT_EVERY:
+            gc_freeze.collect_and_exempt()
+            self._installed_since_exempt = 0
 
     @property
     def pending_writes(self) -> int:
@@ -280,6 +288,7 @@ class RelayAgent:
             with gc_freeze.paused():
                 await self._resync()
                 gc_freeze.exempt_survivors()
+                self._installed_since_exempt = 0
 
     async def _resync(self) -> None:
         self._installed_during_resync = set()
@@ -313,6 +322,7 @@ class RelayAgent:
     def start(self) -> None:
         loops = []
         if self._serves:
+            gc_freeze.collect_and_exempt()  # what the process made to start: scanned once
             loops += [self._expiry_loop, self._changes_loop, self._resync_loop]
         if self._registers:
             loops.append(self._heartbeat_loop)

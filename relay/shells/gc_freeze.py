@@ -8,6 +8,16 @@ After each resync the agent calls :func:`exempt_survivors`, which moves every
 live object to the collector's permanent generation; later full collections
 then scan only what was made since. Bulk installs run with automatic
 collection paused (:func:`paused`).
+
+Endpoints installed one at a time (the allocation API, the store's
+announcements) are made with the collector running, and would wait in its
+oldest generation until the next resync, which at a million endpoints comes
+only every several minutes. Meanwhile each full collection the collector
+starts by itself (whenever that generation has grown by a quarter) scans all
+of them: a relay allocating 300 000 endpoints through its API spent 5.3 s in
+17 such collections, up to 0.76 s each. So the agent calls
+:func:`collect_and_exempt` when it starts and every :data:`EXEMPT_EVERY`
+installs.
 """
 
 from __future__ import annotations
@@ -15,6 +25,9 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections.abc import Iterator
+
+EXEMPT_EVERY = 1024
+"""Endpoints installed one at a time between two calls of :func:`collect_and_exempt`."""
 
 
 def exempt_survivors() -> None:
@@ -25,6 +38,14 @@ def exempt_survivors() -> None:
     garbage not yet collected at that instant is exempted too, and never freed:
     at most a few hundred small objects per resync.
     """
+    gc.freeze()
+
+
+def collect_and_exempt() -> None:
+    """Collect what is not exempt yet, then exempt the survivors. Called every
+    :data:`EXEMPT_EVERY` installs, it scans only what was made since the last call (a
+    few thousand objects: about 2 ms), and no cyclic garbage is exempted with them."""
+    gc.collect()
     gc.freeze()
 
 

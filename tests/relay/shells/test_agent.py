@@ -2,7 +2,9 @@
 and a relay back under another disco key."""
 
 import asyncio
+import gc
 import time
+import weakref
 
 import pytest
 
@@ -10,6 +12,7 @@ from relay.config import RelayConfig
 from relay.protocol.core import Drop
 from relay.protocol.keys import DiscoPrivateKey, sorted_pair
 from relay.server import RelayServer
+from relay.shells import gc_freeze
 from relay.shells.agent import EXPIRY_BATCH, RESYNC_SHARE, resync_delay
 from relay.shells.keyfile import RelaySecrets
 from relay.store import Allocation, MemoryStore
@@ -116,6 +119,45 @@ async def test_a_mass_expiry_is_worked_off_in_slices_between_which_the_loop_runs
     watcher.cancel()
     assert server.core.expired["bind"] == total
     assert any(0 < left < total for left in seen), "the loop never ran in the middle of expiry"
+
+
+class Node:
+    """A reference cycle, to be found by the garbage collector once dropped."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+async def test_endpoints_installed_one_at_a_time_are_exempted_from_collection(relay):
+    # with automatic collection off, only the agent's own collection runs: every
+    # EXEMPT_EVERY installs it collects cyclic garbage, then exempts what survives
+    server, name = relay.server, relay.server.config.name
+    allocations = [
+        (await server.store.allocate(name, new_pair(), server._clock())).allocation
+        for _ in range(gc_freeze.EXEMPT_EVERY)
+    ]
+    await wait_until(lambda: len(server.core) == len(allocations), "announcements installed")
+    for allocation in allocations:
+        server.core.remove(allocation.vni, allocation.lamport_id)
+    gc.disable()
+    try:
+        gc.collect()
+        garbage = Node()
+        collected = weakref.ref(garbage)
+        del garbage
+        frozen = gc.get_freeze_count()
+        for allocation in allocations[:-1]:
+            server.agent.install(allocation)
+        assert gc.get_freeze_count() == frozen and collected() is not None
+        server.agent.install(allocations[-1])
+        assert collected() is None, "cyclic garbage was exempted, not collected"
+        assert gc.get_freeze_count() >= frozen + len(allocations)
+        scanned = {id(o) for o in gc.get_objects()}  # in one of the collector's generations
+        endpoints = list(server.core.endpoints())
+        assert len(endpoints) == len(allocations)
+        assert not any(id(endpoint) in scanned for endpoint in endpoints)
+    finally:
+        gc.enable()
 
 
 async def test_a_resync_installs_in_slices_between_which_the_loop_runs(relay):
