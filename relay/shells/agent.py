@@ -133,9 +133,6 @@ class RelayAgent:
         self._pending_bound: set[tuple[int, int]] = set()
         self._pending_free = PendingFrees()
         self._installed_during_resync: set[int] | None = None
-        self._installed_since_exempt = 0
-        """Endpoints installed one at a time since they were last exempted from garbage
-        collection (relay/shells/gc_freeze.py)."""
         self._removed_during_resync: set[tuple[int, int]] | None = None
         self._resyncing = asyncio.Lock()
         self._taking_over = asyncio.Lock()
@@ -186,11 +183,8 @@ class RelayAgent:
         self._core.install(allocation, self._clock())
         if self._installed_during_resync is not None:
             self._installed_during_resync.add(allocation.vni)
-            return  # the resync exempts what it installs, all at once
-        self._installed_since_exempt += 1
-        if self._installed_since_exempt >= gc_freeze.EXEMPT_EVERY:
-            gc_freeze.collect_and_exempt()
-            self._installed_since_exempt = 0
+        else:  # a resync exempts what it installs all at once, when it ends
+            gc_freeze.installed_one()
 
     @property
     def pending_writes(self) -> int:
@@ -288,7 +282,6 @@ class RelayAgent:
             with gc_freeze.paused():
                 await self._resync()
                 gc_freeze.exempt_survivors()
-                self._installed_since_exempt = 0
 
     async def _resync(self) -> None:
         self._installed_during_resync = set()

@@ -394,7 +394,7 @@ class BatchedUdpTransport:
             values = fields[count].unpack_from(received.headers)
             sizes = values[1::2]
             sources = self._sources[count].unpack_from(received.names)
-            self._queued = self._used = self._answers_taken = 0
+            self._queued = self._used = 0
             if gro and any(values[0::2]):
                 first = 0
                 for i in range(count):
