@@ -43,7 +43,9 @@ how busy it was, packets per CPU-second, ours / it for both (above 1: ours is
 faster; issue 7's targets are ours/C >= 0.9 and ours/reference >= 1.2), and
 its latency, beside that of a direct loopback socket pair.
 
-How, endpoints (one forwarder process per endpoint count, reused for every size):
+How, endpoints (per endpoint count, every forwarder is started and given its
+endpoints first, one after the other; all of them then stay up until every size
+is measured, and are stopped before the next count):
   1. Start the forwarder pinned to one core (CPU 1); this script runs on CPU 0.
   2. Allocate N-1 extra endpoints through the HTTP API (POST /v0/relay/endpoint,
      8 keep-alive connections with 32 pipelined requests each, in chunks of
@@ -61,7 +63,8 @@ How, endpoints (one forwarder process per endpoint count, reused for every size)
        extra endpoint is bound, chunk by chunk, right after allocation.
      Bound extras live 5 min after their clients' last packet (both servers'
      steady-state lifetime), so when 150 s have passed since they were bound
-     or last refreshed (checked after each chunk and before each size), one
+     or last refreshed (checked after each chunk of any forwarder
+     and before each round and latency run), one
      data packet from each client of every bound extra endpoint refreshes
      them. After the run a sample of the bound extras must still relay.
 How, capacity (so that the Python load generator is not the bottleneck):
@@ -90,8 +93,12 @@ How, capacity (so that the Python load generator is not the bottleneck):
   flags (e.g. "--udp-gso off --udp-gro off", before trains; "" as built),
   the first being the "ours" of the ratios; --references keeps only the
   named references (e.g. "ref v1.102.5,ref v1.102.5 GRO off").
-  5. One warm-up round (a tenth of the packets), then `--rounds` rounds; the
-     median rate and the total loss are reported.
+  5. One warm-up round (a tenth of the packets) of each forwarder, then
+     `--rounds` rounds taken in turn: round 1 of every forwarder, then round 2
+     of every one, and so on, so that a minute when this machine runs slower
+     (rates here swing by 20% from one minute to the next) falls on all of
+     them, not on one. The median rate, its lowest and highest round, and the
+     total loss are reported.
   The queues hold single datagrams, as a NIC without GRO, or loopback, hands
   them over; a GRO reader gets no trains to read whole from them (the
   v1.102.5 reference with GRO on reads few datagrams per call then: see its
@@ -140,6 +147,7 @@ import struct
 import tempfile
 import time
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -250,32 +258,51 @@ def one_round(
     return received / elapsed, received, running
 
 
-def capacity(forwarder: Forwarder, sockets, datagrams, args) -> dict:
-    """Median packets/s of ``--rounds`` pre-loaded rounds after a warm-up, and total loss.
+@dataclass
+class Rounds:
+    """One forwarder's capacity rounds at one size, as they are run."""
 
-    Also the median packets per second of the forwarder's own CPU time (schedstat),
-    and how busy it was (CPU time / drain time): below ~90% something else had its core.
-    """
-    for sock in sockets:
-        sock.connect(forwarder.udp)
-    one_round(forwarder, sockets, datagrams, max(args.packets // 10, 1), args.trains)
-    rates, per_cpu, busy, received = [], [], [], 0
+    rates: list[float] = field(default_factory=list)
+    per_cpu: list[float] = field(default_factory=list)
+    busy: list[float] = field(default_factory=list)
+    received: int = 0
+
+    def add(self, rate: float, got: int, running: float) -> None:
+        self.rates.append(rate)
+        self.per_cpu.append(got / max(running, 1) * 1e9)
+        self.busy.append(running / 1e9 * rate / max(got, 1))
+        self.received += got
+
+    def figures(self, sent: int) -> dict:
+        """Median packets/s and packets per second of the forwarder's own CPU time
+        (schedstat), how busy it was (CPU time / drain time: below ~90% something else
+        had its core), and the loss over all rounds of ``sent`` packets."""
+        return {
+            "rate": statistics.median(self.rates),
+            "low": min(self.rates),
+            "high": max(self.rates),
+            "loss": 100.0 * (sent - self.received) / sent,
+            "per_cpu": statistics.median(self.per_cpu),
+            "busy": 100.0 * min(1.0, statistics.median(self.busy)),
+        }
+
+
+def capacities(measured: list[Measured], payload: bytes, args) -> list[dict]:
+    """Each forwarder's capacity figures with ``payload`` after the Geneve header: one
+    warm-up round each, then ``--rounds`` rounds taken in turn (every forwarder's
+    round r before any round r + 1), so that a minute when the machine runs slower
+    falls on all of them alike."""
+    datagrams = [(m.datagram(payload),) * 2 for m in measured]
+    for m, pair in zip(measured, datagrams, strict=True):
+        one_round(m.forwarder, m.sockets, pair, max(args.packets // 10, 1), args.trains)
+    rounds = [Rounds() for _ in measured]
     for _ in range(args.rounds):
-        rate, got, running = one_round(forwarder, sockets, datagrams, args.packets, args.trains)
-        rates.append(rate)
-        per_cpu.append(got / max(running, 1) * 1e9)
-        busy.append(running / 1e9 * rate / max(got, 1))
-        received += got
-    train = min(args.trains, GSO_MAX_BYTES // len(datagrams[0]))
+        for m, pair, taken in zip(measured, datagrams, rounds, strict=True):
+            keep_alive(m.forwarder, m.extras)
+            taken.add(*one_round(m.forwarder, m.sockets, pair, args.packets, args.trains))
+    train = min(args.trains, GSO_MAX_BYTES // (geneve.HEADER_LEN + len(payload)))
     sent = (args.packets // train * train if train else args.packets) * args.rounds
-    return {
-        "rate": statistics.median(rates),
-        "low": min(rates),
-        "high": max(rates),
-        "loss": 100.0 * (sent - received) / sent,
-        "per_cpu": statistics.median(per_cpu),
-        "busy": 100.0 * min(1.0, statistics.median(busy)),
-    }
+    return [taken.figures(sent) for taken in rounds]
 
 
 # -- latency -------------------------------------------------------------------
@@ -356,26 +383,32 @@ def loopback_latency(size: int, rate: float, args) -> dict:
         b.close()
 
 
-def measure_size(name: str, forwarder: Forwarder, sockets, vni: int, size: int, cell: Cell, args):
-    """Capacity, then latency, of one forwarder at one size, into ``cell``."""
+def measure_size(measured: list[Measured], size: int, cell: Cell, args) -> None:
+    """Capacity (the forwarders' rounds in turn), then each one's latency, at one size,
+    into ``cell``; the C forwarder, first, sets the latency load."""
     payload = b"x" * (size - geneve.HEADER_LEN)
-    header = geneve.data_header(vni)
-    cell.capacity[name] = capacity(forwarder, sockets, (header + payload, header + payload), args)
-    if name == C:
-        cell.load = args.latency_rate or args.latency_load * cell.capacity[C]["per_cpu"]
-        cell.latency[LOOPBACK_PAIR] = loopback_latency(size, cell.load, args)
-    waited = forwarder.scheduled_ns()[1]
-    delay = cell.latency[name] = one_way_latency(
-        *sockets, header + payload, cell.load, args.latency_packets
-    )
-    delay["waited"] = (forwarder.scheduled_ns()[1] - waited) / 1e6
-    figures = cell.capacity[name]
-    print(
-        f"    {size:>5} bytes: {figures['rate']:>9,.0f} packets/s (busy {figures['busy']:.0f}%, "
-        f"{figures['per_cpu']:,.0f} per CPU-second), loss {figures['loss']:.2f}%; latency "
-        f"{delay['p50']:.0f}/{delay['p99']:.0f}/{delay['p999']:.0f} µs at {delay['rate']:,.0f}/s "
-        f"(waited for a CPU {delay['waited']:.1f} ms, {delay['late']:.1f}% sends late)"
-    )
+    for m, figures in zip(measured, capacities(measured, payload, args), strict=True):
+        cell.capacity[m.name] = figures
+    for m in measured:
+        if m.name == C:
+            cell.load = args.latency_rate or args.latency_load * cell.capacity[C]["per_cpu"]
+            cell.latency[LOOPBACK_PAIR] = loopback_latency(size, cell.load, args)
+        keep_alive(m.forwarder, m.extras)
+        forwarder = m.forwarder
+        waited = forwarder.scheduled_ns()[1]
+        delay = cell.latency[m.name] = one_way_latency(
+            *m.sockets, m.datagram(payload), cell.load, args.latency_packets
+        )
+        delay["waited"] = (forwarder.scheduled_ns()[1] - waited) / 1e6
+        figures = cell.capacity[m.name]
+        print(
+            f"    {m.name}, {size} bytes: {figures['rate']:,.0f} packets/s (busy "
+            f"{figures['busy']:.0f}%, {figures['per_cpu']:,.0f} per CPU-second, rounds "
+            f"{figures['low']:,.0f}-{figures['high']:,.0f}), loss {figures['loss']:.2f}%; latency "
+            f"{delay['p50']:.0f}/{delay['p99']:.0f}/{delay['p999']:.0f} µs at "
+            f"{delay['rate']:,.0f}/s (waited for a CPU {delay['waited']:.1f} ms, "
+            f"{delay['late']:.1f}% sends late)"
+        )
 
 
 # -- the forwarders ------------------------------------------------------------
@@ -416,9 +449,15 @@ def bind_run(
 
 
 def populate(
-    forwarder: Forwarder, keys: KeySet, extras: Extras, bind_all: bool, protocol: int
+    forwarder: Forwarder,
+    keys: KeySet,
+    extras: Extras,
+    bind_all: bool,
+    protocol: int,
+    keep_others_alive: Callable[[], None],
 ) -> None:
-    """Allocate the extra endpoints (the first ``extras.count`` of ``keys``); bind all or a few."""
+    """Allocate the extra endpoints (the first ``extras.count`` of ``keys``); bind all or a
+    few. ``keep_others_alive`` runs after every chunk."""
     count = extras.count
     if not count:
         return
@@ -440,6 +479,7 @@ def populate(
             bind_run(forwarder, keys, 0, vnis[:OURS_BOUND_EXTRAS], extras, protocol)
         binding += time.monotonic() - started
         keep_alive(forwarder, extras)
+        keep_others_alive()
         if time.monotonic() - progress > 30:
             progress = time.monotonic()
             print(f"    ... {stop:,} of {count:,} in {progress - began:.0f} s")
@@ -548,28 +588,52 @@ def spread_clients(forwarder: Forwarder, buffer: int) -> tuple[socket.socket, so
     return a, b
 
 
-def run_relay(
+@dataclass
+class Measured:
+    """A forwarder set up for measuring: its measuring clients A and B, the VNI of the
+    endpoint they bound (1 for a C forwarder), and its extra endpoints."""
+
+    name: str
+    forwarder: Forwarder
+    sockets: tuple[socket.socket, socket.socket]
+    vni: int
+    extras: Extras
+
+    def datagram(self, payload: bytes) -> bytes:
+        return geneve.data_header(self.vni) + payload
+
+    def close(self) -> None:
+        self.extras.close()
+        for sock in self.sockets:
+            sock.close()
+
+
+def start_relay(
     name: str,
     command: list[str],
     count: int,
     args,
-    started,
-    cells,
+    started: list[Forwarder],
     protocol: int,
-    progress: Progress,
+    earlier: list[Measured],
     env: dict[str, str] | None = None,
-) -> None:
-    """Start a relay, give it ``count`` endpoints bound in ``protocol``, measure the last one
-    at every size."""
+) -> Measured:
+    """Start a relay and give it ``count`` endpoints bound in ``protocol``, the last one
+    from clients A and B; the ``earlier`` relays' bound extras are kept alive meanwhile."""
     bind_all = not name.startswith(OURS) or args.bind_all
     extras = Extras(count - 1)
-    sockets = ()
+    sockets: tuple[socket.socket, ...] = ()
     try:
         forwarder = Forwarder.start(name, command, started, env)
         forwarder.take_sockets(args.buffer)
         sockets = spread_clients(forwarder, args.buffer)
         keys = KeySet(count)
-        populate(forwarder, keys, extras, bind_all, protocol)
+
+        def keep_earlier_alive() -> None:
+            for m in earlier:
+                keep_alive(m.forwarder, m.extras)
+
+        populate(forwarder, keys, extras, bind_all, protocol, keep_earlier_alive)
         vni = allocate(forwarder.api, keys.request_bodies(count - 1, count))[0]
         outcome = Binder(
             forwarder.udp, forwarder.server_key, keys, [(count - 1, vni)], sockets, protocol
@@ -578,33 +642,86 @@ def run_relay(
             raise RuntimeError(f"{name}: the measured endpoint does not relay")
         if name.startswith(OURS):
             check_ours(forwarder, count, "before")
-        for size in args.sizes:
-            keep_alive(forwarder, extras)
-            progress.cell(f"{name}, {count:,} endpoint(s), {size} B")
-            measure_size(name, forwarder, sockets, vni, size, cells[size], args)
-        if name.startswith(OURS):
-            check_ours(forwarder, count, "after")
-        check_alive(forwarder, extras)
-        stop_all(started)
-    finally:
+        for sock in sockets:
+            sock.connect(forwarder.udp)
+    except BaseException:
         extras.close()
         for sock in sockets:
             sock.close()
+        raise
+    return Measured(name, forwarder, sockets, vni, extras)
 
 
-def run_c(name: str, binary: Path, count: int, args, started, cells, progress: Progress) -> None:
+def start_c(name: str, binary: Path, args, started: list[Forwarder]) -> Measured:
+    """Start a C forwarder between two new client sockets."""
     sockets = (client_socket(args.buffer), client_socket(args.buffer))
     try:
         ports = [str(s.getsockname()[1]) for s in sockets]
         forwarder = Forwarder.start(name, [str(binary), "0", *ports], started)
         forwarder.take_sockets(args.buffer)
-        for size in args.sizes:
-            progress.cell(f"{name}, {count:,} endpoint(s), {size} B")
-            measure_size(name, forwarder, sockets, 1, size, cells[size], args)
-        stop_all(started)
-    finally:
+        for sock in sockets:
+            sock.connect(forwarder.udp)
+    except BaseException:
         for sock in sockets:
             sock.close()
+        raise
+    return Measured(name, forwarder, sockets, 1, Extras(0))
+
+
+def run_count(
+    count: int,
+    args,
+    binaries: tuple[Path, Path],
+    references: list,
+    cells: dict[int, Cell],
+    progress: Progress,
+) -> None:
+    """Start every forwarder with ``count`` endpoints, measure them side by side at every
+    size, check that ours and the references still serve all they were given, and stop
+    them."""
+    started: list[Forwarder] = []
+    measured: list[Measured] = []
+    try:
+        print("  C recvmmsg/sendmmsg x64 (no endpoints)")
+        measured.append(start_c(C, binaries[0], args, started))
+        print("  C recvmmsg/sendmmsg x64 with UDP GRO and GSO (no endpoints)")
+        measured.append(start_c(C_GSO, binaries[1], args, started))
+        for variant in args.ours_flags:
+            name = f"{OURS} {variant}" if variant else OURS
+            flags = [*args.ours_base_flags, *variant.split()]
+            print(f"  {name} (relayfleet relay), clients in protocol version 1")
+            measured.append(
+                start_relay(name, ours_command(*flags), count, args, started, 1, measured)
+            )
+        for reference in references:
+            if reference.missing:
+                print(f"  {reference.missing}")
+                continue
+            settings = " ".join(f"{k}={v}" for k, v in reference.env) or "as built"
+            print(f"  {reference.name} ({settings})")
+            measured.append(
+                start_relay(
+                    reference.name,
+                    reference.command(),
+                    count,
+                    args,
+                    started,
+                    reference.protocol,
+                    measured,
+                    reference.environment(),
+                )
+            )
+        for size in args.sizes:
+            progress.cell(f"{len(measured)} forwarders, {count:,} endpoint(s), {size} B")
+            measure_size(measured, size, cells[size], args)
+        for m in measured:
+            if m.name.startswith(OURS):
+                check_ours(m.forwarder, count, "after")
+            check_alive(m.forwarder, m.extras)
+    finally:
+        stop_all(started)
+        for m in measured:
+            m.close()
 
 
 # -- report --------------------------------------------------------------------
@@ -720,45 +837,16 @@ def main(args: argparse.Namespace) -> None:
         "clients A and B hashed to different ones), UDP GRO on (its default) or off "
         "(TS_DEBUG_DISABLE_UDP_GRO=1); all on the one forwarder CPU"
     )
+    args.ours_base_flags = ours_flags
     results: dict[int, dict[int, Cell]] = {}
-    started: list[Forwarder] = []
     forwarders = 2 + len(args.ours_flags) + sum(not r.missing for r in references)
-    progress = Progress("bench.dataplane", len(args.endpoints) * forwarders * len(args.sizes))
-    try:
-        with tempfile.TemporaryDirectory() as directory:
-            binary = build_program("forwarder", directory)
-            binary_gso = build_program("forwarder_gso", directory)
-            for count in args.endpoints:
-                cells = results[count] = {size: Cell() for size in args.sizes}
-                print(f"\n{count:,} endpoint(s) allocated")
-                print("  C recvmmsg/sendmmsg x64 (no endpoints):")
-                run_c(C, binary, count, args, started, cells, progress)
-                print("  C recvmmsg/sendmmsg x64 with UDP GRO and GSO (no endpoints):")
-                run_c(C_GSO, binary_gso, count, args, started, cells, progress)
-                for variant in args.ours_flags:
-                    name = f"{OURS} {variant}" if variant else OURS
-                    flags = [*ours_flags, *variant.split()]
-                    print(f"  {name} (relayfleet relay), clients in protocol version 1:")
-                    run_relay(name, ours_command(*flags), count, args, started, cells, 1, progress)
-                for reference in references:
-                    if reference.missing:
-                        print(f"  {reference.missing}")
-                        continue
-                    settings = " ".join(f"{k}={v}" for k, v in reference.env) or "as built"
-                    print(f"  {reference.name} ({settings}):")
-                    run_relay(
-                        reference.name,
-                        reference.command(),
-                        count,
-                        args,
-                        started,
-                        cells,
-                        reference.protocol,
-                        progress,
-                        reference.environment(),
-                    )
-    finally:
-        stop_all(started)
+    progress = Progress("bench.dataplane", len(args.endpoints) * len(args.sizes))
+    with tempfile.TemporaryDirectory() as directory:
+        binaries = build_program("forwarder", directory), build_program("forwarder_gso", directory)
+        for count in args.endpoints:
+            cells = results[count] = {size: Cell() for size in args.sizes}
+            print(f"\n{count:,} endpoint(s) allocated, {forwarders} forwarders")
+            run_count(count, args, binaries, references, cells, progress)
     print_results(results, args)
 
 
