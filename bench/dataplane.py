@@ -1,7 +1,7 @@
 """Data plane: packets/s, loss and one-way latency, ours beside the references and a C forwarder.
 
     .venv/bin/python -m bench.dataplane [--endpoints 1,1000] [--sizes 64,200,1400]
-                                        [--packets 100000] [--rounds 5]
+                                        [--packets 100000] [--rounds 9]
                                         [--latency-packets 20000] [--latency-load 0.2]
                                         [--latency-rate R] [--bind-all]
                                         [--trains N] [--ours-flags FLAGS ...]
@@ -884,7 +884,7 @@ if __name__ == "__main__":
         "--packets", type=int, default=100_000, help="packets per capacity round (default 100000)"
     )
     parser.add_argument(
-        "--rounds", type=int, default=5, help="capacity rounds after the warm-up (default 5)"
+        "--rounds", type=int, default=9, help="capacity rounds after the warm-up (default 9)"
     )
     parser.add_argument(
         "--latency-packets",
