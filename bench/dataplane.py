@@ -39,7 +39,9 @@ forwarders side by side:
       UDP GSO send, as v1.102.5 batches): the limit with them (issue 17:
       ours >= 0.8x).
 For every (endpoints, size) it prints one row per forwarder: packets/s, loss,
-how busy it was, packets per CPU-second, ours / it for both (above 1: ours is
+how busy it was, packets per CPU-second, its CPU per packet in user space and
+in the kernel (where a forwarder's own code ends and the kernel's begins),
+ours / it for both (above 1: ours is
 faster; issue 7's targets are ours/C >= 0.9 and ours/reference >= 1.2), and
 its latency, beside that of a direct loopback socket pair.
 
@@ -205,9 +207,10 @@ class Cell:
 
 def one_round(
     forwarder: Forwarder, sockets, datagrams, packets: int, train: int = 0
-) -> tuple[float, int, float]:
+) -> tuple[float, int, float, float, float]:
     """Pre-load ``packets`` while the forwarder is stopped (in GSO trains of ``train``
-    datagrams, if not 0); (packets/s, received, CPU ns used)."""
+    datagrams, if not 0); (packets/s, received, CPU ns used, of them seconds in user
+    space and in the kernel)."""
     a, b = sockets
     for sock in sockets:
         drain(sock)
@@ -233,6 +236,7 @@ def one_round(
     # trains (--trains) have a truesize of their own: only that second rule ends the round
     target = sum(meminfo(s)[0] for s in forwarder.sockets)
     running_before = forwarder.scheduled_ns()[0]
+    user_before, system_before = forwarder.user_system_seconds()
     started = time.perf_counter()
     forwarder.resume()
     last, last_change = -1, started
@@ -251,11 +255,12 @@ def one_round(
             break
         time.sleep(0.0001)
     running = forwarder.scheduled_ns()[0] - running_before
+    user, system = forwarder.user_system_seconds()
     received = drain(a) + drain(b)
     if overflow:
         print(f"    note: {overflow} packets overflowed {forwarder.name}'s receive queue")
     elapsed = max(last_change - started, 1e-9)
-    return received / elapsed, received, running
+    return received / elapsed, received, running, user - user_before, system - system_before
 
 
 @dataclass
@@ -266,17 +271,23 @@ class Rounds:
     per_cpu: list[float] = field(default_factory=list)
     busy: list[float] = field(default_factory=list)
     received: int = 0
+    user: float = 0.0
+    system: float = 0.0
 
-    def add(self, rate: float, got: int, running: float) -> None:
+    def add(self, rate: float, got: int, running: float, user: float, system: float) -> None:
         self.rates.append(rate)
         self.per_cpu.append(got / max(running, 1) * 1e9)
         self.busy.append(running / 1e9 * rate / max(got, 1))
         self.received += got
+        self.user += user
+        self.system += system
 
     def figures(self, sent: int) -> dict:
         """Median packets/s and packets per second of the forwarder's own CPU time
         (schedstat), how busy it was (CPU time / drain time: below ~90% something else
-        had its core), and the loss over all rounds of ``sent`` packets."""
+        had its core), the loss over all rounds of ``sent`` packets, and the µs of CPU
+        per packet over all rounds, in user space and in the kernel (utime and stime:
+        10 ms ticks, so only sums over rounds mean much)."""
         return {
             "rate": statistics.median(self.rates),
             "low": min(self.rates),
@@ -284,6 +295,8 @@ class Rounds:
             "loss": 100.0 * (sent - self.received) / sent,
             "per_cpu": statistics.median(self.per_cpu),
             "busy": 100.0 * min(1.0, statistics.median(self.busy)),
+            "user_us": 1e6 * self.user / max(self.received, 1),
+            "system_us": 1e6 * self.system / max(self.received, 1),
         }
 
 
@@ -404,7 +417,9 @@ def measure_size(measured: list[Measured], size: int, cell: Cell, args) -> None:
         print(
             f"    {m.name}, {size} bytes: {figures['rate']:,.0f} packets/s (busy "
             f"{figures['busy']:.0f}%, {figures['per_cpu']:,.0f} per CPU-second, rounds "
-            f"{figures['low']:,.0f}-{figures['high']:,.0f}), loss {figures['loss']:.2f}%; latency "
+            f"{figures['low']:,.0f}-{figures['high']:,.0f}; CPU µs per packet "
+            f"{figures['user_us']:.2f} user + {figures['system_us']:.2f} kernel), loss "
+            f"{figures['loss']:.2f}%; latency "
             f"{delay['p50']:.0f}/{delay['p99']:.0f}/{delay['p999']:.0f} µs at "
             f"{delay['rate']:,.0f}/s (waited for a CPU {delay['waited']:.1f} ms, "
             f"{delay['late']:.1f}% sends late)"
@@ -733,7 +748,9 @@ def print_results(results: dict[int, dict[int, Cell]], args) -> None:
     print(
         f"capacity: packets/s (median of {args.rounds} rounds), loss over all rounds, busy = "
         "forwarder CPU time / drain time; per CPU-s = packets / forwarder CPU time "
-        "(schedstat), robust to other load on a shared machine; ours/it above 1: ours is faster"
+        "(schedstat), robust to other load on a shared machine; µs user+kernel = the "
+        "forwarder's CPU per packet in user space and in the kernel (utime, stime); ours/it "
+        "above 1: ours is faster"
     )
     print(
         "latency: one way A -> B in µs, p50 / p99 / p99.9, at a fixed offered load "
@@ -747,7 +764,8 @@ def print_results(results: dict[int, dict[int, Cell]], args) -> None:
     rows = [
         [
             "endpoints", "bytes", "forwarder", "packets/s", "loss", "busy", "per CPU-s",
-            "ours/it", "ours/it per CPU-s", "latency at /s", "latency p50/p99/p99.9",
+            "µs user+kernel", "ours/it", "ours/it per CPU-s", "latency at /s",
+            "latency p50/p99/p99.9",
         ]
     ]  # fmt: skip
     for count, cells in results.items():
@@ -763,11 +781,12 @@ def print_results(results: dict[int, dict[int, Cell]], args) -> None:
                         f"{figures['loss']:.2f}%",
                         f"{figures['busy']:.0f}%",
                         f"{figures['per_cpu']:,.0f}",
+                        f"{figures['user_us']:.2f}+{figures['system_us']:.2f}",
                         ratio(ours and ours["rate"], figures["rate"]),
                         ratio(ours and ours["per_cpu"], figures["per_cpu"]),
                     ]
                 else:
-                    row += ["-"] * 6
+                    row += ["-"] * 7
                 row.append(f"{cell.load:,.0f}")
                 row.append(
                     f"{delay['p50']:.0f} / {delay['p99']:.0f} / {delay['p999']:.0f}"

@@ -64,15 +64,21 @@ def pin_to(cpu: int) -> Callable[[], None]:
     return child
 
 
-def cpu_seconds(pid: int | None) -> float:
-    """utime + stime of a process and its threads, 0 once it is gone."""
+def user_system_seconds(pid: int | None) -> tuple[float, float]:
+    """utime and stime of a process and its threads (in clock ticks: 10 ms), 0 once it is
+    gone."""
     if pid is None:
-        return 0.0
+        return 0.0, 0.0
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
+        return 0.0, 0.0
+    return int(fields[11]) / CLOCK_TICK, int(fields[12]) / CLOCK_TICK
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """utime + stime of a process and its threads, 0 once it is gone."""
+    return sum(user_system_seconds(pid))
 
 
 def scheduled_ns(pid: int) -> tuple[int, int]:
@@ -227,6 +233,9 @@ class Forwarder:
 
     def scheduled_ns(self) -> tuple[int, int]:
         return scheduled_ns(self.process.pid)
+
+    def user_system_seconds(self) -> tuple[float, float]:
+        return user_system_seconds(self.process.pid)
 
     def take_sockets(self, buffer: int) -> None:
         """Hold duplicates of the forwarder's UDP sockets and give them ``buffer``-byte queues."""
