@@ -258,11 +258,17 @@ class Forwarder:
         """SIGSTOP, and wait until the kernel shows the process stopped."""
         os.kill(self.process.pid, signal.SIGSTOP)
         wait_until_sync(
-            lambda: _process_state(self.process.pid) == "T",
+            lambda: self._exited() or _process_state(self.process.pid) == "T",
             f"{self.name} to stop",
             timeout=5,
             interval=0.001,
         )
+
+    def _exited(self) -> bool:
+        """Raises if the forwarder is gone: it cannot be measured any more."""
+        if self.process.poll() is not None:
+            raise RuntimeError(f"{self.name} exited (status {self.process.returncode})")
+        return False
 
     def resume(self) -> None:
         os.kill(self.process.pid, signal.SIGCONT)
