@@ -207,6 +207,10 @@ class Forwarder:
             stderr=subprocess.DEVNULL,
             text=True,
             preexec_fn=pin_to(FORWARDER_CPU),
+            # a process group of its own: were it in the bench's, and the shell that started
+            # the bench exited while this one was stopped for a pre-load, the kernel would
+            # send the orphaned group SIGHUP
+            start_new_session=True,
         )
         forwarder = cls(name, process, {})
         started.append(forwarder)
