@@ -67,8 +67,8 @@ is measured, and are stopped before the next count):
      steady-state lifetime), so when 150 s have passed since they were bound
      or last refreshed (checked after each chunk of any forwarder
      and before each round and latency run), one
-     data packet from each client of every bound extra endpoint refreshes
-     them. After the run a sample of the bound extras must still relay.
+     data packet from each client of every bound extra endpoint, and of the
+     measured one, refreshes them. After the run a sample of the bound extras must still relay.
 How, capacity (so that the Python load generator is not the bottleneck):
   3. Enlarge the forwarder's UDP receive buffers so a whole round fits in
      them: the script takes a duplicate of each of the forwarder's IPv4
@@ -311,7 +311,7 @@ def capacities(measured: list[Measured], payload: bytes, args) -> list[dict]:
     rounds = [Rounds() for _ in measured]
     for _ in range(args.rounds):
         for m, pair, taken in zip(measured, datagrams, rounds, strict=True):
-            keep_alive(m.forwarder, m.extras)
+            m.keep_alive()
             taken.add(*one_round(m.forwarder, m.sockets, pair, args.packets, args.trains))
     train = min(args.trains, GSO_MAX_BYTES // (geneve.HEADER_LEN + len(payload)))
     sent = (args.packets // train * train if train else args.packets) * args.rounds
@@ -406,7 +406,7 @@ def measure_size(measured: list[Measured], size: int, cell: Cell, args) -> None:
         if m.name == C:
             cell.load = args.latency_rate or args.latency_load * cell.capacity[C]["per_cpu"]
             cell.latency[LOOPBACK_PAIR] = loopback_latency(size, cell.load, args)
-        keep_alive(m.forwarder, m.extras)
+        m.keep_alive()
         forwarder = m.forwarder
         waited = forwarder.scheduled_ns()[1]
         delay = cell.latency[m.name] = one_way_latency(
@@ -613,9 +613,32 @@ class Measured:
     sockets: tuple[socket.socket, socket.socket]
     vni: int
     extras: Extras
+    expires: bool
+    """A relay's endpoint: it lives 5 minutes after its clients' last packet."""
+    refreshed_at: float = field(default_factory=time.monotonic)
 
     def datagram(self, payload: bytes) -> bytes:
         return geneve.data_header(self.vni) + payload
+
+    def keep_alive(self) -> None:
+        """Refresh the bound extras, and the measured endpoint, where their lifetime could
+        end before the next size is done: the forwarders set up later may take longer
+        than that."""
+        keep_alive(self.forwarder, self.extras)
+        if not self.expires or time.monotonic() - self.refreshed_at < REFRESH_AFTER:
+            return
+        for sock in self.sockets:
+            sock.send(self.datagram(b"keep-alive"))
+        for sock in self.sockets:
+            sock.settimeout(5)
+            try:
+                sock.recv(65536)
+            except TimeoutError:
+                raise RuntimeError(f"{self.name}: the measured endpoint no longer relays") from None
+            finally:
+                sock.settimeout(None)
+            drain(sock)
+        self.refreshed_at = time.monotonic()
 
     def close(self) -> None:
         self.extras.close()
@@ -646,7 +669,7 @@ def start_relay(
 
         def keep_earlier_alive() -> None:
             for m in earlier:
-                keep_alive(m.forwarder, m.extras)
+                m.keep_alive()
 
         populate(forwarder, keys, extras, bind_all, protocol, keep_earlier_alive)
         vni = allocate(forwarder.api, keys.request_bodies(count - 1, count))[0]
@@ -664,7 +687,7 @@ def start_relay(
         for sock in sockets:
             sock.close()
         raise
-    return Measured(name, forwarder, sockets, vni, extras)
+    return Measured(name, forwarder, sockets, vni, extras, expires=True)
 
 
 def start_c(name: str, binary: Path, args, started: list[Forwarder]) -> Measured:
@@ -680,7 +703,7 @@ def start_c(name: str, binary: Path, args, started: list[Forwarder]) -> Measured
         for sock in sockets:
             sock.close()
         raise
-    return Measured(name, forwarder, sockets, 1, Extras(0))
+    return Measured(name, forwarder, sockets, 1, Extras(0), expires=False)
 
 
 def run_count(
