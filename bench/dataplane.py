@@ -47,7 +47,8 @@ its latency, beside that of a direct loopback socket pair.
 
 How, endpoints (per endpoint count, every forwarder is started and given its
 endpoints first, one after the other; all of them then stay up until every size
-is measured, and are stopped before the next count):
+is measured, and are stopped before the next count; while one is measured, the
+others are held with SIGSTOP, so that none takes turns on the CPU they share):
   1. Start the forwarder pinned to one core (CPU 1); this script runs on CPU 0.
   2. Allocate N-1 extra endpoints through the HTTP API (POST /v0/relay/endpoint,
      8 keep-alive connections with 32 pipelined requests each, in chunks of
@@ -149,7 +150,8 @@ import struct
 import tempfile
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -307,12 +309,13 @@ def capacities(measured: list[Measured], payload: bytes, args) -> list[dict]:
     falls on all of them alike."""
     datagrams = [(m.datagram(payload),) * 2 for m in measured]
     for m, pair in zip(measured, datagrams, strict=True):
-        one_round(m.forwarder, m.sockets, pair, max(args.packets // 10, 1), args.trains)
+        with alone(m):
+            one_round(m.forwarder, m.sockets, pair, max(args.packets // 10, 1), args.trains)
     rounds = [Rounds() for _ in measured]
     for _ in range(args.rounds):
         for m, pair, taken in zip(measured, datagrams, rounds, strict=True):
-            m.keep_alive()
-            taken.add(*one_round(m.forwarder, m.sockets, pair, args.packets, args.trains))
+            with alone(m):
+                taken.add(*one_round(m.forwarder, m.sockets, pair, args.packets, args.trains))
     train = min(args.trains, GSO_MAX_BYTES // (geneve.HEADER_LEN + len(payload)))
     sent = (args.packets // train * train if train else args.packets) * args.rounds
     return [taken.figures(sent) for taken in rounds]
@@ -396,6 +399,19 @@ def loopback_latency(size: int, rate: float, args) -> dict:
         b.close()
 
 
+@contextmanager
+def alone(m: Measured) -> Iterator[None]:
+    """``m`` running, kept alive, while the other forwarders stay stopped: one of them
+    (v1.102.5 with a million endpoints, its garbage collector) would otherwise take
+    turns on the CPU they share."""
+    m.forwarder.resume()
+    m.keep_alive()
+    try:
+        yield
+    finally:
+        m.forwarder.pause()
+
+
 def measure_size(measured: list[Measured], size: int, cell: Cell, args) -> None:
     """Capacity (the forwarders' rounds in turn), then each one's latency, at one size,
     into ``cell``; the C forwarder, first, sets the latency load."""
@@ -406,13 +422,13 @@ def measure_size(measured: list[Measured], size: int, cell: Cell, args) -> None:
         if m.name == C:
             cell.load = args.latency_rate or args.latency_load * cell.capacity[C]["per_cpu"]
             cell.latency[LOOPBACK_PAIR] = loopback_latency(size, cell.load, args)
-        m.keep_alive()
         forwarder = m.forwarder
-        waited = forwarder.scheduled_ns()[1]
-        delay = cell.latency[m.name] = one_way_latency(
-            *m.sockets, m.datagram(payload), cell.load, args.latency_packets
-        )
-        delay["waited"] = (forwarder.scheduled_ns()[1] - waited) / 1e6
+        with alone(m):
+            waited = forwarder.scheduled_ns()[1]
+            delay = cell.latency[m.name] = one_way_latency(
+                *m.sockets, m.datagram(payload), cell.load, args.latency_packets
+            )
+            delay["waited"] = (forwarder.scheduled_ns()[1] - waited) / 1e6
         figures = cell.capacity[m.name]
         print(
             f"    {m.name}, {size} bytes: {figures['rate']:,.0f} packets/s (busy "
@@ -749,9 +765,13 @@ def run_count(
                     reference.environment(),
                 )
             )
+        for m in measured:
+            m.forwarder.pause()
         for size in args.sizes:
             progress.cell(f"{len(measured)} forwarders, {count:,} endpoint(s), {size} B")
             measure_size(measured, size, cells[size], args)
+        for m in measured:
+            m.forwarder.resume()
         for m in measured:
             if m.name.startswith(OURS):
                 check_ours(m.forwarder, count, "after")
