@@ -41,9 +41,9 @@ forwarders side by side:
 For every (endpoints, size) it prints one row per forwarder: packets/s, loss,
 how busy it was, packets per CPU-second, its CPU per packet in user space and
 in the kernel (where a forwarder's own code ends and the kernel's begins),
-ours / it for both (above 1: ours is
-faster; issue 7's targets are ours/C >= 0.9 and ours/reference >= 1.2), and
-its latency, beside that of a direct loopback socket pair.
+ours / it for both (above 1: ours is faster; issue 7's targets are ours/C >=
+0.9 and ours/reference >= 1.2), and its latency, beside that of a direct
+loopback socket pair.
 
 How, endpoints (per endpoint count, every forwarder is started and given its
 endpoints first, one after the other; all of them then stay up until every size
@@ -66,10 +66,10 @@ others are held with SIGSTOP, so that none takes turns on the CPU they share):
        extra endpoint is bound, chunk by chunk, right after allocation.
      Bound extras live 5 min after their clients' last packet (both servers'
      steady-state lifetime), so when 150 s have passed since they were bound
-     or last refreshed (checked after each chunk of any forwarder
-     and before each round and latency run), one
-     data packet from each client of every bound extra endpoint, and of the
-     measured one, refreshes them. After the run a sample of the bound extras must still relay.
+     or last refreshed (checked after each chunk of any forwarder, and before
+     each round and latency run), one data packet from each client of every
+     bound extra endpoint, and of the measured one, refreshes them. After the
+     run a sample of the bound extras must still relay.
 How, capacity (so that the Python load generator is not the bottleneck):
   3. Enlarge the forwarder's UDP receive buffers so a whole round fits in
      them: the script takes a duplicate of each of the forwarder's IPv4
@@ -99,8 +99,8 @@ How, capacity (so that the Python load generator is not the bottleneck):
   5. One warm-up round (a tenth of the packets) of each forwarder, then
      `--rounds` rounds taken in turn: round 1 of every forwarder, then round 2
      of every one, and so on, so that a minute when this machine runs slower
-     (rates here swing by 20% from one minute to the next) falls on all of
-     them, not on one. The median rate, its lowest and highest round, and the
+     (one forwarder's rounds here swing by 25-45%) falls on all of them, not
+     on one. The median rate, its lowest and highest round, and the
      total loss are reported.
   The queues hold single datagrams, as a NIC without GRO, or loopback, hands
   them over; a GRO reader gets no trains to read whole from them (the
@@ -673,7 +673,7 @@ def start_relay(
     env: dict[str, str] | None = None,
 ) -> Measured:
     """Start a relay and give it ``count`` endpoints bound in ``protocol``, the last one
-    from clients A and B; the ``earlier`` relays' bound extras are kept alive meanwhile."""
+    from clients A and B; the ``earlier`` forwarders' endpoints are kept alive meanwhile."""
     bind_all = not name.startswith(OURS) or args.bind_all
     extras = Extras(count - 1)
     sockets: tuple[socket.socket, ...] = ()
