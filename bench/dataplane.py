@@ -630,7 +630,8 @@ class Measured:
     vni: int
     extras: Extras
     expires: bool
-    """A relay's endpoint: it lives 5 minutes after its clients' last packet."""
+    """Whether the measured endpoint expires: a relay's lives 5 minutes after its clients'
+    last packet; a C forwarder has none."""
     refreshed_at: float = field(default_factory=time.monotonic)
 
     def datagram(self, payload: bytes) -> bytes:
@@ -727,12 +728,13 @@ def run_count(
     args,
     binaries: tuple[Path, Path],
     references: list,
+    ours_flags: list[str],
     cells: dict[int, Cell],
     progress: Progress,
 ) -> None:
-    """Start every forwarder with ``count`` endpoints, measure them side by side at every
-    size, check that ours and the references still serve all they were given, and stop
-    them."""
+    """Start every forwarder with ``count`` endpoints (ours with ``ours_flags`` and each
+    ``--ours-flags`` variant), measure them side by side at every size, check that ours
+    and the references still serve all they were given, and stop them."""
     started: list[Forwarder] = []
     measured: list[Measured] = []
     try:
@@ -742,7 +744,7 @@ def run_count(
         measured.append(start_c(C_GSO, binaries[1], args, started))
         for variant in args.ours_flags:
             name = f"{OURS} {variant}" if variant else OURS
-            flags = [*args.ours_base_flags, *variant.split()]
+            flags = [*ours_flags, *variant.split()]
             print(f"  {name} (relayfleet relay), clients in protocol version 1")
             measured.append(
                 start_relay(name, ours_command(*flags), count, args, started, 1, measured)
@@ -899,7 +901,6 @@ def main(args: argparse.Namespace) -> None:
         "clients A and B hashed to different ones), UDP GRO on (its default) or off "
         "(TS_DEBUG_DISABLE_UDP_GRO=1); all on the one forwarder CPU"
     )
-    args.ours_base_flags = ours_flags
     results: dict[int, dict[int, Cell]] = {}
     forwarders = 2 + len(args.ours_flags) + sum(not r.missing for r in references)
     progress = Progress("bench.dataplane", len(args.endpoints) * len(args.sizes))
@@ -908,7 +909,7 @@ def main(args: argparse.Namespace) -> None:
         for count in args.endpoints:
             cells = results[count] = {size: Cell() for size in args.sizes}
             print(f"\n{count:,} endpoint(s) allocated, {forwarders} forwarders")
-            run_count(count, args, binaries, references, cells, progress)
+            run_count(count, args, binaries, references, ours_flags, cells, progress)
     print_results(results, args)
 
 

@@ -65,8 +65,8 @@ def pin_to(cpu: int) -> Callable[[], None]:
 
 
 def user_system_seconds(pid: int | None) -> tuple[float, float]:
-    """utime and stime of a process and its threads (in clock ticks: 10 ms), 0 once it is
-    gone."""
+    """utime and stime of a process and its threads, in seconds (counted in clock ticks of
+    10 ms), 0 once it is gone."""
     if pid is None:
         return 0.0, 0.0
     try:
@@ -262,17 +262,18 @@ class Forwarder:
         """SIGSTOP, and wait until the kernel shows the process stopped."""
         os.kill(self.process.pid, signal.SIGSTOP)
         wait_until_sync(
-            lambda: self._exited() or _process_state(self.process.pid) == "T",
+            self._stopped,
             f"{self.name} to stop",
             timeout=5,
             interval=0.001,
         )
 
-    def _exited(self) -> bool:
-        """Raises if the forwarder is gone: it cannot be measured any more."""
+    def _stopped(self) -> bool:
+        """Whether the kernel shows the process stopped; raises if it exited, as then it
+        never will be."""
         if self.process.poll() is not None:
             raise RuntimeError(f"{self.name} exited (status {self.process.returncode})")
-        return False
+        return _process_state(self.process.pid) == "T"
 
     def resume(self) -> None:
         os.kill(self.process.pid, signal.SIGCONT)
