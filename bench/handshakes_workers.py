@@ -40,10 +40,14 @@ along), the time its threads were runnable without a CPU ("waited"), and
 handshakes per CPU-second of the server (ours: its relay processes; "incl.
 redis" adds redis-server's CPU).
 
-Each forwarder: start it, allocate and bind 100 warm-up endpoints, then
---rounds rounds, each allocating --endpoints fresh endpoints just before
-binding them (the reference drops an allocation not bound within 30 s);
-the median round is reported. Ours: a worker that exited fails the run, and
+Every forwarder is set up first: started, 100 warm-up endpoints allocated
+and bound, then held stopped (SIGSTOP). Then --rounds rounds in turn: round r
+of every forwarder before round r + 1 of any, the others stopped meanwhile,
+so that a slow minute of the machine falls on all of them (a round of one
+server swings by up to 30% here). A round resumes the server, allocates
+--endpoints fresh endpoints just before binding them (the reference drops an
+allocation not bound within 30 s), and stops it again; the median round is
+reported. Ours: a worker that exited fails the run, and
 /metrics must show every measured endpoint bound. Then the ratios of issue
 17 item 3: ours 2 workers / ours 1 worker, and ours 2 workers / the
 reference with GOMAXPROCS=2 at its better of GRO on and off (target 1.0),
@@ -58,9 +62,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.binder import Binder
@@ -188,7 +194,29 @@ def rate_limited(forwarder: Forwarder) -> float:
     return forwarder.metrics().get(f'{METRIC_DROPS}rate_limited"}}', 0.0)
 
 
-def run_forwarder(
+@dataclass
+class Measured:
+    """A server warmed up for the rounds, held stopped (SIGSTOP) between its rounds."""
+
+    forwarder: Group
+    keys: KeySet
+    pool: list[socket.socket]
+    """its clients' sockets (its own: a late datagram of another server stays out)"""
+    retry: float
+    redis_pid: int | None
+    limited_before: float
+    rounds: list[dict] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.forwarder.name
+
+    @property
+    def ours(self) -> bool:
+        return self.name.startswith("ours")
+
+
+def set_up(
     name: str,
     command: list[str],
     env: dict[str, str] | None,
@@ -197,82 +225,97 @@ def run_forwarder(
     args,
     started: list[Forwarder],
     directory: Path,
-    progress: Progress,
-) -> dict:
-    """Start one forwarder on both CPUs, warm it up, run --rounds rounds; the median round."""
+) -> Measured:
+    """Start one server on both CPUs, bind the warm-up endpoints, and stop it (SIGSTOP)."""
     ours = name.startswith("ours")
+    with affinity(SERVER_CPUS):
+        log = directory / f"{name.replace(' ', '-')}.log"
+        forwarder = start_group(name, command, started, log, workers, env)
+    forwarder.take_sockets(SERVER_BUFFER)
+    keys = KeySet(WARMUP + args.rounds * args.endpoints)
     pool = [client_socket(POOL_BUFFER) for _ in range(args.sockets)]
     try:
-        with affinity(SERVER_CPUS):
-            log = directory / f"{name.replace(' ', '-')}.log"
-            forwarder = start_group(name, command, started, log, workers, env)
-        forwarder.take_sockets(SERVER_BUFFER)
-        keys = KeySet(WARMUP + args.rounds * args.endpoints)
-        udp, key = forwarder.udp, forwarder.server_key
         vnis = allocate(forwarder.api, keys.request_bodies(0, WARMUP))
+        udp, key = forwarder.udp, forwarder.server_key
         warmup = Binder(udp, key, keys, list(enumerate(vnis)), pool, protocol=1).run()
         if warmup.done != WARMUP:
             raise RuntimeError(f"{name}: {WARMUP - warmup.done} warm-up endpoints did not bind")
-        limited_before = rate_limited(forwarder) if ours else 0.0
-        rounds = []
-        for number in range(args.rounds):
-            progress.cell(f"{name}, round {number + 1}/{args.rounds}")
-            first = WARMUP + number * args.endpoints
-            vnis = allocate(forwarder.api, keys.request_bodies(first, first + args.endpoints))
-            endpoints = list(zip(range(first, first + args.endpoints), vnis, strict=True))
-            binder = Binder(udp, key, keys, endpoints, pool, protocol=1)
-            before = process_ns(forwarder, redis_pid)
-            waited_before = forwarder.scheduled_ns()[1]
-            retry = args.retry if ours else args.reference_retry
-            outcome = binder.run(window=args.window, retry=retry, timeout=args.timeout)
-            after = process_ns(forwarder, redis_pid)
-            waited = forwarder.scheduled_ns()[1] - waited_before
-            figures = round_figures(
-                2 * outcome.done,
-                outcome.elapsed,
-                {p: after[p] - before[p] for p in after},
-                outcome.client_cpu,
-            )
-            figures.update(
-                done=outcome.done,
-                retries=outcome.retries,
-                waited=waited / 1e9 / figures["elapsed"],
-            )
-            rounds.append(figures)
-            print(
-                f"    round {number + 1}: {figures['rate']:,.0f} handshakes/s, "
-                f"{outcome.done:,}/{args.endpoints:,} done in {figures['elapsed']:.2f} s, "
-                f"server CPUs {figures['server_cpus']:.2f}, client busy "
-                f"{100 * figures['client_busy']:.0f}%, retries {outcome.retries:,}",
-                flush=True,
-            )
-        result = median_round(rounds)
-        result["rounds"] = [r["rate"] for r in rounds]
-        result["done_all"] = sum(r["done"] for r in rounds)
-        result["limited"] = None
-        if ours:
-            restarts = forwarder.restarted_workers()
-            if restarts:
-                raise RuntimeError(f"{name}: a worker exited:\n" + "\n".join(restarts))
-            if workers > 1:
-                time.sleep(2.5)  # the parent's sums of the workers' metrics are up to 1 s old
-            result["limited"] = rate_limited(forwarder) - limited_before
-            bound = forwarder.metrics()['relayfleet_relay_endpoints{state="bound"}']
-            expected = WARMUP + result["done_all"]
-            print(f"    /metrics: {bound:,.0f} endpoints bound (expected {expected:,})")
-            if bound != expected:
-                raise RuntimeError(f"{name}: {bound:,.0f} endpoints bound, not {expected:,}")
-        stop_all(started)
-        return result
     except BaseException:
-        for group in started:
-            tail = group.log_tail() if isinstance(group, Group) else ""
-            if tail:
-                print(f"  {group.name}'s log ends:\n{tail}")
-        raise
-    finally:
         for sock in pool:
             sock.close()
+        raise
+    print(f"  {name}: {WARMUP} warm-up endpoints bound (load average {load_average()})")
+    measured = Measured(
+        forwarder,
+        keys,
+        pool,
+        args.retry if ours else args.reference_retry,
+        redis_pid,
+        rate_limited(forwarder) if ours else 0.0,
+    )
+    forwarder.pause()
+    return measured
+
+
+def one_round(measured: Measured, number: int, args) -> dict:
+    """Round ``number`` (from 0) of one server: resume it, allocate --endpoints fresh endpoints,
+    time their binds, stop it again; the round's figures."""
+    forwarder = measured.forwarder
+    forwarder.resume()
+    first = WARMUP + number * args.endpoints
+    vnis = allocate(forwarder.api, measured.keys.request_bodies(first, first + args.endpoints))
+    endpoints = list(zip(range(first, first + args.endpoints), vnis, strict=True))
+    binder = Binder(
+        forwarder.udp, forwarder.server_key, measured.keys, endpoints, measured.pool, protocol=1
+    )
+    before = process_ns(forwarder, measured.redis_pid)
+    waited_before = forwarder.scheduled_ns()[1]
+    outcome = binder.run(window=args.window, retry=measured.retry, timeout=args.timeout)
+    after = process_ns(forwarder, measured.redis_pid)
+    waited = forwarder.scheduled_ns()[1] - waited_before
+    forwarder.pause()
+    figures = round_figures(
+        2 * outcome.done,
+        outcome.elapsed,
+        {p: after[p] - before[p] for p in after},
+        outcome.client_cpu,
+    )
+    figures.update(
+        done=outcome.done, retries=outcome.retries, waited=waited / 1e9 / figures["elapsed"]
+    )
+    print(
+        f"    {measured.name}, round {number + 1}: {figures['rate']:,.0f} handshakes/s, "
+        f"{outcome.done:,}/{args.endpoints:,} done in {figures['elapsed']:.2f} s, "
+        f"server CPUs {figures['server_cpus']:.2f}, client busy "
+        f"{100 * figures['client_busy']:.0f}%, retries {outcome.retries:,}",
+        flush=True,
+    )
+    return figures
+
+
+def result_of(measured: Measured) -> dict:
+    """The median round, with every round's rate; ours resumed and checked: no worker exited,
+    /metrics shows every measured endpoint bound."""
+    result = median_round(measured.rounds)
+    result["rounds"] = [r["rate"] for r in measured.rounds]
+    result["done_all"] = sum(r["done"] for r in measured.rounds)
+    result["limited"] = None
+    if not measured.ours:
+        return result
+    forwarder, name = measured.forwarder, measured.name
+    forwarder.resume()
+    restarts = forwarder.restarted_workers()
+    if restarts:
+        raise RuntimeError(f"{name}: a worker exited:\n" + "\n".join(restarts))
+    if forwarder.workers:
+        time.sleep(2.5)  # the parent's sums of the workers' metrics are up to 1 s old
+    result["limited"] = rate_limited(forwarder) - measured.limited_before
+    bound = forwarder.metrics()['relayfleet_relay_endpoints{state="bound"}']
+    expected = WARMUP + result["done_all"]
+    print(f"  {name} /metrics: {bound:,.0f} endpoints bound (expected {expected:,})")
+    if bound != expected:
+        raise RuntimeError(f"{name}: {bound:,.0f} endpoints bound, not {expected:,}")
+    return result
 
 
 def print_results(results: dict[str, dict], args) -> None:
@@ -311,10 +354,9 @@ def print_results(results: dict[str, dict], args) -> None:
     print()
     print(f"issue 17 item 3: ours 2 workers >= {TARGET}x the reference with GOMAXPROCS=2")
     for what, rate, per_cpu in ratio_lines(results):
-        print(
-            f"  {what}: {ratio(rate, 1)} handshakes/s ({verdict(rate, TARGET)} against "
-            f"{TARGET}), {ratio(per_cpu, 1)} per CPU-second"
-        )
+        against = f" ({verdict(rate, TARGET)} against {TARGET})" if "ref" in what else ""
+        per_cpu_text = f"{ratio(per_cpu, 1)} per CPU-second"
+        print(f"  {what}: {ratio(rate, 1)} handshakes/s{against}, {per_cpu_text}")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -350,7 +392,9 @@ def main(args: argparse.Namespace) -> None:
                     if name in args.forwarders:
                         flags = (
                             "--store", redis.url(), "--report-status", "off",
-                            "--workers", str(count), "--log-level", "info", *RAISED_LIMITS,
+                            "--workers", str(count), "--name", name.replace(" ", "-"),
+                            "--steady-state-lifetime", "6h", "--log-level", "info",
+                            *RAISED_LIMITS,
                         )  # fmt: skip
                         runs.append((name, ours_command(*flags), None, count))
             for reference in REFERENCES_2:
@@ -361,17 +405,31 @@ def main(args: argparse.Namespace) -> None:
                     print(f"  {label}: {reference.missing}")
                     continue
                 runs.append((label, reference.command(), reference.environment(), 1))
-            progress = Progress("bench.handshakes_workers", len(runs) * args.rounds)
-            for name, command, env, count in runs:
-                print(f"\n  {name} (load average {load_average()}):", flush=True)
-                redis_pid = None
-                if name.startswith("ours") and redis is not None:
-                    with redis.client() as client:
-                        client.flushall()
-                    redis_pid = redis.process.pid
-                results[name] = run_forwarder(
-                    name, command, env, count, redis_pid, args, started, directory, progress
-                )
+            progress = Progress("bench.handshakes_workers", len(runs) + args.rounds)
+            measured: list[Measured] = []
+            try:
+                for name, command, env, count in runs:
+                    progress.cell(f"setting up {name}")
+                    redis_pid = redis.process.pid if name.startswith("ours") and redis else None
+                    measured.append(
+                        set_up(name, command, env, count, redis_pid, args, started, directory)
+                    )
+                for number in range(args.rounds):
+                    progress.cell(f"round {number + 1}/{args.rounds}")
+                    for m in measured:
+                        m.rounds.append(one_round(m, number, args))
+                for m in measured:
+                    results[m.name] = result_of(m)
+            except BaseException:
+                for group in started:
+                    tail = group.log_tail() if isinstance(group, Group) else ""
+                    if tail:
+                        print(f"  {group.name}'s log ends:\n{tail}")
+                raise
+            finally:
+                for m in measured:
+                    for sock in m.pool:
+                        sock.close()
         finally:
             stop_all(started)
             if redis is not None:

@@ -1,6 +1,6 @@
 """Data plane on two CPUs: ours with --workers 1 and 2 beside the v1.102.5 reference.
 
-    .venv/bin/python -m bench.workers [--sizes 200,1400] [--packets 200000] [--rounds 3]
+    .venv/bin/python -m bench.workers [--sizes 200,1400] [--packets 200000] [--rounds 9]
                                       [--endpoints 8] [--quiet-wait 10]
                                       [--forwarders NAME,NAME]
 
@@ -15,9 +15,9 @@ forwarder one CPU; this bench gives them both. It measures, on loopback:
       each datagram to worker VNI % 2 (relay/shells/reuseport.py); the parent
       relays nothing. So one endpoint only ever uses one worker: the bench
       binds endpoints whose VNIs are spread evenly over the workers.
-      Both of ours: a Redis store (one redis-server for the whole run, emptied
-      between relays), --report-status off, --fast-path off, UDP GSO and GRO
-      as built, a fresh relay each;
+      Both of ours: one Redis store (one redis-server for the whole run, each
+      relay under its own --name, as in a fleet), --report-status off,
+      --fast-path off, UDP GSO and GRO as built;
   (c) the v1.102.5 reference (bench/processes.py REFERENCE_V1_VARIANTS) with
       GOMAXPROCS=1 (one socket, one reading goroutine) and GOMAXPROCS=2 (two
       SO_REUSEPORT sockets, its default on 2 CPUs), each with UDP GRO on (its
@@ -25,7 +25,9 @@ forwarder one CPU; this bench gives them both. It measures, on loopback:
 None is pinned: every process of a forwarder may run on every CPU this bench
 may use (the bench, too, is not pinned).
 
-How:
+How (every forwarder is set up first, steps 1-2, and then measured; between
+its own rounds each is held stopped, SIGSTOP, so that none takes a CPU from
+the one measured):
   1. Start the forwarder; allocate endpoints through its HTTP API
      (POST /v0/relay/endpoint) until `--endpoints` of them are spread evenly
      over its workers (one worker: any), and bind them in protocol version 1
@@ -53,8 +55,13 @@ How:
      truesize), or no packet arrived for 0.5 s, or 30 s passed. Rate =
      packets received / (last arrival - SIGCONT): a round lasts until its
      slowest socket or worker is done.
-  4. One warm-up round (a tenth of the packets), then `--rounds` rounds;
-     the median rate and the total loss over the rounds are reported.
+  4. At each size: one warm-up round (a tenth of the packets) of each
+     forwarder, then `--rounds` rounds in turn: round r of every forwarder
+     before round r + 1 of any. A round of one forwarder swings by tens of
+     percent on this kind of machine from one minute to the next; taking
+     turns puts a slow minute on all of them, instead of on whichever
+     forwarder had it to itself. The median rate and the total loss over
+     the rounds are reported.
   5. Ours: /metrics must show the endpoints bound and at least as many
      packets forwarded as the clients received; a worker that restarted
      (its log) fails the run.
@@ -599,20 +606,49 @@ def one_round(
     )  # fmt: skip
 
 
-def capacity(
-    forwarder: Group, clients: list[socket.socket], vnis: list[int], size: int, args
-) -> dict:
-    """A warm-up round, then ``--rounds`` rounds at ``size`` bytes: medians and total loss."""
-    payload = b"x" * (size - geneve.HEADER_LEN)
-    datagrams = [geneve.data_header(vnis[i // 2]) + payload for i in range(len(clients))]
-    packets = args.packets // len(clients) * len(clients)
-    warm_up = one_round(forwarder, clients, datagrams, max(packets // 10, len(clients)))
-    rounds = [
-        one_round(forwarder, clients, datagrams, packets, args.quiet_wait)
-        for _ in range(args.rounds)
-    ]
+@dataclass
+class Measured:
+    """A forwarder set up for the rounds: its endpoints bound, its clients connected to it,
+    held stopped (SIGSTOP) between its rounds."""
+
+    forwarder: Group
+    clients: list[socket.socket]
+    vnis: list[int]
+    received: int = 0
+    """packets its clients received over every size's rounds, warm-ups included"""
+
+    def datagrams(self, size: int) -> list[bytes]:
+        """One data packet of ``size`` bytes per client, for its endpoint's VNI."""
+        payload = b"x" * (size - geneve.HEADER_LEN)
+        return [geneve.data_header(self.vnis[i // 2]) + payload for i in range(len(self.clients))]
+
+    def round(self, size: int, packets: int, quiet_wait: float = 0.0) -> Round:
+        """One round of ``packets`` at ``size`` bytes; stopped again once it is over."""
+        done = one_round(self.forwarder, self.clients, self.datagrams(size), packets, quiet_wait)
+        self.forwarder.pause()
+        self.received += done.received
+        return done
+
+
+def measure_size(measured: Sequence[Measured], size: int, args, progress: Progress) -> list[dict]:
+    """A warm-up round of each forwarder, then ``--rounds`` rounds in turn: round r of every
+    forwarder before round r + 1 of any, so that a slow minute of the machine falls on all
+    of them. Each forwarder's figures, in ``measured``'s order."""
+    packets = {id(m): args.packets // len(m.clients) * len(m.clients) for m in measured}
+    for m in measured:
+        m.round(size, max(packets[id(m)] // 10, len(m.clients)))
+    rounds: dict[int, list[Round]] = {id(m): [] for m in measured}
+    for turn in range(args.rounds):
+        progress.cell(f"{size} B, round {turn + 1} of {args.rounds}")
+        for m in measured:
+            rounds[id(m)].append(m.round(size, packets[id(m)], args.quiet_wait))
+    return [summary(m.forwarder, rounds[id(m)], packets[id(m)]) for m in measured]
+
+
+def summary(forwarder: Group, rounds: list[Round], packets: int) -> dict:
+    """A forwarder's figures at one size from its rounds: medians and the total loss."""
     received = sum(r.received for r in rounds)
-    sent = packets * args.rounds
+    sent = packets * len(rounds)
     per_process = [
         statistics.median(r.relaying[i] / r.elapsed for r in rounds)
         for i in range(len(forwarder.relaying))
@@ -632,14 +668,13 @@ def capacity(
         "waited": statistics.median(r.waited / r.elapsed for r in rounds),
         "others": statistics.median(r.others / r.window for r in rounds),
         "busy_starts": sum(r.others_before >= QUIET_LOAD for r in rounds),
-        "received": received + warm_up.received,
     }
 
 
-def describe(size: int, figures: dict) -> str:
+def describe(name: str, figures: dict) -> str:
     workers = " / ".join(f"{100 * busy:.0f}%" for busy in figures["workers"])
     return (
-        f"    {size:>5} bytes: {figures['rate']:>9,.0f} packets/s "
+        f"  {name}: {figures['rate']:,.0f} packets/s "
         f"({figures['low']:,.0f}-{figures['high']:,.0f}), loss {figures['loss']:.2f}%, "
         f"CPUs {figures['cpus']:.2f}"
         + (f" (workers {workers})" if workers else "")
@@ -685,53 +720,44 @@ def check_ours(forwarder: Group, endpoints: int, received: int) -> None:
         raise RuntimeError(f"{forwarder.name}: forwarded {forwarded:,.0f} < received {received:,}")
 
 
-def run_forwarder(
+def set_up(
     name: str,
     command: list[str],
     args,
     started: list[Forwarder],
-    results: dict[str, dict[int, dict]],
-    progress: Progress,
     directory: Path,
     workers: int = 1,
     env: dict[str, str] | None = None,
-) -> None:
-    """Start one forwarder, bind the endpoints, measure every size, stop it."""
-    clients: list[socket.socket] = []
+) -> Measured:
+    """Start one forwarder, bind the endpoints, connect its clients, and stop it (SIGSTOP)
+    until its first round."""
+    log = directory / f"{name.replace(' ', '-')}.log"
+    forwarder = start_group(name, command, started, log, workers, env)
+    forwarder.take_sockets(args.buffer)
+    clients = spread_clients(forwarder, args.buffer, 2 * args.endpoints)
     try:
-        log = directory / f"{name.replace(' ', '-')}.log"
-        forwarder = start_group(name, command, started, log, workers, env)
-        forwarder.take_sockets(args.buffer)
-        clients = spread_clients(forwarder, args.buffer, 2 * args.endpoints)
         vnis = bind_endpoints(forwarder, clients, args.endpoints, workers)
-        owners = [worker_for_vni(vni, workers) for vni in vnis]
-        print(
-            f"  {name}: {args.endpoints} endpoints bound (VNIs {', '.join(map(str, vnis))}"
-            + (f"; workers {', '.join(map(str, owners))}" if workers > 1 else "")
-            + f"), {len(forwarder.sockets)} socket(s), {len(clients)} clients"
-        )
         for sock in clients:
             sock.connect(forwarder.udp)
-        received = 0
-        for size in args.sizes:
-            progress.cell(f"{name}, {size} B")
-            figures = results.setdefault(name, {})[size] = capacity(
-                forwarder, clients, vnis, size, args
-            )
-            received += figures["received"]
-            print(describe(size, figures))
-        if name.startswith("ours"):
-            check_ours(forwarder, args.endpoints, received)
-        stop_all(started)
     except BaseException:
-        for group in started:
-            tail = group.log_tail() if isinstance(group, Group) else ""
-            if tail:
-                print(f"  {group.name}'s log ends:\n{tail}")
-        raise
-    finally:
         for sock in clients:
             sock.close()
+        raise
+    owners = [worker_for_vni(vni, workers) for vni in vnis]
+    print(
+        f"  {name}: {args.endpoints} endpoints bound (VNIs {', '.join(map(str, vnis))}"
+        + (f"; workers {', '.join(map(str, owners))}" if workers > 1 else "")
+        + f"), {len(forwarder.sockets)} socket(s), {len(clients)} clients"
+    )
+    forwarder.pause()
+    return Measured(forwarder, clients, vnis)
+
+
+def print_logs(started: list[Forwarder]) -> None:
+    for group in started:
+        tail = group.log_tail() if isinstance(group, Group) else ""
+        if tail:
+            print(f"  {group.name}'s log ends:\n{tail}")
 
 
 # -- report --------------------------------------------------------------------------------
@@ -813,7 +839,7 @@ def main(args: argparse.Namespace) -> None:
         "them all; no process pinned"
     )
     print(
-        "ours: relayfleet relay --workers 1 or 2, Redis store (emptied between relays), "
+        "ours: relayfleet relay --workers 1 or 2, one Redis store (each relay named), "
         "--report-status off, --fast-path off, UDP GSO/GRO as built, bound in protocol "
         "version 1; reference v1.102.5: GOMAXPROCS=1 (one socket) or 2 (two SO_REUSEPORT "
         "sockets, clients spread over them), UDP GRO on (its default) or off"
@@ -835,6 +861,7 @@ def main(args: argparse.Namespace) -> None:
                         flags = (
                             "--store", redis.url(), "--report-status", "off",
                             "--fast-path", "off", "--workers", str(count),
+                            "--name", name.replace(" ", "-"),
                             "--bind-lifetime", "6h", "--log-level", "info",
                         )  # fmt: skip
                         runs.append((name, ours_command(*flags), count, None))
@@ -846,15 +873,31 @@ def main(args: argparse.Namespace) -> None:
                     print(f"  {label}: {reference.missing}")
                     continue
                 runs.append((label, reference.command(), 1, reference.environment()))
-            progress = Progress("bench.workers", len(runs) * len(args.sizes))
-            for name, command, count, env in runs:
-                print(f"\n{name} (load average {load_average()}):")
-                if redis is not None:
-                    with redis.client() as client:
-                        client.flushall()
-                run_forwarder(
-                    name, command, args, started, results, progress, directory, count, env
-                )
+            progress = Progress("bench.workers", len(runs) + len(args.sizes) * args.rounds)
+            measured: list[Measured] = []
+            try:
+                for name, command, count, env in runs:
+                    progress.cell(f"setting up {name} (load average {load_average()})")
+                    measured.append(set_up(name, command, args, started, directory, count, env))
+                for size in args.sizes:
+                    print(f"\n{size} bytes (load average {load_average()}):")
+                    for m, figures in zip(
+                        measured, measure_size(measured, size, args, progress), strict=True
+                    ):
+                        results.setdefault(m.forwarder.name, {})[size] = figures
+                        print(describe(m.forwarder.name, figures))
+                print()
+                for m in measured:
+                    if m.forwarder.name.startswith("ours"):
+                        m.forwarder.resume()
+                        check_ours(m.forwarder, args.endpoints, m.received)
+            except BaseException:
+                print_logs(started)
+                raise
+            finally:
+                for m in measured:
+                    for sock in m.clients:
+                        sock.close()
         finally:
             stop_all(started)
             if redis is not None:
@@ -884,7 +927,7 @@ if __name__ == "__main__":
         "number; default 200000)",
     )
     parser.add_argument(
-        "--rounds", type=int, default=3, help="rounds after the warm-up (default 3)"
+        "--rounds", type=int, default=9, help="rounds after the warm-up (default 9)"
     )
     parser.add_argument(
         "--endpoints",
