@@ -37,6 +37,7 @@ from relay.protocol.ratelimit import (
 )
 from relay.reporter import DEFAULT_REQUEST_TIMEOUT
 from relay.shells.api_limits import DEFAULT_BURST, DEFAULT_MAX_PER_PAIR, DEFAULT_RATE
+from relay.shells.transport import GRO_MODES
 
 MAX_WORKERS = 64
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
@@ -249,10 +250,11 @@ class RelayConfig:
         "(UDP_SEGMENT); 'on' falls back to single datagrams where the kernel refuses it",
     )  # fmt: skip
     udp_gro: str = flag(
-        "--udp-gro", "on", choices=("on", "off"),
+        "--udp-gro", "auto", choices=GRO_MODES,
         help="receive with UDP GRO (UDP_GRO), relaying a coalesced train in one send after "
-        "checking each datagram; 'on' falls back to single datagrams where the kernel "
-        "refuses it",
+        "checking each datagram; 'auto': from the first busy read whose datagrams come back "
+        "to back from one source (GRO costs the kernel more per single datagram); 'on': from "
+        "the start; both fall back to single datagrams where the kernel refuses it",
     )  # fmt: skip
     workers: int | None = flag(
         "--workers", None, parse=workers_count, metavar="N|auto", shown="auto",

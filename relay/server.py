@@ -176,7 +176,7 @@ class RelayServer:
                 self.core,
                 self._clock,
                 gso=self.config.udp_gso == "on",
-                gro=self.config.udp_gro == "on",
+                gro=self.config.udp_gro,
             )
             self._transport.start(asyncio.get_running_loop())
         self.addr_ports = tuple(

@@ -38,6 +38,17 @@ kernel allows it.
   below its length) goes to :meth:`RelayCore.handle_train`, which checks
   every segment, and what it relays goes out as GSO sends straight from the
   slot.
+* When to receive with GRO (``--udp-gro auto``, the default): a socket with
+  ``UDP_GRO`` on costs the kernel more per single datagram (about a tenth of a
+  200-byte datagram's relaying on loopback, docs/performance.md), and GRO only
+  pays where the kernel can coalesce: datagrams of one source arriving back to
+  back, as a GSO send or a busy peer behind a NIC gives them. So the socket
+  starts without it, and every :data:`GRO_AUTO_CHECK_EVERY`-th full read looks
+  at whether its datagrams come from one source back to back
+  (:func:`back_to_back`); the first that does turns ``UDP_GRO`` on for the
+  socket's life. Never off again: a train the kernel coalesced before the
+  switch would then be read as one datagram, without its segment size.
+  ``--udp-gro on`` receives with GRO from the start, ``off`` never.
 * Fallback: where the kernel refuses ``UDP_GRO`` or has no ``UDP_SEGMENT``
   (the probes below), that half stays off; a GSO send refused with EIO or
   EINVAL (a device without checksum offload, ``SO_NO_CHECK``) turns GSO off
@@ -54,8 +65,8 @@ import mmap
 import socket
 import struct
 from array import array
-from collections.abc import Callable
-from operator import itemgetter
+from collections.abc import Callable, Sequence
+from operator import eq, itemgetter
 
 from relay.protocol.core import RelayCore
 
@@ -69,6 +80,11 @@ SLOT_BYTES = 65536
 (a single datagram touches one page of its slot)."""
 BATCHES_PER_WAKEUP = 8
 """Reads per wake-up before other callbacks (timers, the agent) get their turn."""
+GRO_AUTO_CHECK_EVERY = 8
+"""Under ``--udp-gro auto``, full reads (:data:`BATCH` datagrams) between two looks at
+whether a read's datagrams come back to back from one source: a look costs about
+20 ns per datagram, the kernel's GRO about 170 ns at 200 bytes."""
+GRO_MODES = ("auto", "on", "off")
 
 SOL_UDP = 17
 UDP_SEGMENT = 103
@@ -152,6 +168,12 @@ def enable_udp_gro(sock: socket.socket) -> bool:
     except OSError:
         return False
     return True
+
+
+def back_to_back(sources: Sequence[bytes]) -> bool:
+    """Whether at least half the datagrams of a read share their source with the one before:
+    what UDP GRO would have coalesced into trains."""
+    return 2 * sum(map(eq, sources, sources[1:])) >= len(sources)
 
 
 def udp_gso_supported(sock: socket.socket) -> bool:
@@ -312,7 +334,9 @@ class BatchedUdpTransport:
     ``receive_errors`` (failed reads other than "nothing to read"); and the
     trains: ``gso_sends`` (sendmmsg entries of several segments) and
     ``trains_received`` (GRO reads of several segments). ``gso`` and ``gro``
-    say whether each is on: asked for, and not refused by the kernel.
+    say whether each is on now: asked for, and not refused by the kernel;
+    ``gro_waiting``, that GRO is off until reads show trains would come
+    (``gro="auto"``, :func:`back_to_back`).
     """
 
     def __init__(
@@ -321,8 +345,10 @@ class BatchedUdpTransport:
         core: RelayCore,
         clock: Callable[[], float],
         gso: bool = True,
-        gro: bool = True,
+        gro: str = "auto",
     ) -> None:
+        if gro not in GRO_MODES:
+            raise ValueError(f"gro: {gro!r}, not one of {', '.join(GRO_MODES)}")
         self._sock = sock
         self._fd = sock.fileno()
         self._handle_batch = core.handle_batch
@@ -334,7 +360,10 @@ class BatchedUdpTransport:
         self.gso_sends = 0
         self.trains_received = 0
         self.gso = gso and udp_gso_supported(sock)
-        self.gro = gro and enable_udp_gro(sock)
+        self.gro = gro == "on" and enable_udp_gro(sock)
+        self.gro_waiting = gro == "auto"
+        self._full_reads = 0
+        """Full reads while ``gro_waiting``."""
         self._loop: asyncio.AbstractEventLoop | None = None
 
         self._slots = mmap.mmap(-1, BATCH * SLOT_BYTES)
@@ -352,15 +381,11 @@ class BatchedUdpTransport:
         """Unpacks the source addresses of ``count`` received datagrams."""
         self._controls = ctypes.create_string_buffer(BATCH * _CONTROL_SPACE)
         self._control_words = memoryview(self._controls).cast("B").cast("i")
-        if self.gro:
-            controls_at = ctypes.addressof(self._controls)
-            for i in range(BATCH):
-                header = self._received.headers[i].msg_hdr
-                header.msg_control = controls_at + i * _CONTROL_SPACE
-                header.msg_controllen = _CONTROL_SPACE
-        # the headers as laid out, copied back over those a read filled in (msg_controllen)
         self._received_layout = (ctypes.c_char * ctypes.sizeof(self._received.headers))()
-        ctypes.memmove(self._received_layout, self._received.address, len(self._received_layout))
+        """The headers as laid out, copied back over those a GRO read filled in (each
+        msg_controllen)."""
+        if self.gro:
+            self._lay_out_controls()
         self._sending = _SendQueue(self.name_len)
         self._queued = self._used = 0
         """The send queue's entries and iovecs taken."""
@@ -369,6 +394,23 @@ class BatchedUdpTransport:
         self._answers_at = ctypes.addressof(self._answers)
         self._answers_taken = 0
         """Answer slots holding a queued answer; all free again once the queue is sent."""
+
+    def _lay_out_controls(self) -> None:
+        """Give each received message room for its UDP_GRO control message."""
+        controls_at = ctypes.addressof(self._controls)
+        for i in range(BATCH):
+            header = self._received.headers[i].msg_hdr
+            header.msg_control = controls_at + i * _CONTROL_SPACE
+            header.msg_controllen = _CONTROL_SPACE
+        ctypes.memmove(self._received_layout, self._received.address, len(self._received_layout))
+
+    def _gro_now(self) -> bool:
+        """Turn UDP_GRO on for good (``gro="auto"``, trains seen coming); whether it is on."""
+        self.gro_waiting = False
+        self.gro = enable_udp_gro(self._sock)
+        if self.gro:
+            self._lay_out_controls()
+        return self.gro
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -412,6 +454,10 @@ class BatchedUdpTransport:
                 ctypes.memmove(
                     received.address, self._received_layout, count * ctypes.sizeof(_MMsgHdr)
                 )
+            elif count == BATCH and self.gro_waiting:
+                self._full_reads += 1
+                if not self._full_reads % GRO_AUTO_CHECK_EVERY and back_to_back(sources):
+                    gro = self._gro_now()
             if self._queued:
                 self._send_queued(self._queued)
             if count < BATCH:

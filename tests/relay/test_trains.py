@@ -1,7 +1,8 @@
 """Trains over real UDP on loopback (issue 17): GSO sends, GRO reads, and their fallbacks.
 
 A client sends a train itself, as one ``sendmsg`` with a ``UDP_SEGMENT``
-control message; the relay's socket, with UDP_GRO on, reads it whole, checks
+control message; the relay's socket, with UDP_GRO on (``--udp-gro on`` here:
+the default, ``auto``, has tests of its own at the end), reads it whole, checks
 every segment and relays it in one GSO send. The receiving clients have no
 GRO, so the kernel hands them the segments one by one, as the peer of a real
 relay would see them. Counters must count segments as if each came alone.
@@ -29,10 +30,21 @@ from relay.protocol.keys import DiscoPrivateKey
 from relay.shells import transport
 from relay.shells.metrics import relay_registry
 from relay.shells.peer import UdpPeer
+from tests.relay import udp_harness
 from tests.relay.udp_harness import RelayHarness, UdpPair
 from tests.support.waiting import wait_until
 
 SO_NO_CHECK = 11
+
+
+@pytest.fixture
+async def relay(host):
+    """A relay on loopback that receives with UDP GRO from the start."""
+    h = await udp_harness.harness(
+        host, bind_lifetime=30.0, steady_state_lifetime=300.0, udp_gro="on"
+    )
+    yield h
+    await udp_harness.close(h)
 
 
 def send_train(peer: UdpPeer, segments: list[bytes], destination, segment_size: int) -> None:
@@ -301,7 +313,7 @@ async def test_switched_off_trains_are_relayed_datagram_by_datagram(relay_factor
 async def test_more_datagrams_than_one_sendmmsg_takes_are_sent_in_order(relay_factory):
     # GRO on, GSO off: every segment of 20 trains of 64 is an entry of its own, 1280 in
     # one read batch, more than the queue's SEND_MESSAGES: it is sent and filled again
-    relay = await relay_factory("127.0.0.1", udp_gso="off")
+    relay = await relay_factory("127.0.0.1", udp_gso="off", udp_gro="on")
     udp = the_transport(relay)
     assert udp.gro and not udp.gso
     pair = await relay.bound_pair()
@@ -318,7 +330,7 @@ async def test_options_the_kernel_refuses_stay_off(relay_factory, monkeypatch):
     # option numbers no kernel knows: the probes' real setsockopt/getsockopt fail
     monkeypatch.setattr(transport, "UDP_GRO", 0x7FFF)
     monkeypatch.setattr(transport, "UDP_SEGMENT", 0x7FFE)
-    relay = await relay_factory("127.0.0.1")
+    relay = await relay_factory("127.0.0.1", udp_gro="on")
     udp = the_transport(relay)
     assert not udp.gso and not udp.gro
     monkeypatch.undo()
@@ -330,7 +342,7 @@ async def test_options_the_kernel_refuses_stay_off(relay_factory, monkeypatch):
 
 
 async def test_a_gso_send_the_kernel_refuses_turns_gso_off_and_is_sent_again(relay_factory):
-    relay = await relay_factory("127.0.0.1")
+    relay = await relay_factory("127.0.0.1", udp_gro="on")
     udp = the_transport(relay)
     # IPv4 without UDP checksums: the kernel refuses UDP_SEGMENT sends with EINVAL
     udp._sock.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
@@ -371,7 +383,90 @@ def test_the_switches_come_from_flags_and_the_environment():
     def config(*args: str, **environ: str) -> RelayConfig:
         return from_args(RelayConfig, build_parser(environ).parse_args(["relay", *args]))
 
-    assert (config().udp_gso, config().udp_gro) == ("on", "on")
+    assert (config().udp_gso, config().udp_gro) == ("on", "auto")
     assert config("--udp-gso", "off").udp_gso == "off"
     assert config(RELAYFLEET_UDP_GRO="off").udp_gro == "off"
     assert config("--udp-gro", "on", RELAYFLEET_UDP_GRO="off").udp_gro == "on"
+
+
+# --udp-gro auto: GRO off until full reads show datagrams of one source back to back.
+
+
+def test_back_to_back_is_at_least_half_the_datagrams_following_one_of_their_source():
+    a, b, c = b"a" * 16, b"b" * 16, b"c" * 16
+    assert transport.back_to_back([a] * 128)
+    assert transport.back_to_back([a] * 64 + [b] * 64)
+    assert not transport.back_to_back([a, b] * 64)
+    assert not transport.back_to_back([a, b, c, a])
+    assert transport.back_to_back([a, a, b, b])  # 2 of 4 follow one of their own
+    assert not transport.back_to_back([a, a, b, c])
+
+
+def full_reads(count: int) -> int:
+    """Datagrams for ``count`` full reads (the tests queue them all before the relay reads)."""
+    return count * transport.BATCH
+
+
+async def test_gro_auto_stays_off_while_sources_take_turns(relay_factory):
+    relay = await relay_factory("127.0.0.1")
+    udp = the_transport(relay)
+    assert not udp.gro and udp.gro_waiting
+    pair = await relay.bound_pair()
+    to_b = [data(pair.clients[0], i % 256, 200) for i in range(full_reads(8) // 2)]
+    to_a = [data(pair.clients[1], i % 256, 200) for i in range(full_reads(8) // 2)]
+    for ab, ba in zip(to_b, to_a, strict=True):  # queued before the relay reads: full reads
+        pair.peers[0].send(ab, relay.relay)
+        pair.peers[1].send(ba, relay.relay)
+    assert await receive_all(pair.peers[1], len(to_b)) == to_b
+    assert await receive_all(pair.peers[0], len(to_a)) == to_a
+    assert udp._full_reads >= transport.GRO_AUTO_CHECK_EVERY  # it did look
+    assert not udp.gro and udp.gro_waiting
+    assert udp.trains_received == 0
+
+
+async def test_gro_auto_turns_on_for_good_once_datagrams_come_back_to_back(relay_factory):
+    relay = await relay_factory("127.0.0.1")
+    udp = the_transport(relay)
+    pair = await relay.bound_pair()
+    size = 200
+    # a train before the switch: the kernel splits it on receipt, relayed datagram by datagram
+    segments = [data(pair.clients[0], i, size) for i in range(10)]
+    send_train(pair.peers[0], segments, relay.relay, size)
+    assert await receive_all(pair.peers[1], 10) == segments
+    assert not udp.gro and udp.trains_received == 0
+    # one source back to back, in GRO_AUTO_CHECK_EVERY + 1 full reads: one of them is looked at
+    burst = [
+        data(pair.clients[0], i % 256, size)
+        for i in range(full_reads(transport.GRO_AUTO_CHECK_EVERY + 1))
+    ]
+    for datagram in burst:
+        pair.peers[0].send(datagram, relay.relay)
+    assert await receive_all(pair.peers[1], len(burst)) == burst
+    assert udp.gro and not udp.gro_waiting
+    send_train(pair.peers[0], segments, relay.relay, size)
+    assert await receive_all(pair.peers[1], 10) == segments
+    assert udp.trains_received == 1
+    # datagrams taking turns no longer matter: GRO stays on
+    turns = full_reads(transport.GRO_AUTO_CHECK_EVERY)
+    for i in range(turns):
+        pair.peers[i % 2].send(data(pair.clients[i % 2], i % 256, size), relay.relay)
+    assert len(await receive_all(pair.peers[1], turns // 2)) == turns // 2
+    assert len(await receive_all(pair.peers[0], turns // 2)) == turns // 2
+    assert udp.gro
+    assert relay.server.core.forwarded_packets == 20 + len(burst) + turns
+    assert relay.total_drops() == 0 and udp.send_errors == 0
+
+
+async def test_gro_auto_where_the_kernel_refuses_gro_stays_off(relay_factory, monkeypatch):
+    monkeypatch.setattr(transport, "UDP_GRO", 0x7FFF)
+    relay = await relay_factory("127.0.0.1")
+    udp = the_transport(relay)
+    pair = await relay.bound_pair()
+    burst = [
+        data(pair.clients[0], i % 256, 100)
+        for i in range(full_reads(transport.GRO_AUTO_CHECK_EVERY + 1))
+    ]
+    for datagram in burst:
+        pair.peers[0].send(datagram, relay.relay)
+    assert await receive_all(pair.peers[1], len(burst)) == burst
+    assert not udp.gro and not udp.gro_waiting
