@@ -90,6 +90,7 @@ from bench.workers import (
     OURS_2,
     Group,
     load_average,
+    print_logs,
     reference_label,
     start_group,
     verdict,
@@ -421,10 +422,7 @@ def main(args: argparse.Namespace) -> None:
                 for m in measured:
                     results[m.name] = result_of(m)
             except BaseException:
-                for group in started:
-                    tail = group.log_tail() if isinstance(group, Group) else ""
-                    if tail:
-                        print(f"  {group.name}'s log ends:\n{tail}")
+                print_logs(started)
                 raise
             finally:
                 for m in measured:

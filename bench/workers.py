@@ -634,15 +634,16 @@ def measure_size(measured: Sequence[Measured], size: int, args, progress: Progre
     """A warm-up round of each forwarder, then ``--rounds`` rounds in turn: round r of every
     forwarder before round r + 1 of any, so that a slow minute of the machine falls on all
     of them. Each forwarder's figures, in ``measured``'s order."""
-    packets = {id(m): args.packets // len(m.clients) * len(m.clients) for m in measured}
+    clients = 2 * args.endpoints
+    packets = args.packets // clients * clients
     for m in measured:
-        m.round(size, max(packets[id(m)] // 10, len(m.clients)))
-    rounds: dict[int, list[Round]] = {id(m): [] for m in measured}
+        m.round(size, max(packets // 10, clients))
+    rounds: list[list[Round]] = [[] for _ in measured]
     for turn in range(args.rounds):
         progress.cell(f"{size} B, round {turn + 1} of {args.rounds}")
-        for m in measured:
-            rounds[id(m)].append(m.round(size, packets[id(m)], args.quiet_wait))
-    return [summary(m.forwarder, rounds[id(m)], packets[id(m)]) for m in measured]
+        for m, done in zip(measured, rounds, strict=True):
+            done.append(m.round(size, packets, args.quiet_wait))
+    return [summary(m.forwarder, done, packets) for m, done in zip(measured, rounds, strict=True)]
 
 
 def summary(forwarder: Group, rounds: list[Round], packets: int) -> dict:

@@ -404,7 +404,7 @@ class BatchedUdpTransport:
             header.msg_controllen = _CONTROL_SPACE
         ctypes.memmove(self._received_layout, self._received.address, len(self._received_layout))
 
-    def _gro_now(self) -> bool:
+    def _turn_gro_on(self) -> bool:
         """Turn UDP_GRO on for good (``gro="auto"``, trains seen coming); whether it is on."""
         self.gro_waiting = False
         self.gro = enable_udp_gro(self._sock)
@@ -457,7 +457,7 @@ class BatchedUdpTransport:
             elif count == BATCH and self.gro_waiting:
                 self._full_reads += 1
                 if not self._full_reads % GRO_AUTO_CHECK_EVERY and back_to_back(sources):
-                    gro = self._gro_now()
+                    gro = self._turn_gro_on()
             if self._queued:
                 self._send_queued(self._queued)
             if count < BATCH:
