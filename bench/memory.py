@@ -30,6 +30,19 @@ buckets (capped, not per endpoint) and the clients' own objects are left out.
 One fake clock reading serves every datagram, so the clients' last-seen times
 share one float: a real clock gives each wake-up its own (24 B). No process,
 socket or Redis.
+
+    .venv/bin/python -m bench.memory --bound-rss 100000
+
+measures resident memory per bound endpoint in real processes: ours
+(`relayfleet relay`, memory store, one worker, handshake limits raised,
+--bind-lifetime and --steady-state-lifetime 6h) beside the v1.102.5
+reference (.dev/bin/refserver-v1, GOMAXPROCS=1). Each is started, its RSS
+settled, then N endpoints are allocated through its HTTP API and bound by
+both clients in protocol version 1 over loopback (bench/binder.py, a data
+packet relayed through each), 10 000 at a time, so that none waits unbound
+past the reference's fixed 30 s; then its RSS settled again. Per bound
+endpoint = RSS growth / N. The clients come from a pool of 256 sockets, as a
+relay sees them only by their address: each endpoint still holds its own.
 """
 
 from __future__ import annotations
@@ -45,8 +58,11 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from bench.binder import Binder
 from bench.clients import KeySet, allocate, random_pair, request_body
 from bench.processes import (
+    RAISED_LIMITS,
+    REFERENCE_V1,
     REFSERVER,
     REFSERVER_MISSING,
     Forwarder,
@@ -57,6 +73,7 @@ from bench.processes import (
     stop_on_sigterm,
 )
 from bench.report import Progress, ratio
+from bench.sockets import POOL_BUFFER, client_socket
 from relay.protocol.allocation import Allocation
 from relay.protocol.client import RelayClient
 from relay.protocol.core import RelayCore
@@ -69,6 +86,9 @@ from tests.support.waiting import wait_until_sync
 CONCURRENCY = 50
 BIND_LIFETIME = "6h"  # allocations stay unbound for the whole measurement
 REFERENCE_MAX = 100_000
+BIND_CHUNK = 10_000
+"""Endpoints allocated and then bound at a time (--bound-rss): well within 30 s."""
+BIND_POOL = 256
 Pairs = list[tuple[DiscoPublicKey, DiscoPublicKey]]
 
 
@@ -257,6 +277,61 @@ def core_bytes_per_endpoint(count: int, by_line: bool = False) -> tuple[float, f
     return allocated, bound, settled
 
 
+def bound_rss_per_endpoint(
+    name: str, command: list[str], count: int, env: dict[str, str] | None = None
+) -> tuple[float, int, int]:
+    """A server's RSS growth per endpoint allocated through its HTTP API and bound by both
+    clients in protocol version 1, :data:`BIND_CHUNK` at a time."""
+    started: list[Forwarder] = []
+    pool = [client_socket(POOL_BUFFER) for _ in range(BIND_POOL)]
+    try:
+        server = Forwarder.start(name, command, started, env)
+        before = settle_rss(server.process.pid)
+        keys = KeySet(count)
+        for first in range(0, count, BIND_CHUNK):
+            stop = min(count, first + BIND_CHUNK)
+            vnis = allocate(server.api, keys.request_bodies(first, stop))
+            endpoints = list(zip(range(first, stop), vnis, strict=True))
+            binder = Binder(server.udp, server.server_key, keys, endpoints, pool, protocol=1)
+            outcome = binder.run(window=256, retry=0.5, timeout=60)
+            if outcome.done != stop - first:
+                raise RuntimeError(f"{name}: {stop - first - outcome.done} endpoints did not bind")
+        after = settle_rss(server.process.pid)
+        return (after - before) / count, before, after
+    finally:
+        stop_all(started)
+        for sock in pool:
+            sock.close()
+
+
+def bound_main(count: int) -> None:
+    """--bound-rss: ours beside v1.102.5, RSS per bound endpoint."""
+    print(f"resident memory per bound endpoint at {count:,} endpoints (loopback, this machine)")
+    progress = Progress("bench.memory", 2)
+    progress.cell(f"ours: {count:,} endpoints allocated and bound")
+    flags = (
+        "--log-level", "error", "--workers", "1", "--bind-lifetime", BIND_LIFETIME,
+        "--steady-state-lifetime", BIND_LIFETIME, *RAISED_LIMITS,
+    )  # fmt: skip
+    ours, o0, o1 = bound_rss_per_endpoint("ours", ours_command(*flags), count)
+    print(
+        f"  ours (memory store)       {ours:8.1f} B/endpoint RSS "
+        f"({o0 / 2**20:.0f} -> {o1 / 2**20:.0f} MiB)"
+    )
+    if REFERENCE_V1.missing:
+        print(f"  {REFERENCE_V1.missing}")
+        return
+    progress.cell(f"{REFERENCE_V1.name}: {count:,} endpoints allocated and bound")
+    ref, r0, r1 = bound_rss_per_endpoint(
+        REFERENCE_V1.name, REFERENCE_V1.command(), count, REFERENCE_V1.environment()
+    )
+    print(
+        f"  {REFERENCE_V1.name:<24}  {ref:8.1f} B/endpoint RSS "
+        f"({r0 / 2**20:.0f} -> {r1 / 2**20:.0f} MiB)"
+    )
+    print(f"  ratio ours/reference      {ratio(ours, ref):>8} (per bound endpoint)")
+
+
 def main(endpoints: int) -> None:
     reference = REFSERVER.exists() and endpoints <= REFERENCE_MAX
     progress = Progress("bench.memory", 4 if reference else 3)
@@ -316,9 +391,17 @@ if __name__ == "__main__":
     parser.add_argument(
         "--by-line", action="store_true", help="with --bound-core: where the bytes go"
     )
+    parser.add_argument(
+        "--bound-rss",
+        type=int,
+        metavar="N",
+        help="resident memory of N endpoints allocated and bound over UDP, ours beside v1.102.5",
+    )
     stop_on_sigterm()
     args = parser.parse_args()
-    if args.bound_core:
+    if args.bound_rss:
+        bound_main(args.bound_rss)
+    elif args.bound_core:
         core_bytes_per_endpoint(args.bound_core, args.by_line)
     else:
         main(args.endpoints)
