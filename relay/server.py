@@ -156,6 +156,10 @@ class RelayServer:
         return self._transport.trains_received if self._transport else 0
 
     @property
+    def gro_sockets(self) -> int:
+        return int(self._transport.gro) if self._transport else 0
+
+    @property
     def name(self) -> str:
         return self.config.name
 

@@ -61,6 +61,9 @@ class RelayState(Protocol):
     @property
     def trains_received(self) -> int: ...
 
+    @property
+    def gro_sockets(self) -> int: ...
+
 
 class RelayCollector(Collector):
     def __init__(self, server: RelayState) -> None:
@@ -171,6 +174,12 @@ class RelayCollector(Collector):
             f"{PREFIX}_gro_trains",
             "Reads that brought a train of several datagrams coalesced by UDP GRO",
             value=server.trains_received,
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_udp_gro_sockets",
+            "UDP sockets reading with UDP GRO, one per worker (--udp-gro auto: none until a "
+            "busy read's datagrams come back to back from one source)",
+            value=server.gro_sockets,
         )
 
 

@@ -402,6 +402,10 @@ def test_back_to_back_is_at_least_half_the_datagrams_following_one_of_their_sour
     assert not transport.back_to_back([a, a, b, c])
 
 
+def relay_metrics(relay: RelayHarness) -> str:
+    return generate_latest(relay_registry(relay.server)).decode()
+
+
 def full_reads(count: int) -> int:
     """Datagrams for ``count`` full reads (the tests queue them all before the relay reads)."""
     return count * transport.BATCH
@@ -434,6 +438,7 @@ async def test_gro_auto_turns_on_for_good_once_datagrams_come_back_to_back(relay
     send_train(pair.peers[0], segments, relay.relay, size)
     assert await receive_all(pair.peers[1], 10) == segments
     assert not udp.gro and udp.trains_received == 0
+    assert "relayfleet_relay_udp_gro_sockets 0.0" in relay_metrics(relay)
     # one source back to back, in GRO_AUTO_CHECK_EVERY + 1 full reads: one of them is looked at
     burst = [
         data(pair.clients[0], i % 256, size)
@@ -443,6 +448,7 @@ async def test_gro_auto_turns_on_for_good_once_datagrams_come_back_to_back(relay
         pair.peers[0].send(datagram, relay.relay)
     assert await receive_all(pair.peers[1], len(burst)) == burst
     assert udp.gro and not udp.gro_waiting
+    assert "relayfleet_relay_udp_gro_sockets 1.0" in relay_metrics(relay)
     send_train(pair.peers[0], segments, relay.relay, size)
     assert await receive_all(pair.peers[1], 10) == segments
     assert udp.trains_received == 1

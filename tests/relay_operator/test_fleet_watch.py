@@ -41,7 +41,7 @@ def test_the_relays_own_metrics_have_every_counter_the_view_reads():
         core = RelayCore(DiscoPrivateKey.generate(), b"s" * 32)
         agent = None
         fast_path = None
-        receive_errors = send_errors = gso_sends = trains_received = 0
+        receive_errors = send_errors = gso_sends = trains_received = gro_sockets = 0
         allocations_refused: dict = {}  # noqa: RUF012
         api_errors: dict = {}  # noqa: RUF012
 
