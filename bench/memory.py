@@ -56,6 +56,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.binder import Binder
@@ -141,17 +142,33 @@ async def redis_figures(server: RedisServer, pairs: Pairs) -> dict:
     }
 
 
-def relay_rss_per_endpoint(command: list[str], pairs: Pairs) -> tuple[float, int, int]:
-    """A server's RSS growth per endpoint allocated through its HTTP API."""
+def rss_growth(
+    name: str,
+    command: list[str],
+    count: int,
+    fill: Callable[[Forwarder], None],
+    env: dict[str, str] | None = None,
+) -> tuple[float, int, int]:
+    """A server's RSS growth per endpoint while ``fill`` gives it ``count`` endpoints: (per
+    endpoint, RSS before, RSS after), each RSS settled."""
     started: list[Forwarder] = []
     try:
-        relay = Forwarder.start(command[0], command, started)
-        before = settle_rss(relay.process.pid)
-        allocate(relay.api, [request_body(pair) for pair in pairs])
-        after = settle_rss(relay.process.pid)
-        return (after - before) / len(pairs), before, after
+        server = Forwarder.start(name, command, started, env)
+        before = settle_rss(server.process.pid)
+        fill(server)
+        after = settle_rss(server.process.pid)
+        return (after - before) / count, before, after
     finally:
         stop_all(started)
+
+
+def relay_rss_per_endpoint(command: list[str], pairs: Pairs) -> tuple[float, int, int]:
+    """A server's RSS growth per endpoint allocated through its HTTP API."""
+
+    def fill(server: Forwarder) -> None:
+        allocate(server.api, [request_body(pair) for pair in pairs])
+
+    return rss_growth(command[0], command, len(pairs), fill)
 
 
 def agent_rss_per_endpoint(url: str, pairs: Pairs) -> tuple[float, int, int]:
@@ -282,26 +299,25 @@ def bound_rss_per_endpoint(
 ) -> tuple[float, int, int]:
     """A server's RSS growth per endpoint allocated through its HTTP API and bound by both
     clients in protocol version 1, :data:`BIND_CHUNK` at a time."""
-    started: list[Forwarder] = []
-    pool = [client_socket(POOL_BUFFER) for _ in range(BIND_POOL)]
-    try:
-        server = Forwarder.start(name, command, started, env)
-        before = settle_rss(server.process.pid)
-        keys = KeySet(count)
-        for first in range(0, count, BIND_CHUNK):
-            stop = min(count, first + BIND_CHUNK)
-            vnis = allocate(server.api, keys.request_bodies(first, stop))
-            endpoints = list(zip(range(first, stop), vnis, strict=True))
-            binder = Binder(server.udp, server.server_key, keys, endpoints, pool, protocol=1)
-            outcome = binder.run(window=256, retry=0.5, timeout=60)
-            if outcome.done != stop - first:
-                raise RuntimeError(f"{name}: {stop - first - outcome.done} endpoints did not bind")
-        after = settle_rss(server.process.pid)
-        return (after - before) / count, before, after
-    finally:
-        stop_all(started)
-        for sock in pool:
-            sock.close()
+    keys = KeySet(count)
+
+    def fill(server: Forwarder) -> None:
+        pool = [client_socket(POOL_BUFFER) for _ in range(BIND_POOL)]
+        try:
+            for first in range(0, count, BIND_CHUNK):
+                stop = min(count, first + BIND_CHUNK)
+                vnis = allocate(server.api, keys.request_bodies(first, stop))
+                endpoints = list(zip(range(first, stop), vnis, strict=True))
+                binder = Binder(server.udp, server.server_key, keys, endpoints, pool, protocol=1)
+                outcome = binder.run(window=256, retry=0.5, timeout=60)
+                if outcome.done != stop - first:
+                    missing = stop - first - outcome.done
+                    raise RuntimeError(f"{name}: {missing} endpoints did not bind")
+        finally:
+            for sock in pool:
+                sock.close()
+
+    return rss_growth(name, command, count, fill, env)
 
 
 def bound_main(count: int) -> None:
