@@ -64,7 +64,8 @@ the one measured):
      the rounds are reported.
   5. Ours: /metrics must show the endpoints bound and at least as many
      packets forwarded as the clients received; a worker that restarted
-     (its log) fails the run.
+     (its log) fails the run. It also says how many of ours' sockets read
+     with UDP GRO (--udp-gro auto turns it on only once trains come).
   Single datagrams in the queues (as loopback, or a NIC without GRO, hands
   them over), so the rows "GRO off" show the reference's batching of
   single datagrams; its GRO-on rows read few per call from such a queue
@@ -702,6 +703,7 @@ def check_ours(forwarder: Group, endpoints: int, received: int) -> None:
     bound = metrics['relayfleet_relay_endpoints{state="bound"}']
     allocated = metrics['relayfleet_relay_endpoints{state="allocated"}']
     forwarded = metrics["relayfleet_relay_forwarded_packets_total"]
+    gro = metrics.get("relayfleet_relay_udp_gro_sockets", 0)
     drops = {
         name.split('"')[1]: value
         for name, value in metrics.items()
@@ -710,7 +712,8 @@ def check_ours(forwarder: Group, endpoints: int, received: int) -> None:
     print(
         f"  {forwarder.name} /metrics: {bound:,.0f} bound + {allocated:,.0f} allocated; "
         f"{forwarded:,.0f} forwarded, clients received {received:,} "
-        f"(+ {forwarder.bind_packets} bind checks); drops {drops or 'none'}"
+        f"(+ {forwarder.bind_packets} bind checks); drops {drops or 'none'}; "
+        f"{gro:.0f} of its sockets read with UDP GRO"
     )
     if bound != endpoints or bound + allocated != forwarder.allocated:
         raise RuntimeError(
