@@ -8,7 +8,7 @@ Create and resume place and allocate in one pass; a crash between allocating
 and writing the status is survived because the next pass finds the relay the
 allocation went to (the relay label, or the store holding the pair) and asks
 it again for the same pair, which gives the same allocation back. Only one
-resource per pair of keys is allocated (a kopf index by pair). An edit of
+resource per pair of keys is allocated (the index's pairs part). An edit of
 ``spec.relay`` moves a placed resource to the relay now pinned. Delete frees
 the allocation before the finalizer lets the resource go. The reallocate
 annotation allocates afresh; the relay-dead annotation, set by the fleet-wide
@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -58,7 +58,7 @@ from relay.resource.status import (
 )
 from relay.resource.tailnet_endpoint import from_tailnet
 from relay.store import StoreUnavailable, VNIExhausted
-from relay_operator import relay_check, relay_objects, take_up
+from relay_operator import endpoint_index, relay_check, relay_objects, take_up
 from relay_operator.allocating import (
     RELAY_DEAD,
     Allocator,
@@ -68,6 +68,14 @@ from relay_operator.allocating import (
 )
 from relay_operator.api_session import bounded_session
 from relay_operator.config import OperatorConfig
+from relay_operator.endpoint_index import (
+    BY_RELAY,
+    PAIRS,
+    UNPLACED,
+    WAITING,
+    IndexKey,
+    IndexPart,
+)
 from relay_operator.metrics import OperatorMetrics
 from relay_operator.pending import Waiting, waiting_entry
 
@@ -77,11 +85,14 @@ PAIR_IN_USE_RETRY = 30.0
 PairClaim = tuple[bool, str, str]
 """A resource's claim on its pair of keys: (not yet allocated, creation time, uid)."""
 
+PairClaims = Mapping[str, Collection[PairClaim]]
+"""The claims on each pair of keys (the index's :data:`PAIRS` part)."""
+
 registry = kopf.OperatorRegistry()
 """Every handler of the operator, and nothing else's."""
 
 OPERATORS = {ORIGIN_LABEL: kopf.ABSENT}
-"""The filter of the handlers that place and allocate (and of the indexes that feed them): a
+"""The filter of the handlers that place and allocate (and of the index parts that feed them): a
 RelayEndpoint a relay made for its tailnet's peers (relay/resource/tailnet_endpoint.py) is the
 relay's to write. The operator frees its allocation when it is deleted, counts it as holding
 its pair, and says when its relay is gone (:func:`relay_dead`)."""
@@ -153,9 +164,7 @@ def pair_id(keys: tuple[DiscoPublicKey, DiscoPublicKey]) -> str:
     return " ".join(sorted(str(k) for k in keys))
 
 
-def pair_holder(
-    claims: kopf.Index[str, PairClaim], keys: tuple[DiscoPublicKey, DiscoPublicKey]
-) -> str | None:
+def pair_holder(claims: PairClaims, keys: tuple[DiscoPublicKey, DiscoPublicKey]) -> str | None:
     """The uid of the RelayEndpoint that holds a pair: one already allocated, else the oldest.
 
     The store keeps one allocation per pair, so two resources naming the same
@@ -292,14 +301,11 @@ async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
     return None if info is None else bounded_session(info)
 
 
-# Every index returns {} for a resource that leaves it, never None: kopf keeps what an index
+# The index returns {} for a resource that leaves it, never None: kopf keeps what an index
 # handler returned before when it returns None, so the resource would stay indexed as it was.
 
 
-@kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="pairs")
-async def pairs(
-    spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, **_: Any
-) -> dict[str, PairClaim]:
+def pair_claim(spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status) -> dict[str, PairClaim]:
     try:
         keys = disco_keys(spec)
     except kopf.PermanentError:
@@ -308,22 +314,39 @@ async def pairs(
     return {pair_id(keys): (not allocated, meta.get("creationTimestamp") or "", meta["uid"])}
 
 
-@kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="by_relay")
-async def by_relay(status: kopf.Status, meta: kopf.Meta, **_: Any) -> dict[str, relay_check.Served]:
-    return relay_check.index_entry(status, meta) or {}
-
-
-@kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="waiting", labels=OPERATORS)
-async def waiting(status: kopf.Status, meta: kopf.Meta, **_: Any) -> dict[str, Waiting]:
-    """RelayEndpoints waiting for an allocation, for the metrics (relay_operator/pending.py)."""
-    return waiting_entry(status, meta, time.time()) or {}
+@kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="endpoints")
+async def endpoints(
+    spec: kopf.Spec,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    labels: kopf.Labels,
+    memo: OperatorMemo,
+    **_: Any,
+) -> dict[IndexKey, Any]:
+    """Every RelayEndpoint's claim on its pair and the relay serving it; and, for those the
+    operator places (:data:`OPERATORS`), why it waits for an allocation (the metrics,
+    relay_operator/pending.py) and, without a phase, its own memo (the take-up loop)."""
+    placed_here = ORIGIN_LABEL not in labels
+    unplaced = placed_here and status.get("phase") is None
+    return endpoint_index.entries(
+        {
+            PAIRS: pair_claim(spec, meta, status),
+            BY_RELAY: relay_check.index_entry(status, meta),
+            WAITING: waiting_entry(status, meta, time.time()) if placed_here else None,
+            UNPLACED: (
+                {meta["uid"]: (meta.get("namespace") or "", meta["name"], memo)}
+                if unplaced
+                else None
+            ),
+        }
+    )
 
 
 @kopf.on.startup(registry=registry, id="count-waiting")
 async def count_waiting_endpoints(
-    waiting: kopf.Index[str, Waiting], memo: OperatorMemo, **_: Any
+    endpoints: kopf.Index[IndexKey, Any], memo: OperatorMemo, **_: Any
 ) -> None:
-    memo.metrics.count_pending(waiting)
+    memo.metrics.count_pending(IndexPart[Waiting](endpoints, WAITING))
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="allocate", labels=OPERATORS)
@@ -332,27 +355,17 @@ async def allocate(
     body: kopf.Body,
     patch: kopf.Patch,
     retry: int,
-    pairs: kopf.Index[str, PairClaim],
+    endpoints: kopf.Index[IndexKey, Any],
     memo: OperatorMemo,
     **_: Any,
 ) -> None:
     try:
-        await allocate_once(body, patch, retry, pairs, memo)
+        await allocate_once(body, patch, retry, IndexPart(endpoints, PAIRS), memo)
     finally:
         memo.allocate_ran = time.monotonic()
 
 
 # The take-up loop and its rules: relay_operator/take_up.py.
-
-
-@kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="unplaced", labels=OPERATORS)
-async def unplaced(
-    status: kopf.Status, meta: kopf.Meta, memo: OperatorMemo, **_: Any
-) -> dict[str, take_up.Unplaced]:
-    """RelayEndpoints without a phase, with their own memo (when their handler last ran)."""
-    if status.get("phase") is not None:
-        return {}
-    return {meta["uid"]: (meta.get("namespace") or "", meta["name"], memo)}
 
 
 @kopf.on.field(
@@ -369,7 +382,7 @@ async def allocate_taken_up(
     patch: kopf.Patch,
     retry: int,
     new: Any,
-    pairs: kopf.Index[str, PairClaim],
+    endpoints: kopf.Index[IndexKey, Any],
     memo: OperatorMemo,
     **_: Any,
 ) -> None:
@@ -377,16 +390,15 @@ async def allocate_taken_up(
         return
     try:
         if body.status.get("phase") is None:
-            await allocate_once(body, patch, retry, pairs, memo)
+            await allocate_once(body, patch, retry, IndexPart(endpoints, PAIRS), memo)
     finally:
         memo.allocate_ran = time.monotonic()
     patch.metadata.annotations[TAKE_UP_ANNOTATION] = None
 
 
 @kopf.on.startup(registry=registry, id="take-up")
-async def start_take_up(
-    unplaced: kopf.Index[str, take_up.Unplaced], memo: OperatorMemo, **_: Any
-) -> None:
+async def start_take_up(endpoints: kopf.Index[IndexKey, Any], memo: OperatorMemo, **_: Any) -> None:
+    unplaced = IndexPart[take_up.Unplaced](endpoints, UNPLACED)
     loop = take_up.run_take_up(unplaced, take_up.kubernetes_mark(), memo.config.take_up_after)
     memo.take_up = asyncio.create_task(loop, name="take-up")
 
@@ -400,7 +412,7 @@ async def allocate_once(
     body: kopf.Body,
     patch: kopf.Patch,
     retry: int,
-    pairs: kopf.Index[str, PairClaim],
+    pairs: PairClaims,
     memo: OperatorMemo,
 ) -> None:
     """Place and allocate a resource without an allocation that stands, or keep its own."""
@@ -547,10 +559,13 @@ async def free(
 
 @kopf.on.startup(registry=registry, id="relay-check")
 async def start_relay_check(
-    by_relay: kopf.Index[str, relay_check.Served], memo: OperatorMemo, **_: Any
+    endpoints: kopf.Index[IndexKey, Any], memo: OperatorMemo, **_: Any
 ) -> None:
     check = relay_check.run_relay_check(
-        by_relay, memo.allocator, relay_check.kubernetes_mark(), memo.config.relay_check_interval
+        IndexPart[relay_check.Served](endpoints, BY_RELAY),
+        memo.allocator,
+        relay_check.kubernetes_mark(),
+        memo.config.relay_check_interval,
     )
     memo.relay_check = asyncio.create_task(check, name="relay-check")
 

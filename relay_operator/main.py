@@ -16,7 +16,7 @@ from relay.protocol.geneve import MAX_VNI
 from relay.resource.client import api_client
 from relay.resource.definition import FINALIZER, GROUP, RELAY_LABEL
 from relay.store import open_store, redact_url
-from relay_operator import index_barrier
+from relay_operator import index_barrier, kopf_copies
 from relay_operator.allocating import Allocator
 from relay_operator.config import OperatorConfig
 from relay_operator.handlers import OperatorMemo, registry
@@ -32,7 +32,7 @@ def operator_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PROGRESS_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = kopf_copies.EssenceDiffBaseStorage(
         prefix=PROGRESS_PREFIX,
         key="last-handled-configuration",
         ignored_fields=[("metadata", "labels", RELAY_LABEL), ("status",)],
@@ -89,6 +89,7 @@ async def run_operator(
     metrics_server = await metrics.serve(*config.metrics_listen) if config.metrics_listen else None
     if not index_barrier.wake_on_change_only():
         log.warning("kopf's start-up barrier is not the one expected: left as it is")
+    kopf_copies.skip_copying_empty_patches()
     try:
         await kopf.operator(
             registry=registry,

@@ -4,8 +4,9 @@ registry shows them, and the RelayEndpoints waiting for an allocation.
 Served on ``--metrics-listen`` with a registry of the operator's own, so
 that several operators can share one process (tests). The relays' gauges
 are read at scrape time from the registry as the operator last read it
-(every ``--relay-check-interval``); the waiting RelayEndpoints from a kopf
-index (relay_operator/pending.py), once the handlers hand it over.
+(every ``--relay-check-interval``); the waiting RelayEndpoints from
+the operator's kopf index (relay_operator/pending.py), once the handlers hand
+it over.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ class _RelayCollector(Collector):
 
 
 class _PendingCollector(Collector):
-    """The RelayEndpoints waiting for an allocation, from the handlers' ``waiting`` index."""
+    """The RelayEndpoints waiting for an allocation, from the handlers' index (its ``waiting``
+    part)."""
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self.index: PendingIndex = {}
@@ -123,8 +125,8 @@ class OperatorMetrics:
         self.registry.register(self._pending)
 
     def count_pending(self, index: PendingIndex) -> None:
-        """Count the RelayEndpoints of ``index`` (the handlers' live ``waiting`` index) from now
-        on; until then none are reported waiting."""
+        """Count the RelayEndpoints of ``index`` (the ``waiting`` part of the handlers' live
+        index) from now on; until then none are reported waiting."""
         self._pending.index = index
 
     async def serve(self, host: str, port: int) -> web.AppRunner:

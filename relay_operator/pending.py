@@ -2,9 +2,9 @@
 
 A RelayEndpoint waits while it has no phase yet (new, or its first attempts
 failed without a status: no free VNI, the store unreachable) or is Pending
-(Ready False: NoRelayAvailable, PairInUse, RelayDead, RelayRekeyed). A kopf
-index (``waiting``, relay_operator/handlers.py) keeps one :data:`Waiting`
-entry per such resource, by the reason it waits; the metrics
+(Ready False: NoRelayAvailable, PairInUse, RelayDead, RelayRekeyed). The
+``waiting`` part of the operator's kopf index (relay_operator/endpoint_index.py)
+keeps one :data:`Waiting` entry per such resource, by the reason it waits; the metrics
 (relay_operator/metrics.py) count them and the age of the oldest at scrape
 time, for the alert on RelayEndpoints pending over a minute.
 
@@ -50,7 +50,7 @@ Waiting = tuple[float, float]
 epoch."""
 
 PendingIndex = Mapping[str, Collection[Waiting]]
-"""The ``waiting`` index: the waiting resources by reason."""
+"""The index's ``waiting`` part: the waiting resources by reason."""
 
 
 @dataclass(frozen=True)

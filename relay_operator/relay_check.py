@@ -13,8 +13,9 @@ change, and removes the annotation once it has. A pass costs a comparison per
 resource in memory and a Kubernetes call per resource marked, none while every
 relay lives under its key.
 
-Which resources sit on which relay comes from a kopf index (``by_relay``),
-which kopf keeps current from its watch: no listing. A standby replica (kopf
+Which resources sit on which relay comes from the ``by_relay`` part of the
+operator's kopf index (relay_operator/endpoint_index.py), which kopf keeps
+current from its watch: no listing. A standby replica (kopf
 peering) runs the check too; the mark is the same whoever sets it, and only
 the active replica's handler acts on it. The operator's startup handler
 starts :func:`run_relay_check`, its cleanup handler stops it.
@@ -45,7 +46,7 @@ Served = tuple[str, str, str | None, str | None]
 ``serverDisco`` its status gave the clients)."""
 
 ByRelay = Mapping[str, Collection[Served]]
-"""The ``by_relay`` index: the resources each relay serves."""
+"""The index's ``by_relay`` part: the resources each relay serves."""
 
 
 def index_entry(status: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Served] | None:

@@ -4,10 +4,10 @@ When kube-apiserver goes away in the middle of a handler, kopf gives up on its
 patch after a few retries: the resource keeps no phase and gets no further event,
 so nothing would run for it again. One loop for the whole operator looks, every
 ``--take-up-after`` / 3, for resources still without a phase (the ``unplaced``
-kopf index, kept from kopf's watch) whose create, resume or take-up handler ran to
-its end ``--take-up-after`` ago or more, and sets the take-up annotation on each;
-the take-up handler (relay_operator/handlers.py) allocates it and removes the
-annotation.
+part of the operator's kopf index, kept from kopf's watch) whose create, resume or
+take-up handler ran to its end ``--take-up-after`` ago or more, and sets the
+take-up annotation on each; the take-up handler (relay_operator/handlers.py)
+allocates it and removes the annotation.
 
 Rule 1: a resource whose handler has not run yet in this operator (a burst's
 backlog, or a restart's) is never marked: its handler will run.

@@ -48,7 +48,7 @@ async def test_every_handler_retries_a_store_outage_the_same_way(store, redis_se
     body = endpoint()
     common = {"body": body, "patch": kopf.Patch(), "retry": RETRY, "memo": memo}
     calls = {
-        "allocate": handlers.allocate(**common, pairs={}),
+        "allocate": handlers.allocate(**common, endpoints={}),
         "reallocate": handlers.reallocate(**common, new="1"),
         "relay-dead": handlers.relay_dead(**common, new="relay-1"),
         "free": handlers.free(
