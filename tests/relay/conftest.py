@@ -9,9 +9,17 @@ def host(request):
 
 
 @pytest.fixture
-async def relay(host):
+def relay_settings():
+    """Settings of the ``relay`` fixture beyond its defaults; a test module overrides it."""
+    return {}
+
+
+@pytest.fixture
+async def relay(host, relay_settings):
     """A relay on loopback with short lifetimes, in this test's event loop."""
-    h = await udp_harness.harness(host, bind_lifetime=30.0, steady_state_lifetime=300.0)
+    h = await udp_harness.harness(
+        host, bind_lifetime=30.0, steady_state_lifetime=300.0, **relay_settings
+    )
     yield h
     await udp_harness.close(h)
 

@@ -30,7 +30,6 @@ from relay.protocol.keys import DiscoPrivateKey
 from relay.shells import transport
 from relay.shells.metrics import relay_registry
 from relay.shells.peer import UdpPeer
-from tests.relay import udp_harness
 from tests.relay.udp_harness import RelayHarness, UdpPair
 from tests.support.waiting import wait_until
 
@@ -38,13 +37,9 @@ SO_NO_CHECK = 11
 
 
 @pytest.fixture
-async def relay(host):
-    """A relay on loopback that receives with UDP GRO from the start."""
-    h = await udp_harness.harness(
-        host, bind_lifetime=30.0, steady_state_lifetime=300.0, udp_gro="on"
-    )
-    yield h
-    await udp_harness.close(h)
+def relay_settings():
+    """The ``relay`` fixture's relay receives with UDP GRO from the start."""
+    return {"udp_gro": "on"}
 
 
 def send_train(peer: UdpPeer, segments: list[bytes], destination, segment_size: int) -> None:
