@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.operator_scale [--counts 1000,10000] [--relays 2]
                                              [--connections 32] [--timeout 900] [--quiet 10]
-                                             [--profile DIR] [--logs DIR]
+                                             [--profile DIR] [--logs DIR] [--repeat 1]
 
 Why: issue 19 item 8. On two cores, kube-apiserver alone costs about 15 ms per
 RelayEndpoint, so an absolute target (p99 created->Allocated < 1 s at 1 000 at
@@ -62,7 +62,11 @@ B. The ceiling, on a fresh control plane with the same CRDs, no operator, no
 --profile DIR runs both operators under cProfile (DIR/operator-N.prof, written
 when it is stopped for step 3, and DIR/operator-restarted-N.prof) and prints
 their busiest functions (cProfile sees the main thread: kopf's and the
-handlers' work, not the kubernetes client's threads).
+handlers' work, not the kubernetes client's threads). cProfile about doubles
+the operator's CPU, so a profiled run's rates are not the operator's.
+--repeat R measures every count R times (all counts, then all again) and
+gives each count's median ratio: at 1 000 one run's ratio swings by up to
+0.1 from the next's.
 Progress goes to stderr. Bounded: --timeout per wait for Allocated or quiet;
 every process and the temporary directories go at the end, also on errors.
 Never run by CI.
@@ -79,6 +83,7 @@ import os
 import pstats
 import re
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -1139,7 +1144,29 @@ def short(path: str) -> str:
     return path
 
 
-def print_summary(all_figures: list[Figures]) -> None:
+def ratio_of(f: Figures) -> float | None:
+    """The operator's rate over the ceiling's, if the ceiling was measured."""
+    if f.ceiling is None:
+        return None
+    rate = f.run.allocated / f.run.allocate_seconds
+    return rate / (f.ceiling.allocated / f.ceiling.seconds)
+
+
+def median_ratios(all_figures: Sequence[Figures]) -> dict[int, tuple[float, float, float, int]]:
+    """Per count measured more than once: (median, lowest, highest) ratio and how many."""
+    by_count: dict[int, list[float]] = {}
+    for f in all_figures:
+        ratio = ratio_of(f)
+        if ratio is not None:
+            by_count.setdefault(f.count, []).append(ratio)
+    return {
+        count: (statistics.median(ratios), min(ratios), max(ratios), len(ratios))
+        for count, ratios in by_count.items()
+        if len(ratios) > 1
+    }
+
+
+def print_summary(all_figures: list[Figures], profiled: bool) -> None:
     print("\nSummary")
     rows = [["RelayEndpoints", "ceiling/s", "operator/s", "ratio", "RSS/resource",
              "restart: quiet", "restart PATCHes", "reporter: watching",
@@ -1157,7 +1184,7 @@ def print_summary(all_figures: list[Figures]) -> None:
                 f"{f.count:,}",
                 "-" if ceiling is None else f"{ceiling:.1f}",
                 f"{rate:.1f}",
-                "-" if ceiling is None else f"{rate / ceiling:.2f}",
+                "-" if ceiling is None else f"{ratio_of(f):.2f}",
                 f"{(f.run.rss_after - f.run.rss_before) / f.count / 1024:.1f} KiB",
                 "-" if f.restart is None else seconds_text(f.restart.quiet_after, "not quiet"),
                 "-" if patches is None else str(patches),
@@ -1168,6 +1195,14 @@ def print_summary(all_figures: list[Figures]) -> None:
             ]
         )
     table(rows, left=1)
+    for count, (median, lowest, highest, runs) in sorted(median_ratios(all_figures).items()):
+        spread = f"{lowest:.2f}-{highest:.2f}"
+        print(f"  {count:,}: ratio {median:.2f}, the median of {runs} runs ({spread})")
+    if profiled:
+        print(
+            "  The operators ran under cProfile, which about doubles their CPU: these rates say\n"
+            "  where the time goes, not how fast the operator is (run again without --profile)."
+        )
 
 
 def main(argv: Iterable[str] | None = None) -> None:
@@ -1185,18 +1220,25 @@ def main(argv: Iterable[str] | None = None) -> None:
                         help="keep the logs in DIR/N/")  # fmt: skip
     parser.add_argument("--operator-log-level", default="info",
                         choices=["debug", "info", "warning", "error"])  # fmt: skip
+    parser.add_argument("--repeat", type=int, default=1, metavar="R",
+                        help="measure every count R times, in turn, and give the median ratio "
+                             "(it swings by up to 0.1 from one run to the next)")  # fmt: skip
     args = parser.parse_args(None if argv is None else list(argv))
+    if args.repeat < 1 or (args.repeat > 1 and args.profile is not None):
+        parser.error("--repeat takes 1 or more, and 1 with --profile")
     stop_on_sigterm()
     progress(f"load average at the start: {load()}")
     results = []
-    for count in args.counts:
-        started = time.monotonic()
-        figures = measure(count, args)
-        print_figures(figures, args.timeout)
-        sys.stdout.flush()
-        progress(f"{count:,} done in {time.monotonic() - started:.0f} s")
-        results.append(figures)
-    print_summary(results)
+    for run in range(1, args.repeat + 1):
+        for count in args.counts:
+            started = time.monotonic()
+            figures = measure(count, args)
+            print_figures(figures, args.timeout)
+            sys.stdout.flush()
+            of = f" (run {run} of {args.repeat})" if args.repeat > 1 else ""
+            progress(f"{count:,} done in {time.monotonic() - started:.0f} s{of}")
+            results.append(figures)
+    print_summary(results, profiled=args.profile is not None)
 
 
 if __name__ == "__main__":

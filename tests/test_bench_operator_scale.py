@@ -10,6 +10,9 @@ import pytest
 
 from bench.operator_scale import (
     STEP_ANNOTATION,
+    Ceiling,
+    Figures,
+    OperatorRun,
     Quiet,
     Templates,
     by_verb_resource,
@@ -17,6 +20,7 @@ from bench.operator_scale import (
     delta,
     event_body,
     list_bytes,
+    median_ratios,
     parse_metrics,
     resource_plan,
     spread,
@@ -177,3 +181,26 @@ def test_counts_are_checked():
     for bad in ("", "0", "200000", "1,-1"):
         with pytest.raises(argparse.ArgumentTypeError):
             counts(bad)
+
+
+def figures(count: int, operator_seconds: float, ceiling_seconds: float | None) -> Figures:
+    run = OperatorRun(count, 1.0, count, operator_seconds, 1.0, Counter(), {}, 0, 0, 0, 0, 0)
+    ceiling = (
+        None
+        if ceiling_seconds is None
+        else Ceiling(count, ceiling_seconds, count, Counter(), {}, 0.0)
+    )
+    return Figures(count, 2, run, ceiling=ceiling)
+
+
+def test_the_median_ratio_is_given_for_counts_measured_more_than_once():
+    runs = [
+        figures(1000, 10.0, 9.0),  # 0.90
+        figures(10000, 100.0, 60.0),
+        figures(1000, 10.0, 8.0),  # 0.80
+        figures(1000, 10.0, 9.5),  # 0.95
+        figures(1000, 10.0, None),  # no ceiling: not counted
+    ]
+    [(count, (median, lowest, highest, n))] = median_ratios(runs).items()
+    assert (count, n) == (1000, 3)
+    assert (median, lowest, highest) == pytest.approx((0.90, 0.80, 0.95))
