@@ -176,8 +176,12 @@ REFERENCE_V1_VARIANTS = (
 )
 
 
-def _process_state(pid: int) -> str:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+def process_state(pid: int) -> str:
+    """The kernel's state letter of a process (``T``: stopped), or ``gone``."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
 
 
 @dataclass
@@ -273,7 +277,7 @@ class Forwarder:
         never will be."""
         if self.process.poll() is not None:
             raise RuntimeError(f"{self.name} exited (status {self.process.returncode})")
-        return _process_state(self.process.pid) == "T"
+        return process_state(self.process.pid) == "T"
 
     def resume(self) -> None:
         os.kill(self.process.pid, signal.SIGCONT)

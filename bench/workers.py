@@ -47,7 +47,12 @@ the one measured):
      data packets into its queues, the clients taking turns one packet each
      (e.g. 16 clients of 8 endpoints: A1 B1 A2 B2 ...), so that every socket
      and worker has a share of the round; while it is stopped the load
-     generator competes with nothing. Then
+     generator competes with nothing. An equal share of the packets is sent
+     from each CPU (the bench moving itself): the kernel frees a received
+     buffer on the CPU that allocated it, and from one CPU every buffer
+     would be freed there, costing the worker on that CPU a quarter more
+     kernel time than the other (a NIC spreads them over its queues' CPUs).
+     Then
      SIGCONT it and poll (SO_MEMINFO, every POLL seconds) the clients'
      receive queues until all packets arrived (their truesize reaches that
      of the forwarder's queues), or the forwarder's queues are empty and
@@ -123,6 +128,7 @@ from bench.processes import (
     Reference,
     machine_busy_seconds,
     ours_command,
+    process_state,
     scheduled_ns,
     stop_all,
     stop_on_sigterm,
@@ -252,13 +258,6 @@ def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "gone"
-
-
 def _children(pid: int) -> set[int]:
     found: set[int] = set()
     for path in Path(f"/proc/{pid}/task").glob("*/children"):
@@ -304,20 +303,21 @@ class Group(Forwarder):
                 signal.pidfd_send_signal(pidfd, sig)
 
     def pause(self) -> None:
-        """SIGSTOP to every process, and wait until the kernel shows each stopped."""
-        os.kill(self.process.pid, signal.SIGSTOP)
+        """SIGSTOP to every process, and wait until the kernel shows each stopped (a worker
+        that exited is the restart check's to report)."""
+        super().pause()
         self._signal(signal.SIGSTOP)
-        for pid in [self.process.pid, *self.workers]:
+        for pid in self.workers:
             wait_until_sync(
-                lambda pid=pid: _state(pid) in ("T", "gone"),
-                f"{self.name} (pid {pid}) to stop",
+                lambda pid=pid: process_state(pid) in ("T", "gone"),
+                f"{self.name} (worker pid {pid}) to stop",
                 timeout=5,
                 interval=0.001,
             )
 
     def resume(self) -> None:
         self._signal(signal.SIGCONT)
-        os.kill(self.process.pid, signal.SIGCONT)
+        super().resume()
 
     def scheduled_ns(self) -> tuple[int, int]:
         """(running, waiting) ns of every process and thread of the forwarder, parent included."""
@@ -553,18 +553,26 @@ def one_round(
     packets: int,
     quiet_wait: float = 0.0,
 ) -> Round:
-    """Pre-load ``packets`` (the clients taking turns) while the forwarder is stopped, then time
-    its drain; ``packets`` is a multiple of the clients' number. First waits up to
-    ``quiet_wait`` s for the rest of the machine to be nearly idle."""
+    """Pre-load ``packets`` (the clients taking turns; an equal share from each CPU this bench
+    may use) while the forwarder is stopped, then time its drain; ``packets`` is a multiple of
+    the clients' number. First waits up to ``quiet_wait`` s for the rest of the machine to be
+    nearly idle."""
     for sock in clients:
         drain(sock)
     others_before = wait_for_quiet(forwarder, quiet_wait) if quiet_wait else 0.0
     forwarder.pause()
     drops = sum(meminfo(s)[1] for s in forwarder.sockets)
     sends = [(sock.send, datagram) for sock, datagram in zip(clients, datagrams, strict=True)]
-    for _ in range(packets // len(clients)):
-        for send, datagram in sends:
-            send(datagram)
+    cpus = sorted(os.sched_getaffinity(0))
+    turns = packets // len(clients)
+    try:
+        for k, cpu in enumerate(cpus):
+            os.sched_setaffinity(0, {cpu})
+            for _ in range(turns * k // len(cpus), turns * (k + 1) // len(cpus)):
+                for send, datagram in sends:
+                    send(datagram)
+    finally:
+        os.sched_setaffinity(0, cpus)
     overflow = sum(meminfo(s)[1] for s in forwarder.sockets) - drops
     queued = [meminfo(s)[0] for s in forwarder.sockets]
     target = sum(queued)
