@@ -4,9 +4,10 @@ kopf runs every index handler of a kind on every watch event of it, each with
 its own call machinery (its keyword arguments, its outcome, its store), and an
 allocation makes four events. With four indexes that was 16 handler calls per
 resource and nearly a third of kopf's event handling in a burst
-(docs/performance.md, "The operator at 10 000 RelayEndpoints"). So there is one index, whose keys are
-``(part, key)``, and each reader sees its part through :class:`IndexPart`, a
-mapping of the part's own keys, as if it were an index of its own:
+(docs/performance.md, "The operator at 10 000 RelayEndpoints"). So there is
+one index, whose keys are ``(part, key)``, and each reader sees its part
+through :class:`IndexPart`, a mapping of the part's own keys, as if it were an
+index of its own:
 
 - :data:`PAIRS`: claims on a pair of disco keys, by pair (handlers.py);
 - :data:`BY_RELAY`: the resources each relay serves (relay_check.py);
