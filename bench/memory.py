@@ -320,6 +320,13 @@ def bound_rss_per_endpoint(
     return rss_growth(name, command, count, fill, env)
 
 
+def print_bound_rss(name: str, per_endpoint: float, before: int, after: int) -> None:
+    print(
+        f"  {name:<24}  {per_endpoint:8.1f} B/endpoint RSS "
+        f"({before / 2**20:.0f} -> {after / 2**20:.0f} MiB)"
+    )
+
+
 def bound_main(count: int) -> None:
     """--bound-rss: ours beside v1.102.5, RSS per bound endpoint."""
     print(f"resident memory per bound endpoint at {count:,} endpoints (loopback, this machine)")
@@ -329,22 +336,16 @@ def bound_main(count: int) -> None:
         "--log-level", "error", "--workers", "1", "--bind-lifetime", BIND_LIFETIME,
         "--steady-state-lifetime", BIND_LIFETIME, *RAISED_LIMITS,
     )  # fmt: skip
-    ours, o0, o1 = bound_rss_per_endpoint("ours", ours_command(*flags), count)
-    print(
-        f"  ours (memory store)       {ours:8.1f} B/endpoint RSS "
-        f"({o0 / 2**20:.0f} -> {o1 / 2**20:.0f} MiB)"
-    )
+    ours, before, after = bound_rss_per_endpoint("ours", ours_command(*flags), count)
+    print_bound_rss("ours (memory store)", ours, before, after)
     if REFERENCE_V1.missing:
         print(f"  {REFERENCE_V1.missing}")
         return
     progress.cell(f"{REFERENCE_V1.name}: {count:,} endpoints allocated and bound")
-    ref, r0, r1 = bound_rss_per_endpoint(
+    ref, before, after = bound_rss_per_endpoint(
         REFERENCE_V1.name, REFERENCE_V1.command(), count, REFERENCE_V1.environment()
     )
-    print(
-        f"  {REFERENCE_V1.name:<24}  {ref:8.1f} B/endpoint RSS "
-        f"({r0 / 2**20:.0f} -> {r1 / 2**20:.0f} MiB)"
-    )
+    print_bound_rss(REFERENCE_V1.name, ref, before, after)
     print(f"  ratio ours/reference      {ratio(ours, ref):>8} (per bound endpoint)")
 
 

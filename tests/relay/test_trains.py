@@ -406,6 +406,15 @@ def full_reads(count: int) -> int:
     return count * transport.BATCH
 
 
+def one_source_burst(pair: UdpPair, size: int) -> list[bytes]:
+    """Client A's datagrams back to back, over GRO_AUTO_CHECK_EVERY + 1 full reads: one of
+    them is looked at."""
+    return [
+        data(pair.clients[0], i % 256, size)
+        for i in range(full_reads(transport.GRO_AUTO_CHECK_EVERY + 1))
+    ]
+
+
 async def test_gro_auto_stays_off_while_sources_take_turns(relay_factory):
     relay = await relay_factory("127.0.0.1")
     udp = the_transport(relay)
@@ -434,11 +443,7 @@ async def test_gro_auto_turns_on_for_good_once_datagrams_come_back_to_back(relay
     assert await receive_all(pair.peers[1], 10) == segments
     assert not udp.gro and udp.trains_received == 0
     assert "relayfleet_relay_udp_gro_sockets 0.0" in relay_metrics(relay)
-    # one source back to back, in GRO_AUTO_CHECK_EVERY + 1 full reads: one of them is looked at
-    burst = [
-        data(pair.clients[0], i % 256, size)
-        for i in range(full_reads(transport.GRO_AUTO_CHECK_EVERY + 1))
-    ]
+    burst = one_source_burst(pair, size)
     for datagram in burst:
         pair.peers[0].send(datagram, relay.relay)
     assert await receive_all(pair.peers[1], len(burst)) == burst
@@ -463,10 +468,7 @@ async def test_gro_auto_where_the_kernel_refuses_gro_stays_off(relay_factory, mo
     relay = await relay_factory("127.0.0.1")
     udp = the_transport(relay)
     pair = await relay.bound_pair()
-    burst = [
-        data(pair.clients[0], i % 256, 100)
-        for i in range(full_reads(transport.GRO_AUTO_CHECK_EVERY + 1))
-    ]
+    burst = one_source_burst(pair, 100)
     for datagram in burst:
         pair.peers[0].send(datagram, relay.relay)
     assert await receive_all(pair.peers[1], len(burst)) == burst
