@@ -34,9 +34,10 @@ socket or Redis.
     .venv/bin/python -m bench.memory --bound-rss 100000
 
 measures resident memory per bound endpoint in real processes: ours
-(`relayfleet relay`, memory store, one worker, handshake limits raised,
---bind-lifetime and --steady-state-lifetime 6h) beside the v1.102.5
-reference (.dev/bin/refserver-v1, GOMAXPROCS=1). Each is started, its RSS
+(`relayfleet relay`, one worker, handshake limits raised, --bind-lifetime and
+--steady-state-lifetime 6h) on the memory store, which holds its allocations
+in the relay's process, and on a throw-away redis-server as in a fleet, beside
+the v1.102.5 reference (.dev/bin/refserver-v1, GOMAXPROCS=1). Each is started, its RSS
 settled, then N endpoints are allocated through its HTTP API and bound by
 both clients in protocol version 1 over loopback (bench/binder.py, a data
 packet relayed through each), 10 000 at a time, so that none waits unbound
@@ -330,14 +331,19 @@ def print_bound_rss(name: str, per_endpoint: float, before: int, after: int) -> 
 def bound_main(count: int) -> None:
     """--bound-rss: ours beside v1.102.5, RSS per bound endpoint."""
     print(f"resident memory per bound endpoint at {count:,} endpoints (loopback, this machine)")
-    progress = Progress("bench.memory", 2)
-    progress.cell(f"ours: {count:,} endpoints allocated and bound")
+    progress = Progress("bench.memory", 3)
+    progress.cell(f"ours, memory store: {count:,} endpoints allocated and bound")
     flags = (
         "--log-level", "error", "--workers", "1", "--bind-lifetime", BIND_LIFETIME,
         "--steady-state-lifetime", BIND_LIFETIME, *RAISED_LIMITS,
     )  # fmt: skip
     ours, before, after = bound_rss_per_endpoint("ours", ours_command(*flags), count)
     print_bound_rss("ours (memory store)", ours, before, after)
+    progress.cell(f"ours, Redis store: {count:,} endpoints allocated and bound")
+    with tempfile.TemporaryDirectory() as directory, RedisServer(Path(directory)) as server:
+        on_redis = ours_command(*flags, "--store", server.url(), "--name", "bench")
+        in_redis, before, after = bound_rss_per_endpoint("ours on Redis", on_redis, count)
+    print_bound_rss("ours (Redis store)", in_redis, before, after)
     if REFERENCE_V1.missing:
         print(f"  {REFERENCE_V1.missing}")
         return
@@ -346,7 +352,10 @@ def bound_main(count: int) -> None:
         REFERENCE_V1.name, REFERENCE_V1.command(), count, REFERENCE_V1.environment()
     )
     print_bound_rss(REFERENCE_V1.name, ref, before, after)
-    print(f"  ratio ours/reference      {ratio(ours, ref):>8} (per bound endpoint)")
+    print(
+        f"  ratio ours/reference      {ratio(ours, ref):>8} (memory store), "
+        f"{ratio(in_redis, ref)} (Redis store), per bound endpoint"
+    )
 
 
 def main(endpoints: int) -> None:

@@ -83,7 +83,7 @@ async def fill(store: Store, count: int, clock: Clock) -> None:
     keys = [DiscoPrivateKey.generate().public for _ in range(2000)]
     began = time.perf_counter()
     for i in range(count):
-        pair = sorted_pair(keys[i % 1000], keys[1000 + (i // 1000) % 1000])
+        pair = sorted_pair((keys[i % 1000], keys[1000 + (i // 1000) % 1000]))
         await store.allocate(NAME, pair, clock())
         if i and i % 100_000 == 0:
             print(f"  {i:,} allocated ({i / (time.perf_counter() - began):,.0f}/s)")

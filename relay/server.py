@@ -35,7 +35,7 @@ from relay.config import RelayConfig
 from relay.fastpath.kernel import KernelFastPath
 from relay.protocol.addresses import format_host_port
 from relay.protocol.core import RelayCore
-from relay.protocol.keys import DiscoPublicKey
+from relay.protocol.keys import DiscoPublicKey, sorted_pair
 from relay.protocol.server_endpoint import ServerEndpoint
 from relay.reporter import StatusReporter
 from relay.resource.client import RelayEndpointsApi
@@ -47,7 +47,7 @@ from relay.shells.api import (
     endpoint_json,
     make_app,
 )
-from relay.shells.api_limits import AllocationLimits, TooManyRequests
+from relay.shells.api_limits import AllocationLimits, Pair, TooManyRequests
 from relay.shells.keyfile import RelaySecrets
 from relay.shells.metrics import relay_registry, summed_registry
 from relay.shells.transport import BatchedUdpTransport, ipv6_available, open_udp_socket
@@ -397,19 +397,19 @@ class RelayServer:
             raise InvalidRequest("DiscoKeys must name two different keys")
         if self.core.server_key in (a, b):
             raise InvalidRequest("a client disco key equals the server's disco key")
-        pair = frozenset((a, b))
+        pair = sorted_pair((a, b))
         unbound = self._served_unbound
         if self.pool is not None:
             last = self.api_limits.last_handed_out(pair)
             if last is not None:  # its worker's bound mark first, as the agent does for itself
                 await self.pool.flush_bound(last[0])
-            unbound = await self._unbound_in_store(last)
+            unbound = await self._unbound_in_store(pair)
         try:
             self.api_limits.admit_pair(pair, self._clock(), unbound)
         except TooManyRequests as exc:
             self.allocations_refused[exc.reason] += 1
             raise
-        allocation = await self.agent.allocate((a, b))
+        allocation = await self.agent.allocate(pair)
         if self.pool is not None:
             await self.pool.install(allocation.vni, allocation.lamport_id)
         self.api_limits.handed_out(pair, allocation.vni, allocation.lamport_id)
@@ -426,9 +426,7 @@ class RelayServer:
             client_disco=allocation.disco_keys,
         )
 
-    async def _unbound_in_store(
-        self, pair: frozenset[DiscoPublicKey]
-    ) -> Callable[[int, int], bool]:
+    async def _unbound_in_store(self, pair: Pair) -> Callable[[int, int], bool]:
         """:meth:`_served_unbound` for a parent of workers, which serves nothing itself: the
         store's word on the allocation this API last gave ``pair`` (bound marks reach the
         store within a second of binding)."""

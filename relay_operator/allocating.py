@@ -139,7 +139,7 @@ class Allocator:
         if (
             allocation is None
             or allocation.lamport_id != current.lamport_id
-            or allocation.disco_keys != sorted_pair(*keys)
+            or allocation.disco_keys != sorted_pair(keys)
         ):
             return None
         return Placement(allocation, relay, created=False)

@@ -131,6 +131,10 @@ class DiscoPrivateKey(Curve25519PrivateKey):
         return bindings.crypto_box_beforenm(peer.raw, self.raw)
 
 
-def sorted_pair(a: DiscoPublicKey, b: DiscoPublicKey) -> tuple[DiscoPublicKey, DiscoPublicKey]:
-    """The pair in raw-byte order, so that (A, B) and (B, A) name the same endpoint."""
-    return (a, b) if a.raw <= b.raw else (b, a)
+def sorted_pair(
+    pair: tuple[DiscoPublicKey, DiscoPublicKey],
+) -> tuple[DiscoPublicKey, DiscoPublicKey]:
+    """The pair in raw-byte order, so that (A, B) and (B, A) name the same endpoint: the same
+    tuple if it is in order already, so that every table keyed by one pair shares it."""
+    a, b = pair
+    return pair if a.raw <= b.raw else (b, a)

@@ -41,42 +41,29 @@ DEFAULT_HANDSHAKE_LIMITS = HandshakeLimits()
 
 
 class HandshakeLimiter:
-    """Two levels of token buckets over a clock the caller passes in."""
+    """A token bucket per source and one for all sources together, over a clock the caller
+    passes in."""
 
-    __slots__ = ("_buckets", "_limits", "_total", "_total_at")
+    __slots__ = ("_per_source", "_total")
 
     def __init__(self, limits: HandshakeLimits) -> None:
-        self._limits = limits
-        self._buckets: dict[Hashable, list[float]] = {}
-        self._total = limits.total_rate
-        self._total_at: float | None = None
+        self._per_source = TokenBuckets(
+            limits.rate_per_source, limits.burst_per_source, limits.max_sources
+        )
+        self._total = TokenBuckets(limits.total_rate, limits.total_rate, 1)
 
     def allow(self, source: Hashable, now: float) -> bool:
-        """Take a token from ``source``'s bucket and one from the total; False if one is empty."""
-        limits = self._limits
-        bucket = self._buckets.get(source)
-        if bucket is None:
-            if len(self._buckets) >= limits.max_sources:
-                self._buckets.clear()
-            bucket = self._buckets[source] = [limits.burst_per_source, now]
-        else:
-            elapsed = max(0.0, now - bucket[1])
-            bucket[0] = min(limits.burst_per_source, bucket[0] + elapsed * limits.rate_per_source)
-            bucket[1] = now
-        if bucket[0] < 1:
+        """Take a token from ``source``'s bucket and one from the total; False, taking
+        neither, if one is empty."""
+        if self._per_source.take(source, now):
             return False
-        if self._total_at is not None:
-            elapsed = max(0.0, now - self._total_at)
-            self._total = min(limits.total_rate, self._total + elapsed * limits.total_rate)
-        self._total_at = now
-        if self._total < 1:
+        if self._total.take(None, now):
+            self._per_source.give_back(source)
             return False
-        bucket[0] -= 1
-        self._total -= 1
         return True
 
     def __len__(self) -> int:
-        return len(self._buckets)
+        return len(self._per_source)
 
 
 class TokenBuckets:
@@ -85,12 +72,19 @@ class TokenBuckets:
     Each key's bucket fills at ``rate`` tokens a second up to ``burst``; taking a
     token that is not there is refused with the seconds until one will be, so a
     caller can say when to come back (the allocation API's ``Retry-After``).
-    Unlike :class:`HandshakeLimiter` there is no bucket for all keys together.
     At most ``max_keys`` buckets are kept: when the table is full it starts
     afresh, which gives no key more than one extra burst.
+
+    A bucket is one float, its level: the tokens taken from it, counted on a
+    scale where the clock adds ``rate`` a second (``now * rate``), so that the
+    tokens it holds at ``now`` are ``burst - (level - now * rate)``, capped at
+    ``burst`` (a level behind the clock is a full bucket). Taking a token adds
+    exactly 1, so a burst taken at one instant is counted without rounding.
+    A key with no level has a full bucket. One float per key, rather than
+    tokens and a time, because the tables hold tens of thousands of keys.
     """
 
-    __slots__ = ("_buckets", "burst", "max_keys", "rate")
+    __slots__ = ("_levels", "burst", "max_keys", "rate")
 
     def __init__(self, rate: float, burst: float, max_keys: int = DEFAULT_MAX_SOURCES) -> None:
         if not rate > 0 or not burst >= 1 or max_keys < 1:
@@ -100,24 +94,29 @@ class TokenBuckets:
         self.rate = rate
         self.burst = burst
         self.max_keys = max_keys
-        self._buckets: dict[Hashable, list[float]] = {}
+        self._levels: dict[Hashable, float] = {}
 
     def take(self, key: Hashable, now: float) -> float:
         """Take a token from ``key``'s bucket and return 0.0; if it holds none, take
         nothing and return how many seconds until it will."""
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            if len(self._buckets) >= self.max_keys:
-                self._buckets.clear()
-            bucket = self._buckets[key] = [self.burst, now]
-        else:
-            elapsed = max(0.0, now - bucket[1])
-            bucket[0] = min(self.burst, bucket[0] + elapsed * self.rate)
-            bucket[1] = now
-        if bucket[0] < 1:
-            return (1 - bucket[0]) / self.rate
-        bucket[0] -= 1
+        levels = self._levels
+        clock = now * self.rate
+        level = levels.get(key)
+        if level is None or level < clock:
+            level = clock
+        elif level > clock + self.burst:  # the clock went back: empty, refilling from now
+            level = levels[key] = clock + self.burst
+        owed = level - clock - (self.burst - 1)
+        if owed > 0:
+            return owed / self.rate
+        if key not in levels and len(levels) >= self.max_keys:
+            levels.clear()
+        levels[key] = level + 1
         return 0.0
 
+    def give_back(self, key: Hashable) -> None:
+        """Return the token just taken from ``key``'s bucket."""
+        self._levels[key] -= 1
+
     def __len__(self) -> int:
-        return len(self._buckets)
+        return len(self._levels)

@@ -57,7 +57,7 @@ class ServerEndpoint:
             addr_ports.append((ipaddress.ip_address(host), port))
         return disco.UDPRelayEndpoint(
             server_disco=self.server_disco.raw,
-            client_disco=tuple(key.raw for key in sorted_pair(*self.client_disco)),
+            client_disco=tuple(key.raw for key in sorted_pair(self.client_disco)),
             lamport_id=self.lamport_id,
             vni=self.vni,
             bind_lifetime_ns=round(self.bind_lifetime * NANOSECONDS),

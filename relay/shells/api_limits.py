@@ -46,7 +46,9 @@ REFUSALS = ("allocations_off", "rate_limited", "pair_limited")
 the client address's limit and the pair's (429); the reasons of
 ``relayfleet_relay_allocations_refused_total``."""
 
-Pair = frozenset[DiscoPublicKey]
+Pair = tuple[DiscoPublicKey, DiscoPublicKey]
+"""A pair of keys in order (:func:`relay.protocol.keys.sorted_pair`): the allocation's own
+tuple, so that the tables keyed by it add no object of their own."""
 
 
 class TooManyRequests(Exception):

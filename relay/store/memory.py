@@ -71,7 +71,7 @@ class MemoryStore:
     async def holding(
         self, relays: list[str], disco_keys: tuple[DiscoPublicKey, DiscoPublicKey]
     ) -> str | None:
-        pair = sorted_pair(*disco_keys)
+        pair = sorted_pair(disco_keys)
         return next(
             (r for r in relays if r in self._relays and pair in self._relays[r].by_pair), None
         )
@@ -84,7 +84,7 @@ class MemoryStore:
         max_vni: int | None = None,
     ) -> AllocationResult:
         state = self._relay(relay)
-        pair = sorted_pair(*disco_keys)
+        pair = sorted_pair(disco_keys)
         replaced = None
         vni = state.by_pair.get(pair)
         if vni is not None:

@@ -303,7 +303,7 @@ class RedisStore:
         now: float,
         max_vni: int | None = None,
     ) -> AllocationResult:
-        a, b = sorted_pair(*disco_keys)
+        a, b = sorted_pair(disco_keys)
         limit = max_vni or self._max_vni
         keys = [self._key(relay, name) for name in ("lamport", "endpoints", "pairs", "cursor")]
         args = [a.raw + b.raw, struct.pack(">q", round(now * 1000)), limit]
@@ -452,7 +452,7 @@ class RedisStore:
     async def holding(
         self, relays: list[str], disco_keys: tuple[DiscoPublicKey, DiscoPublicKey]
     ) -> str | None:
-        a, b = sorted_pair(*disco_keys)
+        a, b = sorted_pair(disco_keys)
         for relay in relays:
             key = self._key(relay, "pairs")
             if await self._call(

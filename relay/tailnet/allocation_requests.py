@@ -113,7 +113,7 @@ class RequestGate:
         if len(self._seen) > self._replay_memory:
             self._seen.popitem(last=False)
         a, b = (DiscoPublicKey(raw) for raw in message.client_disco)
-        return Request(node_key, peer.disco_key, sorted_pair(a, b), message.generation)
+        return Request(node_key, peer.disco_key, sorted_pair((a, b)), message.generation)
 
     def answer(self, request: Request, endpoint: disco.UDPRelayEndpoint) -> bytes:
         """The sealed 0x09 for ``request``, to send over DERP to ``request.node_key``."""

@@ -78,7 +78,7 @@ async def pairs_on_every_worker(store: RedisStore, relay: RelayProcess, each: in
     owned = dict.fromkeys(range(WORKERS), 0)
     while min(owned.values()) < each:
         keys = [DiscoPrivateKey.generate(), DiscoPrivateKey.generate()]
-        pair_keys = sorted_pair(keys[0].public, keys[1].public)
+        pair_keys = sorted_pair((keys[0].public, keys[1].public))
         allocation = (await store.allocate(NAME, pair_keys, time.time())).allocation
         worker = worker_for_vni(allocation.vni, WORKERS)
         if owned[worker] == each:
@@ -136,6 +136,9 @@ async def test_the_api_allocates_on_every_worker_and_lists_every_workers_endpoin
     pairs = [await Pair.allocate(relay) for _ in range(6)]
     try:
         assert {worker_for_vni(p.body["VNI"], WORKERS) for p in pairs} == {0, 1}
+        for _ in range(5):  # the same unbound endpoint back, past the pair's limit of 4
+            status, same = await relay.allocate([str(k.public) for k in reversed(pairs[1].keys)])
+            assert status == 200 and same == pairs[1].body
         for pair in pairs:  # answered once served: the first bind never races the store
             await pair.bind(relay)
             assert await pair.relays(relay, b"allocated through the parent")
@@ -238,7 +241,7 @@ def test_auto_is_the_cpus_this_process_may_use_and_one_with_the_memory_store():
 def _core_with(vnis: list[int]) -> RelayCore:
     core = RelayCore(DiscoPrivateKey.generate(), bytes(32))
     for vni in vnis:
-        keys = sorted_pair(DiscoPrivateKey.generate().public, DiscoPrivateKey.generate().public)
+        keys = sorted_pair((DiscoPrivateKey.generate().public, DiscoPrivateKey.generate().public))
         core.install(Allocation(NAME, vni, vni, keys, 1000.0), 1000.0)
     return core
 

@@ -41,7 +41,7 @@ async def register(store, name, load=0, capacity=100, heartbeat_at=0.0, ttl=15.0
 
 
 def keys():
-    return sorted_pair(DiscoPrivateKey.generate().public, DiscoPrivateKey.generate().public)
+    return sorted_pair((DiscoPrivateKey.generate().public, DiscoPrivateKey.generate().public))
 
 
 async def test_no_relay_is_a_clear_error(store):

@@ -102,6 +102,30 @@ def test_an_idle_key_refills_only_up_to_its_burst_and_a_clock_going_back_adds_no
     assert taken(buckets, "a", 10.0, 10) == 0
 
 
+def test_after_a_clock_going_back_the_bucket_refills_from_the_new_reading():
+    buckets = TokenBuckets(rate=10, burst=2)
+    assert taken(buckets, "a", 100.0, 2) == 2
+    assert buckets.take("a", 50.0) == pytest.approx(0.1)
+    assert taken(buckets, "a", 50.0, 5) == 0
+    assert taken(buckets, "a", 50.1, 5) == 1
+
+
+@pytest.mark.parametrize("rate", [0.1, 1 / 3, 7.3])
+def test_a_whole_burst_is_taken_at_one_instant_whatever_the_rate(rate):
+    buckets = TokenBuckets(rate=rate, burst=7)
+    now = 123_456.789
+    assert taken(buckets, "a", now, 10) == 7
+    assert buckets.take("a", now) == pytest.approx(1 / rate)
+
+
+def test_a_token_given_back_can_be_taken_again():
+    buckets = TokenBuckets(rate=1, burst=2)
+    assert taken(buckets, "a", 0.0, 5) == 2
+    buckets.give_back("a")
+    assert taken(buckets, "a", 0.0, 5) == 1
+    assert buckets.take("a", 0.25) == pytest.approx(0.75)
+
+
 def test_the_key_table_is_bounded():
     buckets = TokenBuckets(rate=1, burst=1, max_keys=100)
     for i in range(1000):

@@ -15,7 +15,7 @@ from relay.resource.status import (
 )
 from relay.store import Allocation, RelayRecord
 
-KEYS = sorted_pair(DiscoPrivateKey.generate().public, DiscoPrivateKey.generate().public)
+KEYS = sorted_pair((DiscoPrivateKey.generate().public, DiscoPrivateKey.generate().public))
 SERVER = DiscoPrivateKey.generate().public
 RELAY = RelayRecord(
     "relay-1", SERVER, ("203.0.113.7:7000", "[2001:db8::7]:7000"), 3, 100, "0.1.0", 0.0

@@ -23,7 +23,7 @@ from tests.support.waiting import wait_until
 
 
 def new_pair():
-    return sorted_pair(DiscoPrivateKey.generate().public, DiscoPrivateKey.generate().public)
+    return sorted_pair((DiscoPrivateKey.generate().public, DiscoPrivateKey.generate().public))
 
 
 async def test_an_allocation_made_elsewhere_is_installed_from_its_announcement(relay):

@@ -41,7 +41,7 @@ def gate() -> RequestGate:
 def test_a_granted_clients_request_is_admitted(gate):
     admitted = gate.check(NODE_KEY, request_from(), peer())
     assert admitted == Request(
-        NODE_KEY, CLIENT.public, sorted_pair(CLIENT.public, OTHER_CLIENT.public), 7
+        NODE_KEY, CLIENT.public, sorted_pair((CLIENT.public, OTHER_CLIENT.public)), 7
     )
 
 
