@@ -63,7 +63,7 @@ from bench.clients import random_pair
 from bench.report import Progress, table
 from relay.aio import stop_tasks
 from relay.protocol.core import RelayCore
-from relay.protocol.keys import DiscoPrivateKey, DiscoPublicKey
+from relay.protocol.keys import DiscoPrivateKey, DiscoPublicKey, raw_pair
 from relay.reporter import StatusReporter
 from relay.resource.client import RelayEndpointsApi
 from relay.resource.definition import GROUP, KIND, PLURAL, RELAY_LABEL, VERSION
@@ -217,7 +217,7 @@ class Fleet:
         now = time.time()
         for vni, pair in self.endpoints[relay]:
             keys = sorted(pair)
-            core.install(Allocation(relay, vni, 1, (keys[0], keys[1]), now))
+            core.install(Allocation(relay, vni, 1, raw_pair((keys[0], keys[1])), now))
         return core
 
 

@@ -35,7 +35,7 @@ from relay.config import RelayConfig
 from relay.fastpath.kernel import KernelFastPath
 from relay.protocol.addresses import format_host_port
 from relay.protocol.core import RelayCore
-from relay.protocol.keys import DiscoPublicKey, sorted_pair
+from relay.protocol.keys import DiscoPublicKey, raw_pair
 from relay.protocol.server_endpoint import ServerEndpoint
 from relay.reporter import StatusReporter
 from relay.resource.client import RelayEndpointsApi
@@ -397,7 +397,7 @@ class RelayServer:
             raise InvalidRequest("DiscoKeys must name two different keys")
         if self.core.server_key in (a, b):
             raise InvalidRequest("a client disco key equals the server's disco key")
-        pair = sorted_pair((a, b))
+        pair = raw_pair((a, b))
         unbound = self._served_unbound
         if self.pool is not None:
             last = self.api_limits.last_handed_out(pair)
@@ -409,7 +409,7 @@ class RelayServer:
         except TooManyRequests as exc:
             self.allocations_refused[exc.reason] += 1
             raise
-        allocation = await self.agent.allocate(pair)
+        allocation = await self.agent.allocate((a, b))
         if self.pool is not None:
             await self.pool.install(allocation.vni, allocation.lamport_id)
         self.api_limits.handed_out(pair, allocation.vni, allocation.lamport_id)

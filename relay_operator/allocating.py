@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from relay.protocol.keys import DiscoPublicKey, sorted_pair
+from relay.protocol.keys import DiscoPublicKey, raw_pair
 from relay.resource.definition import RELAY_DEAD, RELAY_REKEYED
 from relay.store import Allocation, RelayRecord, Store
 from relay_operator.placement import choose_relay
@@ -139,7 +139,7 @@ class Allocator:
         if (
             allocation is None
             or allocation.lamport_id != current.lamport_id
-            or allocation.disco_keys != sorted_pair(keys)
+            or allocation.raw_keys != raw_pair(keys)
         ):
             return None
         return Placement(allocation, relay, created=False)

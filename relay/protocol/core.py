@@ -186,7 +186,7 @@ _UNTOUCHED = _untouched()
 class Endpoint:
     """The live state of one allocation.
 
-    Its clients' state follows ``allocation.disco_keys`` (raw-byte order): ``_a``
+    Its clients' state follows ``allocation.raw_keys`` (raw-byte order): ``_a``
     is the first key's, ``_b`` the second's, in two slots rather than a tuple
     (56 B) of them. Most allocations wait for their clients, and many never see
     one: until the first control packet for an endpoint, both slots hold one
@@ -276,7 +276,7 @@ class RelayCore:
         An allocation the store already records as bound (this relay restarted)
         has lost its handshakes: its clients get a fresh bind window from ``now``.
         """
-        if self.server_key in allocation.disco_keys:
+        if allocation.client_index(self.server_key.raw) is not None:
             raise ValueError("a client disco key equals the server's disco key")
         current = self._by_vni.get(allocation.vni)
         if current is not None:
@@ -631,12 +631,8 @@ class RelayCore:
             self.drops[drop] += 1
             return None
         sender_key = datagram[_SENDER]
-        keys = endpoint.allocation.disco_keys
-        if sender_key == keys[0].raw:
-            index = 0
-        elif sender_key == keys[1].raw:
-            index = 1
-        else:
+        index = endpoint.allocation.client_index(sender_key)
+        if index is None:
             self.drops[Drop.FOREIGN_KEY] += 1
             return None
         if not v1 and endpoint.clients[index].handshake is Handshake.BOUND:
@@ -645,7 +641,7 @@ class RelayCore:
         if not self._handshake_limiter.allow(source, now):
             self.drops[Drop.RATE_LIMITED] += 1
             return None
-        shared = self._shared_key(keys[index])
+        shared = self._shared_key(sender_key)
         try:
             payload = disco.open_frame(datagram[_FRAME:], shared)
         except disco.DiscoError:
@@ -753,7 +749,7 @@ class RelayCore:
     ) -> Send | None:
         """Version 1: answer every valid bind with a challenge; bind (or move) on an answer."""
         allocation = endpoint.allocation
-        remote_key = allocation.disco_keys[1 - index].raw
+        remote_key = allocation.client_key(1 - index)
         if message.vni != allocation.vni:
             self.drops[Drop.WRONG_VNI] += 1
             return None
@@ -817,14 +813,16 @@ class RelayCore:
             bind + _address_bytes(source), key=key, person=_CHALLENGE_V1_PERSON
         ).digest()
 
-    def _shared_key(self, client_key: DiscoPublicKey) -> bytes:
-        """The box key shared with a client, cached: a peer uses one disco key for all its
-        endpoints, and the X25519 behind it is a handshake's dearest step."""
-        shared = self._shared_keys.get(client_key.raw)
+    def _shared_key(self, raw_key: bytes) -> bytes:
+        """The box key shared with the client of this raw disco key, cached: a peer uses one
+        disco key for all its endpoints, and the X25519 behind it is a handshake's dearest
+        step."""
+        shared = self._shared_keys.get(raw_key)
         if shared is None:
             if len(self._shared_keys) >= SHARED_KEY_CACHE_SIZE:
                 self._shared_keys.clear()
-            shared = self._shared_keys[client_key.raw] = self._private_key.shared(client_key)
+            client_key = DiscoPublicKey(raw_key)
+            shared = self._shared_keys[raw_key] = self._private_key.shared(client_key)
         return shared
 
     def challenge(self, allocation: Allocation, index: int) -> bytes:
@@ -832,7 +830,7 @@ class RelayCore:
         identity = (
             allocation.vni.to_bytes(4, "big")
             + allocation.lamport_id.to_bytes(8, "big")
-            + allocation.disco_keys[index].raw
+            + allocation.client_key(index)
         )
         return hashlib.blake2s(
             identity, key=self._challenge_secret, person=_CHALLENGE_PERSON, digest_size=32

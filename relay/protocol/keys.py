@@ -134,7 +134,14 @@ class DiscoPrivateKey(Curve25519PrivateKey):
 def sorted_pair(
     pair: tuple[DiscoPublicKey, DiscoPublicKey],
 ) -> tuple[DiscoPublicKey, DiscoPublicKey]:
-    """The pair in raw-byte order, so that (A, B) and (B, A) name the same endpoint: the same
-    tuple if it is in order already, so that every table keyed by one pair shares it."""
+    """The pair in raw-byte order, so that (A, B) and (B, A) name the same endpoint (the same
+    tuple if it is in order already)."""
     a, b = pair
     return pair if a.raw <= b.raw else (b, a)
+
+
+def raw_pair(pair: tuple[DiscoPublicKey, DiscoPublicKey]) -> bytes:
+    """The pair's 64 raw bytes in raw-byte order (:func:`sorted_pair`): how an allocation
+    holds its clients' keys, and a key for tables of pairs."""
+    a, b = pair
+    return a.raw + b.raw if a.raw <= b.raw else b.raw + a.raw

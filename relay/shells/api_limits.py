@@ -34,7 +34,6 @@ import math
 from collections.abc import Callable
 
 from relay.protocol.durations import format_duration
-from relay.protocol.keys import DiscoPublicKey
 from relay.protocol.ratelimit import DEFAULT_MAX_SOURCES, TokenBuckets
 
 DEFAULT_RATE = 10.0
@@ -46,9 +45,9 @@ REFUSALS = ("allocations_off", "rate_limited", "pair_limited")
 the client address's limit and the pair's (429); the reasons of
 ``relayfleet_relay_allocations_refused_total``."""
 
-Pair = tuple[DiscoPublicKey, DiscoPublicKey]
-"""A pair of keys in order (:func:`relay.protocol.keys.sorted_pair`): the allocation's own
-tuple, so that the tables keyed by it add no object of their own."""
+Pair = bytes
+"""A pair of keys as its 64 raw bytes (:func:`relay.protocol.keys.raw_pair`): one object per
+entry of the tables below, which hold up to ``max_keys`` of them."""
 
 
 class TooManyRequests(Exception):

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from relay.protocol.geneve import MAX_VNI
-from relay.protocol.keys import DiscoPublicKey, sorted_pair
+from relay.protocol.keys import DiscoPublicKey, raw_pair
 from relay.store.interface import (
     SCAN_SLICE,
     SUBSCRIBED,
@@ -30,7 +30,7 @@ class _RelayAllocations:
     lamport_id: int = 0
     cursor: int = 1
     by_vni: dict[int, Allocation] = field(default_factory=dict)
-    by_pair: dict[tuple[DiscoPublicKey, DiscoPublicKey], int] = field(default_factory=dict)
+    by_pair: dict[bytes, int] = field(default_factory=dict)  # by raw_pair
 
     def take_vni(self, max_vni: int) -> int:
         if len(self.by_vni) >= max_vni:
@@ -43,7 +43,7 @@ class _RelayAllocations:
 
     def drop(self, allocation: Allocation) -> None:
         del self.by_vni[allocation.vni]
-        del self.by_pair[allocation.disco_keys]
+        del self.by_pair[allocation.raw_keys]
 
 
 class MemoryStore:
@@ -71,7 +71,7 @@ class MemoryStore:
     async def holding(
         self, relays: list[str], disco_keys: tuple[DiscoPublicKey, DiscoPublicKey]
     ) -> str | None:
-        pair = sorted_pair(disco_keys)
+        pair = raw_pair(disco_keys)
         return next(
             (r for r in relays if r in self._relays and pair in self._relays[r].by_pair), None
         )
@@ -84,7 +84,7 @@ class MemoryStore:
         max_vni: int | None = None,
     ) -> AllocationResult:
         state = self._relay(relay)
-        pair = sorted_pair(disco_keys)
+        pair = raw_pair(disco_keys)
         replaced = None
         vni = state.by_pair.get(pair)
         if vni is not None:

@@ -51,7 +51,7 @@ from redis.backoff import NoBackoff
 
 from relay.protocol.allocation import DEFAULT_BIND_LIFETIME, DEFAULT_STEADY_STATE_LIFETIME
 from relay.protocol.geneve import MAX_VNI
-from relay.protocol.keys import DiscoPublicKey, sorted_pair
+from relay.protocol.keys import DiscoPublicKey, raw_pair
 from relay.store import scripts, urls
 from relay.store.interface import (
     SCAN_SLICE,
@@ -71,7 +71,7 @@ _CLUSTER_UNREACHABLE: tuple[type[Exception], ...] = tuple(
 )  # fmt: skip
 _VNI = struct.Struct(">I")
 _LAMPORT = struct.Struct(">Q")
-_RECORD = struct.Struct(">Q32s32sq?")
+_RECORD = struct.Struct(">Q64sq?")  # LamportID, the raw pair, allocated at (ms), bound
 _T = TypeVar("_T")
 
 _UNAVAILABLE = (
@@ -292,9 +292,8 @@ class RedisStore:
         return result
 
     def _decode(self, relay: str, vni: int, record: bytes) -> Allocation:
-        lamport_id, a, b, allocated_ms, bound = _RECORD.unpack(record)
-        keys = (DiscoPublicKey(a), DiscoPublicKey(b))
-        return Allocation(relay, vni, lamport_id, keys, allocated_ms / 1000, bound)
+        lamport_id, raw_keys, allocated_ms, bound = _RECORD.unpack(record)
+        return Allocation(relay, vni, lamport_id, raw_keys, allocated_ms / 1000, bound)
 
     async def allocate(
         self,
@@ -303,10 +302,9 @@ class RedisStore:
         now: float,
         max_vni: int | None = None,
     ) -> AllocationResult:
-        a, b = sorted_pair(disco_keys)
         limit = max_vni or self._max_vni
         keys = [self._key(relay, name) for name in ("lamport", "endpoints", "pairs", "cursor")]
-        args = [a.raw + b.raw, struct.pack(">q", round(now * 1000)), limit]
+        args = [raw_pair(disco_keys), struct.pack(">q", round(now * 1000)), limit]
         args.append(self.channel(relay))
         reply: list[Any] = await self._call(
             f"allocate on relay {relay!r}", self._allocate(keys=keys, args=args)
@@ -452,12 +450,10 @@ class RedisStore:
     async def holding(
         self, relays: list[str], disco_keys: tuple[DiscoPublicKey, DiscoPublicKey]
     ) -> str | None:
-        a, b = sorted_pair(disco_keys)
+        pair = raw_pair(disco_keys)
         for relay in relays:
             key = self._key(relay, "pairs")
-            if await self._call(
-                f"pairs of relay {relay!r}", self._client.hexists(key, a.raw + b.raw)
-            ):
+            if await self._call(f"pairs of relay {relay!r}", self._client.hexists(key, pair)):
                 return relay
         return None
 

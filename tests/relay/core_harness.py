@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from relay.protocol.client import RelayClient
 from relay.protocol.core import RelayCore, Send
-from relay.protocol.keys import DiscoPrivateKey
+from relay.protocol.keys import DiscoPrivateKey, raw_pair
 from relay.protocol.ratelimit import DEFAULT_HANDSHAKE_LIMITS, HandshakeLimits
 from relay.shells.keyfile import RelaySecrets
 from relay.store import Allocation
@@ -52,9 +52,8 @@ class CoreHarness:
         keys = sorted(
             (DiscoPrivateKey.generate(), DiscoPrivateKey.generate()), key=lambda k: k.public.raw
         )
-        allocation = Allocation(
-            "relay", vni, lamport_id, (keys[0].public, keys[1].public), self.now
-        )
+        raw_keys = raw_pair((keys[0].public, keys[1].public))
+        allocation = Allocation("relay", vni, lamport_id, raw_keys, self.now)
         self.core.install(allocation)
         server = self.core.server_key
         return Pair(

@@ -11,7 +11,7 @@ import socket
 import time
 
 from relay.protocol.core import Endpoint, Handshake, RelayCore
-from relay.protocol.keys import DiscoPrivateKey
+from relay.protocol.keys import DiscoPrivateKey, raw_pair
 from relay.reporter import StatusReporter
 from relay.resource.client import Listing
 from relay.store import Allocation
@@ -24,7 +24,7 @@ def new_core() -> RelayCore:
 
 def allocation(vni: int = 1, lamport_id: int = 1) -> Allocation:
     keys = sorted(DiscoPrivateKey.generate().public for _ in range(2))
-    return Allocation("relay-x", vni, lamport_id, (keys[0], keys[1]), time.time())
+    return Allocation("relay-x", vni, lamport_id, raw_pair((keys[0], keys[1])), time.time())
 
 
 def resource(name: str, vni: int, lamport_id: int, relay: str = "relay-x") -> dict:

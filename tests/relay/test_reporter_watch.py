@@ -30,7 +30,7 @@ import pytest
 
 from relay.aio import stop_tasks
 from relay.protocol.core import RelayCore
-from relay.protocol.keys import DiscoPrivateKey
+from relay.protocol.keys import DiscoPrivateKey, raw_pair
 from relay.reporter import StatusReporter
 from relay.resource.client import Listing, RelayEndpointsApi
 from relay.resource.definition import GROUP, PLURAL, RELAY_LABEL, VERSION
@@ -120,7 +120,7 @@ def new_core() -> RelayCore:
 
 def install(core: RelayCore, relay: str, vni: int, packets: int = 1) -> None:
     keys = sorted(DiscoPrivateKey.generate().public for _ in range(2))
-    endpoint = core.install(Allocation(relay, vni, 1, (keys[0], keys[1]), time.time()))
+    endpoint = core.install(Allocation(relay, vni, 1, raw_pair((keys[0], keys[1])), time.time()))
     endpoint.touch()[0].packets = packets
 
 

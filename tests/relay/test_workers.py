@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from relay.config import RelayConfig, usable_cpus, workers_count
 from relay.protocol.core import RelayCore
-from relay.protocol.keys import DiscoPrivateKey, sorted_pair
+from relay.protocol.keys import DiscoPrivateKey, raw_pair, sorted_pair
 from relay.shells.peer import UdpPeer
 from relay.shells.reuseport import worker_for_vni
 from relay.store import Allocation
@@ -242,7 +242,7 @@ def _core_with(vnis: list[int]) -> RelayCore:
     core = RelayCore(DiscoPrivateKey.generate(), bytes(32))
     for vni in vnis:
         keys = sorted_pair((DiscoPrivateKey.generate().public, DiscoPrivateKey.generate().public))
-        core.install(Allocation(NAME, vni, vni, keys, 1000.0), 1000.0)
+        core.install(Allocation(NAME, vni, vni, raw_pair(keys), 1000.0), 1000.0)
     return core
 
 

@@ -22,7 +22,7 @@ from nacl import bindings
 from relay.protocol import disco, geneve
 from relay.protocol.client import RelayClient
 from relay.protocol.core import Handshake, RelayCore
-from relay.protocol.keys import DiscoPrivateKey
+from relay.protocol.keys import DiscoPrivateKey, raw_pair
 from relay.protocol.ratelimit import HandshakeLimits
 from relay.store import Allocation
 from tests.relay.fuzzing.engine import Rng
@@ -261,7 +261,7 @@ def build_world(seed: int, limits: HandshakeLimits = GENEROUS_LIMITS) -> World:
             "fuzz",
             vni,
             lamport_id,
-            (keys[ordered[0][0]].public, keys[ordered[1][0]].public),
+            raw_pair((keys[ordered[0][0]].public, keys[ordered[1][0]].public)),
             allocated_at,
         )
         core.install(allocation)

@@ -779,8 +779,7 @@ class RedisRecord(Target):
             return rng.randbytes(81)
         record = redis_store._RECORD.pack(
             rng.randrange(2**64),
-            rng.randbytes(32),
-            rng.randbytes(32),
+            rng.randbytes(64),
             rng.randrange(-(2**63), 2**63),
             rng.randrange(2) == 1,
         )

@@ -7,6 +7,7 @@ from nacl import bindings
 
 from relay.protocol import disco, geneve
 from relay.protocol.core import Drop, Handshake
+from relay.protocol.keys import raw_pair
 from relay.protocol.ratelimit import HandshakeLimits
 from relay.store import Allocation
 from tests.relay.core_harness import A_ADDR, B_ADDR, STRANGER_ADDR, CoreHarness
@@ -404,7 +405,7 @@ def test_install_is_idempotent_and_a_newer_lamport_replaces(h):
     h.bind_pair(pair)
     same = h.core.install(pair.allocation)
     assert same.bound
-    newer = Allocation("relay", 5, 2, pair.allocation.disco_keys, h.now)
+    newer = Allocation("relay", 5, 2, pair.allocation.raw_keys, h.now)
     endpoint = h.core.install(newer)
     assert endpoint.allocation.lamport_id == 2 and not endpoint.bound
     assert h.core.bound_count == 0
@@ -413,7 +414,8 @@ def test_install_is_idempotent_and_a_newer_lamport_replaces(h):
 
 def test_install_refuses_the_servers_own_key(h):
     pair = h.allocate()
-    bad = Allocation("relay", 9, 9, (pair.allocation.disco_keys[0], h.core.server_key), h.now)
+    keys = raw_pair((pair.allocation.disco_keys[0], h.core.server_key))
+    bad = Allocation("relay", 9, 9, keys, h.now)
     with pytest.raises(ValueError, match="server's disco key"):
         h.core.install(bad)
 

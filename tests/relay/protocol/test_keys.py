@@ -3,7 +3,7 @@
 import pytest
 from nacl.public import PrivateKey
 
-from relay.protocol.keys import DiscoPrivateKey, DiscoPublicKey, InvalidKey, sorted_pair
+from relay.protocol.keys import DiscoPrivateKey, DiscoPublicKey, InvalidKey, raw_pair, sorted_pair
 
 HEX = "0123456789abcdef" * 4
 
@@ -41,8 +41,8 @@ def test_keys_order_by_raw_bytes():
     high = DiscoPublicKey(bytes([0x02] + [0x00] * 31))
     assert low < high
     assert sorted_pair((high, low)) == (low, high)
-    in_order = (low, high)
-    assert sorted_pair(in_order) is in_order
+    assert sorted_pair((low, high)) == (low, high)
+    assert raw_pair((high, low)) == raw_pair((low, high)) == low.raw + high.raw
 
 
 def test_private_key_text_round_trip_and_redacted_repr():

@@ -3,7 +3,7 @@
 import re
 
 from relay.protocol.core import ClientState, Endpoint, Handshake
-from relay.protocol.keys import DiscoPrivateKey, sorted_pair
+from relay.protocol.keys import DiscoPrivateKey, raw_pair, sorted_pair
 from relay.resource.status import (
     allocated_status,
     client_status,
@@ -20,7 +20,7 @@ SERVER = DiscoPrivateKey.generate().public
 RELAY = RelayRecord(
     "relay-1", SERVER, ("203.0.113.7:7000", "[2001:db8::7]:7000"), 3, 100, "0.1.0", 0.0
 )
-ALLOCATION = Allocation("relay-1", 42, 7, KEYS, 1_700_000_000.5)
+ALLOCATION = Allocation("relay-1", 42, 7, raw_pair(KEYS), 1_700_000_000.5)
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
 

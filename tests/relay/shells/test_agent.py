@@ -10,7 +10,7 @@ import pytest
 
 from relay.config import RelayConfig
 from relay.protocol.core import Drop
-from relay.protocol.keys import DiscoPrivateKey, sorted_pair
+from relay.protocol.keys import DiscoPrivateKey, raw_pair, sorted_pair
 from relay.server import RelayServer
 from relay.shells import gc_freeze
 from relay.shells.agent import EXPIRY_BATCH, RESYNC_SHARE, resync_delay
@@ -56,7 +56,7 @@ async def test_binding_is_written_back_so_the_next_allocation_is_new(relay):
 async def test_resync_serves_exactly_the_stores_allocations(relay):
     server = relay.server
     name = server.config.name
-    stray = Allocation(name, 4242, 99, new_pair(), 0.0)
+    stray = Allocation(name, 4242, 99, raw_pair(new_pair()), 0.0)
     server.core.install(stray)
     kept = (await server.store.allocate(name, new_pair(), 0.0)).allocation
     await server.agent.resync()
@@ -69,7 +69,7 @@ async def test_resync_replaces_an_endpoint_served_under_another_lamport_id(relay
     name = server.config.name
     kept = (await server.store.allocate(name, new_pair(), 0.0)).allocation
     await wait_until(lambda: server.core.endpoint(kept.vni) is not None, "installed")
-    server.core.install(Allocation(name, kept.vni, kept.lamport_id + 7, new_pair(), 0.0))
+    server.core.install(Allocation(name, kept.vni, kept.lamport_id + 7, raw_pair(new_pair()), 0.0))
     await server.agent.resync()
     assert server.core.endpoint(kept.vni).allocation == kept
 

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from relay.config import RelayConfig
 from relay.protocol.client import RelayClient
-from relay.protocol.keys import DiscoPrivateKey
+from relay.protocol.keys import DiscoPrivateKey, raw_pair
 from relay.protocol.server_endpoint import ServerEndpoint
 from relay.server import RelayServer
 from relay.shells.api_limits import AllocationLimits, TooManyRequests
@@ -28,8 +28,8 @@ from tests.support.waiting import wait_until
 # -- the rules, with a fake clock ------------------------------------------------------------
 
 
-def new_pair() -> frozenset:
-    return frozenset(DiscoPrivateKey.generate().public for _ in range(2))
+def new_pair() -> bytes:
+    return raw_pair((DiscoPrivateKey.generate().public, DiscoPrivateKey.generate().public))
 
 
 def refusal(call) -> TooManyRequests | None:
