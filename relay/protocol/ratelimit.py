@@ -33,8 +33,10 @@ class HandshakeLimits:
     def __post_init__(self) -> None:
         if min(self.rate_per_source, self.burst_per_source, self.total_rate) <= 0:
             raise ValueError("handshake rates and bursts must be positive")
-        if self.burst_per_source < 1 or self.max_sources < 1:
-            raise ValueError("a burst admits at least one message; the table at least one source")
+        if min(self.burst_per_source, self.total_rate) < 1 or self.max_sources < 1:
+            raise ValueError(
+                "a burst and the total admit at least one message; the table holds a source"
+            )
 
 
 DEFAULT_HANDSHAKE_LIMITS = HandshakeLimits()

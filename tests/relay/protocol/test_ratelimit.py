@@ -65,6 +65,7 @@ def test_a_clock_going_backwards_adds_no_tokens():
         {"rate_per_source": 0},
         {"burst_per_source": 0.5},
         {"total_rate": -1},
+        {"total_rate": 0.5},
         {"max_sources": 0},
     ],
 )
