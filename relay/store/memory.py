@@ -3,6 +3,9 @@
 Memory grows with what is allocated, never with the 2^24 VNI space: a relay
 keeps a dict of VNIs in use and a cursor; a new VNI is the first free one at
 or after the cursor, so freed VNIs come back last, as in the reference's pool.
+The allocations it holds are the ones it handed out, which the relay in the
+same process serves: a bound mark is a VNI in a set, not a bound copy of the
+allocation, which is made only when one is read.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class _RelayAllocations:
     cursor: int = 1
     by_vni: dict[int, Allocation] = field(default_factory=dict)
     by_pair: dict[bytes, int] = field(default_factory=dict)  # by raw_pair
+    bound: set[int] = field(default_factory=set)  # the VNIs of by_vni's allocations bound
 
     def take_vni(self, max_vni: int) -> int:
         if len(self.by_vni) >= max_vni:
@@ -44,6 +48,11 @@ class _RelayAllocations:
     def drop(self, allocation: Allocation) -> None:
         del self.by_vni[allocation.vni]
         del self.by_pair[allocation.raw_keys]
+        self.bound.discard(allocation.vni)
+
+    def read(self, allocation: Allocation) -> Allocation:
+        """The allocation as the store has it: bound if marked so."""
+        return allocation.as_bound() if allocation.vni in self.bound else allocation
 
 
 class MemoryStore:
@@ -89,10 +98,10 @@ class MemoryStore:
         vni = state.by_pair.get(pair)
         if vni is not None:
             existing = state.by_vni[vni]
-            if not existing.bound:
+            if vni not in state.bound:
                 return AllocationResult(existing, created=False)
+            replaced = state.read(existing)
             state.drop(existing)
-            replaced = existing
         new_vni = state.take_vni(max_vni or self._max_vni)
         state.lamport_id += 1
         allocation = Allocation(relay, new_vni, state.lamport_id, pair, now)
@@ -115,7 +124,7 @@ class MemoryStore:
         for vni, lamport_id in endpoints:
             allocation = self._current(relay, vni, lamport_id)
             if allocation is not None:
-                self._relays[relay].by_vni[vni] = allocation.as_bound()
+                self._relays[relay].bound.add(allocation.vni)  # the allocation's own int
             marked.append(allocation is not None)
         return marked
 
@@ -131,7 +140,7 @@ class MemoryStore:
 
     async def allocations(self, relay: str) -> list[Allocation]:
         state = self._relays.get(relay)
-        return list(state.by_vni.values()) if state else []
+        return [state.read(a) for a in state.by_vni.values()] if state else []
 
     async def scan_allocations(self, relay: str) -> AsyncIterator[list[Allocation]]:
         allocations = await self.allocations(relay)
@@ -141,7 +150,8 @@ class MemoryStore:
 
     async def allocation(self, relay: str, vni: int) -> Allocation | None:
         state = self._relays.get(relay)
-        return state.by_vni.get(vni) if state else None
+        allocation = state.by_vni.get(vni) if state else None
+        return None if allocation is None else state.read(allocation)
 
     async def changes(self, relay: str) -> AsyncIterator[Change]:
         queue: asyncio.Queue[Change] = asyncio.Queue()

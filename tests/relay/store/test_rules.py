@@ -115,6 +115,16 @@ async def test_mark_bound_keeps_the_allocation_and_is_idempotent(make_store):
     assert await store.mark_bound("r", [(allocation.vni, allocation.lamport_id)]) == [False]
 
 
+async def test_a_vni_freed_while_bound_comes_back_unbound(make_store):
+    store = make_store(max_vni=1)
+    first = (await store.allocate("r", pair(), 0.0)).allocation
+    assert await store.mark_bound("r", [(first.vni, first.lamport_id)]) == [True]
+    assert await store.free("r", [(first.vni, first.lamport_id)]) == [True]
+    second = (await store.allocate("r", pair(), 1.0)).allocation
+    assert second.vni == first.vni and not second.bound
+    assert await store.allocation("r", second.vni) == second
+
+
 async def test_one_mark_bound_marks_many_and_answers_for_each_in_order(make_store):
     store = make_store()
     made = [(await store.allocate("r", pair(), 0.0)).allocation for _ in range(300)]
