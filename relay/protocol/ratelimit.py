@@ -103,15 +103,17 @@ class TokenBuckets:
         nothing and return how many seconds until it will."""
         levels = self._levels
         clock = now * self.rate
-        level = levels.get(key)
-        if level is None or level < clock:
+        stored = levels.get(key)
+        if stored is None or stored < clock:
             level = clock
-        elif level > clock + self.burst:  # the clock went back: empty, refilling from now
+        elif stored > clock + self.burst:  # the clock went back: empty, refilling from now
             level = levels[key] = clock + self.burst
+        else:
+            level = stored
         owed = level - clock - (self.burst - 1)
         if owed > 0:
             return owed / self.rate
-        if key not in levels and len(levels) >= self.max_keys:
+        if stored is None and len(levels) >= self.max_keys:
             levels.clear()
         levels[key] = level + 1
         return 0.0
