@@ -402,7 +402,7 @@ class RelayServer:
         if self.pool is not None:
             last = self.api_limits.last_handed_out(pair)
             if last is not None:  # its worker's bound mark first, as the agent does for itself
-                await self.pool.flush_bound(last[0])
+                await self.pool.flush_bound(last.vni)
             unbound = await self._unbound_in_store(pair)
         try:
             self.api_limits.admit_pair(pair, self._clock(), unbound)
@@ -412,7 +412,7 @@ class RelayServer:
         allocation = await self.agent.allocate((a, b))
         if self.pool is not None:
             await self.pool.install(allocation.vni, allocation.lamport_id)
-        self.api_limits.handed_out(pair, allocation.vni, allocation.lamport_id)
+        self.api_limits.handed_out(allocation)
         return allocation
 
     def _server_endpoint(self, allocation: Allocation) -> ServerEndpoint:
@@ -431,9 +431,11 @@ class RelayServer:
         store's word on the allocation this API last gave ``pair`` (bound marks reach the
         store within a second of binding)."""
         last = self.api_limits.last_handed_out(pair)
-        allocation = await self.store.allocation(self.name, last[0]) if last else None
+        allocation = await self.store.allocation(self.name, last.vni) if last else None
         unbound = (
-            allocation is not None and allocation.lamport_id == last[1] and not allocation.bound
+            allocation is not None
+            and allocation.lamport_id == last.lamport_id
+            and not allocation.bound
         )
         return lambda vni, lamport_id: unbound
 

@@ -122,5 +122,13 @@ class TokenBuckets:
         """Return the token just taken from ``key``'s bucket."""
         self._levels[key] -= 1
 
+    def rekey(self, key: Hashable) -> None:
+        """Hold the bucket of a key equal to ``key`` under ``key`` itself, an object the
+        caller keeps anyway, so that the table holds no copy of its own."""
+        levels = self._levels
+        level = levels.pop(key, None)
+        if level is not None:
+            levels[key] = level
+
     def __len__(self) -> int:
         return len(self._levels)

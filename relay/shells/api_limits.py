@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from relay.protocol.allocation import Allocation
 from relay.protocol.durations import format_duration
 from relay.protocol.ratelimit import DEFAULT_MAX_SOURCES, TokenBuckets
 
@@ -46,8 +47,9 @@ the client address's limit and the pair's (429); the reasons of
 ``relayfleet_relay_allocations_refused_total``."""
 
 Pair = bytes
-"""A pair of keys as its 64 raw bytes (:func:`relay.protocol.keys.raw_pair`): one object per
-entry of the tables below, which hold up to ``max_keys`` of them."""
+"""A pair of keys as its 64 raw bytes (:func:`relay.protocol.keys.raw_pair`). The tables
+below hold up to ``max_keys`` pairs each, keyed by the ``raw_keys`` of the allocation last
+handed out (the same object, not a copy: 112 B a pair)."""
 
 
 class TooManyRequests(Exception):
@@ -82,7 +84,7 @@ class AllocationLimits:
         self.max_per_pair = max_per_pair
         self.pair_period = pair_period
         self.max_keys = max_keys
-        self._handed_out: dict[Pair, tuple[int, int]] = {}
+        self._handed_out: dict[Pair, Allocation] = {}
 
     def admit_client(self, address: str, now: float) -> None:
         """Take a token for one request from ``address``; TooManyRequests if there is none."""
@@ -104,7 +106,7 @@ class AllocationLimits:
         a fresh allocation and takes a token from the pair's bucket.
         """
         last = self._handed_out.get(pair)
-        if last is not None and unbound(*last):
+        if last is not None and unbound(last.vni, last.lamport_id):
             return
         wait = self._pairs.take(pair, now)
         if wait:
@@ -115,12 +117,20 @@ class AllocationLimits:
                 f"at once, then one per {format_duration(self.pair_period / self.max_per_pair)}",
             )
 
-    def last_handed_out(self, pair: Pair) -> tuple[int, int] | None:
-        """The ``(vni, lamport_id)`` this API last gave ``pair``, if it remembers one."""
+    def last_handed_out(self, pair: Pair) -> Allocation | None:
+        """The allocation this API last gave ``pair``, if it remembers one."""
         return self._handed_out.get(pair)
 
-    def handed_out(self, pair: Pair, vni: int, lamport_id: int) -> None:
-        """Remember the allocation this API gave ``pair`` (a table of at most ``max_keys``)."""
-        if pair not in self._handed_out and len(self._handed_out) >= self.max_keys:
-            self._handed_out.clear()
-        self._handed_out[pair] = (vni, lamport_id)
+    def handed_out(self, allocation: Allocation) -> None:
+        """Remember the allocation this API gave its pair (a table of at most ``max_keys``).
+
+        Both tables then hold the pair under the allocation's own ``raw_keys``: a dict
+        keeps the key object it was first given, so the request's copy is taken out
+        and the pair put back under the allocation's.
+        """
+        pair = allocation.raw_keys
+        handed_out = self._handed_out
+        if handed_out.pop(pair, None) is None and len(handed_out) >= self.max_keys:
+            handed_out.clear()
+        handed_out[pair] = allocation
+        self._pairs.rekey(pair)

@@ -4,8 +4,10 @@ Memory grows with what is allocated, never with the 2^24 VNI space: a relay
 keeps a dict of VNIs in use and a cursor; a new VNI is the first free one at
 or after the cursor, so freed VNIs come back last, as in the reference's pool.
 The allocations it holds are the ones it handed out, which the relay in the
-same process serves: a bound mark is a VNI in a set, not a bound copy of the
-allocation, which is made only when one is read.
+same process serves: a bound mark is one bit of a VNI bitmap, not a bound copy
+of the allocation, which is made only when one is read. The bitmap reaches as
+far as the highest VNI marked (at most 2 MiB); new VNIs come from a cursor, so
+those in use are mostly low and dense, where a set would take 40 B a VNI.
 """
 
 from __future__ import annotations
@@ -28,13 +30,37 @@ from relay.store.interface import (
 )
 
 
+class _VniBits:
+    """A set of VNIs as a bitmap, grown up to the highest VNI added."""
+
+    __slots__ = ("_bits",)
+
+    def __init__(self) -> None:
+        self._bits = bytearray()
+
+    def add(self, vni: int) -> None:
+        byte = vni >> 3
+        if byte >= len(self._bits):
+            self._bits.extend(bytes(max(byte + 1 - len(self._bits), len(self._bits))))
+        self._bits[byte] |= 1 << (vni & 7)
+
+    def discard(self, vni: int) -> None:
+        byte = vni >> 3
+        if byte < len(self._bits):
+            self._bits[byte] &= ~(1 << (vni & 7)) & 0xFF
+
+    def __contains__(self, vni: int) -> bool:
+        byte = vni >> 3
+        return byte < len(self._bits) and bool(self._bits[byte] >> (vni & 7) & 1)
+
+
 @dataclass
 class _RelayAllocations:
     lamport_id: int = 0
     cursor: int = 1
     by_vni: dict[int, Allocation] = field(default_factory=dict)
     by_pair: dict[bytes, int] = field(default_factory=dict)  # by raw_pair
-    bound: set[int] = field(default_factory=set)  # the VNIs of by_vni's allocations bound
+    bound: _VniBits = field(default_factory=_VniBits)  # the VNIs of by_vni's allocations bound
 
     def take_vni(self, max_vni: int) -> int:
         if len(self.by_vni) >= max_vni:
@@ -124,7 +150,7 @@ class MemoryStore:
         for vni, lamport_id in endpoints:
             allocation = self._current(relay, vni, lamport_id)
             if allocation is not None:
-                self._relays[relay].bound.add(allocation.vni)  # the allocation's own int
+                self._relays[relay].bound.add(vni)
             marked.append(allocation is not None)
         return marked
 

@@ -127,6 +127,18 @@ def test_a_token_given_back_can_be_taken_again():
     assert buckets.take("a", 0.25) == pytest.approx(0.75)
 
 
+def test_a_bucket_rekeyed_keeps_its_level_under_the_new_object():
+    buckets = TokenBuckets(rate=1, burst=2)
+    first, second = b"pair" * 16, bytes(bytearray(b"pair" * 16))
+    assert taken(buckets, first, 0.0, 5) == 2
+    buckets.rekey(second)
+    (key,) = buckets._levels
+    assert key is second
+    assert buckets.take(first, 0.0) == pytest.approx(1.0)
+    buckets.rekey(b"another" * 9)
+    assert len(buckets) == 1
+
+
 def test_the_key_table_is_bounded():
     buckets = TokenBuckets(rate=1, burst=1, max_keys=100)
     for i in range(1000):

@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay.config import RelayConfig
+from relay.protocol.allocation import Allocation
 from relay.protocol.client import RelayClient
 from relay.protocol.keys import DiscoPrivateKey, raw_pair
 from relay.protocol.server_endpoint import ServerEndpoint
@@ -30,6 +31,11 @@ from tests.support.waiting import wait_until
 
 def new_pair() -> bytes:
     return raw_pair((DiscoPrivateKey.generate().public, DiscoPrivateKey.generate().public))
+
+
+def handed(pair: bytes, vni: int, lamport_id: int) -> Allocation:
+    """The allocation the store made for ``pair``: its raw keys a copy of the request's."""
+    return Allocation("relay-1", vni, lamport_id, bytes(bytearray(pair)), 0.0)
 
 
 def refusal(call) -> TooManyRequests | None:
@@ -65,7 +71,7 @@ def test_a_pair_may_be_allocated_afresh_max_per_pair_times_then_one_per_share_of
     pair = new_pair()
     for lamport_id in range(1, 5):
         limits.admit_pair(pair, 0.0, never_unbound)
-        limits.handed_out(pair, lamport_id, lamport_id)
+        limits.handed_out(handed(pair, lamport_id, lamport_id))
     refused = refusal(lambda: limits.admit_pair(pair, 10.0, never_unbound))
     assert refused is not None and refused.reason == "pair_limited"
     assert refused.retry_after == pytest.approx(65.0)
@@ -82,7 +88,7 @@ def test_asking_again_for_the_pairs_unbound_allocation_costs_the_pair_nothing():
     pair = new_pair()
     served_unbound = {(7, 1)}
     limits.admit_pair(pair, 0.0, never_unbound)
-    limits.handed_out(pair, 7, 1)
+    limits.handed_out(handed(pair, 7, 1))
     for _ in range(10):
         limits.admit_pair(pair, 0.0, lambda vni, lamport_id: (vni, lamport_id) in served_unbound)
     served_unbound.clear()  # it got bound: the next request would allocate afresh
@@ -93,8 +99,24 @@ def test_asking_again_for_the_pairs_unbound_allocation_costs_the_pair_nothing():
 def test_the_table_of_pairs_handed_out_is_bounded():
     limits = AllocationLimits(max_keys=50)
     for vni in range(1, 500):
-        limits.handed_out(new_pair(), vni, vni)
+        limits.handed_out(handed(new_pair(), vni, vni))
     assert len(limits._handed_out) <= 50
+
+
+def test_both_tables_hold_a_pair_under_the_allocations_own_bytes_not_the_requests():
+    """Up to ``max_keys`` pairs are held: a copy of each would cost 112 B a pair."""
+    limits = AllocationLimits()
+    request = new_pair()
+    limits.admit_pair(request, 0.0, never_unbound)
+    allocation = handed(request, 7, 1)
+    limits.handed_out(allocation)
+    assert limits.last_handed_out(request) is allocation
+    (held,) = limits._handed_out
+    (bucket,) = limits._pairs._levels
+    assert held is allocation.raw_keys and bucket is allocation.raw_keys
+    limits.admit_pair(request, 1.0, never_unbound)  # a fresh allocation takes the pair's token
+    (bucket,) = limits._pairs._levels
+    assert bucket is allocation.raw_keys
 
 
 # -- over a real relay --------------------------------------------------------------------
