@@ -43,6 +43,7 @@ from relay.protocol.allocation import (
     DEFAULT_STEADY_STATE_LIFETIME,
     Allocation,
 )
+from relay.protocol.deadline_keys import deadline_key, key_deadline, key_vni
 from relay.protocol.histogram import Histogram
 from relay.protocol.keys import DiscoPrivateKey, DiscoPublicKey
 from relay.protocol.ratelimit import DEFAULT_HANDSHAKE_LIMITS, HandshakeLimiter, HandshakeLimits
@@ -194,17 +195,22 @@ class Endpoint:
 
     ``deadline`` is when :meth:`RelayCore.expire` next looks at the endpoint, the
     time of its one live entry in the deadline heap: its bind deadline until it
-    is bound, then no later than it expires (:meth:`RelayCore.expires_at`).
+    is bound, then no later than it expires (:meth:`RelayCore.expires_at`). The
+    endpoint holds that entry itself (``deadline_key``), not a float of its own.
     """
 
-    __slots__ = ("_a", "_b", "allocation", "bound", "bound_at", "deadline")
+    __slots__ = ("_a", "_b", "allocation", "bound", "bound_at", "deadline_key")
 
     def __init__(self, allocation: Allocation) -> None:
         self.allocation = allocation
         self._a = self._b = _UNTOUCHED
         self.bound = False
         self.bound_at: float | None = None
-        self.deadline = allocation.allocated_at
+        self.deadline_key = deadline_key(allocation.allocated_at, allocation.vni)
+
+    @property
+    def deadline(self) -> float:
+        return key_deadline(self.deadline_key)
 
     @property
     def clients(self) -> tuple[ClientState, ClientState]:
@@ -250,7 +256,8 @@ class RelayCore:
         self._challenged_at: dict[ClientState, float] = {}
         """When each client with a handshake in progress sent its first bind, for
         :attr:`handshake_seconds`; the entry goes when the handshake ends or its endpoint does."""
-        self._deadlines: list[tuple[float, int]] = []
+        self._deadlines: list[int] = []
+        """A heap of :func:`deadline_key` entries: each endpoint's live one, and stale ones."""
         self._bound_watchers: list[list[Endpoint]] = []
         self._bound_for_store = self.watch_bound()
         self._move_watchers: list[tuple[list[Endpoint], Callable[[], None] | None]] = []
@@ -293,8 +300,8 @@ class RelayCore:
 
     def _arm(self, endpoint: Endpoint, deadline: float) -> None:
         """Make ``deadline`` the endpoint's one live deadline; older heap entries go stale."""
-        endpoint.deadline = deadline
-        heapq.heappush(self._deadlines, (deadline, endpoint.allocation.vni))
+        key = endpoint.deadline_key = deadline_key(deadline, endpoint.allocation.vni)
+        heapq.heappush(self._deadlines, key)
 
     def remove(self, vni: int, lamport_id: int) -> bool:
         """Stop serving an allocation; False if it is not (or no longer) served."""
@@ -364,7 +371,7 @@ class RelayCore:
 
     def next_deadline(self) -> float | None:
         """When ``expire`` may next have work; None when nothing is allocated."""
-        return self._deadlines[0][0] if self._deadlines else None
+        return key_deadline(self._deadlines[0]) if self._deadlines else None
 
     def expires_at(self, endpoint: Endpoint) -> float:
         """When the endpoint expires unless a packet comes first.
@@ -391,11 +398,12 @@ class RelayCore:
         """
         expired: list[Endpoint] = []
         heap = self._deadlines
-        while budget > 0 and heap and heap[0][0] < now:
+        now_key = deadline_key(now, 0)
+        while budget > 0 and heap and heap[0] < now_key:
             budget -= 1
-            deadline, vni = heapq.heappop(heap)
-            endpoint = self._by_vni.get(vni)
-            if endpoint is None or endpoint.deadline != deadline:
+            key = heapq.heappop(heap)
+            endpoint = self._by_vni.get(key_vni(key))
+            if endpoint is None or endpoint.deadline_key != key:
                 continue
             if endpoint.bound:
                 steady_deadline = self.expires_at(endpoint)
@@ -731,7 +739,7 @@ class RelayCore:
             self.bound_count += 1
             # A bind deadline no later than the steady-state one stays the live entry:
             # expire() finds the endpoint bound then and re-arms it, so no second entry
-            # waits in the heap meanwhile (88 B).
+            # waits in the heap meanwhile (48 B).
             steady_deadline = now + self.steady_state_lifetime
             if steady_deadline < endpoint.deadline:
                 self._arm(endpoint, steady_deadline)
