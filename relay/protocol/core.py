@@ -34,6 +34,7 @@ import heapq
 import hmac
 import struct
 from collections.abc import Callable, Hashable, Iterator, Sequence
+from itertools import chain
 from itertools import count as _count
 from operator import itemgetter
 
@@ -558,11 +559,17 @@ class RelayCore:
         earlier in the batch is relayed and counted inline, as long as no control
         datagram came between them: only a control datagram changes where a
         client's data goes. Any other datagram goes through :meth:`handle`.
+
+        What one source sends inline, from the datagram :meth:`handle` relayed on,
+        is a run: a list of ``k`` that a followed datagram costs one append to. A
+        destination's datagrams are its runs, merged in the order received where
+        it has more than one (two of its endpoints' peers in one batch, or a
+        control datagram between).
         """
-        relayed: dict[Address, list[int]] = {}
         answers: list[Send] = []
         count = len(sizes)
         if count <= 1:  # nothing to follow inline (a quiet relay's wake-up: keep it short)
+            relayed: dict[Address, list[int]] = {}
             if count:
                 start = first * stride
                 datagram = slots[start : start + sizes[0]]
@@ -576,23 +583,27 @@ class RelayCore:
         headers = _headers_every(stride, count).unpack_from(slots, first * stride)
         words = headers[1::2]
         keys: Sequence[int] = words  # a batch of data datagrams only: the VNI word
-        if max(headers[0::2]) >= _CONTROL_BIT or min(sizes) < _FRAME:
+        no_flags = headers[0::2].count(0) == count  # cheaper than max(): 0 is one object
+        one_size = sizes.count(sizes[0]) == count
+        if not no_flags or (sizes[0] if one_size else min(sizes)) < _FRAME:
             # flags << 32 | VNI word; a short datagram's slot holds an older header: no key
             keys = [
                 flags << 32 | word if size >= _FRAME else -1
                 for flags, word, size in zip(headers[0::2], words, sizes, strict=True)
             ]
-        inline: dict[Address, tuple[int, Callable[[int], None], Callable[[int], None]]] = {}
-        """By source: the key followed inline, and the appends of its destination's
-        datagrams and of those credited inline."""
-        credits: list[tuple[ClientState, list[int]]] = []
+        inline: dict[Address, tuple[int, Callable[[int], None]]] = {}
+        """By source: the key followed inline, and the append of its run."""
+        runs: list[tuple[ClientState, list[int]]] = []
+        """Each run and the client that sent it."""
+        by_destination: dict[Address, list[int] | list[list[int]]] = {}
+        """A destination's one run, or a list of its runs (then in ``merged``)."""
+        merged: set[Address] = set()
         handle = self.handle
         follows = inline.get
         for k, source, key in zip(_count(), sources, keys):
             follow = follows(source)
             if follow is not None and follow[0] == key:
                 follow[1](k)
-                follow[2](k)
                 continue
             start = (first + k) * stride
             datagram = slots[start : start + sizes[k]]
@@ -600,22 +611,27 @@ class RelayCore:
             if answer is not None:
                 payload, destination = answer
                 if payload is datagram:
-                    group = relayed.get(destination)
-                    if group is None:
-                        group = relayed[destination] = []
-                    group.append(k)
-                    sender = self._sender((key & 0xFFFFFFFF) >> 8, source)
-                    credited: list[int] = []
-                    credits.append((sender, credited))
-                    inline[source] = (key, group.append, credited.append)
+                    run = [k]
+                    runs.append((self._sender((key & 0xFFFFFFFF) >> 8, source), run))
+                    inline[source] = (key, run.append)
+                    held = by_destination.get(destination)
+                    if held is None:
+                        by_destination[destination] = run
+                    elif destination in merged:
+                        held.append(run)
+                    else:
+                        by_destination[destination] = [held, run]
+                        merged.add(destination)
                     continue
                 answers.append(answer)
             if key >> 32 & _CONTROL_BIT:
                 inline.clear()
-        for sender, credited in credits:
-            if credited:
-                self._credit_inline(sender, len(credited), sum_at(sizes, credited), now)
-        return relayed, answers
+        for sender, run in runs:
+            if len(run) > 1:
+                self._credit_inline(sender, len(run) - 1, sum_at(sizes, run) - sizes[run[0]], now)
+        for destination in merged:
+            by_destination[destination] = sorted(chain.from_iterable(by_destination[destination]))
+        return by_destination, answers
 
     def _sender(self, vni: int, source: Address) -> ClientState:
         """The client at ``source`` of the endpoint ``vni``, which just relayed data from it."""

@@ -116,6 +116,10 @@ class _IoVec(ctypes.Structure):
     _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
 
 
+_IOVEC = struct.Struct("@PN")
+"""An :class:`_IoVec` as bytes."""
+
+
 class _MsgHdr(ctypes.Structure):
     _fields_ = [
         ("msg_name", ctypes.c_void_p),
@@ -285,7 +289,8 @@ class _SendQueue:
         self.address = ctypes.addressof(self.headers)
         self.iovecs_at = ctypes.addressof(self.iovecs)
         self.header_words = memoryview(self.headers).cast("B").cast("Q")
-        self.iovec_words = memoryview(self.iovecs).cast("B").cast("Q")
+        self.iovec_bytes = memoryview(self.iovecs).cast("B")
+        self.iovec_words = self.iovec_bytes.cast("Q")
         self.names_view = memoryview(self.names).cast("B")
         self.segment_sizes = memoryview(self.controls).cast("B").cast("H")
         """The uint16 of entry ``i`` is at ``i * _CONTROL_SPACE // 2 + 8``."""
@@ -371,6 +376,9 @@ class BatchedUdpTransport:
         slots_at = _address_of(self._slots)
         self._slot_starts = [i * SLOT_BYTES for i in range(BATCH)]
         self._slot_addresses = [slots_at + start for start in self._slot_starts]
+        self._slot_iovecs = [_IOVEC.pack(address, 0) for address in self._slot_addresses]
+        """Each slot's iovec for sending, its length 0 (written per send): a group's are
+        gathered and written in one copy."""
 
         self._received = _Messages(BATCH, self.name_len)
         for i in range(BATCH):
@@ -494,6 +502,7 @@ class BatchedUdpTransport:
         datagrams in entries of one size, the last of an entry maybe shorter, as
         UDP_SEGMENT wants them, within the kernel's limits."""
         addresses = self._slot_addresses[first:] if first else self._slot_addresses
+        slot_iovecs = self._slot_iovecs[first:] if first else self._slot_iovecs
         one_size = sizes.count(sizes[0]) == len(sizes)
         for destination, group in relayed.items():
             if len(group) == 1 or not self.gso:
@@ -501,27 +510,31 @@ class BatchedUdpTransport:
                 continue
             pick = itemgetter(*group)
             if one_size:
-                self._queue_segments(destination, array("Q", pick(addresses)), None, sizes[0])
+                self._queue_segments(destination, pick(slot_iovecs), None, sizes[0])
                 continue
             lengths = array("Q", pick(sizes))
             segment = lengths[0]
             same = lengths.count(segment)
             if same == len(group) or (same == len(group) - 1 and lengths[-1] < segment):
-                self._queue_segments(destination, array("Q", pick(addresses)), lengths, segment)
+                self._queue_segments(destination, pick(slot_iovecs), lengths, segment)
             else:  # sizes that change within the group
                 self._queue_one_by_one(destination, group, sizes, addresses)
 
     def _queue_segments(
-        self, destination: bytes, bases: array, lengths: array | None, segment: int
+        self,
+        destination: bytes,
+        slot_iovecs: tuple[bytes, ...],
+        lengths: array | None,
+        segment: int,
     ) -> None:
-        """Queue datagrams at ``bases`` for ``destination``, all ``segment`` bytes long
-        (``lengths`` None) or as ``lengths`` says, where only the last may be shorter:
-        as few entries as the kernel's limits allow, their iovecs written a whole
-        entry at a time."""
+        """Queue the datagrams of ``slot_iovecs`` (their slots' iovecs) for ``destination``,
+        all ``segment`` bytes long (``lengths`` None) or as ``lengths`` says, where only
+        the last may be shorter: as few entries as the kernel's limits allow, their
+        iovecs copied in and their lengths written a whole entry at a time."""
         sending = self._sending
-        iovecs = sending.iovec_words
+        iovecs, iovec_bytes, width = sending.iovec_words, sending.iovec_bytes, _IOVEC.size
         queued, used = self._queued, self._used
-        n = len(bases)
+        n = len(slot_iovecs)
         per_entry = max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // segment))
         for at in range(0, n, per_entry):
             m = min(per_entry, n - at)
@@ -531,7 +544,7 @@ class BatchedUdpTransport:
             sending.open_entry(queued, used, m, segment if m > 1 else 0, destination)
             if m > 1:
                 self.gso_sends += 1
-            iovecs[2 * used : 2 * (used + m) : 2] = bases[at : at + m]
+            iovec_bytes[width * used : width * (used + m)] = b"".join(slot_iovecs[at : at + m])
             iovecs[2 * used + 1 : 2 * (used + m) : 2] = (
                 _repeated(segment, m) if lengths is None else lengths[at : at + m]
             )
