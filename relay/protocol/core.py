@@ -628,7 +628,8 @@ class RelayCore:
                 inline.clear()
         for sender, run in runs:
             if len(run) > 1:
-                self._credit_inline(sender, len(run) - 1, sum_at(sizes, run) - sizes[run[0]], now)
+                size = sizes[0] * (len(run) - 1) if one_size else sum_at(sizes, run[1:])
+                self._credit_inline(sender, len(run) - 1, size, now)
         for destination in merged:
             by_destination[destination] = sorted(chain.from_iterable(by_destination[destination]))
         return by_destination, answers

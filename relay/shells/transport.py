@@ -226,6 +226,13 @@ def _received_fields(count: int) -> struct.Struct:
     return struct.Struct("=" + one * count)
 
 
+def _received_lengths(count: int) -> struct.Struct:
+    """Unpacks msg_len of each of ``count`` mmsghdrs (a read without GRO: no control)."""
+    length_at = _MMsgHdr.msg_len.offset
+    one = f"{length_at}xI{ctypes.sizeof(_MMsgHdr) - length_at - 4}x"
+    return struct.Struct("=" + one * count)
+
+
 _REPEATED: dict[int, array] = {}
 
 
@@ -385,6 +392,7 @@ class BatchedUdpTransport:
             self._received.iovecs[i].iov_base = self._slot_addresses[i]
             self._received.iovecs[i].iov_len = SLOT_BYTES
         self._received_fields = [_received_fields(count) for count in range(BATCH + 1)]
+        self._received_lengths = [_received_lengths(count) for count in range(BATCH + 1)]
         self._sources = [struct.Struct(f"{self.name_len}s" * count) for count in range(BATCH + 1)]
         """Unpacks the source addresses of ``count`` received datagrams."""
         self._controls = ctypes.create_string_buffer(BATCH * _CONTROL_SPACE)
@@ -441,31 +449,35 @@ class BatchedUdpTransport:
                 if count < 0 and ctypes.get_errno() not in _RETRY_LATER:
                     self.receive_errors += 1
                 return
-            values = fields[count].unpack_from(received.headers)
-            sizes = values[1::2]
             sources = self._sources[count].unpack_from(received.names)
             self._queued = self._used = 0
-            if gro and any(values[0::2]):
-                first = 0
-                for i in range(count):
-                    train = self._train_size(i, sizes[i]) if values[2 * i] else 0
-                    if train:
-                        if first < i:  # what came before goes first
-                            self._relay_batch(first, i, sizes, sources, now)
-                        self._relay_train(i, sizes[i], train, sources[i], now)
-                        first = i + 1
-                if first < count:
-                    self._relay_batch(first, count, sizes, sources, now)
-            else:
-                self._relay_batch(0, count, sizes, sources, now)
-            if gro:  # the kernel wrote each msg_controllen: room for the next read's
+            if gro:
+                values = fields[count].unpack_from(received.headers)
+                sizes = values[1::2]
+                if any(values[0::2]):
+                    first = 0
+                    for i in range(count):
+                        train = self._train_size(i, sizes[i]) if values[2 * i] else 0
+                        if train:
+                            if first < i:  # what came before goes first
+                                self._relay_batch(first, i, sizes, sources, now)
+                            self._relay_train(i, sizes[i], train, sources[i], now)
+                            first = i + 1
+                    if first < count:
+                        self._relay_batch(first, count, sizes, sources, now)
+                else:
+                    self._relay_batch(0, count, sizes, sources, now)
+                # the kernel wrote each msg_controllen: room for the next read's
                 ctypes.memmove(
                     received.address, self._received_layout, count * ctypes.sizeof(_MMsgHdr)
                 )
-            elif count == BATCH and self.gro_waiting:
-                self._full_reads += 1
-                if not self._full_reads % GRO_AUTO_CHECK_EVERY and back_to_back(sources):
-                    gro = self._turn_gro_on()
+            else:
+                sizes = self._received_lengths[count].unpack_from(received.headers)
+                self._relay_batch(0, count, sizes, sources, now)
+                if count == BATCH and self.gro_waiting:
+                    self._full_reads += 1
+                    if not self._full_reads % GRO_AUTO_CHECK_EVERY and back_to_back(sources):
+                        gro = self._turn_gro_on()
             if self._queued:
                 self._send_queued(self._queued)
             if count < BATCH:
