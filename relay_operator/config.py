@@ -66,8 +66,9 @@ class OperatorConfig:
     )  # fmt: skip
     take_up_after: float = flag(
         "--take-up-after", 30.0, parse=duration, metavar="DUR",
-        help="a RelayEndpoint still without a phase this long after its handler ran (its "
-        "writes lost while the API server was away) is allocated again",
+        help="a RelayEndpoint still without a phase this long after its handler ran, or this "
+        "long after the operator first saw it with its finalizer and never ran its handler "
+        "(its writes, or kopf's, lost while the API server was away), is allocated again",
     )  # fmt: skip
     liveness: str | None = flag(
         "--liveness", metavar="URL",

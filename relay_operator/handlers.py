@@ -328,6 +328,8 @@ async def endpoints(
     relay_operator/pending.py) and, without a phase, its own memo (the take-up loop)."""
     placed_here = ORIGIN_LABEL not in labels
     unplaced = placed_here and status.get("phase") is None
+    if unplaced:
+        take_up.note_finalized(memo, meta.get("finalizers") or (), time.monotonic())
     return endpoint_index.entries(
         {
             PAIRS: pair_claim(spec, meta, status),

@@ -10,7 +10,11 @@ take-up annotation on each; the take-up handler (relay_operator/handlers.py)
 allocates it and removes the annotation.
 
 Rule 1: a resource whose handler has not run yet in this operator (a burst's
-backlog, or a restart's) is never marked: its handler will run.
+backlog, or a restart's) is marked only ``--take-up-after`` after kopf first showed
+it with the operator's finalizer. kopf runs the create handler on that very event,
+so by then the handler has run, unless kopf dropped the resource: when kopf's own
+finalizer patch got through just before kube-apiserver went away, its retry is
+refused as a conflict, and kopf then waits for an event that never comes.
 Rule 2: a resource is marked at most once per ``--take-up-after``.
 
 Not a kopf timer per resource: kopf keeps the whole body of every resource of a
@@ -26,11 +30,12 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
-from relay.resource.definition import TAKE_UP_ANNOTATION
+from relay.resource.definition import FINALIZER, TAKE_UP_ANNOTATION
 
 Unplaced = tuple[str, str, Any]
 """A resource without a phase: (namespace, name, its own kopf memo), the memo holding
-``allocate_ran``, when its handler last ran to its end (``time.monotonic()``)."""
+``allocate_ran``, when its handler last ran to its end, and ``finalized_seen``, when
+kopf first showed it with the operator's finalizer (both ``time.monotonic()``)."""
 
 Mark = Callable[[str, str], Awaitable[None]]
 """Sets the take-up annotation on the resource (namespace, name)."""
@@ -47,7 +52,7 @@ async def take_up_stranded(
     marked = 0
     for entries in list(stranded.values()):
         for namespace, name, memo in list(entries):
-            ran = memo.get("allocate_ran")
+            ran = memo.get("allocate_ran", memo.get("finalized_seen"))
             if ran is None or now - ran < after:
                 continue
             memo.allocate_ran = now
@@ -59,6 +64,13 @@ async def take_up_stranded(
     if marked:
         log.info("taking up %d RelayEndpoints left without a phase", marked)
     return marked
+
+
+def note_finalized(memo: Any, finalizers: Collection[str], now: float) -> None:
+    """Remember in a resource's memo when kopf first showed it with the operator's
+    finalizer (Rule 1's clock); called on every event of a resource without a phase."""
+    if "finalized_seen" not in memo and FINALIZER in finalizers:
+        memo.finalized_seen = now
 
 
 async def run_take_up(

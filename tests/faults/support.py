@@ -110,6 +110,24 @@ class Endpoints:
     async def list(self) -> dict[str, dict[str, Any]]:
         return await asyncio.to_thread(self.list_now)
 
+    async def look_up(self, name: str) -> str:
+        """One resource as a GET by name finds it, for a failure message: its phase and
+        what the operator's framework wrote in its metadata."""
+        try:
+            status, body = await asyncio.to_thread(
+                self.plane.request, "GET", f"{self.path}/{name}", timeout=20
+            )
+        except OSError as exc:
+            return f"GET {name}: {exc}"
+        if status != 200:
+            return f"GET {name}: {status}"
+        resource = json.loads(body)
+        meta = resource["metadata"]
+        return (
+            f"GET {name}: phase {phase(resource)}, resourceVersion {meta['resourceVersion']}, "
+            f"finalizers {meta.get('finalizers')}, annotations {meta.get('annotations')}"
+        )
+
     async def create(self, peers: Sequence[Peers], concurrency: int = 50) -> float:
         """Create every resource, ``concurrency`` requests in flight; returns the seconds taken.
 
@@ -169,7 +187,9 @@ async def settled(
             got = phase(resources.get(name, {})) or "missing"
             key = f"{got} (want {want})"
             counts[key] = counts.get(key, 0) + 1
-        return ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        behind = sorted(n for n, want in expected.items() if phase(resources.get(n, {})) != want)
+        return summary + "".join([f"\n{await endpoints.look_up(n)}" for n in behind[:3]])
 
     try:
         what = f"{len(expected)} resources in their phase"

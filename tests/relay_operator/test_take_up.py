@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import kopf
 
-from relay_operator.take_up import take_up_stranded
+from relay.resource.definition import FINALIZER
+from relay_operator.take_up import note_finalized, take_up_stranded
 
 AFTER = 30.0
 
 
-def memo(ran: float | None) -> kopf.Memo:
+def memo(ran: float | None, finalized: float | None = None) -> kopf.Memo:
     found = kopf.Memo()
     if ran is not None:
         found.allocate_ran = ran
+    if finalized is not None:
+        note_finalized(found, ["someone.else/finalizer", FINALIZER], finalized)
     return found
 
 
@@ -37,6 +40,26 @@ async def test_only_resources_whose_handler_ran_long_enough_ago_are_marked():
     marks = Marks()
     assert await take_up_stranded(stranded, marks, now=100.0 + AFTER, after=AFTER) == 1
     assert marks.marked == [("ns", "old")]
+
+
+async def test_a_resource_whose_handler_never_ran_is_marked_long_after_kopf_showed_its_finalizer():
+    stranded = {
+        "uid-dropped": [("ns", "dropped", memo(ran=None, finalized=100.0))],
+        "uid-just-finalized": [("ns", "starting", memo(ran=None, finalized=100.0 + AFTER - 1))],
+        "uid-ran-since": [("ns", "ran", memo(ran=100.0 + AFTER - 1, finalized=100.0))],
+    }
+    marks = Marks()
+    assert await take_up_stranded(stranded, marks, now=100.0 + AFTER, after=AFTER) == 1
+    assert marks.marked == [("ns", "dropped")]
+
+
+def test_only_the_first_event_with_the_operators_finalizer_starts_the_clock():
+    found = kopf.Memo()
+    note_finalized(found, ["someone.else/finalizer"], 1.0)
+    assert "finalized_seen" not in found
+    note_finalized(found, [FINALIZER], 2.0)
+    note_finalized(found, [FINALIZER], 3.0)
+    assert found.finalized_seen == 2.0
 
 
 async def test_a_resource_is_marked_at_most_once_per_period():
