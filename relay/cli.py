@@ -61,7 +61,31 @@ class StatusConfig:
     store_prefix: str = store_prefix_flag()
 
 
-class _JsonFormatter(logging.Formatter):
+def log_object(record: logging.LogRecord) -> str | None:
+    """The Kubernetes object a record is about ("namespace/name"), from the ``k8s_ref``
+    that kopf's per-object loggers attach; None for any other record."""
+    ref = getattr(record, "k8s_ref", None)
+    if not isinstance(ref, dict) or not ref.get("name"):
+        return None
+    namespace = ref.get("namespace")
+    return f"{namespace}/{ref['name']}" if namespace else str(ref["name"])
+
+
+class TextFormatter(logging.Formatter):
+    """One line per record; a record about a Kubernetes object names it first."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        about = log_object(record)
+        message = record.message if about is None else f"[{about}] {record.message}"
+        return f"{record.asctime} {record.levelname} {record.name}: {message}"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record; a record about a Kubernetes object has ``object``."""
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "time": self.formatTime(record),
@@ -69,6 +93,9 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        about = log_object(record)
+        if about is not None:
+            entry["object"] = about
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
@@ -76,10 +103,7 @@ class _JsonFormatter(logging.Formatter):
 
 def _configure_logging(level: str, log_format: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if log_format == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
