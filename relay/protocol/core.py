@@ -197,7 +197,8 @@ class Endpoint:
     ``deadline`` is when :meth:`RelayCore.expire` next looks at the endpoint, the
     time of its one live entry in the deadline heap: its bind deadline until it
     is bound, then no later than it expires (:meth:`RelayCore.expires_at`). The
-    endpoint holds that entry itself (``deadline_key``), not a float of its own.
+    endpoint holds that entry itself (``deadline_key``), not a float of its own;
+    the core sets it when it installs the endpoint.
     """
 
     __slots__ = ("_a", "_b", "allocation", "bound", "bound_at", "deadline_key")
@@ -207,7 +208,6 @@ class Endpoint:
         self._a = self._b = _UNTOUCHED
         self.bound = False
         self.bound_at: float | None = None
-        self.deadline_key = deadline_key(allocation.allocated_at, allocation.vni)
 
     @property
     def deadline(self) -> float:
@@ -545,12 +545,15 @@ class RelayCore:
         sizes: Sequence[int],
         sources: Sequence[Address],
         now: float,
+        one_size: bool,
     ) -> tuple[dict[Address, list[int]], list[Send]]:
         """Act on a batch of datagrams received one per slot, as :meth:`handle` would on
         each in turn, and count exactly as it would.
 
         Datagram ``k`` of the batch is the first ``sizes[k]`` bytes of slot
         ``first + k``, which is ``slots[(first + k) * stride:]``, from ``sources[k]``.
+        ``one_size`` says whether every datagram is ``sizes[0]`` bytes long (the
+        caller works that out once per read, and needs it too).
         ``relayed`` maps each destination to the datagrams (their ``k``) to send it
         as they are, in the order received; ``answers`` are datagrams made here
         (challenges), in order.
@@ -584,7 +587,6 @@ class RelayCore:
         words = headers[1::2]
         keys: Sequence[int] = words  # a batch of data datagrams only: the VNI word
         no_flags = headers[0::2].count(0) == count  # cheaper than max(): 0 is one object
-        one_size = sizes.count(sizes[0]) == count
         if not no_flags or (sizes[0] if one_size else min(sizes)) < _FRAME:
             # flags << 32 | VNI word; a short datagram's slot holds an older header: no key
             keys = [
@@ -630,7 +632,7 @@ class RelayCore:
             if len(run) > 1:
                 size = sizes[0] * (len(run) - 1) if one_size else sum_at(sizes, run[1:])
                 self._credit_inline(sender, len(run) - 1, size, now)
-        for destination in merged:
+        for destination in merged:  # its runs become one list, as for every other destination
             by_destination[destination] = sorted(chain.from_iterable(by_destination[destination]))
         return by_destination, answers
 

@@ -498,24 +498,24 @@ class BatchedUdpTransport:
         answers and what it relays."""
         if first or stop < len(sizes):
             sizes, sources = sizes[first:stop], sources[first:stop]
+        one_size = sizes.count(sizes[0]) == len(sizes)
         relayed, answers = self._handle_batch(
-            self._slots_view, SLOT_BYTES, first, sizes, sources, now
+            self._slots_view, SLOT_BYTES, first, sizes, sources, now, one_size
         )
         if answers:
             self._queue_answers(answers)
         if relayed:
-            self._queue_groups(relayed, sizes, first)
+            self._queue_groups(relayed, sizes, first, one_size)
 
     def _queue_groups(
-        self, relayed: dict[bytes, list[int]], sizes: tuple[int, ...], first: int
+        self, relayed: dict[bytes, list[int]], sizes: tuple[int, ...], first: int, one_size: bool
     ) -> None:
         """Queue relayed datagrams (by destination, in the order received; datagram ``k``
-        is in slot ``first + k`` and holds ``sizes[k]`` bytes): each destination's
-        datagrams in entries of one size, the last of an entry maybe shorter, as
-        UDP_SEGMENT wants them, within the kernel's limits."""
+        is in slot ``first + k`` and holds ``sizes[k]`` bytes, every one ``sizes[0]``
+        if ``one_size``): each destination's datagrams in entries of one size, the last
+        of an entry maybe shorter, as UDP_SEGMENT wants them, within the kernel's limits."""
         addresses = self._slot_addresses[first:] if first else self._slot_addresses
         slot_iovecs = self._slot_iovecs[first:] if first else self._slot_iovecs
-        one_size = sizes.count(sizes[0]) == len(sizes)
         for destination, group in relayed.items():
             if len(group) == 1 or not self.gso:
                 self._queue_one_by_one(destination, group, sizes, addresses)

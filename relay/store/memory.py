@@ -47,7 +47,7 @@ class _VniBits:
     def discard(self, vni: int) -> None:
         byte = vni >> 3
         if byte < len(self._bits):
-            self._bits[byte] &= ~(1 << (vni & 7)) & 0xFF
+            self._bits[byte] &= ~(1 << (vni & 7))
 
     def __contains__(self, vni: int) -> bool:
         byte = vni >> 3

@@ -77,6 +77,11 @@ def layout(batch: list[tuple[bytes, object]], first: int = 0, fill: bytes = b"")
     return memoryview(buffer), sizes, sources
 
 
+def one_size(sizes) -> bool:
+    """What the transport tells handle_batch: whether every datagram is sizes[0] long."""
+    return sizes.count(sizes[0]) == len(sizes)
+
+
 def expected(h: CoreHarness, batch):
     """What handle does, one datagram at a time, on a copy: (relayed, answers, twin)."""
     twin = copy.deepcopy(h)
@@ -97,7 +102,7 @@ def test_a_batch_of_two_clients_is_relayed_to_each_other_in_order(h):
         (data(pair.a, i), A_ADDR) if i % 2 == 0 else (data(pair.b, i), B_ADDR) for i in range(9)
     ]
     slots, sizes, sources = layout(batch, first=3)
-    relayed, answers = h.core.handle_batch(slots, STRIDE, 3, sizes, sources, h.now)
+    relayed, answers = h.core.handle_batch(slots, STRIDE, 3, sizes, sources, h.now, one_size(sizes))
     assert relayed == {B_ADDR: [0, 2, 4, 6, 8], A_ADDR: [1, 3, 5, 7]} and answers == []
     a, b = h.core.endpoint(1).clients
     assert (a.packets, a.bytes, b.packets, b.bytes) == (5, 500, 4, 400)
@@ -123,7 +128,7 @@ def test_data_after_a_rebind_in_the_same_batch_follows_the_moved_client(h):
     ]
     want_relayed, want_answers, twin = expected(h, batch)
     slots, sizes, sources = layout(batch)
-    relayed, answers = h.core.handle_batch(slots, STRIDE, 0, sizes, sources, h.now)
+    relayed, answers = h.core.handle_batch(slots, STRIDE, 0, sizes, sources, h.now, one_size(sizes))
     assert relayed == want_relayed == {B_ADDR: [0, 2, 7], A_ADDR: [1], MOVED_ADDR: [6]}
     assert [to for _, to in answers] == [to for _, to in want_answers] == [MOVED_ADDR]
     assert h.drops() == {Drop.DATA_FROM_UNKNOWN_SOURCE.value: 1}
@@ -138,7 +143,7 @@ def test_a_short_datagram_is_dropped_though_its_slot_holds_a_relayed_header(h):
     packet = data(pair.a, 1)
     batch = [(packet, A_ADDR), (packet[:4], A_ADDR), (packet, A_ADDR)]
     slots, sizes, sources = layout(batch, fill=packet)
-    relayed, answers = h.core.handle_batch(slots, STRIDE, 0, sizes, sources, h.now)
+    relayed, answers = h.core.handle_batch(slots, STRIDE, 0, sizes, sources, h.now, one_size(sizes))
     assert relayed == {B_ADDR: [0, 2]} and answers == []
     assert h.drops() == {Drop.SHORT_PACKET.value: 1}
     assert h.core.endpoint(1).clients[0].packets == 2
@@ -147,8 +152,11 @@ def test_a_short_datagram_is_dropped_though_its_slot_holds_a_relayed_header(h):
 def test_one_datagram_and_none(h):
     pair = v1_pair(h, 1)
     slots, sizes, sources = layout([(data(pair.b, 1), B_ADDR)], first=1)
-    assert h.core.handle_batch(slots, STRIDE, 1, sizes, sources, h.now) == ({A_ADDR: [0]}, [])
-    assert h.core.handle_batch(slots, STRIDE, 0, (), [], h.now) == ({}, [])
+    assert h.core.handle_batch(slots, STRIDE, 1, sizes, sources, h.now, one_size(sizes)) == (
+        {A_ADDR: [0]},
+        [],
+    )
+    assert h.core.handle_batch(slots, STRIDE, 0, (), [], h.now, True) == ({}, [])
     assert h.core.forwarded_packets == 1
 
 
@@ -191,7 +199,9 @@ def test_a_batch_acts_and_counts_as_its_datagrams_one_by_one(seed):
     first = rng.randrange(4)
     want_relayed, want_answers, twin = expected(h, batch)
     slots, sizes, sources = layout(batch, first, fill)
-    relayed, answers = h.core.handle_batch(slots, STRIDE, first, sizes, sources, h.now)
+    relayed, answers = h.core.handle_batch(
+        slots, STRIDE, first, sizes, sources, h.now, one_size(sizes)
+    )
     assert relayed == want_relayed
     assert list(relayed) == list(want_relayed)  # destinations in order of their first datagram
     # answers are sealed with fresh nonces: the same number, to the same places
