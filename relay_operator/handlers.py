@@ -401,7 +401,9 @@ async def allocate_taken_up(
 @kopf.on.startup(registry=registry, id="take-up")
 async def start_take_up(endpoints: kopf.Index[IndexKey, Any], memo: OperatorMemo, **_: Any) -> None:
     unplaced = IndexPart[take_up.Unplaced](endpoints, UNPLACED)
-    loop = take_up.run_take_up(unplaced, take_up.kubernetes_mark(), memo.config.take_up_after)
+    loop = take_up.run_take_up(
+        unplaced, take_up.kubernetes_mark(), memo.config.take_up_after, memo.metrics.taken_up.inc
+    )
     memo.take_up = asyncio.create_task(loop, name="take-up")
 
 

@@ -120,6 +120,12 @@ class OperatorMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.taken_up = Counter(
+            f"{PREFIX}_taken_up",
+            "RelayEndpoints marked to be allocated again, left without a phase after their "
+            "writes were lost while the API server was away",
+            registry=self.registry,
+        )
         self.registry.register(_RelayCollector(relays))
         self._pending = _PendingCollector(clock)
         self.registry.register(self._pending)

@@ -74,12 +74,16 @@ def note_finalized(memo: Any, finalizers: Collection[str], now: float) -> None:
 
 
 async def run_take_up(
-    stranded: Mapping[str, Collection[Unplaced]], mark: Mark, after: float
+    stranded: Mapping[str, Collection[Unplaced]],
+    mark: Mark,
+    after: float,
+    count: Callable[[int], None],
 ) -> None:
-    """:func:`take_up_stranded` every ``after`` / 3 seconds, until cancelled."""
+    """:func:`take_up_stranded` every ``after`` / 3 seconds, until cancelled; ``count``
+    is told how many each pass marked."""
     while True:
         await asyncio.sleep(after / 3)
-        await take_up_stranded(stranded, mark, time.monotonic(), after)
+        count(await take_up_stranded(stranded, mark, time.monotonic(), after))
 
 
 def kubernetes_mark() -> Mark:

@@ -260,6 +260,7 @@ async def test_a_resource_whose_status_writes_were_lost_is_taken_up_again(
         first["status"]["relay"], first["status"]["vni"], first["status"]["lamportID"],
     )  # fmt: skip
     assert "taking up 1 RelayEndpoints" in operator.log.read_text()
+    assert scrape(operator.metrics_url)[("relayfleet_operator_taken_up_total", ())] == 1
 
 
 async def test_expiry_shows_expired_and_the_annotation_allocates_afresh(
