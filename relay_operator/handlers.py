@@ -117,6 +117,9 @@ class OperatorMemo(kopf.Memo):
     allocate_ran: float
     """In a resource's own memo (kopf copies the memo per resource): when its create, resume
     or take-up handler last ran to its end in this operator (``time.monotonic()``)."""
+    finalized_seen: float
+    """In a resource's own memo: when kopf first showed it without a phase and with the
+    operator's finalizer (``time.monotonic()``; relay_operator/take_up.py, Rule 1)."""
 
 
 def retry_delay(retry: int) -> float:
