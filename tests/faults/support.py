@@ -183,12 +183,15 @@ async def settled(
     async def describe() -> str:
         resources = await endpoints.list()
         counts: dict[str, int] = {}
+        behind: list[str] = []
         for name, want in expected.items():
-            got = phase(resources.get(name, {})) or "missing"
-            key = f"{got} (want {want})"
+            got = phase(resources.get(name, {}))
+            key = f"{got or 'missing'} (want {want})"
             counts[key] = counts.get(key, 0) + 1
+            if got != want:
+                behind.append(name)
         summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-        behind = sorted(n for n, want in expected.items() if phase(resources.get(n, {})) != want)
+        behind.sort()
         return summary + "".join([f"\n{await endpoints.look_up(n)}" for n in behind[:3]])
 
     try:
