@@ -558,16 +558,20 @@ class RelayCore:
         as they are, in the order received; ``answers`` are datagrams made here
         (challenges), in order.
 
-        A data datagram with the header (flags and VNI) and source of one relayed
-        earlier in the batch is relayed and counted inline, as long as no control
-        datagram came between them: only a control datagram changes where a
-        client's data goes. Any other datagram goes through :meth:`handle`.
+        A data datagram from a client of a bound endpoint is relayed here, where
+        :meth:`handle` would relay it, without its call. One with the header (flags
+        and VNI) and source of one relayed earlier in the batch follows it inline,
+        as long as no control datagram came between them: only a control datagram
+        changes where a client's data goes. Any other datagram (control, short, of
+        an unknown VNI or endpoint not bound, from a stranger) goes through
+        :meth:`handle`, which answers it or counts its drop.
 
-        What one source sends inline, from the datagram :meth:`handle` relayed on,
-        is a run: a list of ``k`` that a followed datagram costs one append to. A
-        destination's datagrams are its runs, merged in the order received where
-        it has more than one (two of its endpoints' peers in one batch, or a
-        control datagram between).
+        What one source sends from its first relayed datagram on is a run: a list
+        of ``k`` that a followed datagram costs one append to, counted for its
+        sender at the end of the batch (every datagram of a batch has the same
+        ``now``). A destination's datagrams are its runs, merged in the order
+        received where it has more than one (two of its endpoints' peers in one
+        batch, or a control datagram between).
         """
         answers: list[Send] = []
         count = len(sizes)
@@ -600,6 +604,7 @@ class RelayCore:
         by_destination: dict[Address, list[int] | list[list[int]]] = {}
         """A destination's one run, or a list of its runs (then in ``merged``)."""
         merged: set[Address] = set()
+        endpoints = self._by_vni.get
         handle = self.handle
         follows = inline.get
         for k, source, key in zip(_count(), sources, keys):
@@ -607,31 +612,38 @@ class RelayCore:
             if follow is not None and follow[0] == key:
                 follow[1](k)
                 continue
-            start = (first + k) * stride
-            datagram = slots[start : start + sizes[k]]
-            answer = handle(datagram, source, now)
-            if answer is not None:
-                payload, destination = answer
-                if payload is datagram:
-                    run = [k]
-                    runs.append((self._sender((key & 0xFFFFFFFF) >> 8, source), run))
-                    inline[source] = (key, run.append)
-                    held = by_destination.get(destination)
-                    if held is None:
-                        by_destination[destination] = run
-                    elif destination in merged:
-                        held.append(run)
+            # the checks handle() makes on data; the count waits for the end of the batch
+            if key >= 0 and not key >> 32 & _CONTROL_BIT:
+                endpoint = endpoints((key & 0xFFFFFFFF) >> 8)
+                if endpoint is not None and endpoint.bound:
+                    sender = endpoint._a
+                    if source == sender.addr:
+                        destination = endpoint._b.addr
                     else:
-                        by_destination[destination] = [held, run]
-                        merged.add(destination)
-                    continue
+                        destination = sender.addr
+                        sender = endpoint._b
+                    if source == sender.addr:
+                        run = [k]
+                        runs.append((sender, run))
+                        inline[source] = (key, run.append)
+                        held = by_destination.get(destination)
+                        if held is None:
+                            by_destination[destination] = run
+                        elif destination in merged:
+                            held.append(run)
+                        else:
+                            by_destination[destination] = [held, run]
+                            merged.add(destination)
+                        continue
+            start = (first + k) * stride
+            answer = handle(slots[start : start + sizes[k]], source, now)
+            if answer is not None:
                 answers.append(answer)
             if key >> 32 & _CONTROL_BIT:
                 inline.clear()
         for sender, run in runs:
-            if len(run) > 1:
-                size = sizes[0] * (len(run) - 1) if one_size else sum_at(sizes, run[1:])
-                self._credit_inline(sender, len(run) - 1, size, now)
+            size = sizes[0] * len(run) if one_size else sum_at(sizes, run)
+            self._credit_inline(sender, len(run), size, now)
         for destination in merged:  # its runs become one list, as for every other destination
             by_destination[destination] = sorted(chain.from_iterable(by_destination[destination]))
         return by_destination, answers

@@ -516,8 +516,21 @@ class BatchedUdpTransport:
         of an entry maybe shorter, as UDP_SEGMENT wants them, within the kernel's limits."""
         addresses = self._slot_addresses[first:] if first else self._slot_addresses
         slot_iovecs = self._slot_iovecs[first:] if first else self._slot_iovecs
+        sending = self._sending
+        iovecs = sending.iovec_words
         for destination, group in relayed.items():
-            if len(group) == 1 or not self.gso:
+            if len(group) == 1:  # its own entry, as _queue_one_by_one would make, without the call
+                k = group[0]
+                queued, used = self._queued, self._used
+                if queued == SEND_MESSAGES or used == SEND_MESSAGES:
+                    self._send_queued(queued)
+                    queued = used = 0
+                sending.open_entry(queued, used, 1, 0, destination)
+                iovecs[2 * used] = addresses[k]
+                iovecs[2 * used + 1] = sizes[k]
+                self._queued, self._used = queued + 1, used + 1
+                continue
+            if not self.gso:
                 self._queue_one_by_one(destination, group, sizes, addresses)
                 continue
             pick = itemgetter(*group)

@@ -172,6 +172,26 @@ async def test_more_single_datagrams_than_one_gso_send_holds_go_in_several(relay
     assert relay.server.core.forwarded_packets == 100
 
 
+async def test_a_read_from_many_endpoints_relays_each_datagram_to_its_peer(relay):
+    # a busy relay's read: every datagram from another client, each its own send
+    pairs = [await relay.bound_pair() for _ in range(12)]
+    udp = the_transport(relay)
+    sent = {}
+    for i, pair in enumerate(pairs):  # one read at the relay, sources taking turns
+        for index in (0, 1):
+            datagram = data(pair.clients[index], i, 100 + 10 * i + index)
+            pair.peers[index].send(datagram, relay.relay)
+            sent[pair.peers[1 - index]] = datagram
+    for peer, datagram in sent.items():
+        assert await receive_all(peer, 1) == [datagram]
+    assert relay.server.core.forwarded_packets == 24
+    assert relay.server.core.forwarded_bytes == sum(len(d) for d in sent.values())
+    for pair in pairs:
+        clients = relay.server.core.endpoint(pair.endpoint.vni).clients
+        assert [c.packets for c in clients] == [1, 1]
+    assert udp.gso_sends == 0 and udp.send_errors == 0 and relay.total_drops() == 0
+
+
 async def test_a_segment_of_another_vni_is_relayed_on_its_own(relay):
     first = await bound_v1_pair(relay)
     # the same two sockets are the clients of a second endpoint
@@ -319,6 +339,30 @@ async def test_more_datagrams_than_one_sendmmsg_takes_are_sent_in_order(relay_fa
     assert received == [segment for segments in trains for segment in segments]
     assert udp.trains_received == 20 and udp.send_errors == 0
     assert relay.server.core.forwarded_packets == 1280
+
+
+async def test_single_datagrams_after_a_full_send_queue_go_out_in_the_next_send(relay_factory):
+    # GSO off: 16 trains of 64 fill the send queue's SEND_MESSAGES entries, and the
+    # datagrams of other endpoints read after them in the same batch start the next
+    relay = await relay_factory("127.0.0.1", udp_gso="off", udp_gro="on")
+    udp = the_transport(relay)
+    pairs = [await relay.bound_pair() for _ in range(4)]
+    trains = [[data(pairs[0].clients[0], t, 100) for _ in range(64)] for t in range(16)]
+    assert sum(map(len, trains)) == transport.SEND_MESSAGES
+    for segments in trains:
+        send_train(pairs[0].peers[0], segments, relay.relay, 100)
+    singles = {}
+    for i, pair in enumerate(pairs[1:]):
+        for index in (0, 1):
+            datagram = data(pair.clients[index], i, 200)
+            pair.peers[index].send(datagram, relay.relay)
+            singles[pair.peers[1 - index]] = datagram
+    received = await receive_all(pairs[0].peers[1], 16 * 64)
+    assert received == [segment for segments in trains for segment in segments]
+    for peer, datagram in singles.items():
+        assert await receive_all(peer, 1) == [datagram]
+    assert udp.trains_received == 16 and udp.send_errors == 0
+    assert relay.server.core.forwarded_packets == 16 * 64 + 6
 
 
 async def test_options_the_kernel_refuses_stay_off(relay_factory, monkeypatch):
