@@ -616,13 +616,15 @@ class RelayCore:
             if key >= 0 and not key >> 32 & _CONTROL_BIT:
                 endpoint = endpoints((key & 0xFFFFFFFF) >> 8)
                 if endpoint is not None and endpoint.bound:
-                    sender = endpoint._a
-                    if source == sender.addr:
+                    a = endpoint._a
+                    sender: ClientState | None = a
+                    if source == a.addr:
                         destination = endpoint._b.addr
                     else:
-                        destination = sender.addr
-                        sender = endpoint._b
-                    if source == sender.addr:
+                        sender, destination = endpoint._b, a.addr
+                        if source != sender.addr:
+                            sender = None
+                    if sender is not None:
                         run = [k]
                         runs.append((sender, run))
                         inline[source] = (key, run.append)
