@@ -259,8 +259,15 @@ async def test_a_resource_whose_status_writes_were_lost_is_taken_up_again(
     assert (again["status"]["relay"], again["status"]["vni"], again["status"]["lamportID"]) == (
         first["status"]["relay"], first["status"]["vni"], first["status"]["lamportID"],
     )  # fmt: skip
-    assert "taking up 1 RelayEndpoints" in operator.log.read_text()
-    assert scrape(operator.metrics_url)[("relayfleet_operator_taken_up_total", ())] == 1
+    # The take-up handler may finish before the loop's own PATCH has answered it.
+    await wait_until(
+        lambda: (
+            "taking up 1 RelayEndpoints" in operator.log.read_text()
+            and scrape(operator.metrics_url)[("relayfleet_operator_taken_up_total", ())] == 1
+        ),
+        "the loop to log and count its one take-up",
+        log=operator.log,
+    )
 
 
 async def test_expiry_shows_expired_and_the_annotation_allocates_afresh(
