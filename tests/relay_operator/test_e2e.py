@@ -102,8 +102,14 @@ async def test_apply_allocates_and_two_clients_relay_with_the_status(
     assert {str(k) for k in allocation.disco_keys} == {str(k.public) for k in keys}
     conditions = {c["type"]: c["status"] for c in status["conditions"]}
     assert conditions == {"Allocated": "True", "Bound": "False", "Ready": "True"}
-    events = crd.kubectl("-n", kube_namespace, "get", "events", "-o", "json").stdout
-    assert "Allocated" in events
+    # kopf posts Events from a task of its own: the status may land first
+    await wait_until(
+        lambda: (
+            "Allocated" in crd.kubectl("-n", kube_namespace, "get", "events", "-o", "json").stdout
+        ),
+        "the Allocated Event",
+        log=operator.log,
+    )
     samples = scrape(operator.metrics_url)
     assert samples[("relayfleet_operator_allocations_total", (("result", "created"),))] == 1
     assert samples[("relayfleet_operator_allocation_seconds_count", ())] == 1
@@ -321,9 +327,15 @@ async def test_a_dead_relays_endpoints_are_placed_again_with_an_event(
         status = await wait_until(moved, f"re-placed on {survivor}", log=operator.log)
         assert status["serverDisco"] == relays[survivor].ready["server_disco"]
         assert status["serverDisco"] != first["serverDisco"]
-        events = json.loads(crd.kubectl("-n", kube_namespace, "get", "events", "-o", "json").stdout)
-        assert any(
-            e["reason"] == "RelayDead" and first["relay"] in e["message"] for e in events["items"]
+        await wait_until(
+            lambda: any(
+                e["reason"] == "RelayDead" and first["relay"] in e["message"]
+                for e in json.loads(
+                    crd.kubectl("-n", kube_namespace, "get", "events", "-o", "json").stdout
+                )["items"]
+            ),
+            "a RelayDead Event naming the dead relay",
+            log=operator.log,
         )
 
         def unmarked():
@@ -378,11 +390,18 @@ async def test_a_relay_back_under_a_new_key_has_its_endpoints_placed_again_and_b
         assert sorted((a.vni, a.lamport_id) for a in in_store) == sorted(
             (s["vni"], s["lamportID"]) for s in now.values()
         )
-        events = json.loads(crd.kubectl("-n", ns, "get", "events", "-o", "json").stdout)
-        rekeyed = {
-            e["involvedObject"]["name"] for e in events["items"] if e["reason"] == "RelayRekeyed"
-        }
-        assert rekeyed == set(keys)
+
+        def rekeyed() -> set[str]:
+            events = json.loads(crd.kubectl("-n", ns, "get", "events", "-o", "json").stdout)
+            return {
+                e["involvedObject"]["name"]
+                for e in events["items"]
+                if e["reason"] == "RelayRekeyed"
+            }
+
+        await wait_until(
+            lambda: rekeyed() == set(keys), "a RelayRekeyed Event for each", log=operator.log
+        )
 
         await bind_and_relay(now["first"], keys["first"])
         await wait_until(reported_bound(crd, ns, "first"), "first Bound", log=operator.log)

@@ -51,8 +51,15 @@ async def test_the_whole_flow_runs_as_the_least_privileged_accounts(
             lambda: get(cp, kube_namespace, "least").get("status", {}).get("phase") == "Bound",
             "Bound reported by the relay's account",
         )
-        events = json.loads(cp.kubectl("-n", kube_namespace, "get", "events", "-o", "json").stdout)
-        assert any(e["reason"] == "Allocated" for e in events["items"])
+        await wait_until(
+            lambda: any(
+                e["reason"] == "Allocated"
+                for e in json.loads(
+                    cp.kubectl("-n", kube_namespace, "get", "events", "-o", "json").stdout
+                )["items"]
+            ),
+            "the Allocated Event, posted by the operator's account",
+        )
         await wait_until(
             lambda: (
                 json.loads(
