@@ -66,7 +66,8 @@ async def test_a_relay_is_a_kubernetes_object_that_follows_its_liveness(
         ready = [c for c in status["conditions"] if c["type"] == "Ready"]
         assert ready[0]["status"] == "True"
         cp.kubectl("wait", "--for=condition=Ready", "relay/relay-obj", "--timeout=30s")
-        assert events(cp, "relay-obj", "Registered")
+        # posted after the status it follows
+        await wait_until(lambda: events(cp, "relay-obj", "Registered"), "Registered Event")
 
         table = cp.kubectl("get", "relays").stdout.splitlines()
         assert table[0].split() == [
