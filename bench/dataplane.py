@@ -305,7 +305,7 @@ class Rounds:
 
 SETTLE_AT = 100_000
 """From this many endpoints, one capacity pass is run and thrown away before the first
-cell. Right after a million were allocated, the first cell ran at a third to a half of the
+cell. Right after a million were allocated, the first cell ran at a third to two thirds of the
 next cell's rate for every forwarder that sends with UDP GSO, the C one with no endpoints
 too: the kernel allocated new slab pages for GSO segments (docs/performance.md,
 2026-12-06). The cell after it did not."""
