@@ -75,6 +75,23 @@ def get(control_plane, namespace: str, name: str) -> dict:
     return json.loads(result.stdout) if result.returncode == 0 else {}
 
 
+def events(
+    control_plane,
+    namespace: str,
+    *,
+    reason: str | None = None,
+    about: str | None = None,
+    kind: str | None = None,
+) -> list[dict]:
+    """The Events in ``namespace``, of ``reason`` and about the object named ``about``, of
+    ``kind``, where given (a field selector: kube-apiserver filters them)."""
+    given = {"reason": reason, "involvedObject.name": about, "involvedObject.kind": kind}
+    fields = [f"{field}={value}" for field, value in given.items() if value]
+    selector = ["--field-selector", ",".join(fields)] if fields else []
+    result = control_plane.kubectl("-n", namespace, "get", "events", *selector, "-o", "json")
+    return json.loads(result.stdout)["items"]
+
+
 def new_keys() -> list[DiscoPrivateKey]:
     return [DiscoPrivateKey.generate(), DiscoPrivateKey.generate()]
 

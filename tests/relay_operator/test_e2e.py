@@ -27,6 +27,7 @@ from tests.relay_operator.e2e_support import (
     RELAYFLEET,
     bind_and_relay,
     endpoint_yaml,
+    events,
     get,
     new_keys,
     phase_is,
@@ -329,10 +330,8 @@ async def test_a_dead_relays_endpoints_are_placed_again_with_an_event(
         assert status["serverDisco"] != first["serverDisco"]
         await wait_until(
             lambda: any(
-                e["reason"] == "RelayDead" and first["relay"] in e["message"]
-                for e in json.loads(
-                    crd.kubectl("-n", kube_namespace, "get", "events", "-o", "json").stdout
-                )["items"]
+                first["relay"] in e["message"]
+                for e in events(crd, kube_namespace, reason="RelayDead")
             ),
             "a RelayDead Event naming the dead relay",
             log=operator.log,
@@ -391,16 +390,13 @@ async def test_a_relay_back_under_a_new_key_has_its_endpoints_placed_again_and_b
             (s["vni"], s["lamportID"]) for s in now.values()
         )
 
-        def rekeyed() -> set[str]:
-            events = json.loads(crd.kubectl("-n", ns, "get", "events", "-o", "json").stdout)
-            return {
-                e["involvedObject"]["name"]
-                for e in events["items"]
-                if e["reason"] == "RelayRekeyed"
-            }
-
         await wait_until(
-            lambda: rekeyed() == set(keys), "a RelayRekeyed Event for each", log=operator.log
+            lambda: (
+                {e["involvedObject"]["name"] for e in events(crd, ns, reason="RelayRekeyed")}
+                == set(keys)
+            ),
+            "a RelayRekeyed Event for each",
+            log=operator.log,
         )
 
         await bind_and_relay(now["first"], keys["first"])

@@ -11,7 +11,7 @@ from relay.protocol.client import RelayClient
 from relay.protocol.keys import DiscoPublicKey
 from relay.shells.peer import UdpPeer
 from tests.relay.relay_process import RelayProcess
-from tests.relay_operator.e2e_support import endpoint_yaml, get, new_keys
+from tests.relay_operator.e2e_support import endpoint_yaml, events, get, new_keys
 from tests.support.waiting import wait_until
 
 
@@ -52,12 +52,7 @@ async def test_the_whole_flow_runs_as_the_least_privileged_accounts(
             "Bound reported by the relay's account",
         )
         await wait_until(
-            lambda: any(
-                e["reason"] == "Allocated"
-                for e in json.loads(
-                    cp.kubectl("-n", kube_namespace, "get", "events", "-o", "json").stdout
-                )["items"]
-            ),
+            lambda: events(cp, kube_namespace, reason="Allocated"),
             "the Allocated Event, posted by the operator's account",
         )
         await wait_until(

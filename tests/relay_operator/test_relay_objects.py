@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.relay.relay_process import RelayProcess
-from tests.relay_operator.e2e_support import endpoint_yaml, new_keys, phase_is
+from tests.relay_operator.e2e_support import endpoint_yaml, events, new_keys, phase_is
 from tests.support.controlplane import kubectl_executable
 from tests.support.waiting import wait_until
 
@@ -32,12 +32,6 @@ def relay_object(cp, name: str) -> dict:
 
 def state_is(cp, name: str, state: str):
     return lambda: (o := relay_object(cp, name)).get("status", {}).get("state") == state and o
-
-
-def events(cp, relay: str, reason: str) -> list[dict]:
-    selector = f"involvedObject.name={relay},involvedObject.kind=Relay,reason={reason}"
-    done = cp.kubectl("-n", "default", "get", "events", "--field-selector", selector, "-o", "json")
-    return json.loads(done.stdout)["items"]
 
 
 async def start_relay(cp, redis_server, key_file: Path, name: str) -> RelayProcess:
@@ -67,7 +61,10 @@ async def test_a_relay_is_a_kubernetes_object_that_follows_its_liveness(
         assert ready[0]["status"] == "True"
         cp.kubectl("wait", "--for=condition=Ready", "relay/relay-obj", "--timeout=30s")
         # posted after the status it follows
-        await wait_until(lambda: events(cp, "relay-obj", "Registered"), "Registered Event")
+        await wait_until(
+            lambda: events(cp, "default", reason="Registered", about="relay-obj", kind="Relay"),
+            "Registered Event",
+        )
 
         table = cp.kubectl("get", "relays").stdout.splitlines()
         assert table[0].split() == [
@@ -94,7 +91,10 @@ async def test_a_relay_is_a_kubernetes_object_that_follows_its_liveness(
         dead = await wait_until(state_is(cp, "relay-obj", "Dead"), "Relay Dead", log=operator.log)
         ready = next(c for c in dead["status"]["conditions"] if c["type"] == "Ready")
         assert (ready["status"], ready["reason"]) == ("False", "HeartbeatStopped")
-        stopped = await wait_until(lambda: events(cp, "relay-obj", "Stopped"), "Stopped Event")
+        stopped = await wait_until(
+            lambda: events(cp, "default", reason="Stopped", about="relay-obj", kind="Relay"),
+            "Stopped Event",
+        )
         assert stopped[0]["type"] == "Warning"
         described = cp.kubectl("describe", "relay", "relay-obj").stdout
         assert "Stopped" in described
@@ -102,7 +102,10 @@ async def test_a_relay_is_a_kubernetes_object_that_follows_its_liveness(
         # Back under the same key: Alive, and an Event saying so.
         relay = await start_relay(cp, redis_server, tmp_path / "relay.key", "relay-obj")
         await wait_until(state_is(cp, "relay-obj", "Alive"), "Relay Alive again")
-        await wait_until(lambda: events(cp, "relay-obj", "CameBack"), "CameBack Event")
+        await wait_until(
+            lambda: events(cp, "default", reason="CameBack", about="relay-obj", kind="Relay"),
+            "CameBack Event",
+        )
     finally:
         await relay.stop()
 

@@ -12,7 +12,6 @@ count it as holding its pair, and free its allocation when it is deleted.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 
 import pytest
@@ -29,7 +28,7 @@ from relay.resource.tailnet_endpoint import tailnet_endpoint_name
 from relay.server import RelayServer
 from relay.shells.keyfile import RelaySecrets
 from relay.store import open_store
-from tests.relay_operator.e2e_support import bind_and_relay, endpoint_yaml, get, new_keys
+from tests.relay_operator.e2e_support import bind_and_relay, endpoint_yaml, events, get, new_keys
 from tests.support.waiting import wait_until
 
 RELAY = "tailnet-relay"
@@ -69,14 +68,6 @@ def resource_condition(crd, namespace: str, name: str, check):
     return condition
 
 
-def events_of(crd, namespace: str, name: str) -> list[dict]:
-    result = crd.kubectl(
-        "-n", namespace, "get", "events", "-o", "json",
-        f"--field-selector=involvedObject.name={name}",
-    )  # fmt: skip
-    return json.loads(result.stdout)["items"]
-
-
 async def test_a_tailnet_allocation_is_a_relayendpoint_of_the_relay_freed_when_deleted(
     crd, kube_namespace, relay
 ):
@@ -114,7 +105,7 @@ async def test_a_tailnet_allocation_is_a_relayendpoint_of_the_relay_freed_when_d
         ),
         "the relay reported the tailnet endpoint Bound",
     )
-    assert not [e for e in events_of(crd, kube_namespace, name) if e["reason"] == "Allocated"], (
+    assert not events(crd, kube_namespace, reason="Allocated", about=name), (
         "the operator allocated a resource the relay made"
     )
 
