@@ -33,8 +33,8 @@ import hashlib
 import heapq
 import hmac
 import struct
-from collections.abc import Callable, Hashable, Iterator, Sequence
-from itertools import chain
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from itertools import chain, repeat
 from itertools import count as _count
 from operator import itemgetter
 
@@ -546,6 +546,7 @@ class RelayCore:
         sources: Sequence[Address],
         now: float,
         one_size: bool,
+        one_header: bool,
     ) -> tuple[dict[Address, list[int]], list[Send]]:
         """Act on a batch of datagrams received one per slot, as :meth:`handle` would on
         each in turn, and count exactly as it would.
@@ -553,7 +554,10 @@ class RelayCore:
         Datagram ``k`` of the batch is the first ``sizes[k]`` bytes of slot
         ``first + k``, which is ``slots[(first + k) * stride:]``, from ``sources[k]``.
         ``one_size`` says whether every datagram is ``sizes[0]`` bytes long (the
-        caller works that out once per read, and needs it too).
+        caller works that out once per read, and needs it too), ``one_header``
+        whether every slot's first :data:`geneve.HEADER_LEN` bytes are the same (a
+        busy endpoint's read: the caller compares them in place, and no header is
+        unpacked one by one).
         ``relayed`` maps each destination to the datagrams (their ``k``) to send it
         as they are, in the order received; ``answers`` are datagrams made here
         (challenges), in order.
@@ -587,16 +591,22 @@ class RelayCore:
                     else:
                         answers.append(answer)
             return relayed, answers
-        headers = _headers_every(stride, count).unpack_from(slots, first * stride)
-        words = headers[1::2]
-        keys: Sequence[int] = words  # a batch of data datagrams only: the VNI word
-        no_flags = headers[0::2].count(0) == count  # cheaper than max(): 0 is one object
-        if not no_flags or (sizes[0] if one_size else min(sizes)) < _FRAME:
-            # flags << 32 | VNI word; a short datagram's slot holds an older header: no key
-            keys = [
-                flags << 32 | word if size >= _FRAME else -1
-                for flags, word, size in zip(headers[0::2], words, sizes, strict=True)
-            ]
+        shortest = sizes[0] if one_size else min(sizes)
+        keys: Iterable[int]
+        """flags << 32 | VNI word, of each datagram in turn; -1 for a short one (its slot
+        holds an older header)."""
+        if one_header and shortest >= _FRAME:
+            flags, word = _unpack_header(slots, first * stride)
+            keys = repeat(flags << 32 | word, count)
+        else:
+            headers = _headers_every(stride, count).unpack_from(slots, first * stride)
+            keys = words = headers[1::2]  # a batch of data datagrams only: the VNI word
+            no_flags = headers[0::2].count(0) == count  # cheaper than max(): 0 is one object
+            if not no_flags or shortest < _FRAME:
+                keys = [
+                    flags << 32 | word if size >= _FRAME else -1
+                    for flags, word, size in zip(headers[0::2], words, sizes, strict=True)
+                ]
         inline: dict[Address, tuple[int, Callable[[int], None]]] = {}
         """By source: the key followed inline, and the append of its run."""
         runs: list[tuple[ClientState, list[int]]] = []

@@ -15,8 +15,10 @@ once at start:
   turns them into text for status and the API.
 
 The single datagrams of a read go to :meth:`RelayCore.handle_batch` together:
-the slots, their sizes and their sources, each unpacked in one ``struct``
-call, with one clock reading per wake-up. The core relays most of a busy
+the slots, their sizes (a view of the mmsghdrs' ``msg_len``, read in place)
+and their sources (unpacked in one ``struct`` call), with one clock reading
+per wake-up, and whether they are all of one size and one header (compared in
+place: a busy endpoint's read makes no int per datagram for either). The core relays most of a busy
 batch inline (a datagram like one it relayed just before, from the same
 source), so on this path the interpreter's work per datagram is a few
 operations, and what the shell does with the result is paid per destination:
@@ -219,18 +221,12 @@ def open_udp_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _received_fields(count: int) -> struct.Struct:
-    """Unpacks (msg_controllen, msg_len) of each of ``count`` mmsghdrs."""
-    control_at, length_at = _MsgHdr.msg_controllen.offset, _MMsgHdr.msg_len.offset
-    one = f"{control_at}xQ{length_at - control_at - 8}xI{ctypes.sizeof(_MMsgHdr) - length_at - 4}x"
-    return struct.Struct("=" + one * count)
-
-
-def _received_lengths(count: int) -> struct.Struct:
-    """Unpacks msg_len of each of ``count`` mmsghdrs (a read without GRO: no control)."""
-    length_at = _MMsgHdr.msg_len.offset
-    one = f"{length_at}xI{ctypes.sizeof(_MMsgHdr) - length_at - 4}x"
-    return struct.Struct("=" + one * count)
+def _received_words(headers: ctypes.Array, offset: int, format: str) -> memoryview:
+    """The field at byte ``offset`` of each mmsghdr of ``headers``, of struct ``format``:
+    read in place, an int made only for an item looked at."""
+    width = struct.calcsize(format)
+    words = memoryview(headers).cast("B").cast(format)
+    return words[offset // width :: ctypes.sizeof(_MMsgHdr) // width]
 
 
 _REPEATED: dict[int, array] = {}
@@ -380,6 +376,8 @@ class BatchedUdpTransport:
 
         self._slots = mmap.mmap(-1, BATCH * SLOT_BYTES)
         self._slots_view = memoryview(self._slots)
+        self._slot_headers = self._slots_view.cast("Q")[:: SLOT_BYTES // 8]
+        """Each slot's first 8 bytes (a Geneve header), compared in place."""
         slots_at = _address_of(self._slots)
         self._slot_starts = [i * SLOT_BYTES for i in range(BATCH)]
         self._slot_addresses = [slots_at + start for start in self._slot_starts]
@@ -391,8 +389,11 @@ class BatchedUdpTransport:
         for i in range(BATCH):
             self._received.iovecs[i].iov_base = self._slot_addresses[i]
             self._received.iovecs[i].iov_len = SLOT_BYTES
-        self._received_fields = [_received_fields(count) for count in range(BATCH + 1)]
-        self._received_lengths = [_received_lengths(count) for count in range(BATCH + 1)]
+        headers = self._received.headers
+        self._received_sizes = _received_words(headers, _MMsgHdr.msg_len.offset, "I")
+        """Each received message's msg_len, in place: a read's sizes are its first ``count``."""
+        self._received_controls = _received_words(headers, _MsgHdr.msg_controllen.offset, "Q")
+        """Each received message's msg_controllen, as the kernel wrote it (GRO reads)."""
         self._sources = [struct.Struct(f"{self.name_len}s" * count) for count in range(BATCH + 1)]
         """Unpacks the source addresses of ``count`` received datagrams."""
         self._controls = ctypes.create_string_buffer(BATCH * _CONTROL_SPACE)
@@ -440,7 +441,6 @@ class BatchedUdpTransport:
 
     def _on_readable(self) -> None:
         received = self._received
-        fields = self._received_fields
         gro = self.gro
         now = self._clock()
         for _ in range(BATCHES_PER_WAKEUP):
@@ -450,14 +450,14 @@ class BatchedUdpTransport:
                     self.receive_errors += 1
                 return
             sources = self._sources[count].unpack_from(received.names)
+            sizes = self._received_sizes[:count]
             self._queued = self._used = 0
             if gro:
-                values = fields[count].unpack_from(received.headers)
-                sizes = values[1::2]
-                if any(values[0::2]):
+                controls = self._received_controls[:count]
+                if any(controls):
                     first = 0
                     for i in range(count):
-                        train = self._train_size(i, sizes[i]) if values[2 * i] else 0
+                        train = self._train_size(i, sizes[i]) if controls[i] else 0
                         if train:
                             if first < i:  # what came before goes first
                                 self._relay_batch(first, i, sizes, sources, now)
@@ -472,7 +472,6 @@ class BatchedUdpTransport:
                     received.address, self._received_layout, count * ctypes.sizeof(_MMsgHdr)
                 )
             else:
-                sizes = self._received_lengths[count].unpack_from(received.headers)
                 self._relay_batch(0, count, sizes, sources, now)
                 if count == BATCH and self.gro_waiting:
                     self._full_reads += 1
@@ -492,15 +491,17 @@ class BatchedUdpTransport:
         return 0
 
     def _relay_batch(
-        self, first: int, stop: int, sizes: tuple[int, ...], sources: tuple[bytes, ...], now: float
+        self, first: int, stop: int, sizes: memoryview, sources: tuple[bytes, ...], now: float
     ) -> None:
         """Let the core act on received slots ``first:stop`` (single datagrams), queue its
         answers and what it relays."""
         if first or stop < len(sizes):
             sizes, sources = sizes[first:stop], sources[first:stop]
-        one_size = sizes.count(sizes[0]) == len(sizes)
+        headers = self._slot_headers[first:stop]
+        # both compared in place: no int made
+        one_size, one_header = sizes[1:] == sizes[:-1], headers[1:] == headers[:-1]
         relayed, answers = self._handle_batch(
-            self._slots_view, SLOT_BYTES, first, sizes, sources, now, one_size
+            self._slots_view, SLOT_BYTES, first, sizes, sources, now, one_size, one_header
         )
         if answers:
             self._queue_answers(answers)
@@ -508,7 +509,7 @@ class BatchedUdpTransport:
             self._queue_groups(relayed, sizes, first, one_size)
 
     def _queue_groups(
-        self, relayed: dict[bytes, list[int]], sizes: tuple[int, ...], first: int, one_size: bool
+        self, relayed: dict[bytes, list[int]], sizes: memoryview, first: int, one_size: bool
     ) -> None:
         """Queue relayed datagrams (by destination, in the order received; datagram ``k``
         is in slot ``first + k`` and holds ``sizes[k]`` bytes, every one ``sizes[0]``
@@ -535,53 +536,52 @@ class BatchedUdpTransport:
                 continue
             pick = itemgetter(*group)
             if one_size:
-                self._queue_segments(destination, pick(slot_iovecs), None, sizes[0])
+                self._queue_segments(destination, pick(slot_iovecs), sizes[0], sizes[0])
                 continue
-            lengths = array("Q", pick(sizes))
-            segment = lengths[0]
+            lengths = pick(sizes)
+            segment, last = lengths[0], lengths[-1]
             same = lengths.count(segment)
-            if same == len(group) or (same == len(group) - 1 and lengths[-1] < segment):
-                self._queue_segments(destination, pick(slot_iovecs), lengths, segment)
+            if same == len(group) or (same == len(group) - 1 and last < segment):
+                self._queue_segments(destination, pick(slot_iovecs), segment, last)
             else:  # sizes that change within the group
                 self._queue_one_by_one(destination, group, sizes, addresses)
 
     def _queue_segments(
-        self,
-        destination: bytes,
-        slot_iovecs: tuple[bytes, ...],
-        lengths: array | None,
-        segment: int,
+        self, destination: bytes, slot_iovecs: tuple[bytes, ...], segment: int, last: int
     ) -> None:
         """Queue the datagrams of ``slot_iovecs`` (their slots' iovecs) for ``destination``,
-        all ``segment`` bytes long (``lengths`` None) or as ``lengths`` says, where only
-        the last may be shorter: as few entries as the kernel's limits allow, their
-        iovecs copied in and their lengths written a whole entry at a time."""
+        each ``segment`` bytes long but the last, which is ``last`` (at most ``segment``):
+        as few entries as the kernel's limits allow. The entries' iovecs follow one
+        another, so the group's are copied in at once and their lengths written in one
+        strided write (a group is one read's, so it fits an empty queue)."""
         sending = self._sending
-        iovecs, iovec_bytes, width = sending.iovec_words, sending.iovec_bytes, _IOVEC.size
         queued, used = self._queued, self._used
         n = len(slot_iovecs)
         per_entry = max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // segment))
-        for at in range(0, n, per_entry):
-            m = min(per_entry, n - at)
-            if queued == SEND_MESSAGES or used + m > SEND_MESSAGES:
-                self._send_queued(queued)
-                queued = used = 0
-            sending.open_entry(queued, used, m, segment if m > 1 else 0, destination)
+        if queued + -(-n // per_entry) > SEND_MESSAGES or used + n > SEND_MESSAGES:
+            self._send_queued(queued)
+            queued = used = 0
+        width = _IOVEC.size
+        sending.iovec_bytes[width * used : width * (used + n)] = b"".join(slot_iovecs)
+        iovecs = sending.iovec_words
+        iovecs[2 * used + 1 : 2 * (used + n) : 2] = _repeated(segment, n)
+        if last != segment:
+            iovecs[2 * (used + n) - 1] = last
+        for at in range(used, used + n, per_entry):
+            m = min(per_entry, used + n - at)
             if m > 1:
+                sending.open_entry(queued, at, m, segment, destination)
                 self.gso_sends += 1
-            iovec_bytes[width * used : width * (used + m)] = b"".join(slot_iovecs[at : at + m])
-            iovecs[2 * used + 1 : 2 * (used + m) : 2] = (
-                _repeated(segment, m) if lengths is None else lengths[at : at + m]
-            )
-            used += m
+            else:
+                sending.open_entry(queued, at, 1, 0, destination)
             queued += 1
-        self._queued, self._used = queued, used
+        self._queued, self._used = queued, used + n
 
     def _queue_one_by_one(
         self,
         destination: bytes,
         group: list[int],
-        sizes: tuple[int, ...],
+        sizes: memoryview,
         addresses: list[int],
     ) -> None:
         """Queue the datagrams ``group`` for ``destination`` one at a time, each joining

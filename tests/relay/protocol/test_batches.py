@@ -82,6 +82,21 @@ def one_size(sizes) -> bool:
     return sizes.count(sizes[0]) == len(sizes)
 
 
+def one_header(slots, first: int, count: int) -> bool:
+    """What the transport tells handle_batch: whether every slot of the batch starts with
+    the same header bytes (a short datagram's slot with an older one's)."""
+    starts = range(first * STRIDE, (first + count) * STRIDE, STRIDE)
+    return len({bytes(slots[at : at + geneve.HEADER_LEN]) for at in starts}) <= 1
+
+
+def handle_batch(h: CoreHarness, slots, first: int, sizes, sources):
+    """handle_batch as the transport calls it, with what it works out once per read."""
+    alike = one_header(slots, first, len(sizes))
+    return h.core.handle_batch(
+        slots, STRIDE, first, sizes, sources, h.now, one_size(sizes) if sizes else True, alike
+    )
+
+
 def expected(h: CoreHarness, batch):
     """What handle does, one datagram at a time, on a copy: (relayed, answers, twin)."""
     twin = copy.deepcopy(h)
@@ -102,7 +117,7 @@ def test_a_batch_of_two_clients_is_relayed_to_each_other_in_order(h):
         (data(pair.a, i), A_ADDR) if i % 2 == 0 else (data(pair.b, i), B_ADDR) for i in range(9)
     ]
     slots, sizes, sources = layout(batch, first=3)
-    relayed, answers = h.core.handle_batch(slots, STRIDE, 3, sizes, sources, h.now, one_size(sizes))
+    relayed, answers = handle_batch(h, slots, 3, sizes, sources)
     assert relayed == {B_ADDR: [0, 2, 4, 6, 8], A_ADDR: [1, 3, 5, 7]} and answers == []
     a, b = h.core.endpoint(1).clients
     assert (a.packets, a.bytes, b.packets, b.bytes) == (5, 500, 4, 400)
@@ -128,7 +143,7 @@ def test_data_after_a_rebind_in_the_same_batch_follows_the_moved_client(h):
     ]
     want_relayed, want_answers, twin = expected(h, batch)
     slots, sizes, sources = layout(batch)
-    relayed, answers = h.core.handle_batch(slots, STRIDE, 0, sizes, sources, h.now, one_size(sizes))
+    relayed, answers = handle_batch(h, slots, 0, sizes, sources)
     assert relayed == want_relayed == {B_ADDR: [0, 2, 7], A_ADDR: [1], MOVED_ADDR: [6]}
     assert [to for _, to in answers] == [to for _, to in want_answers] == [MOVED_ADDR]
     assert h.drops() == {Drop.DATA_FROM_UNKNOWN_SOURCE.value: 1}
@@ -143,7 +158,7 @@ def test_a_short_datagram_is_dropped_though_its_slot_holds_a_relayed_header(h):
     packet = data(pair.a, 1)
     batch = [(packet, A_ADDR), (packet[:4], A_ADDR), (packet, A_ADDR)]
     slots, sizes, sources = layout(batch, fill=packet)
-    relayed, answers = h.core.handle_batch(slots, STRIDE, 0, sizes, sources, h.now, one_size(sizes))
+    relayed, answers = handle_batch(h, slots, 0, sizes, sources)
     assert relayed == {B_ADDR: [0, 2]} and answers == []
     assert h.drops() == {Drop.SHORT_PACKET.value: 1}
     assert h.core.endpoint(1).clients[0].packets == 2
@@ -152,11 +167,11 @@ def test_a_short_datagram_is_dropped_though_its_slot_holds_a_relayed_header(h):
 def test_one_datagram_and_none(h):
     pair = v1_pair(h, 1)
     slots, sizes, sources = layout([(data(pair.b, 1), B_ADDR)], first=1)
-    assert h.core.handle_batch(slots, STRIDE, 1, sizes, sources, h.now, one_size(sizes)) == (
+    assert handle_batch(h, slots, 1, sizes, sources) == (
         {A_ADDR: [0]},
         [],
     )
-    assert h.core.handle_batch(slots, STRIDE, 0, (), [], h.now, True) == ({}, [])
+    assert handle_batch(h, slots, 0, (), []) == ({}, [])
     assert h.core.forwarded_packets == 1
 
 
@@ -199,11 +214,47 @@ def test_a_batch_acts_and_counts_as_its_datagrams_one_by_one(seed):
     first = rng.randrange(4)
     want_relayed, want_answers, twin = expected(h, batch)
     slots, sizes, sources = layout(batch, first, fill)
-    relayed, answers = h.core.handle_batch(
-        slots, STRIDE, first, sizes, sources, h.now, one_size(sizes)
-    )
+    relayed, answers = handle_batch(h, slots, first, sizes, sources)
     assert relayed == want_relayed
     assert list(relayed) == list(want_relayed)  # destinations in order of their first datagram
     # answers are sealed with fresh nonces: the same number, to the same places
     assert [to for _, to in answers] == [to for _, to in want_answers]
     assert_same_state(h.core, twin.core, [1, 2, 3])
+
+
+def one_header_datagram(rng: random.Random, pair: Pair, size: int | None) -> tuple[bytes, object]:
+    """Data of ``pair``'s endpoint (every datagram the same header), mostly from where its
+    clients are bound; where ``size`` is None, of sizes that change, a few of them short."""
+    index = rng.randrange(2)
+    source = rng.choice((A_ADDR, B_ADDR, A_ADDR, B_ADDR, STRANGER_ADDR, MOVED_ADDR))
+    packet = data(pair.clients[index], rng.randrange(256), size or rng.choice((8, 9, 60, 300)))
+    if size is None and rng.randrange(8) == 0:
+        packet = packet[: rng.randrange(0, geneve.HEADER_LEN)]  # its slot keeps the header
+    return packet, source
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_a_batch_of_one_header_acts_and_counts_as_its_datagrams_one_by_one(seed):
+    """The same property where every slot starts with the same header, which the core
+    then reads once (``one_header``): a busy endpoint's read. With strangers, short
+    datagrams and sizes that change; a third of the batches of one size, and a fifth
+    all control (binds: one header too, each handled on its own)."""
+    rng = random.Random(seed)
+    h = CoreHarness()
+    pair = v1_pair(h, 1)
+    count = rng.randrange(2, 80)
+    if seed % 5 == 0:
+        bind = pair.a.bind_v1(pair.b.public_key, 2)
+        batch = [(bind, rng.choice((A_ADDR, MOVED_ADDR))) for _ in range(count)]
+    else:
+        size = 100 if seed % 3 == 0 else None
+        batch = [one_header_datagram(rng, pair, size) for _ in range(count)]
+    first = rng.randrange(4)
+    want_relayed, want_answers, twin = expected(h, batch)
+    slots, sizes, sources = layout(batch, first, fill=data(pair.a, 7, STRIDE))
+    assert one_header(slots, first, count)
+    relayed, answers = handle_batch(h, slots, first, sizes, sources)
+    assert relayed == want_relayed
+    assert list(relayed) == list(want_relayed)
+    assert [to for _, to in answers] == [to for _, to in want_answers]
+    assert_same_state(h.core, twin.core, [1])
