@@ -607,8 +607,8 @@ class RelayCore:
                     flags << 32 | word if size >= _FRAME else -1
                     for flags, word, size in zip(headers[0::2], words, sizes, strict=True)
                 ]
-        inline: dict[Address, tuple[int, Callable[[int], None]]] = {}
-        """By source: the key followed inline, and the append of its run."""
+        inline: dict[Address, tuple[int, list[int]]] = {}
+        """By source: the key followed inline, and its run."""
         runs: list[tuple[ClientState, list[int]]] = []
         """Each run and the client that sent it."""
         by_destination: dict[Address, list[int] | list[list[int]]] = {}
@@ -620,7 +620,7 @@ class RelayCore:
         for k, source, key in zip(_count(), sources, keys):
             follow = follows(source)
             if follow is not None and follow[0] == key:
-                follow[1](k)
+                follow[1].append(k)
                 continue
             # the checks handle() makes on data; the count waits for the end of the batch
             if key >= 0 and not key >> 32 & _CONTROL_BIT:
@@ -637,7 +637,7 @@ class RelayCore:
                     if sender is not None:
                         run = [k]
                         runs.append((sender, run))
-                        inline[source] = (key, run.append)
+                        inline[source] = (key, run)
                         held = by_destination.get(destination)
                         if held is None:
                             by_destination[destination] = run
