@@ -15,15 +15,14 @@ once at start:
   turns them into text for status and the API.
 
 The single datagrams of a read go to :meth:`RelayCore.handle_batch` together:
-the slots, their sizes (a view of the mmsghdrs' ``msg_len``, read in place)
-and their sources (unpacked in one ``struct`` call), with one clock reading
-per wake-up, and whether they are all of one size and one header (compared in
-place: a busy endpoint's read makes no int per datagram for either). The core relays most of a busy
-batch inline (a datagram like one it relayed just before, from the same
-source), so on this path the interpreter's work per datagram is a few
+the slots, their sizes (the mmsghdrs' ``msg_len``, read in place) and their
+sources (unpacked in one ``struct`` call), with one clock reading per wake-up,
+and whether they are all of one size and of one header (compared in place: a
+busy endpoint's read makes no int per datagram for either). The core relays
+most of a busy batch inline (a datagram like one it relayed just before, from
+the same source), so on this path the interpreter's work per datagram is a few
 operations, and what the shell does with the result is paid per destination:
-a group's iovecs are written an entry at a time. No logging, no awaiting, no
-locks here.
+a group's iovecs are copied in at once. No logging, no awaiting, no locks here.
 
 Trains (issue 17): Python's per-datagram cost is paid once per train where the
 kernel allows it.
@@ -558,7 +557,8 @@ class BatchedUdpTransport:
         queued, used = self._queued, self._used
         n = len(slot_iovecs)
         per_entry = max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // segment))
-        if queued + -(-n // per_entry) > SEND_MESSAGES or used + n > SEND_MESSAGES:
+        entries = -(-n // per_entry)  # rounded up
+        if queued + entries > SEND_MESSAGES or used + n > SEND_MESSAGES:
             self._send_queued(queued)
             queued = used = 0
         width = _IOVEC.size
