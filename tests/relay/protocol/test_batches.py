@@ -167,10 +167,7 @@ def test_a_short_datagram_is_dropped_though_its_slot_holds_a_relayed_header(h):
 def test_one_datagram_and_none(h):
     pair = v1_pair(h, 1)
     slots, sizes, sources = layout([(data(pair.b, 1), B_ADDR)], first=1)
-    assert handle_batch(h, slots, 1, sizes, sources) == (
-        {A_ADDR: [0]},
-        [],
-    )
+    assert handle_batch(h, slots, 1, sizes, sources) == ({A_ADDR: [0]}, [])
     assert handle_batch(h, slots, 0, (), []) == ({}, [])
     assert h.core.forwarded_packets == 1
 
