@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 
 import aiohttp
@@ -19,11 +21,18 @@ READY_TIMEOUT = 20
 
 class RelayProcess:
     def __init__(
-        self, process: asyncio.subprocess.Process, ready: dict, log: Path | None = None
+        self,
+        process: asyncio.subprocess.Process,
+        ready: dict,
+        log: Path | None = None,
+        tmpdir: str | None = None,
     ) -> None:
         self.process = process
         self.ready = ready
         self.log = log
+        self.tmpdir = tmpdir
+        """The relay's TMPDIR (its workers' Unix sockets), removed at stop: a relay killed
+        with SIGKILL cannot remove what it made there."""
 
     @classmethod
     async def start(
@@ -40,6 +49,7 @@ class RelayProcess:
         inherits the environment but ``KUBECONFIG`` (which ``--report-status auto``
         honours): a test names the cluster it reports to, by flag or ``env``."""
         inherited = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        tmpdir = tempfile.mkdtemp(prefix="relayfleet-test-relay-")
         stderr = log.open("wb") if log is not None else subprocess.PIPE
         process = await asyncio.create_subprocess_exec(
             *wrapper,
@@ -55,16 +65,17 @@ class RelayProcess:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=stderr,
-            env={**inherited, **(env or {})},
+            env={**inherited, "TMPDIR": tmpdir, **(env or {})},
         )
         if log is not None:
             stderr.close()
         line = await asyncio.wait_for(process.stdout.readline(), READY_TIMEOUT)
         if not line:
             await process.wait()
+            shutil.rmtree(tmpdir, ignore_errors=True)
             error = log.read_bytes() if log is not None else await process.stderr.read()
             raise AssertionError(error.decode())
-        return cls(process, json.loads(line), log)
+        return cls(process, json.loads(line), log, tmpdir)
 
     async def allocate(self, keys: list[str], token: str | None = None) -> tuple[int, dict | str]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -98,6 +109,8 @@ class RelayProcess:
         if self.process.returncode is None:
             self.process.send_signal(sig)
         _, stderr = await asyncio.wait_for(self.process.communicate(), READY_TIMEOUT)
+        if self.tmpdir is not None:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
         if self.log is not None:
             return self.process.returncode, self.log.read_text()
         return self.process.returncode, stderr.decode()
