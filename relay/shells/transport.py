@@ -569,11 +569,9 @@ class BatchedUdpTransport:
             iovecs[2 * (used + n) - 1] = last
         for at in range(used, used + n, per_entry):
             m = min(per_entry, used + n - at)
+            sending.open_entry(queued, at, m, segment if m > 1 else 0, destination)
             if m > 1:
-                sending.open_entry(queued, at, m, segment, destination)
                 self.gso_sends += 1
-            else:
-                sending.open_entry(queued, at, 1, 0, destination)
             queued += 1
         self._queued, self._used = queued, used + n
 
