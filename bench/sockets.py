@@ -20,6 +20,7 @@ POOL_BUFFER = 1 << 20
 SO_RCVBUFFORCE, SO_SNDBUFFORCE = 33, 32  # past rmem_max/wmem_max, as root
 SO_MEMINFO = 55  # getsockopt: u32[9]; [0] receive memory in use, [8] drops
 SYS_PIDFD_GETFD = 438  # same number on every architecture
+SO_TIMESTAMPNS = 35  # each datagram carries its arrival time (CLOCK_REALTIME, struct timespec)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -91,6 +92,31 @@ def drain(sock: socket.socket) -> int:
         return count
     finally:
         sock.setblocking(True)
+
+
+def stamp_arrivals(sock: socket.socket) -> None:
+    """Have the kernel note on each datagram ``sock`` receives when it arrived."""
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+
+
+def drain_stamped(sock: socket.socket) -> tuple[int, int]:
+    """Read and count every datagram waiting on ``sock`` (see :func:`stamp_arrivals`): (their
+    number, the last one's arrival in ns of CLOCK_REALTIME, as ``time.time_ns()``; 0 if none)."""
+    count, last = 0, []
+    sock.setblocking(False)
+    try:
+        while True:
+            last = sock.recvmsg(65536, 64)[1]
+            count += 1
+    except BlockingIOError:
+        pass
+    finally:
+        sock.setblocking(True)
+    for level, kind, data in last:
+        if (level, kind) == (socket.SOL_SOCKET, SO_TIMESTAMPNS):
+            seconds, nanoseconds = struct.unpack("qq", data)
+            return count, seconds * 1_000_000_000 + nanoseconds
+    return count, 0
 
 
 def wait_drained(queue: Sequence[socket.socket], timeout: float = 10.0) -> None:

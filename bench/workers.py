@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.workers [--sizes 200,1400] [--packets 200000] [--rounds 9]
                                       [--endpoints 8] [--quiet-wait 10]
-                                      [--forwarders NAME,NAME]
+                                      [--forwarders NAME,NAME] [--trains N]
 
 Why: issue 17 asks, with both CPUs given to the relay while it drains, for
 `relayfleet relay --workers 2` >= 1.7x the same relay with one worker, and
@@ -53,13 +53,17 @@ the one measured):
      would be freed there, costing the worker on that CPU a quarter more
      kernel time than the other (a NIC spreads them over its queues' CPUs).
      Then
-     SIGCONT it and poll (SO_MEMINFO, every POLL seconds) the clients'
+     SIGCONT it and poll (SO_MEMINFO, every POLL = 10 ms) the clients'
      receive queues until all packets arrived (their truesize reaches that
      of the forwarder's queues), or the forwarder's queues are empty and
      nothing arrived for 20 ms (GSO sends' segments have a smaller
      truesize), or no packet arrived for 0.5 s, or 30 s passed. Rate =
-     packets received / (last arrival - SIGCONT): a round lasts until its
-     slowest socket or worker is done.
+     packets received / (last arrival - SIGCONT), the last arrival being
+     the latest kernel receive time (SO_TIMESTAMPNS) of the clients' last
+     datagrams: a round lasts until its slowest socket or worker is done.
+     The polling only sees that a round is over, so it can be sparse: a
+     forwarder on both CPUs shares them with it (every millisecond, it
+     took 5-6% of a CPU from ours with two workers, none from one worker).
   4. At each size: one warm-up round (a tenth of the packets) of each
      forwarder, then `--rounds` rounds in turn: round r of every forwarder
      before round r + 1 of any. A round of one forwarder swings by tens of
@@ -74,12 +78,19 @@ the one measured):
   Single datagrams in the queues (as loopback, or a NIC without GRO, hands
   them over), so the rows "GRO off" show the reference's batching of
   single datagrams; its GRO-on rows read few per call from such a queue
-  (docs/performance.md, "Data plane").
+  (docs/performance.md, "Data plane"). With --trains N each client's turn
+  is instead one GSO train of N datagrams (one sendmsg with UDP_SEGMENT), as
+  a NIC with GRO hands them over under load (bench/dataplane.py --trains);
+  ours turns UDP GRO on in its warm-up round (--udp-gro auto), the
+  reference reads with GRO from the start (its GRO-off rows: segmented by
+  the kernel on arrival). A queued train's truesize is not its datagrams',
+  so such a round ends on the second or third rule above.
 
 What it prints, per size and forwarder: packets/s (median of the rounds,
 with the lowest and highest), loss, "CPUs" = the forwarder's CPU time (all
-its processes and threads, schedstat) / drain time (2.00: both CPUs busy
-all along), each worker's busy share (ours with workers: one near 0% sits
+its processes and threads, schedstat, up to the end of the polling, a
+little past the last arrival) / drain time (2.00: both CPUs busy all along;
+it can read a hundredth or two above), each worker's busy share (ours with workers: one near 0% sits
 idle), each socket's share of the pre-loaded round, packets per CPU-second,
 how long its processes were runnable without a CPU ("waited", in CPUs: a
 worker that shared a CPU with the other, or with another process), the CPUs
@@ -103,12 +114,14 @@ import argparse
 import contextlib
 import ctypes
 import json
+import math
 import os
 import re
 import select
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import tempfile
 import time
@@ -134,14 +147,24 @@ from bench.processes import (
     stop_on_sigterm,
 )
 from bench.report import Progress, ratio, table
-from bench.sockets import client_socket, drain, forwarder_sockets, meminfo, set_buffers
+from bench.sockets import (
+    client_socket,
+    drain,
+    drain_stamped,
+    forwarder_sockets,
+    meminfo,
+    set_buffers,
+    stamp_arrivals,
+)
 from relay.protocol import geneve
 from relay.shells.reuseport import worker_for_vni
+from relay.shells.transport import GSO_MAX_BYTES, SOL_UDP, UDP_SEGMENT
 from tests.support.waiting import wait_until_sync
 
-POLL = 0.001
-"""Seconds between two looks at the queues while a forwarder drains: the load generator's
-polling takes a few percent of a CPU from the forwarder then (printed)."""
+POLL = 0.01
+"""Seconds between two looks at the queues while a forwarder drains, only to see that it is
+over: the last arrival's time comes from the kernel (SO_TIMESTAMPNS). Polling every
+millisecond took 5-6% of a CPU from a forwarder that used both (printed: "polling")."""
 QUIET_SAMPLE = 0.25
 """Seconds over which the machine's other load is sampled before a round."""
 QUIET_LOAD = 0.25
@@ -552,19 +575,28 @@ def one_round(
     datagrams: list[bytes],
     packets: int,
     quiet_wait: float = 0.0,
+    train: int = 0,
 ) -> Round:
     """Pre-load ``packets`` (the clients taking turns; an equal share from each CPU this bench
     may use) while the forwarder is stopped, then time its drain; ``packets`` is a multiple of
-    the clients' number. First waits up to ``quiet_wait`` s for the rest of the machine to be
+    the clients' number (times ``train``). A turn is one datagram, or with ``train`` one GSO
+    train of that many. First waits up to ``quiet_wait`` s for the rest of the machine to be
     nearly idle."""
     for sock in clients:
         drain(sock)
     others_before = wait_for_quiet(forwarder, quiet_wait) if quiet_wait else 0.0
     forwarder.pause()
     drops = sum(meminfo(s)[1] for s in forwarder.sockets)
-    sends = [(sock.send, datagram) for sock, datagram in zip(clients, datagrams, strict=True)]
+    if train:
+        control = [(SOL_UDP, UDP_SEGMENT, struct.pack("H", len(datagrams[0])))]
+        sends = [
+            (lambda buffers, sock=sock: sock.sendmsg(buffers, control), [datagram * train])
+            for sock, datagram in zip(clients, datagrams, strict=True)
+        ]
+    else:
+        sends = [(sock.send, datagram) for sock, datagram in zip(clients, datagrams, strict=True)]
     cpus = sorted(os.sched_getaffinity(0))
-    turns = packets // len(clients)
+    turns = packets // len(clients) // max(train, 1)
     try:
         for k, cpu in enumerate(cpus):
             os.sched_setaffinity(0, {cpu})
@@ -575,9 +607,10 @@ def one_round(
         os.sched_setaffinity(0, cpus)
     overflow = sum(meminfo(s)[1] for s in forwarder.sockets) - drops
     queued = [meminfo(s)[0] for s in forwarder.sockets]
-    target = sum(queued)
+    target = math.inf if train else sum(queued)
     (cpu_before, wait_before), relaying_before = forwarder.scheduled_ns(), forwarder.relaying_ns()
     own_before, machine_before = time.process_time(), machine_busy_seconds()
+    resumed_ns = time.time_ns()
     started = time.perf_counter()
     forwarder.resume()
     last, last_change = -1, started
@@ -604,10 +637,11 @@ def one_round(
         (after - before) / 1e9
         for after, before in zip(forwarder.relaying_ns(), relaying_before, strict=True)
     ]
-    received = sum(drain(sock) for sock in clients)
+    drained = [drain_stamped(sock) for sock in clients]
+    received = sum(count for count, _ in drained)
     if overflow:
         print(f"    note: {overflow} packets overflowed {forwarder.name}'s receive queues")
-    elapsed = max(last_change - started, 1e-9)
+    elapsed = max((max(arrival for _, arrival in drained) - resumed_ns) / 1e9, 1e-9)
     others = max(0.0, machine - cpu / 1e9 - polling)
     return Round(
         received / elapsed, received, elapsed, cpu / 1e9, relaying, queued, polling,
@@ -631,9 +665,11 @@ class Measured:
         payload = b"x" * (size - geneve.HEADER_LEN)
         return [geneve.data_header(self.vnis[i // 2]) + payload for i in range(len(self.clients))]
 
-    def round(self, size: int, packets: int, quiet_wait: float = 0.0) -> Round:
-        """One round of ``packets`` at ``size`` bytes; stopped again once it is over."""
-        done = one_round(self.forwarder, self.clients, self.datagrams(size), packets, quiet_wait)
+    def round(self, size: int, packets: int, quiet_wait: float = 0.0, train: int = 0) -> Round:
+        """One round of ``packets`` at ``size`` bytes (in GSO trains of ``train``, if not 0);
+        stopped again once it is over."""
+        datagrams = self.datagrams(size)
+        done = one_round(self.forwarder, self.clients, datagrams, packets, quiet_wait, train)
         self.forwarder.pause()
         self.received += done.received
         return done
@@ -643,15 +679,16 @@ def measure_size(measured: Sequence[Measured], size: int, args, progress: Progre
     """A warm-up round of each forwarder, then ``--rounds`` rounds in turn: round r of every
     forwarder before round r + 1 of any, so that a slow minute of the machine falls on all
     of them. Each forwarder's figures, in ``measured``'s order."""
-    clients = 2 * args.endpoints
-    packets = args.packets // clients * clients
+    train = min(args.trains, GSO_MAX_BYTES // size)
+    turn = 2 * args.endpoints * max(train, 1)
+    packets = args.packets // turn * turn
     for m in measured:
-        m.round(size, max(packets // 10, clients))
+        m.round(size, max(packets // 10 // turn * turn, turn), train=train)
     rounds: list[list[Round]] = [[] for _ in measured]
-    for turn in range(args.rounds):
-        progress.cell(f"{size} B, round {turn + 1} of {args.rounds}")
+    for r in range(args.rounds):
+        progress.cell(f"{size} B, round {r + 1} of {args.rounds}")
         for m, done in zip(measured, rounds, strict=True):
-            done.append(m.round(size, packets, args.quiet_wait))
+            done.append(m.round(size, packets, args.quiet_wait, train))
     return [summary(m.forwarder, done, packets) for m, done in zip(measured, rounds, strict=True)]
 
 
@@ -751,6 +788,7 @@ def set_up(
         vnis = bind_endpoints(forwarder, clients, args.endpoints, workers)
         for sock in clients:
             sock.connect(forwarder.udp)
+            stamp_arrivals(sock)
     except BaseException:
         for sock in clients:
             sock.close()
@@ -779,7 +817,8 @@ def print_results(results: dict[str, dict[int, dict]], args) -> None:
     print()
     print(
         f"capacity: packets/s, median of {args.rounds} rounds (lowest-highest); CPUs = "
-        "forwarder CPU time / drain time (2.00: both busy); workers = each worker's; queues = "
+        "forwarder CPU time / drain time (2.00: both busy; counted until the polling ends, a "
+        "little past the last arrival); workers = each worker's; queues = "
         "each socket's share of a pre-loaded round; per CPU-s = packets / forwarder CPU time; "
         "waited = its processes' time runnable without a CPU / drain time; others = CPUs used "
         "by everything else (other processes, ksoftirqd; /proc/stat) while it drained; "
@@ -838,6 +877,7 @@ def main(args: argparse.Namespace) -> None:
     args.buffer = min(max(args.packets * 4096, 16 << 20), 1 << 30)
     cpus = sorted(os.sched_getaffinity(0))
     before = load_average()
+    preload = f"GSO trains of {args.trains}" if args.trains else "single datagrams"
     print(
         f"data plane on {len(cpus)} CPUs ({', '.join(map(str, cpus))}), loopback: sizes "
         f"{', '.join(map(str, args.sizes))} bytes (Geneve header included); load average "
@@ -846,7 +886,7 @@ def main(args: argparse.Namespace) -> None:
     print(
         f"capacity: {args.packets:,} packets x {args.rounds} rounds (+ a warm-up of a tenth); "
         f"{args.endpoints} bound endpoints, {2 * args.endpoints} clients taking turns; SIGSTOP "
-        f"every process of the forwarder, pre-load its queues (single datagrams; SO_RCVBUFFORCE "
+        f"every process of the forwarder, pre-load its queues ({preload}; SO_RCVBUFFORCE "
         f"{args.buffer >> 20} MiB on each of its sockets), SIGCONT, time until the clients got "
         "them all; no process pinned"
     )
@@ -963,6 +1003,14 @@ if __name__ == "__main__":
         metavar="NAME,NAME",
         help=f"only these, by short name: {', '.join(FORWARDERS)} (default all)",
     )
+    parser.add_argument(
+        "--trains",
+        type=int,
+        default=0,
+        metavar="N",
+        help="pre-load GSO trains of N datagrams, 2..64 (one sendmsg with UDP_SEGMENT per "
+        "client's turn, at most 64 KiB each), not single datagrams (default 0: single)",
+    )
     options = parser.parse_args()
     if any(size < geneve.HEADER_LEN + 8 or size > 2048 for size in options.sizes):
         parser.error(f"--sizes must be between {geneve.HEADER_LEN + 8} and 2048")
@@ -970,6 +1018,8 @@ if __name__ == "__main__":
         parser.error("--endpoints: an even number, at least 2")
     if options.packets < 20 * options.endpoints or options.rounds < 1:
         parser.error("--packets >= 20 x --endpoints, --rounds >= 1")
+    if options.trains and not 2 <= options.trains <= 64:
+        parser.error("--trains: 2..64 datagrams")
     unknown = [name for name in options.forwarders if name not in FORWARDERS]
     if unknown:
         parser.error(f"--forwarders: unknown {', '.join(unknown)}; known: {', '.join(FORWARDERS)}")
