@@ -56,6 +56,26 @@ def test_a_train_from_a_bound_client_is_one_run_to_its_peer(h):
     assert h.drops() == {}
 
 
+@pytest.mark.parametrize("size", [200, 1400])
+def test_a_segment_of_an_unknown_vni_anywhere_in_a_train_is_dropped_alone(h, size):
+    """Segments of a multiple of 8 bytes, whose headers the core compares in place: a train
+    of one client is one run, and one foreign segment, wherever it is, splits it."""
+    pair = h.allocate()
+    h.bind_pair(pair)
+    count = 12
+    whole = train([data(pair.a, i, size) for i in range(count)])
+    assert h.core.handle_train(whole, size, A_ADDR, h.now) == ([(0, count * size, B_ADDR)], [])
+    for k in range(count):
+        segments = [data(pair.a, i, size) for i in range(count)]
+        segments[k] = geneve.data_header(99) + bytes(size - geneve.HEADER_LEN)
+        runs, answers = h.core.handle_train(train(segments), size, A_ADDR, h.now)
+        before = [(0, k * size, B_ADDR)] if k else []
+        after = [((k + 1) * size, count * size, B_ADDR)] if k < count - 1 else []
+        assert (runs, answers) == (before + after, [])
+    assert h.drops() == {Drop.UNKNOWN_VNI.value: count}
+    assert h.core.forwarded_packets == count + count * (count - 1)
+
+
 def test_a_train_from_a_stranger_is_dropped_segment_by_segment(h):
     pair = h.allocate()
     h.bind_pair(pair)
