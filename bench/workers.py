@@ -89,9 +89,10 @@ the one measured):
 What it prints, per size and forwarder: packets/s (median of the rounds,
 with the lowest and highest), loss, "CPUs" = the forwarder's CPU time (all
 its processes and threads, schedstat, up to the end of the polling, a
-little past the last arrival) / drain time (2.00: both CPUs busy all along;
-it can read a hundredth or two above), each worker's busy share (ours with workers: one near 0% sits
-idle), each socket's share of the pre-loaded round, packets per CPU-second,
+little past the last arrival) / drain time (2.00: both CPUs busy all
+along; it can read a hundredth or two above), each worker's busy share
+(ours with workers: one near 0% sits idle), each socket's share of the
+pre-loaded round, packets per CPU-second,
 how long its processes were runnable without a CPU ("waited", in CPUs: a
 worker that shared a CPU with the other, or with another process), the CPUs
 everything else used meanwhile ("others": other processes, ksoftirqd), and
