@@ -63,7 +63,7 @@ the one measured):
      datagrams: a round lasts until its slowest socket or worker is done.
      The polling only sees that a round is over, so it can be sparse: a
      forwarder on both CPUs shares them with it (every millisecond, it
-     took 5-6% of a CPU from ours with two workers, none from one worker).
+     took 3-6% of a CPU from ours with two workers, none from one worker).
   4. At each size: one warm-up round (a tenth of the packets) of each
      forwarder, then `--rounds` rounds in turn: round r of every forwarder
      before round r + 1 of any. A round of one forwarder swings by tens of
@@ -165,7 +165,7 @@ from tests.support.waiting import wait_until_sync
 POLL = 0.01
 """Seconds between two looks at the queues while a forwarder drains, only to see that it is
 over: the last arrival's time comes from the kernel (SO_TIMESTAMPNS). Polling every
-millisecond took 5-6% of a CPU from a forwarder that used both (printed: "polling")."""
+millisecond took 3-6% of a CPU from a forwarder that used both (printed: "polling")."""
 QUIET_SAMPLE = 0.25
 """Seconds over which the machine's other load is sampled before a round."""
 QUIET_LOAD = 0.25
