@@ -174,9 +174,9 @@ from bench.processes import (
     stop_on_sigterm,
 )
 from bench.report import Progress, percentile, ratio, table
-from bench.sockets import POOL_BUFFER, client_socket, drain, meminfo
+from bench.sockets import POOL_BUFFER, client_socket, drain, meminfo, segment_control
 from relay.protocol import geneve
-from relay.shells.transport import GSO_MAX_BYTES, SOL_UDP, UDP_SEGMENT
+from relay.shells.transport import GSO_MAX_BYTES
 from tests.support.waiting import wait_until_sync
 
 ROUND_DEADLINE = 30.0
@@ -221,7 +221,7 @@ def one_round(
     queue_drops = sum(meminfo(s)[1] for s in forwarder.sockets)
     if train:
         train = min(train, GSO_MAX_BYTES // len(datagrams[0]))
-        control = [(SOL_UDP, UDP_SEGMENT, struct.pack("H", len(datagrams[0])))]
+        control = segment_control(len(datagrams[0]))
         sends = [(a, [datagrams[0] * train]), (b, [datagrams[1] * train])]
         for i in range(packets // train):
             sock, buffers = sends[i & 1]

@@ -14,6 +14,8 @@ import struct
 import time
 from collections.abc import Sequence
 
+from relay.shells.transport import SOL_UDP, UDP_SEGMENT
+
 LOOPBACK = "127.0.0.1"
 CLIENT_BUFFER = 4 << 20
 POOL_BUFFER = 1 << 20
@@ -82,16 +84,12 @@ def client_socket(buffer: int = CLIENT_BUFFER) -> socket.socket:
 
 def drain(sock: socket.socket) -> int:
     """Read and count every datagram waiting on ``sock``."""
-    count = 0
-    sock.setblocking(False)
-    try:
-        while True:
-            sock.recv(65536)
-            count += 1
-    except BlockingIOError:
-        return count
-    finally:
-        sock.setblocking(True)
+    return drain_stamped(sock)[0]
+
+
+def segment_control(size: int) -> list[tuple[int, int, bytes]]:
+    """The control message of a GSO send (``sendmsg``) whose datagrams are ``size`` bytes."""
+    return [(SOL_UDP, UDP_SEGMENT, struct.pack("H", size))]
 
 
 def stamp_arrivals(sock: socket.socket) -> None:

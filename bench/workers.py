@@ -122,7 +122,6 @@ import select
 import signal
 import socket
 import statistics
-import struct
 import subprocess
 import tempfile
 import time
@@ -154,12 +153,13 @@ from bench.sockets import (
     drain_stamped,
     forwarder_sockets,
     meminfo,
+    segment_control,
     set_buffers,
     stamp_arrivals,
 )
 from relay.protocol import geneve
 from relay.shells.reuseport import worker_for_vni
-from relay.shells.transport import GSO_MAX_BYTES, SOL_UDP, UDP_SEGMENT
+from relay.shells.transport import GSO_MAX_BYTES
 from tests.support.waiting import wait_until_sync
 
 POLL = 0.01
@@ -589,7 +589,7 @@ def one_round(
     forwarder.pause()
     drops = sum(meminfo(s)[1] for s in forwarder.sockets)
     if train:
-        control = [(SOL_UDP, UDP_SEGMENT, struct.pack("H", len(datagrams[0])))]
+        control = segment_control(len(datagrams[0]))
         sends = [
             (lambda buffers, sock=sock: sock.sendmsg(buffers, control), [datagram * train])
             for sock, datagram in zip(clients, datagrams, strict=True)
