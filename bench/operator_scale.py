@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.operator_scale [--counts 1000,10000] [--relays 2]
                                              [--connections 32] [--timeout 900] [--quiet 10]
                                              [--profile DIR] [--logs DIR] [--repeat 1]
+                                             [--bare-operator]
 
 Why: issue 19 item 8. On two cores, kube-apiserver alone costs about 15 ms per
 RelayEndpoint, so an absolute target (p99 created->Allocated < 1 s at 1 000 at
@@ -58,6 +59,13 @@ B. The ceiling, on a fresh control plane with the same CRDs, no operator, no
    resource's keys), POST of the Events kopf posted. Totals match A.1's,
    spread over the resources. Rate = N / (first create -> last Allocated
    seen), as in A.1. Ratio = operator rate / ceiling rate.
+C. With --bare-operator: A's fleet again, fresh, with no operator. In its
+   place the bench watches the RelayEndpoints and, for each one created,
+   makes B's requests from --connections connections of its own: the least
+   any operator does (it must watch what it allocates and make these
+   writes), without a store, a decision or a framework. Its rate over B's is
+   the most an operator could reach on this machine, with the relays'
+   reporters watching as in A.
 
 --profile DIR runs both operators under cProfile (DIR/operator-N.prof, written
 when it is stopped for step 3, and DIR/operator-restarted-N.prof) and prints
@@ -354,10 +362,18 @@ class Watcher:
     events, stamps the first Allocated of each resource of ``namespace``, and resumes
     from the last resourceVersion (listing again when that expired)."""
 
-    def __init__(self, api: ScaleApi, url: str, namespace: str | None = None) -> None:
+    def __init__(
+        self,
+        api: ScaleApi,
+        url: str,
+        namespace: str | None = None,
+        added: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.api = api
         self.url = url
         self.namespace = namespace
+        self.added = added
+        """Called with each resource the watch shows ADDED (not those listed)."""
         self.events = 0
         self.allocated: dict[str, float] = {}
         self.resumed = 0
@@ -430,6 +446,8 @@ class Watcher:
                         continue
                     self.events += 1
                     self._stamp(resource, now)
+                    if self.added is not None and event["type"] == "ADDED":
+                        self.added(resource)
 
 
 # -- the fleet --------------------------------------------------------------------
@@ -882,6 +900,27 @@ async def reporter_start(
 # -- B: the ceiling ---------------------------------------------------------------------
 
 
+async def replay(
+    api: ScaleApi,
+    index: int,
+    count: int,
+    mix: Counter[tuple[str, str]],
+    templates: Templates,
+    resource: dict[str, Any],
+) -> None:
+    """Make the operator's requests for resource ``index`` of ``count`` (as created):
+    :func:`resource_plan`'s, in order, one at a time."""
+    keys = resource["spec"]["discoKeys"]
+    name = resource["metadata"]["name"]
+    for verb, kind, payload in resource_plan(index, count, mix, templates, keys):
+        if kind == "events":
+            event = event_body(payload, NAMESPACE, resource)
+            await api.send(verb, api.events_url(NAMESPACE), event)
+        else:
+            sub = "status" if kind.endswith("/status") else ""
+            await api.send(verb, api.resource_url(NAMESPACE, name, sub), payload, MERGE_PATCH)
+
+
 @dataclass
 class Ceiling:
     count: int
@@ -914,17 +953,8 @@ async def ceiling_run(
             nonlocal done
             for index in queue:
                 body = endpoint_body(f"ep-{index:05d}")
-                keys = body["spec"]["discoKeys"]
-                name = body["metadata"]["name"]
                 resource = await api.send("POST", api.collection(NAMESPACE), body)
-                for verb, kind, payload in resource_plan(index, count, mix, templates, keys):
-                    if kind == "events":
-                        event = event_body(payload, NAMESPACE, resource)
-                        await api.send(verb, api.events_url(NAMESPACE), event)
-                    else:
-                        sub = "status" if kind.endswith("/status") else ""
-                        url = api.resource_url(NAMESPACE, name, sub)
-                        await api.send(verb, url, payload, MERGE_PATCH)
+                await replay(api, index, count, mix, templates, resource)
                 done += 1
                 if done % 1000 == 0:
                     progress(f"  ceiling: {done:,} done")
@@ -941,6 +971,71 @@ async def ceiling_run(
         return Ceiling(count, seconds, len(endpoints.allocated), requests, cpu, client_cpu)
     finally:
         await api.close()
+
+
+# -- C: the bare operator ---------------------------------------------------------------
+
+
+@dataclass
+class BareOperator:
+    count: int
+    seconds: float
+    allocated: int
+    cpu: dict[str, float]
+    client_cpu: float
+
+
+async def bare_operator_run(
+    fleet: ScaleFleet, count: int, mix: Counter[tuple[str, str]], templates: Templates, args: Any
+) -> BareOperator:
+    """A.1 again on a fleet with no operator: in its place the least any operator does, a
+    watch of the RelayEndpoints and, for each one created, the operator's requests
+    (:func:`replay`) from --connections connections of its own. No store, no decision."""
+    api = ScaleApi(fleet.control_plane, args.connections + 4)
+    reactor_api = ScaleApi(fleet.control_plane, args.connections + 1)
+    created: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    reactor = Watcher(reactor_api, reactor_api.collection(NAMESPACE), added=created.put_nowait)
+    watchers: tuple[Watcher, Watcher] | None = None
+    tasks: list[asyncio.Task[None]] = []
+
+    async def react() -> None:
+        while True:
+            resource = await created.get()
+            index = int(resource["metadata"]["name"].removeprefix("ep-"))
+            await replay(reactor_api, index, count, mix, templates, resource)
+
+    try:
+        watchers = await fleet_watchers(api)
+        endpoints = watchers[0]
+        await reactor.start()
+        tasks = [asyncio.create_task(react()) for _ in range(args.connections)]
+        pids = fleet.pids()
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        client_before = time.process_time()
+        bodies = [endpoint_body(f"ep-{i:05d}") for i in range(count)]
+        progress(f"bare operator: {count:,} RelayEndpoints (load {load()})")
+        first = time.perf_counter()
+        await create_all(api, bodies, args.connections, lambda done: None)
+        allocated = wait_all_allocated(endpoints, count, args.timeout, "bare operator")
+        waiting = asyncio.create_task(allocated)
+        tasks.append(waiting)
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task.done():
+                task.result()  # a reaction's error, or the wait's timeout
+        reactor.check()
+        seconds = max(endpoints.allocated.values()) - first
+        client_cpu = time.process_time() - client_before
+        cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+        return BareOperator(count, seconds, len(endpoints.allocated), cpu, client_cpu)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for watcher in (*(watchers or ()), reactor):
+            await watcher.stop()
+        await api.close()
+        await reactor_api.close()
 
 
 def start_plane(directory: Path) -> ControlPlane:
@@ -963,6 +1058,7 @@ class Figures:
     restart: Restart | None = None
     reporter: ReporterStart | None = None
     ceiling: Ceiling | None = None
+    bare: BareOperator | None = None
     load_start: str = ""
     load_end: str = ""
     profile: Path | None = None
@@ -1020,6 +1116,18 @@ def measure(count: int, args: argparse.Namespace) -> Figures:
             plane.close()
             if logs is not None:
                 shutil.copytree(plane.log_dir, logs / "ceiling", dirs_exist_ok=True)
+        if args.bare_operator:
+            bare_fleet = ScaleFleet(root / "bare", args.relays, True, args.operator_log_level)
+            try:
+                (root / "bare").mkdir()
+                bare_fleet.start()
+                run = figures.run
+                figures.bare = asyncio.run(
+                    bare_operator_run(bare_fleet, count, run.mix, run.templates, args)
+                )
+            finally:
+                progress("stopping the bare operator's fleet")
+                bare_fleet.stop(logs / "bare" if logs is not None else None)
     figures.load_end = load()
     return figures
 
@@ -1053,6 +1161,13 @@ def print_figures(f: Figures, args_timeout: float) -> None:
         [f"operator: created -> Allocated ({run.allocated:,} of {n:,})",
          f"{run.allocate_seconds:.1f}", f"{rate:.1f}", ratio]
     )  # fmt: skip
+    if f.bare is not None:
+        bare_rate = f.bare.allocated / f.bare.seconds
+        rows.append(
+            [f"bare operator: a watch, the same requests ({f.bare.allocated:,} of {n:,})",
+             f"{f.bare.seconds:.1f}", f"{bare_rate:.1f}",
+             f"{bare_rate / ceiling_rate:.2f}" if ceiling is not None else "-"]
+        )  # fmt: skip
     table(rows, left=1)
     print(
         f"  creates took {run.created_seconds:.1f} s ({n / run.created_seconds:.0f}/s); "
@@ -1070,16 +1185,20 @@ def print_figures(f: Figures, args_timeout: float) -> None:
         theirs = per(ceiling.requests.get(key, 0), n) if ceiling else "-"
         rows.append([key[0], key[1], per(run.mix.get(key, 0), n), theirs])
     table(rows, left=2)
-    print("  CPU per resource, ms (operator run; ceiling):")
-    rows = [["process", "operator run", "ceiling"]]
+    print("  CPU per resource, ms (operator run; ceiling; bare operator):")
+    rows = [["process", "operator run", "ceiling", "bare operator"]]
+
+    def ms(seconds: float | None) -> str:
+        return "-" if seconds is None else f"{seconds / n * 1e3:.1f}"
+
     for name, seconds in sorted(run.cpu.items(), key=lambda item: -item[1]):
         theirs = ceiling.cpu.get(name) if ceiling else None
-        if name == "operator" and ceiling is not None:
-            theirs = ceiling.client_cpu
-            name = "operator (ceiling: the bare client)"
-        rows.append(
-            [name, f"{seconds / n * 1e3:.1f}", "-" if theirs is None else f"{theirs / n * 1e3:.1f}"]
-        )
+        bare = f.bare.cpu.get(name) if f.bare else None
+        if name == "operator":
+            theirs = ceiling.client_cpu if ceiling else None
+            bare = f.bare.client_cpu if f.bare else None
+            name = "operator (ceiling, bare operator: the bench)"
+        rows.append([name, ms(seconds), ms(theirs), ms(bare)])
     table(rows, left=1)
     growth = run.rss_after - run.rss_before
     print(
@@ -1152,6 +1271,16 @@ def ratio_of(f: Figures) -> float | None:
     return rate / (f.ceiling.allocated / f.ceiling.seconds)
 
 
+def bare_ratios(f: Figures) -> tuple[float, float] | None:
+    """The bare operator's rate over the ceiling's, and the operator's over the bare
+    operator's, if both were measured."""
+    if f.ceiling is None or f.bare is None:
+        return None
+    bare = f.bare.allocated / f.bare.seconds
+    rate = f.run.allocated / f.run.allocate_seconds
+    return bare / (f.ceiling.allocated / f.ceiling.seconds), rate / bare
+
+
 def median_ratios(all_figures: Sequence[Figures]) -> dict[int, tuple[float, float, float, int]]:
     """Per count measured more than once: (median, lowest, highest) ratio and how many."""
     by_count: dict[int, list[float]] = {}
@@ -1168,12 +1297,14 @@ def median_ratios(all_figures: Sequence[Figures]) -> dict[int, tuple[float, floa
 
 def print_summary(all_figures: list[Figures], profiled: bool) -> None:
     print("\nSummary")
-    rows = [["RelayEndpoints", "ceiling/s", "operator/s", "ratio", "RSS/resource",
+    rows = [["RelayEndpoints", "ceiling/s", "operator/s", "ratio", "bare/ceiling",
+             "operator/bare", "RSS/resource",
              "restart: quiet", "restart PATCHes", "reporter: watching",
              "reporter LIST"]]  # fmt: skip
     for f in all_figures:
         rate = f.run.allocated / f.run.allocate_seconds
         ceiling = f.ceiling.allocated / f.ceiling.seconds if f.ceiling else None
+        bare = bare_ratios(f)
         patches = (
             sum(v for (verb, res), v in f.restart.requests.items()
                 if verb == "PATCH" and res.startswith(PLURAL))
@@ -1185,6 +1316,8 @@ def print_summary(all_figures: list[Figures], profiled: bool) -> None:
                 "-" if ceiling is None else f"{ceiling:.1f}",
                 f"{rate:.1f}",
                 "-" if ceiling is None else f"{ratio_of(f):.2f}",
+                "-" if bare is None else f"{bare[0]:.2f}",
+                "-" if bare is None else f"{bare[1]:.2f}",
                 f"{(f.run.rss_after - f.run.rss_before) / f.count / 1024:.1f} KiB",
                 "-" if f.restart is None else seconds_text(f.restart.quiet_after, "not quiet"),
                 "-" if patches is None else str(patches),
@@ -1220,6 +1353,9 @@ def main(argv: Iterable[str] | None = None) -> None:
                         help="keep the logs in DIR/N/")  # fmt: skip
     parser.add_argument("--operator-log-level", default="info",
                         choices=["debug", "info", "warning", "error"])  # fmt: skip
+    parser.add_argument("--bare-operator", action="store_true",
+                        help="also run the fleet with no operator, a watch making its requests "
+                             "in its place: the most any operator could reach here")  # fmt: skip
     parser.add_argument("--repeat", type=int, default=1, metavar="R",
                         help="measure every count R times, in turn, and give the median ratio "
                              "(it swings by up to 0.1 from one run to the next)")  # fmt: skip

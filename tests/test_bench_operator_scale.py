@@ -10,11 +10,13 @@ import pytest
 
 from bench.operator_scale import (
     STEP_ANNOTATION,
+    BareOperator,
     Ceiling,
     Figures,
     OperatorRun,
     Quiet,
     Templates,
+    bare_ratios,
     by_verb_resource,
     counts,
     delta,
@@ -204,3 +206,10 @@ def test_the_median_ratio_is_given_for_counts_measured_more_than_once():
     [(count, (median, lowest, highest, n))] = median_ratios(runs).items()
     assert (count, n) == (1000, 3)
     assert (median, lowest, highest) == pytest.approx((0.90, 0.80, 0.95))
+
+
+def test_the_bare_operator_is_set_beside_the_ceiling_and_the_operator_beside_it():
+    measured = figures(1000, 10.0, 9.0)  # operator 100/s, ceiling 111.1/s
+    assert bare_ratios(measured) is None
+    measured.bare = BareOperator(1000, 8.0, 1000, {}, 0.0)  # 125/s
+    assert bare_ratios(measured) == pytest.approx((125 / (1000 / 9.0), 100 / 125))
