@@ -1122,6 +1122,7 @@ def measure(count: int, args: argparse.Namespace) -> Figures:
                 (root / "bare").mkdir()
                 bare_fleet.start()
                 run = figures.run
+                assert run.templates is not None
                 figures.bare = asyncio.run(
                     bare_operator_run(bare_fleet, count, run.mix, run.templates, args)
                 )
