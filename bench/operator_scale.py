@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.operator_scale [--counts 1000,10000] [--relays 2]
                                              [--connections 32] [--timeout 900] [--quiet 10]
                                              [--profile DIR] [--logs DIR] [--repeat 1]
-                                             [--bare-operator]
+                                             [--bare-operator [requests|allocating]]
 
 Why: issue 19 item 8. On two cores, kube-apiserver alone costs about 15 ms per
 RelayEndpoint, so an absolute target (p99 created->Allocated < 1 s at 1 000 at
@@ -65,7 +65,12 @@ C. With --bare-operator: A's fleet again, fresh, with no operator. In its
    any operator does (it must watch what it allocates and make these
    writes), without a store, a decision or a framework. Its rate over B's is
    the most an operator could reach on this machine, with the relays'
-   reporters watching as in A.
+   reporters watching as in A. With --bare-operator allocating, it also
+   places and allocates each resource as the operator places a new one
+   (relay_operator/allocating.py's Allocator on the fleet's Redis: the relay
+   already holding the pair, else the one chosen; then the allocation), and
+   writes that allocation's status and relay label: the operator's own work
+   without kopf.
 
 --profile DIR runs both operators under cProfile (DIR/operator-N.prof, written
 when it is stopped for step 3, and DIR/operator-restarted-N.prof) and prints
@@ -98,7 +103,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +120,12 @@ from bench.allocations import (
 )
 from bench.processes import cpu_seconds, stop_on_sigterm
 from bench.report import table
-from relay.resource.definition import GROUP, PLURAL
+from relay.protocol.geneve import MAX_VNI
+from relay.protocol.keys import DiscoPublicKey
+from relay.resource.definition import GROUP, PLURAL, RELAY_LABEL
+from relay.resource.status import allocated_status
+from relay.store import open_store
+from relay_operator.allocating import Allocator
 from tests.support.controlplane import ControlPlane, Process
 from tests.support.paths import RELAYFLEET, ROOT
 from tests.support.ports import free_port
@@ -983,6 +993,28 @@ class BareOperator:
     allocated: int
     cpu: dict[str, float]
     client_cpu: float
+    allocating: bool = False
+    """Whether it placed and allocated each resource in the store too."""
+
+
+async def allocated(
+    allocator: Allocator, templates: Templates, resource: dict[str, Any]
+) -> Templates:
+    """``templates`` with ``resource``'s own allocation in the status and the relay label,
+    placed as the operator places a new resource (relay_operator/handlers.py, ``place``)."""
+    a, b = (DiscoPublicKey.parse(k) for k in resource["spec"]["discoKeys"])
+    name = await allocator.holding((a, b)) or (await allocator.choose(None)).name
+    placement = await allocator.allocate((a, b), name)
+    relay = placement.relay
+    status = allocated_status(
+        placement.allocation,
+        relay,
+        bind_lifetime=relay.bind_lifetime,
+        steady_state_lifetime=relay.steady_state_lifetime,
+        generation=resource["metadata"].get("generation", 0),
+        now=time.time(),
+    )
+    return replace(templates, status=status, labels={**templates.labels, RELAY_LABEL: relay.name})
 
 
 async def bare_operator_run(
@@ -990,7 +1022,12 @@ async def bare_operator_run(
 ) -> BareOperator:
     """A.1 again on a fleet with no operator: in its place the least any operator does, a
     watch of the RelayEndpoints and, for each one created, the operator's requests
-    (:func:`replay`) from --connections connections of its own. No store, no decision."""
+    (:func:`replay`) from --connections connections of its own. With ``allocating``,
+    each resource is first placed and allocated in the fleet's store, and its requests
+    write that allocation (:func:`allocated`)."""
+    allocating = args.bare_operator == "allocating"
+    store = open_store(fleet.redis_url, max_vni=MAX_VNI) if allocating else None
+    allocator = Allocator(store) if store is not None else None
     api = ScaleApi(fleet.control_plane, args.connections + 4)
     reactor_api = ScaleApi(fleet.control_plane, args.connections + 1)
     created: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -1002,7 +1039,10 @@ async def bare_operator_run(
         while True:
             resource = await created.get()
             index = int(resource["metadata"]["name"].removeprefix("ep-"))
-            await replay(reactor_api, index, count, mix, templates, resource)
+            written = templates
+            if allocator is not None:
+                written = await allocated(allocator, templates, resource)
+            await replay(reactor_api, index, count, mix, written, resource)
 
     try:
         watchers = await fleet_watchers(api)
@@ -1027,7 +1067,7 @@ async def bare_operator_run(
         seconds = max(endpoints.allocated.values()) - first
         client_cpu = time.process_time() - client_before
         cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
-        return BareOperator(count, seconds, len(endpoints.allocated), cpu, client_cpu)
+        return BareOperator(count, seconds, len(endpoints.allocated), cpu, client_cpu, allocating)
     finally:
         for task in tasks:
             task.cancel()
@@ -1036,6 +1076,8 @@ async def bare_operator_run(
             await watcher.stop()
         await api.close()
         await reactor_api.close()
+        if store is not None:
+            await store.close()
 
 
 def start_plane(directory: Path) -> ControlPlane:
@@ -1165,7 +1207,8 @@ def print_figures(f: Figures, args_timeout: float) -> None:
     if f.bare is not None:
         bare_rate = f.bare.allocated / f.bare.seconds
         rows.append(
-            [f"bare operator: a watch, the same requests ({f.bare.allocated:,} of {n:,})",
+            [f"bare operator: a watch, {'our allocator, ' if f.bare.allocating else ''}"
+             f"the same requests ({f.bare.allocated:,} of {n:,})",
              f"{f.bare.seconds:.1f}", f"{bare_rate:.1f}",
              f"{bare_rate / ceiling_rate:.2f}" if ceiling is not None else "-"]
         )  # fmt: skip
@@ -1354,9 +1397,12 @@ def main(argv: Iterable[str] | None = None) -> None:
                         help="keep the logs in DIR/N/")  # fmt: skip
     parser.add_argument("--operator-log-level", default="info",
                         choices=["debug", "info", "warning", "error"])  # fmt: skip
-    parser.add_argument("--bare-operator", action="store_true",
+    parser.add_argument("--bare-operator", nargs="?", const="requests", default=None,
+                        choices=["requests", "allocating"],
                         help="also run the fleet with no operator, a watch making its requests "
-                             "in its place: the most any operator could reach here")  # fmt: skip
+                             "in its place: the most any operator could reach here; "
+                             "'allocating': placing and allocating in the store too, "
+                             "as the operator does")  # fmt: skip
     parser.add_argument("--repeat", type=int, default=1, metavar="R",
                         help="measure every count R times, in turn, and give the median ratio "
                              "(it swings by up to 0.1 from one run to the next)")  # fmt: skip

@@ -4,10 +4,12 @@ ceiling's requests per resource, and telling when things have gone quiet. No clu
 from __future__ import annotations
 
 import argparse
+import time
 from collections import Counter
 
 import pytest
 
+from bench.allocations import endpoint_body
 from bench.operator_scale import (
     STEP_ANNOTATION,
     BareOperator,
@@ -16,6 +18,7 @@ from bench.operator_scale import (
     OperatorRun,
     Quiet,
     Templates,
+    allocated,
     bare_ratios,
     by_verb_resource,
     counts,
@@ -30,6 +33,10 @@ from bench.operator_scale import (
     with_keys,
     writes,
 )
+from relay.protocol.keys import DiscoPrivateKey
+from relay.resource.definition import RELAY_LABEL
+from relay.store import MemoryStore, RelayRecord
+from relay_operator.allocating import Allocator
 
 
 def sample(name: str, value: str, **labels: str) -> str:
@@ -213,3 +220,24 @@ def test_the_bare_operator_is_set_beside_the_ceiling_and_the_operator_beside_it(
     assert bare_ratios(measured) is None
     measured.bare = BareOperator(1000, 8.0, 1000, {}, 0.0)  # 125/s
     assert bare_ratios(measured) == pytest.approx((125 / (1000 / 9.0), 100 / 125))
+
+
+async def test_the_allocating_bare_operator_writes_each_resource_its_own_allocation():
+    store = MemoryStore()
+    relay = RelayRecord("relay-2", DiscoPrivateKey.generate().public, ("127.0.0.1:7000",), 0, 100,
+                        "0", time.time())  # fmt: skip
+    await store.register(relay, 15.0)
+    allocator = Allocator(store)
+    template = Templates([], {RELAY_LABEL: "relay-1", "x": "y"}, {}, {"phase": "Allocated"}, [],
+                         ["discokey:" + "a" * 64, "discokey:" + "b" * 64])  # fmt: skip
+    resources = [endpoint_body(f"ep-{i:05d}") for i in range(2)]
+    written = [await allocated(allocator, template, r) for r in resources]
+    for resource, templates in zip(resources, written, strict=True):
+        assert templates.labels == {RELAY_LABEL: "relay-2", "x": "y"}
+        status = templates.status
+        assert (status["phase"], status["relay"]) == ("Allocated", "relay-2")
+        clients = sorted(c["discoKey"] for c in status["clients"])
+        assert clients == sorted(resource["spec"]["discoKeys"])
+    assert written[0].status["vni"] != written[1].status["vni"]
+    again = await allocated(allocator, template, resources[0])
+    assert again.status["vni"] == written[0].status["vni"]  # the pair's allocation, not a new one
