@@ -1056,8 +1056,8 @@ async def bare_operator_run(
         progress(f"bare operator: {count:,} RelayEndpoints (load {load()})")
         first = time.perf_counter()
         await create_all(api, bodies, args.connections, lambda done: None)
-        allocated = wait_all_allocated(endpoints, count, args.timeout, "bare operator")
-        waiting = asyncio.create_task(allocated)
+        every_one = wait_all_allocated(endpoints, count, args.timeout, "bare operator")
+        waiting = asyncio.create_task(every_one)
         tasks.append(waiting)
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in tasks:
