@@ -107,6 +107,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import kopf
+
 from bench.allocations import (
     CRD,
     GROUP_VERSION,
@@ -122,10 +124,10 @@ from bench.processes import cpu_seconds, stop_on_sigterm
 from bench.report import table
 from relay.protocol.geneve import MAX_VNI
 from relay.protocol.keys import DiscoPublicKey
-from relay.resource.definition import GROUP, PLURAL, RELAY_LABEL
-from relay.resource.status import allocated_status
+from relay.resource.definition import GROUP, PLURAL
 from relay.store import open_store
 from relay_operator.allocating import Allocator
+from relay_operator.handlers import write_allocated
 from tests.support.controlplane import ControlPlane, Process
 from tests.support.paths import RELAYFLEET, ROOT
 from tests.support.ports import free_port
@@ -614,6 +616,11 @@ class OperatorRun:
     sockets_after: int
     templates: Templates | None = None
 
+    @property
+    def rate(self) -> float:
+        """Resources Allocated per second (0 if none was)."""
+        return self.allocated / self.allocate_seconds if self.allocate_seconds else 0.0
+
 
 async def create_all(
     api: ScaleApi, bodies: list[dict], connections: int, created: Callable[[int], None]
@@ -940,6 +947,11 @@ class Ceiling:
     cpu: dict[str, float]
     client_cpu: float
 
+    @property
+    def rate(self) -> float:
+        """Resources Allocated per second."""
+        return self.allocated / self.seconds
+
 
 async def ceiling_run(
     plane: ControlPlane, count: int, mix: Counter[tuple[str, str]], templates: Templates, args: Any
@@ -996,25 +1008,25 @@ class BareOperator:
     allocating: bool = False
     """Whether it placed and allocated each resource in the store too."""
 
+    @property
+    def rate(self) -> float:
+        """Resources Allocated per second."""
+        return self.allocated / self.seconds
+
 
 async def allocated(
     allocator: Allocator, templates: Templates, resource: dict[str, Any]
 ) -> Templates:
     """``templates`` with ``resource``'s own allocation in the status and the relay label,
-    placed as the operator places a new resource (relay_operator/handlers.py, ``place``)."""
+    placed as the operator places a new resource and written by the operator's own
+    ``write_allocated`` (relay_operator/handlers.py)."""
     a, b = (DiscoPublicKey.parse(k) for k in resource["spec"]["discoKeys"])
     name = await allocator.holding((a, b)) or (await allocator.choose(None)).name
     placement = await allocator.allocate((a, b), name)
-    relay = placement.relay
-    status = allocated_status(
-        placement.allocation,
-        relay,
-        bind_lifetime=relay.bind_lifetime,
-        steady_state_lifetime=relay.steady_state_lifetime,
-        generation=resource["metadata"].get("generation", 0),
-        now=time.time(),
-    )
-    return replace(templates, status=status, labels={**templates.labels, RELAY_LABEL: relay.name})
+    patch = kopf.Patch()
+    write_allocated(patch, kopf.Body(resource), placement)
+    labels = {**templates.labels, **patch["metadata"]["labels"]}
+    return replace(templates, status=patch["status"], labels=labels)
 
 
 async def bare_operator_run(
@@ -1189,10 +1201,10 @@ def print_figures(f: Figures, args_timeout: float) -> None:
         f"\n{n:,} RelayEndpoints, {f.relays} relays, one operator; load average "
         f"{f.load_start} at the start, {f.load_end} at the end"
     )
-    rate = run.allocated / run.allocate_seconds if run.allocate_seconds else 0.0
+    rate = run.rate
     rows = [["", "seconds", "resources/s", "x ceiling"]]
     if ceiling is not None:
-        ceiling_rate = ceiling.allocated / ceiling.seconds
+        ceiling_rate = ceiling.rate
         rows.append(
             ["ceiling: bare client, no operator", f"{ceiling.seconds:.1f}",
              f"{ceiling_rate:.1f}", "1.00"]
@@ -1205,7 +1217,7 @@ def print_figures(f: Figures, args_timeout: float) -> None:
          f"{run.allocate_seconds:.1f}", f"{rate:.1f}", ratio]
     )  # fmt: skip
     if f.bare is not None:
-        bare_rate = f.bare.allocated / f.bare.seconds
+        bare_rate = f.bare.rate
         rows.append(
             [f"bare operator: a watch, {'our allocator, ' if f.bare.allocating else ''}"
              f"the same requests ({f.bare.allocated:,} of {n:,})",
@@ -1311,8 +1323,7 @@ def ratio_of(f: Figures) -> float | None:
     """The operator's rate over the ceiling's, if the ceiling was measured."""
     if f.ceiling is None:
         return None
-    rate = f.run.allocated / f.run.allocate_seconds
-    return rate / (f.ceiling.allocated / f.ceiling.seconds)
+    return f.run.rate / f.ceiling.rate
 
 
 def bare_ratios(f: Figures) -> tuple[float, float] | None:
@@ -1320,9 +1331,7 @@ def bare_ratios(f: Figures) -> tuple[float, float] | None:
     operator's, if both were measured."""
     if f.ceiling is None or f.bare is None:
         return None
-    bare = f.bare.allocated / f.bare.seconds
-    rate = f.run.allocated / f.run.allocate_seconds
-    return bare / (f.ceiling.allocated / f.ceiling.seconds), rate / bare
+    return f.bare.rate / f.ceiling.rate, f.run.rate / f.bare.rate
 
 
 def median_ratios(all_figures: Sequence[Figures]) -> dict[int, tuple[float, float, float, int]]:
@@ -1346,8 +1355,8 @@ def print_summary(all_figures: list[Figures], profiled: bool) -> None:
              "restart: quiet", "restart PATCHes", "reporter: watching",
              "reporter LIST"]]  # fmt: skip
     for f in all_figures:
-        rate = f.run.allocated / f.run.allocate_seconds
-        ceiling = f.ceiling.allocated / f.ceiling.seconds if f.ceiling else None
+        rate = f.run.rate
+        ceiling = f.ceiling.rate if f.ceiling else None
         bare = bare_ratios(f)
         patches = (
             sum(v for (verb, res), v in f.restart.requests.items()
