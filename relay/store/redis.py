@@ -450,12 +450,16 @@ class RedisStore:
     async def holding(
         self, relays: list[str], disco_keys: tuple[DiscoPublicKey, DiscoPublicKey]
     ) -> str | None:
+        """One round trip whatever the number of relays: a pipeline of one HEXISTS each
+        (split by node on a cluster)."""
+        if not relays:
+            return None
         pair = raw_pair(disco_keys)
+        pipeline = self._client.pipeline(transaction=False)
         for relay in relays:
-            key = self._key(relay, "pairs")
-            if await self._call(f"pairs of relay {relay!r}", self._client.hexists(key, pair)):
-                return relay
-        return None
+            pipeline.hexists(self._key(relay, "pairs"), pair)
+        found = await self._call(f"pairs of {len(relays)} relays", pipeline.execute())
+        return next((relay for relay, held in zip(relays, found, strict=True) if held), None)
 
     async def relays(self) -> list[RelayRecord]:
         """Every registered relay, by name; alive by the clock of the Redis holding the registry."""

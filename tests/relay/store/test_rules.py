@@ -279,3 +279,17 @@ async def test_holding_names_the_relay_with_an_allocation_for_the_pair(make_stor
     assert await store.holding(["r"], keys) is None
     assert await store.free("s", [(made.vni, made.lamport_id)]) == [True]
     assert await store.holding(["r", "s"], keys) is None
+    assert await store.holding([], keys) is None
+
+
+async def test_holding_asks_every_relay_of_a_large_fleet(make_store):
+    """Forty relays, whose keys a cluster spreads over all its nodes: the one holding the
+    pair is found wherever it is in the list."""
+    store = make_store()
+    keys = pair()
+    fleet = [f"relay-{n}" for n in range(40)]
+    for holder in (fleet[0], fleet[23], fleet[-1]):
+        made = (await store.allocate(holder, keys, 1.0)).allocation
+        assert await store.holding(fleet, keys) == holder
+        assert await store.holding([r for r in fleet if r != holder], keys) is None
+        assert await store.free(holder, [(made.vni, made.lamport_id)]) == [True]
