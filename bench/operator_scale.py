@@ -4,6 +4,7 @@
                                              [--connections 32] [--timeout 900] [--quiet 10]
                                              [--profile DIR] [--logs DIR] [--repeat 1]
                                              [--bare-operator [requests|allocating]]
+                                             [--control-plane-cpus LIST]
 
 Why: issue 19 item 8. On two cores, kube-apiserver alone costs about 15 ms per
 RelayEndpoint, so an absolute target (p99 created->Allocated < 1 s at 1 000 at
@@ -72,6 +73,15 @@ C. With --bare-operator: A's fleet again, fresh, with no operator. In its
    writes that allocation's status and relay label: the operator's own work
    without kopf.
 
+--control-plane-cpus LIST (such as 0) starts etcd and kube-apiserver on those
+CPUs and everything else on the others (the operator, relays, Redis and this
+bench's clients, which also run in B and C), in A, B and C alike. Sharing every
+CPU, an operator's own CPU is taken from the API server's, so the ratio says
+both what the operator costs and how near the API server's ceiling it drives
+it; with the split the API server has the same CPUs in every run, as where the
+operator runs on a worker node and kube-apiserver on the control plane, and
+the ratio says the second alone.
+
 --profile DIR runs both operators under cProfile (DIR/operator-N.prof, written
 when it is stopped for step 3, and DIR/operator-restarted-N.prof) and prints
 their busiest functions (cProfile sees the main thread: kopf's and the
@@ -102,7 +112,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -153,6 +163,41 @@ def progress(message: str) -> None:
 
 def load() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+@contextlib.contextmanager
+def started_on(cpus: frozenset[int] | None) -> Iterator[None]:
+    """Processes started inside run on ``cpus`` (a child inherits the affinity of the thread
+    that starts it, and a Go runtime sizes GOMAXPROCS by it); None: wherever they like."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def format_cpus(cpus: Iterable[int]) -> str:
+    return ",".join(str(cpu) for cpu in sorted(cpus))
+
+
+def cpu_list(text: str) -> frozenset[int]:
+    """``--control-plane-cpus``: CPU numbers such as ``0`` or ``0,2``, some but not all of this
+    process's."""
+    try:
+        cpus = frozenset(int(part) for part in text.split(","))
+    except ValueError:
+        message = f"expected CPU numbers such as 0 or 0,2: {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+    mine = os.sched_getaffinity(0)
+    if not cpus or not cpus < mine:
+        raise argparse.ArgumentTypeError(
+            f"CPUs {sorted(cpus)} must be some, not all, of the {sorted(mine)} this runs on"
+        )
+    return cpus
 
 
 # -- pure helpers (tests/test_bench_operator_scale.py) -------------------------------
@@ -465,14 +510,19 @@ class Watcher:
 # -- the fleet --------------------------------------------------------------------
 
 
+@dataclass
 class ScaleFleet(Fleet):
     """bench/allocations.py's fleet, with the operator started, stopped and restarted apart
     (optionally under cProfile) and a relay restarted."""
 
+    plane_cpus: frozenset[int] | None = None
+    """Where etcd and kube-apiserver run (--control-plane-cpus); None: on any CPU."""
+
     def start(self) -> None:
         plane = self.control_plane
         progress("starting etcd and kube-apiserver")
-        plane.start()
+        with started_on(self.plane_cpus):
+            plane.start()
         apply_crds(plane)
         for namespace in (NAMESPACE, WARMUP_NAMESPACE):
             plane.kubectl("create", "namespace", namespace)
@@ -1092,10 +1142,11 @@ async def bare_operator_run(
             await store.close()
 
 
-def start_plane(directory: Path) -> ControlPlane:
+def start_plane(directory: Path, cpus: frozenset[int] | None) -> ControlPlane:
     plane = ControlPlane(directory)
     progress("ceiling: starting a fresh etcd and kube-apiserver")
-    plane.start()
+    with started_on(cpus):
+        plane.start()
     apply_crds(plane)
     plane.kubectl("create", "namespace", NAMESPACE)
     return plane
@@ -1116,6 +1167,7 @@ class Figures:
     load_start: str = ""
     load_end: str = ""
     profile: Path | None = None
+    plane_cpus: frozenset[int] | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -1143,7 +1195,10 @@ def measure(count: int, args: argparse.Namespace) -> Figures:
     load_start = load()
     with tempfile.TemporaryDirectory(prefix=f"bench-operator-scale-{count}-") as directory:
         root = Path(directory)
-        fleet = ScaleFleet(root / "fleet", args.relays, True, args.operator_log_level)
+        fleet = ScaleFleet(
+            root / "fleet", args.relays, True, args.operator_log_level,
+            plane_cpus=args.control_plane_cpus,
+        )  # fmt: skip
         logs = args.logs / str(count) if args.logs is not None else None
         profile = None
         if args.profile is not None:
@@ -1157,10 +1212,11 @@ def measure(count: int, args: argparse.Namespace) -> Figures:
             fleet.start_operator("operator", profile)
             figures = asyncio.run(fleet_part(fleet, count, args, load_start))
             figures.profile = profile
+            figures.plane_cpus = args.control_plane_cpus
         finally:
             progress("stopping the fleet")
             fleet.stop(logs)
-        plane = start_plane(root / "ceiling")
+        plane = start_plane(root / "ceiling", args.control_plane_cpus)
         try:
             assert figures.run.templates is not None
             figures.ceiling = asyncio.run(
@@ -1171,7 +1227,10 @@ def measure(count: int, args: argparse.Namespace) -> Figures:
             if logs is not None:
                 shutil.copytree(plane.log_dir, logs / "ceiling", dirs_exist_ok=True)
         if args.bare_operator:
-            bare_fleet = ScaleFleet(root / "bare", args.relays, True, args.operator_log_level)
+            bare_fleet = ScaleFleet(
+                root / "bare", args.relays, True, args.operator_log_level,
+                plane_cpus=args.control_plane_cpus,
+            )  # fmt: skip
             try:
                 (root / "bare").mkdir()
                 bare_fleet.start()
@@ -1201,6 +1260,12 @@ def print_figures(f: Figures, args_timeout: float) -> None:
         f"\n{n:,} RelayEndpoints, {f.relays} relays, one operator; load average "
         f"{f.load_start} at the start, {f.load_end} at the end"
     )
+    if f.plane_cpus is not None:
+        rest = os.sched_getaffinity(0)
+        print(
+            f"  etcd and kube-apiserver on CPU {format_cpus(f.plane_cpus)}, everything else "
+            f"(the operator, relays, Redis, the bench's clients) on CPU {format_cpus(rest)}"
+        )
     rate = run.rate
     rows = [["", "seconds", "resources/s", "x ceiling"]]
     if ceiling is not None:
@@ -1415,9 +1480,22 @@ def main(argv: Iterable[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=1, metavar="R",
                         help="measure every count R times, in turn, and give the median ratio "
                              "(it swings by up to 0.1 from one run to the next)")  # fmt: skip
+    parser.add_argument("--control-plane-cpus", type=cpu_list, default=None, metavar="LIST",
+                        help="run etcd and kube-apiserver on these CPUs (such as 0) and "
+                             "everything else (the operator, relays, Redis, this bench's "
+                             "clients) on the others, in every run: the API server then has "
+                             "the same CPUs with an operator as without, as when the operator "
+                             "runs on a worker node (default: all share every CPU)")  # fmt: skip
     args = parser.parse_args(None if argv is None else list(argv))
     if args.repeat < 1 or (args.repeat > 1 and args.profile is not None):
         parser.error("--repeat takes 1 or more, and 1 with --profile")
+    if args.control_plane_cpus is not None:
+        rest = os.sched_getaffinity(0) - args.control_plane_cpus
+        os.sched_setaffinity(0, rest)
+        progress(
+            f"etcd and kube-apiserver on CPU {format_cpus(args.control_plane_cpus)}, "
+            f"everything else on CPU {format_cpus(rest)}"
+        )
     stop_on_sigterm()
     progress(f"load average at the start: {load()}")
     results = []

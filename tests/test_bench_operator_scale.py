@@ -4,6 +4,9 @@ ceiling's requests per resource, and telling when things have gone quiet. No clu
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 import time
 from collections import Counter
 
@@ -22,6 +25,7 @@ from bench.operator_scale import (
     bare_ratios,
     by_verb_resource,
     counts,
+    cpu_list,
     delta,
     event_body,
     list_bytes,
@@ -29,6 +33,7 @@ from bench.operator_scale import (
     parse_metrics,
     resource_plan,
     spread,
+    started_on,
     watchers_of,
     with_keys,
     writes,
@@ -190,6 +195,31 @@ def test_counts_are_checked():
     for bad in ("", "0", "200000", "1,-1"):
         with pytest.raises(argparse.ArgumentTypeError):
             counts(bad)
+
+
+MINE = sorted(os.sched_getaffinity(0))
+several_cpus = pytest.mark.skipif(len(MINE) < 2, reason="runs on one CPU")
+
+
+@several_cpus
+def test_control_plane_cpus_are_some_of_ours():
+    assert cpu_list(str(MINE[0])) == {MINE[0]}
+    for bad in ("", "x", "0;1", ",".join(map(str, MINE)), str(max(MINE) + 1)):
+        with pytest.raises(argparse.ArgumentTypeError):
+            cpu_list(bad)
+
+
+@several_cpus
+def test_a_process_started_on_cpus_runs_there_and_ours_is_put_back():
+    def child_cpus() -> str:
+        code = "import os; print(sorted(os.sched_getaffinity(0)))"
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+
+    with started_on(frozenset({MINE[-1]})):
+        assert child_cpus().strip() == f"[{MINE[-1]}]"
+    assert sorted(os.sched_getaffinity(0)) == MINE
+    with started_on(None):
+        assert child_cpus().strip() == str(MINE)
 
 
 def figures(count: int, operator_seconds: float, ceiling_seconds: float | None) -> Figures:
