@@ -66,7 +66,7 @@ from relay_operator.allocating import (
     NoRelayAvailable,
     Placement,
 )
-from relay_operator.api_session import bounded_session
+from relay_operator.api_session import ConnectionWaits, bounded_session
 from relay_operator.config import OperatorConfig
 from relay_operator.endpoint_index import (
     BY_RELAY,
@@ -110,6 +110,8 @@ class OperatorMemo(kopf.Memo):
     allocator: Allocator
     metrics: OperatorMetrics
     config: OperatorConfig
+    api_waits: ConnectionWaits
+    """When the operator's requests to kube-apiserver last waited for a connection."""
     relay_check: asyncio.Task[None]
     relay_objects: asyncio.Task[None]
     take_up: asyncio.Task[None]
@@ -297,11 +299,11 @@ async def place(
 
 
 @kopf.on.login(registry=registry)
-async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
+async def login(memo: OperatorMemo, **kwargs: Any) -> kopf.AiohttpSession | None:
     """In a pod, the service account; elsewhere, the kubeconfig (KUBECONFIG or ~/.kube/config);
     over a bounded pool of connections (relay_operator/api_session.py)."""
     info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
-    return None if info is None else bounded_session(info)
+    return None if info is None else bounded_session(info, waits=memo.api_waits)
 
 
 # The index returns {} for a resource that leaves it, never None: kopf keeps what an index
@@ -405,7 +407,11 @@ async def allocate_taken_up(
 async def start_take_up(endpoints: kopf.Index[IndexKey, Any], memo: OperatorMemo, **_: Any) -> None:
     unplaced = IndexPart[take_up.Unplaced](endpoints, UNPLACED)
     loop = take_up.run_take_up(
-        unplaced, take_up.kubernetes_mark(), memo.config.take_up_after, memo.metrics.taken_up.inc
+        unplaced,
+        take_up.kubernetes_mark(),
+        memo.config.take_up_after,
+        memo.metrics.taken_up.inc,
+        lambda: memo.api_waits.last,
     )
     memo.take_up = asyncio.create_task(loop, name="take-up")
 

@@ -18,6 +18,7 @@ from relay.resource.definition import FINALIZER, GROUP, RELAY_LABEL
 from relay.store import open_store, redact_url
 from relay_operator import index_barrier, kopf_copies
 from relay_operator.allocating import Allocator
+from relay_operator.api_session import ConnectionWaits
 from relay_operator.config import OperatorConfig
 from relay_operator.handlers import OperatorMemo, registry
 from relay_operator.metrics import OperatorMetrics
@@ -85,7 +86,9 @@ async def run_operator(
         await asyncio.to_thread(ensure_peering, config)
     allocator = Allocator(store)
     metrics = OperatorMetrics(lambda: allocator.last_relays)
-    memo = OperatorMemo(allocator=allocator, metrics=metrics, config=config)
+    memo = OperatorMemo(
+        allocator=allocator, metrics=metrics, config=config, api_waits=ConnectionWaits()
+    )
     metrics_server = await metrics.serve(*config.metrics_listen) if config.metrics_listen else None
     if not index_barrier.wake_on_change_only():
         log.warning("kopf's start-up barrier is not the one expected: left as it is")

@@ -16,6 +16,11 @@ so by then the handler has run, unless kopf dropped the resource: when kopf's ow
 finalizer patch got through just before kube-apiserver went away, its retry is
 refused as a conflict, and kopf then waits for an event that never comes.
 Rule 2: a resource is marked at most once per ``--take-up-after``.
+Rule 3: every resource's clock starts again whenever one of the operator's requests
+to kube-apiserver waits for a connection (relay_operator/api_session.py). In a burst
+of thousands, the handlers' writes queue there behind each other for longer than
+``--take-up-after``: they are late, not lost, and marking them only adds writes to
+the queue. Once nothing waits, the writes have all been sent, and those lost show.
 
 Not a kopf timer per resource: kopf keeps the whole body of every resource of a
 kind that has a timer for as long as the resource exists (about 17 KiB each), and
@@ -44,11 +49,18 @@ log = logging.getLogger(__name__)
 
 
 async def take_up_stranded(
-    stranded: Mapping[str, Collection[Unplaced]], mark: Mark, now: float, after: float
+    stranded: Mapping[str, Collection[Unplaced]],
+    mark: Mark,
+    now: float,
+    after: float,
+    waited: float | None = None,
 ) -> int:
     """One pass: marks every resource without a phase whose handler ran ``after`` seconds
-    before ``now`` or earlier; how many were marked. A mark that fails is tried again in
-    the next pass."""
+    before ``now`` or earlier, unless a request waited for a connection since (``waited``,
+    when one last did); how many were marked. A mark that fails is tried again in the
+    next pass."""
+    if waited is not None and now - waited < after:
+        return 0
     marked = 0
     for entries in list(stranded.values()):
         for namespace, name, memo in list(entries):
@@ -78,12 +90,14 @@ async def run_take_up(
     mark: Mark,
     after: float,
     count: Callable[[int], None],
+    waited: Callable[[], float | None] = lambda: None,
 ) -> None:
-    """:func:`take_up_stranded` every ``after`` / 3 seconds, until cancelled; ``count``
-    is told how many each pass marked."""
+    """:func:`take_up_stranded` every ``after`` / 3 seconds, until cancelled, with
+    ``waited()``; ``count`` is told how many each pass marked."""
     while True:
         await asyncio.sleep(after / 3)
-        count(await take_up_stranded(stranded, mark, time.monotonic(), after))
+        now = time.monotonic()
+        count(await take_up_stranded(stranded, mark, now, after, waited()))
 
 
 def kubernetes_mark() -> Mark:

@@ -79,3 +79,14 @@ async def test_a_mark_that_fails_does_not_stop_the_others():
     marks = Marks(failing={"unreachable"})
     assert await take_up_stranded(stranded, marks, now=AFTER, after=AFTER) == 1
     assert marks.marked == [("ns", "fine")]
+
+
+async def test_nothing_is_marked_until_requests_have_not_waited_for_a_connection_for_long_enough():
+    stranded = {"uid": [("ns", "queued", memo(ran=0.0))], "uid-2": [("ns", "new", memo(ran=None))]}
+    marks = Marks()
+    waited = 2 * AFTER
+    for now in (2 * AFTER, 3 * AFTER - 1):
+        assert await take_up_stranded(stranded, marks, now=now, after=AFTER, waited=waited) == 0
+    assert marks.marked == []
+    assert await take_up_stranded(stranded, marks, now=3 * AFTER, after=AFTER, waited=waited) == 1
+    assert marks.marked == [("ns", "queued")]
