@@ -68,7 +68,9 @@ class OperatorConfig:
         "--take-up-after", 30.0, parse=duration, metavar="DUR",
         help="a RelayEndpoint still without a phase this long after its handler ran, or this "
         "long after the operator first saw it with its finalizer and never ran its handler "
-        "(its writes, or kopf's, lost while the API server was away), is allocated again",
+        "(its writes, or kopf's, lost while the API server was away), is allocated again; "
+        "the clock starts again whenever the operator's requests wait for a connection to "
+        "the API server (a burst's writes queue there: late, not lost)",
     )  # fmt: skip
     liveness: str | None = flag(
         "--liveness", metavar="URL",
