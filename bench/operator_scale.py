@@ -57,8 +57,10 @@ B. The ceiling, on a fresh control plane with the same CRDs, no operator, no
    requests counted in A.1, in the operator's order: create, PATCH of the
    metadata (the finalizer first, then labels and kopf's annotations, as the
    operator left them), PATCH of the status (the operator's, with this
-   resource's keys), POST of the Events kopf posted. Totals match A.1's,
-   spread over the resources. Rate = N / (first create -> last Allocated
+   resource's keys), POST of the Events kopf posted, these writes with the
+   operator's User-Agent: kube-apiserver tracks them as another field manager
+   than the creator, as it does the operator's (each object's managedFields are
+   printed for both runs). Totals match A.1's, spread over the resources. Rate = N / (first create -> last Allocated
    seen), as in A.1. Ratio = operator rate / ceiling rate.
 C. With --bare-operator: A's fleet again, fresh, with no operator. In its
    place the bench watches the RelayEndpoints and, for each one created,
@@ -101,6 +103,7 @@ import argparse
 import asyncio
 import contextlib
 import copy
+import importlib.metadata
 import json
 import os
 import pstats
@@ -151,6 +154,10 @@ SAMPLE = 0.25
 BIND_LIFETIME = "6h"
 """Nobody binds: endpoints must not expire (30 s by default) while the bench runs."""
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
+OPERATOR_AGENT = {"User-Agent": f"kopf/{importlib.metadata.version('kopf')}"}
+"""The operator's User-Agent: kube-apiserver names a write's field manager after it
+("kopf"). The bare clients' writes carry it too, so that every object's managedFields
+are the operator run's: the creator's entry, and the operator's apart from it."""
 REPLAYED = (("PATCH", PLURAL), ("PATCH", f"{PLURAL}/status"), ("POST", "events"))
 """The requests of the operator the ceiling's bare client makes again, per resource."""
 WRITES = ("POST", "PUT", "PATCH", "DELETE", "DELETECOLLECTION", "APPLY")
@@ -264,6 +271,8 @@ class Templates:
     events: list[dict[str, Any]]
     keys: list[str]
     """The template resource's spec.discoKeys, replaced in copies by each resource's own."""
+    managers: list[str] = field(default_factory=list)
+    """Its managedFields' entries (:func:`field_managers`), which the ceiling's match."""
 
 
 def with_keys(value: Any, old: Sequence[str], new: Sequence[str]) -> Any:
@@ -710,6 +719,15 @@ async def fleet_watchers(api: ScaleApi) -> tuple[Watcher, Watcher]:
     return endpoints, events
 
 
+def field_managers(resource: dict[str, Any]) -> list[str]:
+    """Who wrote which part of ``resource``, as kube-apiserver tracks it: each managedFields
+    entry as "manager operation[ subresource]", sorted. Each entry costs every later write."""
+    return sorted(
+        " ".join(filter(None, (m.get("manager"), m.get("operation"), m.get("subresource"))))
+        for m in resource["metadata"].get("managedFields") or ()
+    )
+
+
 async def templates_of(api: ScaleApi, name: str) -> Templates:
     resource = json.loads(await api.get(api.resource_url(NAMESPACE, name)))
     meta = resource["metadata"]
@@ -723,6 +741,7 @@ async def templates_of(api: ScaleApi, name: str) -> Templates:
         status=resource.get("status", {}),
         events=[{k: v for k, v in e.items() if k not in ("metadata",)} for e in events],
         keys=resource["spec"]["discoKeys"],
+        managers=field_managers(resource),
     )
 
 
@@ -982,10 +1001,11 @@ async def replay(
     for verb, kind, payload in resource_plan(index, count, mix, templates, keys):
         if kind == "events":
             event = event_body(payload, NAMESPACE, resource)
-            await api.send(verb, api.events_url(NAMESPACE), event)
+            await api.send(verb, api.events_url(NAMESPACE), event, OPERATOR_AGENT)
         else:
             sub = "status" if kind.endswith("/status") else ""
-            await api.send(verb, api.resource_url(NAMESPACE, name, sub), payload, MERGE_PATCH)
+            url = api.resource_url(NAMESPACE, name, sub)
+            await api.send(verb, url, payload, {**MERGE_PATCH, **OPERATOR_AGENT})
 
 
 @dataclass
@@ -996,6 +1016,8 @@ class Ceiling:
     requests: Counter[tuple[str, str]]
     cpu: dict[str, float]
     client_cpu: float
+    managers: list[str] = field(default_factory=list)
+    """The first resource's managedFields entries (:func:`field_managers`)."""
 
     @property
     def rate(self) -> float:
@@ -1040,7 +1062,11 @@ async def ceiling_run(
         requests = delta(await api.requests(), requests_before)
         for watcher in watchers:
             await watcher.stop()
-        return Ceiling(count, seconds, len(endpoints.allocated), requests, cpu, client_cpu)
+        first_resource = json.loads(await api.get(api.resource_url(NAMESPACE, "ep-00000")))
+        return Ceiling(
+            count, seconds, len(endpoints.allocated), requests, cpu, client_cpu,
+            field_managers(first_resource),
+        )  # fmt: skip
     finally:
         await api.close()
 
@@ -1306,6 +1332,12 @@ def print_figures(f: Figures, args_timeout: float) -> None:
         theirs = per(ceiling.requests.get(key, 0), n) if ceiling else "-"
         rows.append([key[0], key[1], per(run.mix.get(key, 0), n), theirs])
     table(rows, left=2)
+    if run.templates is not None and ceiling is not None:
+        same = "the same" if run.templates.managers == ceiling.managers else "NOT the same"
+        print(
+            f"  managedFields of ep-00000 ({same}): operator run "
+            f"{', '.join(run.templates.managers)}; ceiling {', '.join(ceiling.managers)}"
+        )
     print("  CPU per resource, ms (operator run; ceiling; bare operator):")
     rows = [["process", "operator run", "ceiling", "bare operator"]]
 
