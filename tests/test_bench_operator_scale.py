@@ -28,6 +28,7 @@ from bench.operator_scale import (
     cpu_list,
     delta,
     event_body,
+    field_managers,
     list_bytes,
     median_ratios,
     parse_metrics,
@@ -271,3 +272,17 @@ async def test_the_allocating_bare_operator_writes_each_resource_its_own_allocat
     assert written[0].status["vni"] != written[1].status["vni"]
     again = await allocated(allocator, template, resources[0])
     assert again.status["vni"] == written[0].status["vni"]  # the pair's allocation, not a new one
+
+
+def test_field_managers_name_each_entry_of_managed_fields():
+    resource = {
+        "metadata": {
+            "managedFields": [
+                {"manager": "kopf", "operation": "Update", "subresource": "status"},
+                {"manager": "Python", "operation": "Update"},
+                {"manager": "kopf", "operation": "Update"},
+            ]
+        }
+    }
+    assert field_managers(resource) == ["Python Update", "kopf Update", "kopf Update status"]
+    assert field_managers({"metadata": {}}) == []
