@@ -60,12 +60,10 @@ round; every process it starts is stopped at the end, also on errors.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import socket
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +75,7 @@ from bench.processes import (
     RAISED_LIMITS,
     REFERENCE_V1_VARIANTS,
     Forwarder,
+    affinity,
     ours_command,
     pin,
     scheduled_ns,
@@ -167,17 +166,6 @@ def ratio_lines(results: dict[str, dict]) -> list[tuple[str, float | None, float
 
 
 # -- running ---------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def affinity(cpus: set[int]) -> Iterator[None]:
-    """This process runs on ``cpus`` meanwhile (so that children started then inherit them)."""
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, cpus)
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
 
 
 def process_ns(forwarder: Group, redis_pid: int | None) -> dict[str, int]:

@@ -60,8 +60,9 @@ B. The ceiling, on a fresh control plane with the same CRDs, no operator, no
    resource's keys), POST of the Events kopf posted, these writes with the
    operator's User-Agent: kube-apiserver tracks them as another field manager
    than the creator, as it does the operator's (each object's managedFields are
-   printed for both runs). Totals match A.1's, spread over the resources. Rate = N / (first create -> last Allocated
-   seen), as in A.1. Ratio = operator rate / ceiling rate.
+   printed for both runs). Totals match A.1's, spread over the resources.
+   Rate = N / (first create -> last Allocated seen), as in A.1. Ratio =
+   operator rate / ceiling rate.
 C. With --bare-operator: A's fleet again, fresh, with no operator. In its
    place the bench watches the RelayEndpoints and, for each one created,
    makes B's requests from --connections connections of its own: the least
@@ -115,7 +116,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -133,7 +134,7 @@ from bench.allocations import (
     is_allocated,
     wait_allocated,
 )
-from bench.processes import cpu_seconds, stop_on_sigterm
+from bench.processes import affinity, cpu_seconds, stop_on_sigterm
 from bench.report import table
 from relay.protocol.geneve import MAX_VNI
 from relay.protocol.keys import DiscoPublicKey
@@ -170,21 +171,6 @@ def progress(message: str) -> None:
 
 def load() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
-
-
-@contextlib.contextmanager
-def started_on(cpus: frozenset[int] | None) -> Iterator[None]:
-    """Processes started inside run on ``cpus`` (a child inherits the affinity of the thread
-    that starts it, and a Go runtime sizes GOMAXPROCS by it); None: wherever they like."""
-    if cpus is None:
-        yield
-        return
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, cpus)
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
 
 
 def format_cpus(cpus: Iterable[int]) -> str:
@@ -530,7 +516,7 @@ class ScaleFleet(Fleet):
     def start(self) -> None:
         plane = self.control_plane
         progress("starting etcd and kube-apiserver")
-        with started_on(self.plane_cpus):
+        with affinity(self.plane_cpus):
             plane.start()
         apply_crds(plane)
         for namespace in (NAMESPACE, WARMUP_NAMESPACE):
@@ -1171,7 +1157,7 @@ async def bare_operator_run(
 def start_plane(directory: Path, cpus: frozenset[int] | None) -> ControlPlane:
     plane = ControlPlane(directory)
     progress("ceiling: starting a fresh etcd and kube-apiserver")
-    with started_on(cpus):
+    with affinity(cpus):
         plane.start()
     apply_crds(plane)
     plane.kubectl("create", "namespace", NAMESPACE)

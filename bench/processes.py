@@ -10,6 +10,7 @@ SIGTERM when the bench dies, and :meth:`Forwarder.stop` always ends one
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -17,7 +18,7 @@ import signal
 import socket
 import subprocess
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +53,21 @@ def pin(pid: int, cpu: int) -> None:
     """Run process ``pid`` (0: this one) on ``cpu`` only, if the machine has that CPU."""
     if (os.cpu_count() or 1) > cpu:
         os.sched_setaffinity(pid, {cpu})
+
+
+@contextlib.contextmanager
+def affinity(cpus: Collection[int] | None) -> Iterator[None]:
+    """This process runs on ``cpus`` meanwhile, so that children started then inherit them (a
+    Go runtime sizes GOMAXPROCS by them); None: where it ran."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def pin_to(cpu: int) -> Callable[[], None]:

@@ -34,11 +34,11 @@ from bench.operator_scale import (
     parse_metrics,
     resource_plan,
     spread,
-    started_on,
     watchers_of,
     with_keys,
     writes,
 )
+from bench.processes import affinity
 from relay.protocol.keys import DiscoPrivateKey
 from relay.resource.definition import RELAY_LABEL
 from relay.store import MemoryStore, RelayRecord
@@ -211,15 +211,15 @@ def test_control_plane_cpus_are_some_of_ours():
 
 
 @several_cpus
-def test_a_process_started_on_cpus_runs_there_and_ours_is_put_back():
+def test_a_process_started_within_an_affinity_runs_there_and_ours_is_put_back():
     def child_cpus() -> str:
         code = "import os; print(sorted(os.sched_getaffinity(0)))"
         return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
 
-    with started_on(frozenset({MINE[-1]})):
+    with affinity(frozenset({MINE[-1]})):
         assert child_cpus().strip() == f"[{MINE[-1]}]"
     assert sorted(os.sched_getaffinity(0)) == MINE
-    with started_on(None):
+    with affinity(None):
         assert child_cpus().strip() == str(MINE)
 
 
