@@ -55,8 +55,9 @@ B. The ceiling, on a fresh control plane with the same CRDs, no operator, no
    relay: the same two watches, and a bare client (aiohttp, --connections
    connections, admin client certificate) that makes per resource the
    requests counted in A.1, in the operator's order: create, PATCH of the
-   metadata (the finalizer first, then labels and kopf's annotations, as the
-   operator left them), PATCH of the status (the operator's, with this
+   metadata (the finalizer first, as kopf adds it: a JSON patch testing that the
+   resourceVersion is the one created; then labels and kopf's annotations, as
+   the operator left them), PATCH of the status (the operator's, with this
    resource's keys), POST of the Events kopf posted, these writes with the
    operator's User-Agent: kube-apiserver tracks them as another field manager
    than the creator, as it does the operator's (each object's managedFields are
@@ -155,6 +156,7 @@ SAMPLE = 0.25
 BIND_LIFETIME = "6h"
 """Nobody binds: endpoints must not expire (30 s by default) while the bench runs."""
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
+JSON_PATCH = {"Content-Type": "application/json-patch+json"}
 OPERATOR_AGENT = {"User-Agent": f"kopf/{importlib.metadata.version('kopf')}"}
 """The operator's User-Agent: kube-apiserver names a write's field manager after it
 ("kopf"). The bare clients' writes carry it too, so that every object's managedFields
@@ -291,20 +293,32 @@ def event_body(template: dict[str, Any], namespace: str, resource: dict[str, Any
 
 
 def resource_plan(
-    index: int, count: int, mix: Counter[tuple[str, str]], templates: Templates, keys: list[str]
+    index: int,
+    count: int,
+    mix: Counter[tuple[str, str]],
+    templates: Templates,
+    keys: list[str],
+    version: str,
 ) -> list[tuple[str, str, Any]]:
     """The requests after the create for resource ``index`` of ``count``: (verb, resource,
-    body), an Event's body to be completed by :func:`event_body`.
+    body), an Event's body to be completed by :func:`event_body`; a body that is a list is
+    a JSON patch, any other a merge patch.
 
-    Metadata PATCHes: the finalizer, then the labels and annotations, then (if the
-    operator made more) a change of a step annotation each. Then the status PATCHes
-    (the operator's status with these keys), then the Events, templates in turn."""
+    Metadata PATCHes: the finalizer, as kopf adds it (a JSON patch that first tests that
+    the resource is still at ``version``, the one created), then the labels and
+    annotations, then (if the operator made more) a change of a step annotation each.
+    Then the status PATCHes (the operator's status with these keys), then the Events,
+    templates in turn."""
     plan: list[tuple[str, str, Any]] = []
     meta_patches = spread(mix[("PATCH", PLURAL)], count, index)
     annotations = with_keys(templates.annotations, templates.keys, keys)
     for step in range(meta_patches):
+        body: Any
         if step == 0:
-            body: dict[str, Any] = {"metadata": {"finalizers": list(templates.finalizers)}}
+            body = [
+                {"op": "test", "path": "/metadata/resourceVersion", "value": version},
+                {"op": "add", "path": "/metadata/finalizers", "value": list(templates.finalizers)},
+            ]
         elif step == 1:
             body = {"metadata": {"labels": templates.labels, "annotations": annotations}}
         else:
@@ -983,15 +997,17 @@ async def replay(
     """Make the operator's requests for resource ``index`` of ``count`` (as created):
     :func:`resource_plan`'s, in order, one at a time."""
     keys = resource["spec"]["discoKeys"]
-    name = resource["metadata"]["name"]
-    for verb, kind, payload in resource_plan(index, count, mix, templates, keys):
+    meta = resource["metadata"]
+    plan = resource_plan(index, count, mix, templates, keys, meta["resourceVersion"])
+    for verb, kind, payload in plan:
         if kind == "events":
             event = event_body(payload, NAMESPACE, resource)
             await api.send(verb, api.events_url(NAMESPACE), event, OPERATOR_AGENT)
         else:
             sub = "status" if kind.endswith("/status") else ""
-            url = api.resource_url(NAMESPACE, name, sub)
-            await api.send(verb, url, payload, {**MERGE_PATCH, **OPERATOR_AGENT})
+            url = api.resource_url(NAMESPACE, meta["name"], sub)
+            kind_of_patch = JSON_PATCH if isinstance(payload, list) else MERGE_PATCH
+            await api.send(verb, url, payload, {**kind_of_patch, **OPERATOR_AGENT})
 
 
 @dataclass

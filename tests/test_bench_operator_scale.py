@@ -150,8 +150,8 @@ def test_a_resource_gets_the_operator_requests_in_its_order():
             ("LIST", "relayendpoints"): 9,
         }
     )
-    first = resource_plan(0, 2, mix, TEMPLATES, NEW_KEYS)
-    second = resource_plan(1, 2, mix, TEMPLATES, NEW_KEYS)
+    first = resource_plan(0, 2, mix, TEMPLATES, NEW_KEYS, "17")
+    second = resource_plan(1, 2, mix, TEMPLATES, NEW_KEYS, "18")
     assert [(verb, kind) for verb, kind, _ in first] == [
         ("PATCH", "relayendpoints"),
         ("PATCH", "relayendpoints"),
@@ -159,10 +159,14 @@ def test_a_resource_gets_the_operator_requests_in_its_order():
         ("POST", "events"),
     ]
     assert len(second) == 3  # the odd PATCH went to the first resource
-    assert first[0][2] == {"metadata": {"finalizers": ["relayfleet.io/free-allocation"]}}
+    assert first[0][2] == [  # as kopf adds its finalizer: only to the resource as created
+        {"op": "test", "path": "/metadata/resourceVersion", "value": "17"},
+        {"op": "add", "path": "/metadata/finalizers", "value": ["relayfleet.io/free-allocation"]},
+    ]
     assert first[1][2]["metadata"]["labels"] == TEMPLATES.labels
     assert first[2][2]["status"]["clients"][1]["discoKey"] == NEW_KEYS[1]
-    third_patch = resource_plan(0, 1, Counter({("PATCH", "relayendpoints"): 3}), TEMPLATES, KEYS)
+    three = Counter({("PATCH", "relayendpoints"): 3})
+    third_patch = resource_plan(0, 1, three, TEMPLATES, KEYS, "17")
     assert third_patch[2][2] == {"metadata": {"annotations": {STEP_ANNOTATION: "2"}}}
 
 
