@@ -454,6 +454,57 @@ async def test_an_operator_resuming_after_a_relay_came_back_under_a_new_key_plac
         await relay.stop()
 
 
+async def test_a_restarted_operator_writes_nothing_to_resources_already_allocated(
+    crd, kube_namespace, start_operator, redis_server
+):
+    """Issue 19 item 8 in small (bench/operator_scale.py counts it at 10 000): an operator
+    started over RelayEndpoints that are all allocated resumes each one and writes to none.
+
+    The relay reports no status, so the operators are the only writers, and the versions
+    are read once the first has exited. kopf writes a resumed resource's patch right after
+    it logs "Resuming is processed"; a resource created after every such line, and
+    allocated, marks the point by which any of those writes would have been made."""
+    ns, count = kube_namespace, 20
+    relay = await start_relay(crd, redis_server, "steady", "--report-status", "off")
+    try:
+        first = start_operator("first")
+        items = [
+            json.loads(endpoint_yaml(f"resumed-{i}", [str(k.public) for k in new_keys()]))
+            for i in range(count)
+        ]
+        documents = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+        crd.kubectl("-n", ns, "apply", "-f", "-", input=documents)
+
+        def versions() -> dict[str, str]:
+            listing = json.loads(crd.kubectl("-n", ns, "get", "rep", "-o", "json").stdout)
+            return {
+                r["metadata"]["name"]: r["metadata"]["resourceVersion"]
+                for r in listing["items"]
+                if r["metadata"]["name"].startswith("resumed-")
+                and r.get("status", {}).get("phase") == "Allocated"
+            }
+
+        await wait_until(lambda: len(versions()) == count, f"all {count} allocated", log=first.log)
+        first.stop()
+        before = versions()
+        second = start_operator("second")
+        await wait_until(
+            lambda: second.log.read_text().count("Resuming is processed") >= count,
+            f"all {count} resumed",
+            log=second.log,
+        )
+        crd.kubectl(
+            "-n", ns, "apply", "-f", "-",
+            input=endpoint_yaml("after-resuming", [str(k.public) for k in new_keys()]),
+        )  # fmt: skip
+        await wait_until(
+            phase_is(crd, ns, "after-resuming", "Allocated"), "a new one allocated", log=second.log
+        )
+        assert versions() == before
+    finally:
+        await relay.stop()
+
+
 async def test_a_relay_with_only_kubeconfig_in_its_environment_reports_status(
     crd, kube_namespace, operator, redis_server
 ):
