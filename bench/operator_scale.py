@@ -29,7 +29,8 @@ A. The fleet (bench/allocations.py's Fleet): etcd and kube-apiserver
    1. Operator run: N RelayEndpoints created at once (REST POSTs from
       --connections aiohttp connections as admin). Rate = N / (first create
       sent -> last resource seen Allocated). Then wait until quiet: no watch
-      event, no operator log line and the operator under 10% of a core for
+      event, no operator log line and the operator under 10% of a core (over
+      each second: its fleet-wide checks every 5 s are not activity) for
       --quiet seconds. Every request the API server served in that window is
       counted (apiserver_request_total from its /metrics, by verb and
       resource): that is the request mix of one allocation.
@@ -116,7 +117,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -151,7 +152,12 @@ from tests.support.waiting import wait_until_sync
 RELAY_CRD = ROOT / "crds" / "relay.yaml"
 MAX_COUNT = 100_000
 QUIET_CPU = 0.10
-"""A process using less than this share of a core counts as idle."""
+"""A process using less than this share of a core, over each :data:`CPU_WINDOW`, counts as
+idle."""
+CPU_WINDOW = 1.0
+"""Seconds over which a process's CPU is averaged to tell whether it is busy. An idle
+operator still checks the fleet every --relay-check-interval (5 s), 40 ms of CPU at 10 000
+RelayEndpoints: over one 0.25 s sample that is busy, over a second it is not."""
 SAMPLE = 0.25
 BIND_LIFETIME = "6h"
 """Nobody binds: endpoints must not expire (30 s by default) while the bench runs."""
@@ -622,20 +628,20 @@ def log_size(process: Process) -> int:
 
 async def wait_quiet(
     sample: Callable[[], Any],
-    busy: Callable[[float], bool],
+    busy: Callable[[], bool],
     seconds: float,
     timeout: float,
     what: str,
 ) -> float:
-    """Sample every 0.25 s until nothing changed (and ``busy(interval)`` was false) for
-    ``seconds``; the perf_counter time of the last change."""
+    """Sample every 0.25 s until nothing changed (and ``busy()`` was false) for ``seconds``;
+    the perf_counter time of the last change."""
     started = time.perf_counter()
     quiet = Quiet(seconds, started, sample())
     reported = started
     while True:
         await asyncio.sleep(SAMPLE)
         now = time.perf_counter()
-        if quiet.feed(sample(), busy(SAMPLE), now):
+        if quiet.feed(sample(), busy(), now):
             return quiet.last_change
         if now - started > timeout:
             raise TimeoutError(f"{what}: not quiet after {timeout:.0f} s")
@@ -644,16 +650,27 @@ async def wait_quiet(
             reported = now
 
 
-def cpu_busy(pid: Callable[[], int | None]) -> Callable[[float], bool]:
-    """``busy(interval)``: whether the process used over QUIET_CPU of a core since last asked."""
-    last = [cpu_seconds(pid())]
+class CpuWindow:
+    """Whether a process is busy: over QUIET_CPU of a core in the last ``window`` seconds,
+    fed its CPU seconds over time."""
 
-    def busy(interval: float) -> bool:
-        now = cpu_seconds(pid())
-        used, last[0] = now - last[0], now
-        return used > QUIET_CPU * interval
+    def __init__(self, now: float, cpu: float, window: float = CPU_WINDOW) -> None:
+        self.window = window
+        self._samples = deque([(now, cpu)])
 
-    return busy
+    def feed(self, now: float, cpu: float) -> bool:
+        samples = self._samples
+        samples.append((now, cpu))
+        while len(samples) > 2 and samples[1][0] <= now - self.window:
+            samples.popleft()
+        since, before = samples[0]
+        return cpu - before > QUIET_CPU * max(now - since, self.window)
+
+
+def cpu_busy(pid: Callable[[], int | None]) -> Callable[[], bool]:
+    """``busy()``: whether the process is busy now (:class:`CpuWindow`)."""
+    window = CpuWindow(time.perf_counter(), cpu_seconds(pid()))
+    return lambda: window.feed(time.perf_counter(), cpu_seconds(pid()))
 
 
 # -- A.1 and A.2: the operator run ----------------------------------------------------

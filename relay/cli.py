@@ -286,10 +286,11 @@ def _operator(args: argparse.Namespace) -> int:
         return 2
     config = from_args(OperatorConfig, args)
     _configure_logging(config.log_level, config.log_format)
-    # The stdlib loop, not uvloop: the operator relays no packets, and under uvloop an
-    # aiohttp connect cancelled while the API server restarts can leave its socket's fd
-    # registered to a dead transport (MagicStack/uvloop#653); kopf's watcher then dies of
-    # "File descriptor N is used by transport" and the operator with it.
+    # The stdlib loop, not uvloop: the operator relays no packets (on uvloop it spent as much
+    # CPU per RelayEndpoint, docs/performance.md), and under uvloop an aiohttp connect
+    # cancelled while the API server restarts can leave its socket's fd registered to a dead
+    # transport (MagicStack/uvloop#653); kopf's watcher then dies of "File descriptor N is
+    # used by transport" and the operator with it.
     asyncio.run(run_operator(config))
     return 0
 

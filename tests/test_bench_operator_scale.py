@@ -17,6 +17,7 @@ from bench.operator_scale import (
     STEP_ANNOTATION,
     BareOperator,
     Ceiling,
+    CpuWindow,
     Figures,
     OperatorRun,
     Quiet,
@@ -193,6 +194,20 @@ def test_quiet_once_nothing_changed_for_long_enough():
     assert not quiet.feed((1, 0), busy=True, now=15.0)  # CPU in use counts as a change
     assert quiet.feed((1, 0), busy=False, now=25.0)
     assert quiet.last_change == 15.0
+
+
+def test_cpu_is_busy_over_a_second_not_in_one_sample():
+    window = CpuWindow(now=0.0, cpu=0.0)
+    cpu, busy = 0.0, []
+    for tick in range(1, 81):  # 20 s sampled every 0.25 s: a check of 40 ms every 5 s
+        cpu += 0.04 if tick % 20 == 0 else 0.0
+        busy.append(window.feed(tick * 0.25, cpu))
+    assert not any(busy)
+    for tick in range(81, 85):  # then a second at half a core
+        cpu += 0.125
+        assert window.feed(tick * 0.25, cpu)
+    quiet_again = [window.feed(tick * 0.25, cpu) for tick in range(85, 91)]
+    assert quiet_again == [True] * 3 + [False] * 3  # idle once that second has passed
 
 
 def test_counts_are_checked():
