@@ -144,6 +144,7 @@ from relay.resource.definition import GROUP, PLURAL
 from relay.store import open_store
 from relay_operator.allocating import Allocator
 from relay_operator.handlers import write_allocated
+from tests.relay_operator.e2e_support import RESUMED
 from tests.support.controlplane import ControlPlane, Process
 from tests.support.paths import RELAYFLEET, ROOT
 from tests.support.ports import free_port
@@ -816,10 +817,6 @@ async def operator_run(
 
 
 # -- A.3: the restart -----------------------------------------------------------------
-
-
-RESUMED = "Resuming is processed"
-"""What kopf logs (at info) for each resource whose resume handler has run."""
 
 
 class LogScan:

@@ -70,6 +70,23 @@ def endpoint_yaml(name: str, keys: list[str], relay: str | None = None) -> str:
     )
 
 
+def apply_endpoints(control_plane, namespace: str, names: list[str], timeout: float = 60.0) -> None:
+    """RelayEndpoints of these names, each with fresh keys, applied in one kubectl call."""
+    items = [json.loads(endpoint_yaml(name, [str(k.public) for k in new_keys()])) for name in names]
+    listing = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+    control_plane.kubectl("-n", namespace, "apply", "-f", "-", input=listing, timeout=timeout)
+
+
+def allocated(control_plane, namespace: str) -> list[dict]:
+    """The RelayEndpoints of ``namespace`` whose phase is Allocated."""
+    listing = json.loads(control_plane.kubectl("-n", namespace, "get", "rep", "-o", "json").stdout)
+    return [r for r in listing["items"] if r.get("status", {}).get("phase") == "Allocated"]
+
+
+RESUMED = "Resuming is processed"
+"""What kopf logs (at info) for each resource whose resume handler has run."""
+
+
 def get(control_plane, namespace: str, name: str) -> dict:
     result = control_plane.kubectl("-n", namespace, "get", "rep", name, "-o", "json", check=False)
     return json.loads(result.stdout) if result.returncode == 0 else {}

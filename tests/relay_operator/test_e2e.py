@@ -25,6 +25,9 @@ from relay.shells.reuseport import worker_for_vni
 from tests.relay.relay_process import RelayProcess
 from tests.relay_operator.e2e_support import (
     RELAYFLEET,
+    RESUMED,
+    allocated,
+    apply_endpoints,
     bind_and_relay,
     endpoint_yaml,
     events,
@@ -468,20 +471,13 @@ async def test_a_restarted_operator_writes_nothing_to_resources_already_allocate
     relay = await start_relay(crd, redis_server, "steady", "--report-status", "off")
     try:
         first = start_operator("first")
-        items = [
-            json.loads(endpoint_yaml(f"resumed-{i}", [str(k.public) for k in new_keys()]))
-            for i in range(count)
-        ]
-        documents = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
-        crd.kubectl("-n", ns, "apply", "-f", "-", input=documents)
+        apply_endpoints(crd, ns, [f"resumed-{i}" for i in range(count)])
 
         def versions() -> dict[str, str]:
-            listing = json.loads(crd.kubectl("-n", ns, "get", "rep", "-o", "json").stdout)
             return {
                 r["metadata"]["name"]: r["metadata"]["resourceVersion"]
-                for r in listing["items"]
+                for r in allocated(crd, ns)
                 if r["metadata"]["name"].startswith("resumed-")
-                and r.get("status", {}).get("phase") == "Allocated"
             }
 
         await wait_until(lambda: len(versions()) == count, f"all {count} allocated", log=first.log)
@@ -489,7 +485,7 @@ async def test_a_restarted_operator_writes_nothing_to_resources_already_allocate
         before = versions()
         second = start_operator("second")
         await wait_until(
-            lambda: second.log.read_text().count("Resuming is processed") >= count,
+            lambda: second.log.read_text().count(RESUMED) >= count,
             f"all {count} resumed",
             log=second.log,
         )
@@ -537,23 +533,17 @@ async def test_operator_killed_mid_burst_allocates_each_endpoint_exactly_once(
 ):
     count = 200
     first = start_operator("first")
-    items = [
-        json.loads(endpoint_yaml(f"burst-{i}", [str(k.public) for k in new_keys()]))
-        for i in range(count)
-    ]
-    documents = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
-    crd.kubectl("-n", kube_namespace, "apply", "-f", "-", input=documents, timeout=120)
-
-    def allocated() -> list[dict]:
-        listing = json.loads(crd.kubectl("-n", kube_namespace, "get", "rep", "-o", "json").stdout)
-        return [r for r in listing["items"] if r.get("status", {}).get("phase") == "Allocated"]
-
-    await wait_until(lambda: len(allocated()) >= count // 4, "a quarter allocated", log=first.log)
+    apply_endpoints(crd, kube_namespace, [f"burst-{i}" for i in range(count)], timeout=120)
+    await wait_until(
+        lambda: len(allocated(crd, kube_namespace)) >= count // 4,
+        "a quarter allocated",
+        log=first.log,
+    )
     first.process.kill()
     first.stop()
     second = start_operator("second")
     done = await wait_until(
-        lambda: (items := allocated()) and len(items) == count and items,
+        lambda: (items := allocated(crd, kube_namespace)) and len(items) == count and items,
         f"all {count} allocated",
         timeout=120,
         log=second.log,

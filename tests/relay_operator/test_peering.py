@@ -5,19 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.relay_operator.e2e_support import endpoint_yaml, new_keys
+from tests.relay_operator.e2e_support import allocated, apply_endpoints
 from tests.support.waiting import wait_until
-
-
-def apply_endpoints(control_plane, namespace: str, names: list[str]) -> None:
-    items = [json.loads(endpoint_yaml(name, [str(k.public) for k in new_keys()])) for name in names]
-    listing = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
-    control_plane.kubectl("-n", namespace, "apply", "-f", "-", input=listing)
-
-
-def allocated(control_plane, namespace: str) -> list[dict]:
-    listing = json.loads(control_plane.kubectl("-n", namespace, "get", "rep", "-o", "json").stdout)
-    return [r for r in listing["items"] if r.get("status", {}).get("phase") == "Allocated"]
 
 
 def peers(control_plane, namespace: str) -> dict:
